@@ -1,0 +1,186 @@
+"""The one table of sampling parameters.
+
+Validation, the request body, the magic's options, the panel's controls and the
+help text are all generated from ``PARAMETERS``: adding a parameter is one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidParameterError
+
+__all__ = [
+    "PARAMETERS",
+    "Param",
+    "get_param",
+    "validate",
+    "validate_params",
+]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampling field of the chat completions request.
+
+    ``default`` documents what the provider uses when the field is absent: it is
+    never sent, because OpenRouter injects no defaults and we want the request
+    to hold only what the user chose.
+    """
+
+    name: str
+    kind: str  # "float" | "int" | "stop" | "logit_bias"
+    help: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    step: float | None = None  # slider step for the panel
+
+    @property
+    def option(self) -> str:
+        """The magic's long option, e.g. ``--top-p``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def range_text(self) -> str:
+        if self.kind == "stop":
+            return "up to 4 strings"
+        if self.kind == "logit_bias":
+            return 'JSON object {"token id": -100..100}'
+        low = "" if self.minimum is None else _fmt(self.minimum)
+        high = "" if self.maximum is None else _fmt(self.maximum)
+        word = "integer" if self.kind == "int" else "number"
+        if low and high:
+            op = "<" if self.exclusive_minimum else "<="
+            return f"{word}, {low} {op} {self.name} <= {high}"
+        if low:
+            op = ">" if self.exclusive_minimum else ">="
+            return f"{word} {op} {low}"
+        return f"any {word}"
+
+    @property
+    def default_text(self) -> str:
+        return "provider's own" if self.default is None else _fmt(self.default)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# Ranges and defaults from OpenRouter's API reference (see shared/reference).
+PARAMETERS: tuple[Param, ...] = (
+    Param("temperature", "float", "Randomness: 0 is greedy, higher spreads choice over more tokens.", 1.0, 0, 2, step=0.05),
+    Param("top_p", "float", "Nucleus sampling: keep the smallest set of tokens whose probability sums to p.", 1.0, 0, 1, exclusive_minimum=True, step=0.01),
+    Param("top_k", "int", "Keep only the k most likely tokens (0 turns it off).", 0, 0, None, step=1),
+    Param("min_p", "float", "Drop tokens less likely than min_p times the most likely one.", 0.0, 0, 1, step=0.01),
+    Param("top_a", "float", "Drop tokens below top_a times the square of the top probability.", 0.0, 0, 1, step=0.01),
+    Param("frequency_penalty", "float", "Penalise tokens in proportion to how often they already appeared.", 0.0, -2, 2, step=0.05),
+    Param("presence_penalty", "float", "Penalise tokens that already appeared at all.", 0.0, -2, 2, step=0.05),
+    Param("repetition_penalty", "float", "Multiplicative penalty on repeated tokens (1 is none).", 1.0, 0, 2, exclusive_minimum=True, step=0.01),
+    Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", None, None, None, step=1),
+    Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1),
+    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4)."),
+    Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids."),
+)
+
+_BY_NAME = {p.name: p for p in PARAMETERS}
+_MAX_STOP_SEQUENCES = 4
+
+
+def get_param(name: str) -> Param:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(_BY_NAME)
+        raise InvalidParameterError(f"unknown parameter {name!r}; known parameters: {known}") from None
+
+
+def validate(name: str, value: Any) -> Any:
+    """Return ``value`` coerced to the parameter's type, or raise with the valid range."""
+    param = get_param(name)
+    if param.kind == "stop":
+        return _validate_stop(value)
+    if param.kind == "logit_bias":
+        return _validate_logit_bias(value)
+    number = _coerce_number(param, value)
+    if not _in_range(param, number):
+        raise InvalidParameterError(f"{name}={value!r} is out of range: must be {param.range_text}")
+    return number
+
+
+def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every field that is set; ``None`` means "not set" and is dropped."""
+    return {name: validate(name, value) for name, value in params.items() if value is not None}
+
+
+def _coerce_number(param: Param, value: Any) -> float | int:
+    if isinstance(value, bool):
+        raise InvalidParameterError(f"{param.name}={value!r} is not a number: must be {param.range_text}")
+    try:
+        if param.kind == "int":
+            number: float | int = _to_int(value)
+        else:
+            number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"{param.name}={value!r} is not {'an integer' if param.kind == 'int' else 'a number'}: "
+            f"must be {param.range_text}"
+        ) from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidParameterError(f"{param.name}={value!r} is not finite: must be {param.range_text}")
+    return number
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
+
+
+def _in_range(param: Param, number: float) -> bool:
+    if param.minimum is not None:
+        if number < param.minimum or (param.exclusive_minimum and number == param.minimum):
+            return False
+    return param.maximum is None or number <= param.maximum
+
+
+def _validate_stop(value: Any) -> list[str]:
+    sequences = [value] if isinstance(value, str) else list(_iterable(value, "stop"))
+    if not 1 <= len(sequences) <= _MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in sequences):
+        raise InvalidParameterError(f"stop={value!r} is invalid: must be 1 to 4 non-empty strings")
+    return sequences
+
+
+def _iterable(value: Any, name: str) -> Iterable[Any]:
+    if isinstance(value, (list, tuple)):
+        return value
+    raise InvalidParameterError(f"{name}={value!r} is invalid: must be a string or a list of strings")
+
+
+def _validate_logit_bias(value: Any) -> dict[str, float]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidParameterError(f"logit_bias is not valid JSON ({exc.msg}): {value!r}") from None
+    if not isinstance(value, Mapping):
+        raise InvalidParameterError(f'logit_bias={value!r} is invalid: must be a JSON object {{"token id": -100..100}}')
+    bias: dict[str, float] = {}
+    for token, weight in value.items():
+        if not str(token).strip().isdigit():
+            raise InvalidParameterError(f"logit_bias key {token!r} is not a token id (a non-negative integer)")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -100 <= weight <= 100:
+            raise InvalidParameterError(f"logit_bias[{token!r}]={weight!r} is out of range: must be -100..100")
+        bias[str(token).strip()] = weight
+    return bias

@@ -1,0 +1,499 @@
+"""A local OpenRouter-compatible server for tests: real HTTP on 127.0.0.1.
+
+It streams deterministic text (the same prompt, seed and parameters give the
+same words; temperature 0 ignores the seed), sends keep-alive comments and a
+usage chunk with a cost, lists models at ``/models``, and plays scenarios:
+error statuses, 429 with Retry-After, mid-stream error events, dropped
+connections, stalls, slow tokens, odd chunk boundaries and CRLF line ends.
+Every request's headers and JSON body are recorded for assertions.
+
+In-process::
+
+    with FakeOpenRouter() as server:
+        server.push(Scenario(status=429, retry_after="1"))
+        client = GraniteClient(base_url=server.base_url, api_key="test")
+
+From another process (notebooks, the browser test)::
+
+    python -m granite_magic.testing --port 8765 --ttft 0.3 --tokens-per-s 100
+
+and ``POST /_control`` with ``{"default": {...}, "push": [{...}]}`` to change scenarios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_reply"]
+
+GRANITE_ID = "ibm-granite/granite-4.0-h-micro"
+PROMPT_PRICE = 0.000000017  # USD per token, as listed
+COMPLETION_PRICE = 0.000000112
+
+GRANITE_LISTING: dict[str, Any] = {
+    "id": GRANITE_ID,
+    "name": "IBM: Granite 4.0 Micro",
+    "context_length": 131000,
+    "pricing": {"prompt": f"{PROMPT_PRICE:.9f}", "completion": f"{COMPLETION_PRICE:.9f}", "request": "0", "image": "0"},
+    "top_provider": {"context_length": 131000, "max_completion_tokens": None, "is_moderated": False},
+    "supported_parameters": [
+        "frequency_penalty", "max_tokens", "presence_penalty", "repetition_penalty",
+        "seed", "stop", "temperature", "top_k", "top_p",
+    ],
+    "default_parameters": {},
+}
+
+_WORDS = (
+    "the river carved stone slowly one patient season at a time while light moved across "
+    "quiet hills and a small bird sang above water that remembered every storm granite holds "
+    "old heat deep below the valley where farmers planted barley in long straight rows under "
+    "clear autumn skies bright clouds drift over silver lakes gentle wind carries seeds far "
+    "away from home"
+).split()
+
+_ERROR_TEXT = {
+    400: "Invalid request: max_tokens must be at least 1",
+    401: "No auth credentials found",
+    402: "Insufficient credits. Add more using https://openrouter.ai/credits",
+    403: "Input was flagged by moderation",
+    404: "No endpoints found for this model",
+    408: "Request timed out",
+    429: "Rate limit exceeded: free-models-per-min",
+    500: "Internal Server Error",
+    502: "Provider returned error",
+    503: "No instances available",
+}
+
+
+@dataclass
+class Scenario:
+    """How the server answers one request (fields left at their defaults mean "normal")."""
+
+    status: int = 200
+    retry_after: str | None = None
+    error_message: str | None = None
+    text: str | None = None  # reply with exactly this text, split into words
+    tokens: int | None = None  # reply length in tokens; default depends on the prompt
+    ttft_s: float = 0.0
+    tokens_per_s: float | None = None  # None: as fast as the socket goes
+    error_after: int | None = None  # send an error event after this many tokens
+    error_code: int | str = 502
+    drop_after: int | None = None  # close the connection after this many tokens
+    stall_after: int | None = None  # go silent after this many tokens...
+    stall_s: float = 5.0  # ...for this long
+    split: int | None = None  # write the body in pieces of this many bytes
+    crlf: bool = False
+    keepalive_every: int = 16  # a ": OPENROUTER PROCESSING" comment every N tokens (0: none)
+    usage: bool = True
+    done: bool = True  # end with data: [DONE]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown scenario fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    received_at: float
+    disconnected: bool = False  # the client closed the connection before the reply ended
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The body without the fields every request carries."""
+        fixed = {"model", "messages", "stream", "stream_options"}
+        return {k: v for k, v in (self.body or {}).items() if k not in fixed}
+
+
+def fake_reply(messages: Sequence[dict[str, Any]], params: dict[str, Any], *, tokens: int | None = None, nonce: int | None = None) -> list[str]:
+    """The deterministic reply as a list of tokens (words with their leading space).
+
+    Seeded by the messages and every sampling field; the seed only counts when
+    temperature is not 0 (greedy decoding has nothing to draw), and a request
+    without a seed draws from ``nonce``, as a real sampler would differ each time.
+    """
+    greedy = params.get("temperature") == 0
+    sampling = {k: v for k, v in params.items() if k not in ("seed", "stop", "max_tokens")}
+    if greedy:
+        sampling.pop("temperature", None)
+    seed_part = None if greedy else params.get("seed", f"nonce-{nonce}")
+    key = json.dumps([messages, sampling, seed_part], sort_keys=True, default=str)
+    rng = random.Random(hashlib.sha256(key.encode()).digest())
+    count = tokens if tokens is not None else rng.randint(24, 64)
+    words: list[str] = []
+    capital = True
+    for i in range(count):
+        word = rng.choice(_WORDS)
+        word = word.capitalize() if capital else word
+        capital = i % 9 == 8
+        words.append((" " if i else "") + word + ("." if capital or i == count - 1 else ""))
+    return words
+
+
+class FakeOpenRouter:
+    """The server object: start/stop, scenarios, and what it received."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None, honour_seed: bool = True) -> None:
+        self.api_key = api_key  # when set, requests must carry it
+        self.honour_seed = honour_seed
+        self.default = Scenario()
+        self.models: dict[str, dict[str, Any]] = {GRANITE_ID: GRANITE_LISTING}
+        self.accept_any_model = False
+        self.requests: list[RecordedRequest] = []
+        self._queue: list[Scenario] = []
+        self._lock = threading.Lock()
+        self._nonce = 0
+        self._stopping = threading.Event()
+        self._httpd = _QuietServer((host, port), _handler_for(self))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/api/v1"
+
+    def start(self) -> FakeOpenRouter:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openrouter", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FakeOpenRouter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def push(self, *scenarios: Scenario) -> None:
+        """Queue scenarios for the next requests, in order; then the default applies again."""
+        with self._lock:
+            self._queue.extend(scenarios)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+            self.default = Scenario()
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def _next_scenario(self) -> Scenario:
+        with self._lock:
+            return self._queue.pop(0) if self._queue else self.default
+
+    def _next_nonce(self) -> int:
+        with self._lock:
+            self._nonce += 1
+            return self._nonce
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep that ends early when the server stops (so tests never hang on it)."""
+        self._stopping.wait(seconds)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client closing an idle keep-alive connection is normal, not an error.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def _handler_for(server: FakeOpenRouter) -> type[BaseHTTPRequestHandler]:
+    class Handler(_Handler):
+        fake = server
+
+    return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so the client's connection pool is exercised
+    fake: FakeOpenRouter
+
+    def setup(self) -> None:
+        super().setup()
+        # Send each write at once, so the client sees the chunk boundaries we choose.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read .requests instead
+
+    # --- routing ---------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        record = self._record(None)
+        if self.path.rstrip("/").endswith("/models"):
+            self._json(200, {"data": list(self.fake.models.values())})
+        elif self.path.startswith("/_requests"):
+            self._json(200, {"requests": [asdict(r) for r in self.fake.requests if r is not record]})
+        else:
+            self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            self._json(400, {"error": {"code": 400, "message": "body is not JSON"}})
+            return
+        if self.path.startswith("/_control"):
+            self._control(body)
+            return
+        record = self._record(body)
+        if self.path.rstrip("/").endswith("/chat/completions"):
+            self._chat(body, record)
+        else:
+            self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
+
+    def _record(self, body: Any) -> RecordedRequest:
+        record = RecordedRequest(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+        with self.fake._lock:
+            self.fake.requests.append(record)
+        return record
+
+    def _control(self, body: dict[str, Any]) -> None:
+        if "default" in body:
+            self.fake.default = Scenario.from_dict(body["default"])
+        self.fake.push(*(Scenario.from_dict(s) for s in body.get("push", [])))
+        if body.get("clear_requests"):
+            self.fake.requests.clear()
+        self._json(200, {"ok": True})
+
+    # --- chat completions --------------------------------------------------------
+
+    def _chat(self, body: dict[str, Any], record: RecordedRequest) -> None:
+        scenario = self.fake._next_scenario()
+        refusal = self._refusal(body, scenario)
+        if refusal is not None:
+            status, message = refusal
+            headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else {}
+            self._json(status, {"error": {"code": status, "message": message}}, headers)
+            return
+        generation_id = f"gen-{self.fake._next_nonce()}-fake"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Generation-Id", generation_id)
+        self.end_headers()
+        try:
+            self._stream(body, scenario, generation_id)
+        except (BrokenPipeError, ConnectionResetError):
+            record.disconnected = True
+            self.close_connection = True
+
+    def _refusal(self, body: dict[str, Any], scenario: Scenario) -> tuple[int, str] | None:
+        if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            return 401, _ERROR_TEXT[401]
+        if scenario.status != 200:
+            return scenario.status, scenario.error_message or _ERROR_TEXT.get(scenario.status, "error")
+        model = body.get("model")
+        if not self.fake.accept_any_model and model not in self.fake.models:
+            return 404, f"No endpoints found for {model}."
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return 400, "messages must be a non-empty list"
+        return None
+
+    def _stream(self, body: dict[str, Any], scenario: Scenario, generation_id: str) -> None:
+        tokens, finish = self._reply_tokens(body, scenario)
+        writer = _EventWriter(self, scenario)
+        writer.comment()
+        self.fake.sleep(scenario.ttft_s)
+        chunk = _ChunkMaker(generation_id, str(body.get("model")))
+        delay = 1 / scenario.tokens_per_s if scenario.tokens_per_s else 0.0
+        for i, token in enumerate(tokens):
+            if i == scenario.drop_after:
+                writer.drop()
+                return
+            if i == scenario.error_after:
+                writer.data(chunk.error(scenario.error_code))
+                writer.end()
+                return
+            if i == scenario.stall_after:
+                self.fake.sleep(scenario.stall_s)
+            if scenario.keepalive_every and i and i % scenario.keepalive_every == 0:
+                writer.comment()
+            writer.data(chunk.text(token))
+            if delay:
+                self.fake.sleep(delay)
+        writer.data(chunk.finish(finish))
+        if scenario.usage:
+            writer.data(chunk.usage(_prompt_tokens(body), len(tokens)))
+        if scenario.done:
+            writer.raw_data("[DONE]")
+        writer.end()
+
+    def _reply_tokens(self, body: dict[str, Any], scenario: Scenario) -> tuple[list[str], str]:
+        params = {k: v for k, v in body.items() if k not in ("model", "messages", "stream", "stream_options")}
+        if not self.fake.honour_seed:
+            params.pop("seed", None)
+        if scenario.text is not None:
+            tokens = [w if i == 0 else " " + w for i, w in enumerate(scenario.text.split(" "))]
+        else:
+            nonce = self.fake._next_nonce() if "seed" not in params else None
+            tokens = fake_reply(body["messages"], params, tokens=scenario.tokens, nonce=nonce)
+        return _apply_limits(tokens, params)
+
+    # --- plain JSON replies ---------------------------------------------------------
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _apply_limits(tokens: list[str], params: dict[str, Any]) -> tuple[list[str], str]:
+    """Honour ``stop`` (cut before the first stop string) and ``max_tokens``."""
+    stops = params.get("stop") or []
+    stops = [stops] if isinstance(stops, str) else stops
+    text = "".join(tokens)
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    if cut >= 0:
+        kept: list[str] = []
+        length = 0
+        for token in tokens:
+            if length + len(token) > cut:
+                if cut > length:
+                    kept.append(token[: cut - length])
+                break
+            kept.append(token)
+            length += len(token)
+        return kept, "stop"
+    limit = params.get("max_tokens")
+    if isinstance(limit, int) and limit < len(tokens):
+        return tokens[:limit], "length"
+    return tokens, "stop"
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    return words + 4 * len(body.get("messages", []))
+
+
+@dataclass
+class _ChunkMaker:
+    generation_id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.generation_id, "provider": "FakeProvider", "model": self.model,
+            "object": "chat.completion.chunk", "created": self.created, "choices": choices, **extra,
+        }
+
+    def text(self, token: str) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": token}
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": None}])
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        delta = {"role": "assistant", "content": ""}
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": reason, "native_finish_reason": reason, "logprobs": None}])
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        cost = prompt_tokens * PROMPT_PRICE + completion_tokens * COMPLETION_PRICE
+        usage = {
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "cost": round(cost, 12), "is_byok": False,
+            "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+        return self._chunk([], usage=usage)
+
+    def error(self, code: int | str) -> dict[str, Any]:
+        choice = {"index": 0, "delta": {"content": ""}, "finish_reason": "error", "native_finish_reason": "error"}
+        return self._chunk([choice], error={"code": code, "message": "Provider disconnected unexpectedly"})
+
+
+class _EventWriter:
+    """Writes SSE events as HTTP/1.1 chunks, optionally re-split and with CRLF."""
+
+    def __init__(self, handler: _Handler, scenario: Scenario) -> None:
+        self.handler = handler
+        self.newline = "\r\n" if scenario.crlf else "\n"
+        self.split = scenario.split
+
+    def comment(self) -> None:
+        self._write(f": OPENROUTER PROCESSING{self.newline}{self.newline}")
+
+    def data(self, payload: dict[str, Any]) -> None:
+        self.raw_data(json.dumps(payload))
+
+    def raw_data(self, text: str) -> None:
+        self._write(f"data: {text}{self.newline}{self.newline}")
+
+    def _write(self, text: str) -> None:
+        data = text.encode()
+        for piece in _pieces(data, self.split):
+            self.handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.handler.wfile.flush()
+
+    def end(self) -> None:
+        self.handler.wfile.write(b"0\r\n\r\n")
+        self.handler.wfile.flush()
+
+    def drop(self) -> None:
+        """Close the socket mid-body: the client sees an incomplete chunked stream."""
+        self.handler.close_connection = True
+        self.handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _pieces(data: bytes, size: int | None) -> Iterator[bytes]:
+    if not size:
+        yield data
+        return
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a fake OpenRouter API on 127.0.0.1 for tests and demos.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--tokens-per-s", type=float, default=None)
+    parser.add_argument("--tokens", type=int, default=None, help="reply length in tokens")
+    parser.add_argument("--api-key", default=None, help="require this key")
+    args = parser.parse_args(argv)
+    server = FakeOpenRouter(port=args.port, api_key=args.api_key)
+    server.default = replace(server.default, ttft_s=args.ttft, tokens_per_s=args.tokens_per_s, tokens=args.tokens)
+    server.start()
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

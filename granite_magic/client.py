@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import random
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,6 @@ from .params import validate_params
 from .protocol import (
     Accumulator,
     ChatStreamDecoder,
-    Done,
     ErrorEvent,
     build_messages,
     chat_body,
@@ -258,18 +258,15 @@ class GraniteClient:
 
     async def _read_stream(self, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None) -> None:
         decoder = ChatStreamDecoder()
+        # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
         async for chunk in response.aiter_bytes():
             seen = acc.chunks
             for event in decoder.feed(chunk):
                 acc.feed(event)
                 if isinstance(event, ErrorEvent):
                     self._raise_stream_error(event, acc)
-                if isinstance(event, Done):
-                    break
             if on_update is not None and acc.chunks != seen:
                 on_update(acc)
-            if acc.done:
-                return
         for event in decoder.close():
             acc.feed(event)
             if isinstance(event, ErrorEvent):
@@ -341,7 +338,12 @@ class GraniteClient:
 
         if self._http_client is None:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
-            self._http_client = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": f"granite-magic/{__version__}"})
+            http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": f"granite-magic/{__version__}"})
+            # A client dropped without close() (common in notebooks) must still close its sockets,
+            # and on the loop that owns them, not in whichever thread the garbage collector runs.
+            finalizer = weakref.finalize(self, _close_soon, self.loop, http)
+            finalizer.atexit = False
+            self._http_client = http
         return self._http_client
 
     def _headers(self) -> dict[str, str]:
@@ -358,6 +360,11 @@ class GraniteClient:
         client, self._http_client = self._http_client, None
         if client is not None:
             await self.loop.run_async(client.aclose())
+
+
+def _close_soon(loop: BackgroundLoop, http: httpx.AsyncClient) -> None:
+    if not loop.loop.is_closed():
+        loop.submit(http.aclose())
 
 
 def _kept(acc: Accumulator) -> str:

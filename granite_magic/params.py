@@ -149,9 +149,8 @@ def _to_int(value: Any) -> int:
 
 
 def _in_range(param: Param, number: float) -> bool:
-    if param.minimum is not None:
-        if number < param.minimum or (param.exclusive_minimum and number == param.minimum):
-            return False
+    if param.minimum is not None and (number < param.minimum or (param.exclusive_minimum and number == param.minimum)):
+        return False
     return param.maximum is None or number <= param.maximum
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "UsageReport",
     "build_messages",
     "chat_body",
+    "chunk_events",
     "decode_chat_chunk",
     "error_for_status",
     "parse_retry_after",
@@ -82,6 +83,9 @@ class SSEDecoder:
             self._tail = lines.pop()
         events: list[ServerSentEvent] = []
         for line in lines:
+            if line.startswith(b"data: "):  # the hot path: one per token
+                self._data.append(line[6:].rstrip(b"\r\n").decode("utf-8", errors="replace"))
+                continue
             event = self._line(line.rstrip(b"\r\n").decode("utf-8", errors="replace"))
             if event is not None:
                 events.append(event)
@@ -187,6 +191,12 @@ def decode_chat_chunk(data: str) -> list[Event]:
     events: list[Event] = []
     if "model" in chunk or "provider" in chunk:
         events.append(ChunkMeta(chunk.get("model"), chunk.get("provider"), chunk.get("id")))
+    return events + chunk_events(chunk)
+
+
+def chunk_events(chunk: Mapping[str, Any]) -> list[Event]:
+    """The events of one parsed chunk, without its metadata."""
+    events: list[Event] = []
     for choice in chunk.get("choices") or ():
         events.extend(_choice_events(choice))
     if chunk.get("usage"):
@@ -240,10 +250,15 @@ def _error_event(error: Mapping[str, Any]) -> ErrorEvent:
 
 
 class ChatStreamDecoder:
-    """Bytes of a chat-completions stream to typed events."""
+    """Bytes of a chat-completions stream to typed events.
+
+    Every chunk repeats the model and provider; ``ChunkMeta`` is emitted only
+    when they change, which keeps the per-token path short.
+    """
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
+        self._meta: tuple[Any, Any] | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
         return self._decode(self._sse.feed(chunk))
@@ -251,11 +266,23 @@ class ChatStreamDecoder:
     def close(self) -> list[Event]:
         return self._decode(self._sse.close())
 
-    @staticmethod
-    def _decode(sse_events: Iterable[ServerSentEvent]) -> list[Event]:
+    def _decode(self, sse_events: Iterable[ServerSentEvent]) -> list[Event]:
         events: list[Event] = []
         for sse in sse_events:
-            events.extend(decode_chat_chunk(sse.data))
+            data = sse.data
+            if data == "[DONE]" or not data.startswith("{"):
+                events.extend(decode_chat_chunk(data))
+                continue
+            try:
+                chunk = json.loads(data)
+            except json.JSONDecodeError:
+                events.extend(decode_chat_chunk(data))
+                continue
+            meta = (chunk.get("model"), chunk.get("provider"))
+            if meta != self._meta and (meta[0] or meta[1]):
+                self._meta = meta
+                events.append(ChunkMeta(meta[0], meta[1], chunk.get("id")))
+            events.extend(chunk_events(chunk))
         return events
 
 
@@ -413,8 +440,9 @@ def parse_error_body(body: bytes) -> tuple[str | None, Any, dict[str, Any]]:
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         return None, None, {}
-    metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
-    return error.get("message"), error.get("code"), metadata
+    metadata = error.get("metadata")
+    message = error.get("message")
+    return (str(message) if message else None), error.get("code"), (metadata if isinstance(metadata, dict) else {})
 
 
 def error_for_status(status: int, body: bytes, *, model: str) -> errors.APIError:

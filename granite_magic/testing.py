@@ -53,13 +53,7 @@ GRANITE_LISTING: dict[str, Any] = {
     "default_parameters": {},
 }
 
-_WORDS = (
-    "the river carved stone slowly one patient season at a time while light moved across "
-    "quiet hills and a small bird sang above water that remembered every storm granite holds "
-    "old heat deep below the valley where farmers planted barley in long straight rows under "
-    "clear autumn skies bright clouds drift over silver lakes gentle wind carries seeds far "
-    "away from home"
-).split()
+_WORDS = ["the", "river", "carved", "stone", "slowly", "one", "patient", "season", "at", "a", "time", "while", "light", "moved", "across", "quiet", "hills", "and", "a", "small", "bird", "sang", "above", "water", "that", "remembered", "every", "storm", "granite", "holds", "old", "heat", "deep", "below", "the", "valley", "where", "farmers", "planted", "barley", "in", "long", "straight", "rows", "under", "clear", "autumn", "skies", "bright", "clouds", "drift", "over", "silver", "lakes", "gentle", "wind", "carries", "seeds", "far", "away", "from", "home"]
 
 _ERROR_TEXT = {
     400: "Invalid request: max_tokens must be at least 1",
@@ -95,6 +89,7 @@ class Scenario:
     crlf: bool = False
     keepalive_every: int = 16  # a ": OPENROUTER PROCESSING" comment every N tokens (0: none)
     usage: bool = True
+    finish: bool = True  # send the finish_reason chunk
     done: bool = True  # end with data: [DONE]
 
     @classmethod
@@ -113,6 +108,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float
+    client_port: int = 0
     disconnected: bool = False  # the client closed the connection before the reply ended
 
     @property
@@ -273,7 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
 
     def _record(self, body: Any) -> RecordedRequest:
-        record = RecordedRequest(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+        record = RecordedRequest(
+            self.command, self.path, dict(self.headers.items()), body, time.monotonic(), self.client_address[1]
+        )
         with self.fake._lock:
             self.fake.requests.append(record)
         return record
@@ -343,7 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             writer.data(chunk.text(token))
             if delay:
                 self.fake.sleep(delay)
-        writer.data(chunk.finish(finish))
+        if scenario.finish:
+            writer.data(chunk.finish(finish))
         if scenario.usage:
             writer.data(chunk.usage(_prompt_tokens(body), len(tokens)))
         if scenario.done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -83,7 +84,7 @@ SAMPLE_STREAM = (
 @given(st.lists(st.integers(min_value=0, max_value=len(SAMPLE_STREAM)), max_size=30))
 def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int]) -> None:
     points = [0, *sorted(cuts), len(SAMPLE_STREAM)]
-    pieces = [SAMPLE_STREAM[a:b] for a, b in zip(points, points[1:])]
+    pieces = [SAMPLE_STREAM[a:b] for a, b in itertools.pairwise(points)]
     assert decode_all(*pieces) == decode_all(SAMPLE_STREAM)
     assert len(decode_all(SAMPLE_STREAM)) == 5
 

@@ -245,7 +245,9 @@ class GraniteClient:
 
         http = self._http()
         try:
-            async with http.stream("POST", self.base_url + "/chat/completions", json=body, headers=self._headers()) as response:
+            timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)  # per request: settings may change
+            url = self.base_url + "/chat/completions"
+            async with http.stream("POST", url, json=body, headers=self._headers(), timeout=timeout) as response:
                 acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
                 if response.status_code != 200:
                     await self._raise_for_status(response, str(body.get("model")))
@@ -323,8 +325,13 @@ class GraniteClient:
         return self.models().get(model or self.model)
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+        import httpx
+
         if self._models is None or refresh:
-            response = await self._http().get(self.base_url + "/models", headers=self._headers())
+            try:
+                response = await self._http().get(self.base_url + "/models", headers=self._headers())
+            except httpx.HTTPError as exc:
+                raise errors.ConnectionDroppedError(f"Could not read {self.base_url}/models ({type(exc).__name__}).") from None
             if response.status_code != 200:
                 raise error_for_status(response.status_code, response.content, model=self.model)
             data = response.json().get("data") or []

@@ -44,6 +44,7 @@ class Result:
     partial: bool = False
     tool_calls: list[ToolCall] = field(default_factory=list)
     chunks: int = 0  # text deltas received: a token estimate when usage is missing
+    value: Any = None  # what a format extracted: the code for -f code, the parsed object for -f json
 
     @property
     def cost(self) -> float | None:
@@ -86,4 +87,6 @@ class Result:
         return self.text
 
     def _repr_markdown_(self) -> str:
-        return self.text
+        from .markdown import safe_markdown
+
+        return safe_markdown(self.text)

@@ -1,0 +1,280 @@
+"""The ``%%granite`` cell magic and the ``%granite`` line magic.
+
+Front end only: parse options (generated from the parameter table), describe
+the turn, show it.  HTTP and JSON live in the layers below.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.utils.text import dedent
+from traitlets import Dict, Enum, Float, Unicode
+
+from . import errors
+from .markdown import extract_code, parse_json_reply
+from .params import PARAMETERS
+from .render import LiveView, TerminalView, WidgetView, describe_params
+from .session import Session, Turn, interpolate
+
+__all__ = ["GraniteMagics", "register", "unregister"]
+
+FORMATS = ("markdown", "text", "code", "json")
+SUBCOMMANDS = ("models", "history", "reset", "key", "last")
+
+
+def build_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(  # type: ignore[no-untyped-call]
+        prog="%%granite", add_help=False, description="Send the cell to Granite and stream the reply."
+    )
+    parser.add_argument("-m", "--model", help="model id (default: ibm-granite/granite-4.0-h-micro, or GRANITE_MODEL)")
+    parser.add_argument("-s", "--system", help="system prompt")
+    for param in PARAMETERS:
+        extra: dict[str, Any] = {"action": "append"} if param.kind == "stop" else {}
+        parser.add_argument(param.option, dest=param.name, metavar=param.kind.upper(), help=param.help, **extra)
+    parser.add_argument("--base-url", help="an OpenAI-compatible API (default: OpenRouter, or GRANITE_BASE_URL)")
+    parser.add_argument("-o", "--out", metavar="NAME", help="store the result in this variable")
+    parser.add_argument("-f", "--format", choices=FORMATS, default="markdown", help="how to show and parse the reply")
+    parser.add_argument("--chat", nargs="?", const="default", metavar="NAME", help="continue a named conversation")
+    parser.add_argument("--dry-run", action="store_true", help="show the request body and send nothing")
+    parser.add_argument("--no-interpolate", action="store_true", help="send {name} literally")
+    return parser
+
+
+def build_help() -> str:
+    rows = "\n".join(
+        f"  {p.option + ' ' + p.kind.upper():<28} {p.help}\n  {'':<28} range: {p.range_text}; default: {p.default_text}"
+        for p in PARAMETERS
+    )
+    return dedent("""\
+    Send the cell to Granite and stream the reply.
+
+    %%granite [options]
+    <prompt; {name} is replaced by the value of a variable>
+
+    Options:
+      -m, --model ID               model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)
+      -s, --system TEXT            system prompt
+      --base-url URL               OpenAI-compatible API (default OpenRouter, env GRANITE_BASE_URL)
+      -o, --out NAME               store the Result in variable NAME
+      -f, --format FORMAT          markdown (default), text, code (fences stripped), json (parsed)
+      --chat [NAME]                continue conversation NAME (default "default"); otherwise stateless
+      --dry-run                    show the exact request body; send nothing
+      --no-interpolate             leave {name} as written
+
+    Sampling parameters (only those you set are sent; --stop may repeat):
+    """) + rows + dedent("""
+
+    Line magic:
+      %granite models             context length, prices and supported parameters
+      %granite history [NAME]     show a conversation (all if no name)
+      %granite reset [NAME]       forget a conversation (all if no name)
+      %granite key                ask for the API key (hidden; kept for this kernel only)
+      %granite last               the last result
+
+    Defaults: %config GraniteMagics.model / base_url / default_params / updates_per_second / read_timeout
+    """)
+
+
+@magics_class
+class GraniteMagics(Magics):
+    model = Unicode("", help="Default model id (empty: GRANITE_MODEL or Granite 4.0 Micro).").tag(config=True)
+    base_url = Unicode("", help="Default base URL (empty: GRANITE_BASE_URL or OpenRouter).").tag(config=True)
+    default_params = Dict(help="Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}.").tag(config=True)
+    updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
+    read_timeout = Float(60.0, help="Seconds without data before a stream counts as stalled.").tag(config=True)
+    live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.session = Session()
+        self.parser = build_parser()
+
+    @line_cell_magic
+    def granite(self, line: str, cell: str | None = None) -> Any:
+        if cell is None:
+            return self._subcommand(line)
+        return self._cell(line, cell)
+
+    # --- the cell magic -------------------------------------------------------------
+
+    def _cell(self, line: str, cell: str) -> None:
+        try:
+            args = self.parser.parse_args(shlex.split(line))
+            turn = self._turn(args, cell)
+        except errors.InvalidParameterError as exc:
+            _error(f"{exc} (nothing was sent)")
+            return None
+        except Exception as exc:  # argparse errors arrive as UsageError
+            if type(exc).__name__ != "UsageError":
+                raise
+            _error(f"{exc} (nothing was sent; see %%granite? for the options)")
+            return None
+        if args.dry_run:
+            self._dry_run(turn)
+            return None
+        for name in self.session.unsupported(turn):
+            _warn(f"{name} is not in this model's supported parameters: the provider may ignore it.")
+        self._stream(turn, args)
+        return None
+
+    def _turn(self, args: Any, cell: str) -> Turn:
+        sampling = {p.name: getattr(args, p.name) for p in PARAMETERS}
+        params = {**self.default_params, **{k: v for k, v in sampling.items() if v is not None}}
+        prompt = cell if args.no_interpolate else interpolate(cell, self.shell.user_ns if self.shell else {})
+        return Turn(
+            prompt=prompt.strip("\n"),
+            system=args.system,
+            model=args.model or self.model or None,
+            base_url=args.base_url or self.base_url or None,
+            params=params,
+            chat=args.chat,
+        )
+
+    def _dry_run(self, turn: Turn) -> None:
+        client, body, _ = self.session.prepare(turn)
+        text = json.dumps(body, indent=2, ensure_ascii=False)
+        _display({"text/plain": f"POST {client.base_url}/chat/completions\n{text}",
+                  "text/markdown": f"`POST {client.base_url}/chat/completions` (dry run: nothing sent)\n```json\n{text}\n```"})
+
+    def _stream(self, turn: Turn, args: Any) -> None:
+        self.session.read_timeout_s = self.read_timeout
+        title = describe_params(self.session.model(turn), turn.params)
+        view = self._view(title)
+        view.show()
+        result, error = self.session.run(turn, view)
+        error = _parse_format(result, args.format) or error
+        view.finish(result, args.format, {"chat": turn.chat} if turn.chat else None)
+        if args.format == "code" and result.value and not result.partial and self.shell is not None:
+            self.shell.set_next_input(result.value, replace=False)
+        if args.out:
+            self.shell.user_ns[args.out] = result  # type: ignore[union-attr]
+        if error:
+            _error(error)
+
+    def _view(self, title: str) -> LiveView:
+        use_widget = self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
+        if use_widget:
+            return WidgetView(title, rate=self.updates_per_second)
+        return TerminalView(title)
+
+    # --- the line magic -----------------------------------------------------------------
+
+    def _subcommand(self, line: str) -> Any:
+        words = shlex.split(line)
+        if not words or words[0] not in SUBCOMMANDS:
+            _error(f"unknown subcommand {line.strip()!r}; use one of: {', '.join(SUBCOMMANDS)} (see %granite?)")
+            return None
+        command, rest = words[0], words[1:]
+        name = rest[0] if rest else None
+        if command == "models":
+            self._models()
+        elif command == "history":
+            self._history(name)
+        elif command == "reset":
+            forgotten = self.session.reset(name)
+            print(f"forgot {', '.join(forgotten)}" if forgotten else "no conversations to forget")
+        elif command == "key":
+            self._ask_key()
+        elif command == "last":
+            return self.session.last
+        return None
+
+    def _models(self) -> None:
+        client = self.session.client(self.base_url or None)
+        try:
+            models = client.models()
+        except errors.GraniteError as exc:
+            _error(exc.message)
+            return
+        wanted = self.model or client.model
+        rows = [m for m in models.values() if m.id == wanted or "granite" in m.id.lower()]
+        lines = ["| model | context | $ / M input | $ / M output | supported parameters |", "|---|---|---|---|---|"]
+        for info in rows:
+            lines.append(
+                f"| {info.id} | {info.context_length or '?':,} | {_money(info.per_million(info.prompt_price))} | "
+                f"{_money(info.per_million(info.completion_price))} | {', '.join(info.supported_parameters)} |"
+            )
+        table = "\n".join(lines)
+        _display({"text/markdown": table, "text/plain": table})
+
+    def _history(self, name: str | None) -> None:
+        names = [name] if name else list(self.session.conversations)
+        if not names or (name and name not in self.session.conversations):
+            print("no conversation yet: use %%granite --chat [NAME]")
+            return
+        for each in names:
+            conversation = self.session.conversations[each]
+            print(f"── {each} ──")
+            if conversation.system:
+                print(f"[system] {conversation.system}")
+            for message in conversation.messages:
+                print(f"[{message['role']}] {message['content']}")
+
+    def _ask_key(self) -> None:
+        key = getpass.getpass("OpenRouter API key (kept for this kernel only): ").strip()
+        if not key:
+            print("no key entered; nothing changed")
+            return
+        self.session.set_api_key(key)
+        print("key set for this kernel")
+
+
+GraniteMagics.granite.__doc__ = build_help()
+
+
+def _parse_format(result: Any, fmt: str) -> str | None:
+    """Fill ``result.value`` for code and json; a message if the JSON does not parse."""
+    if fmt == "code":
+        result.value = extract_code(result.text)[0]
+    elif fmt == "json" and result.text:
+        try:
+            result.value = parse_json_reply(result.text)
+        except ValueError as exc:
+            return f"The reply is not valid JSON ({exc}); the raw text is kept in the output and in .text."
+    return None
+
+
+def _money(value: float | None) -> str:
+    return "?" if value is None else f"${value:.3f}"
+
+
+def _display(data: dict[str, Any]) -> None:
+    from IPython.display import display
+
+    display(data, raw=True)  # type: ignore[no-untyped-call]
+
+
+def _error(message: str) -> None:
+    print(f"granite: {message}", file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"granite: warning: {message}", file=sys.stderr, flush=True)
+
+
+_registered: dict[int, GraniteMagics] = {}
+
+
+def register(ipython: InteractiveShell) -> None:
+    magics = GraniteMagics(shell=ipython)
+    ipython.register_magics(magics)
+    _registered[id(ipython)] = magics
+
+
+def unregister(ipython: InteractiveShell) -> None:
+    magics = _registered.pop(id(ipython), None)
+    if magics is not None:
+        configurables: list[Any] = ipython.configurables
+        if magics in configurables:
+            configurables.remove(magics)
+        ipython.magics_manager.registry.pop(type(magics).__name__, None)
+        for kind in ("line", "cell"):
+            ipython.magics_manager.magics[kind].pop("granite", None)

@@ -1,0 +1,207 @@
+"""What a person sees: the live streaming view and the final static output.
+
+Model output is untrusted: it reaches the front end only as plain text or as
+``safe_markdown`` (see ``markdown.py``), never as HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .markdown import escape_html, extract_code, safe_markdown
+from .protocol import Accumulator
+from .result import Result
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+__all__ = [
+    "LiveView",
+    "TerminalView",
+    "WidgetView",
+    "reply_bundle",
+    "status_line",
+]
+
+MIME_MARKDOWN = "text/markdown"
+MIME_PLAIN = "text/plain"
+METADATA_KEY = "granite_magic"
+
+
+# --- status line ------------------------------------------------------------------------
+
+
+def describe_params(model: str | None, params: Mapping[str, Any]) -> str:
+    shown = " · ".join(f"{name.replace('_', ' ')} {value}" for name, value in params.items())
+    return " · ".join(part for part in (model or "", shown) if part)
+
+
+def status_line(result: Result | None = None, *, live: Accumulator | None = None) -> str:
+    """``3.1 s · first token 0.28 s · 480 tokens · 155 tok/s · $0.000054`` (or its live form)."""
+    if live is not None:
+        tokens = live.usage.completion_tokens or live.chunks
+        elapsed = live.elapsed_s
+        if not live.has_output:
+            return f"▌ waiting for the first token · {elapsed:.1f} s"
+        generating = elapsed - ((live.first_token_at or live.started) - live.started)
+        rate = f" · {tokens / generating:.0f} tok/s" if generating > 0.05 and tokens > 1 else ""
+        return f"▌ streaming · {elapsed:.1f} s · {tokens} tokens{rate}"
+    assert result is not None
+    parts = [f"{result.duration_s or 0:.1f} s"]
+    if result.ttft_s is not None:
+        parts.append(f"first token {result.ttft_s:.2f} s")
+    parts.append(f"{result.completion_tokens} tokens")
+    if result.tokens_per_s:
+        parts.append(f"{result.tokens_per_s:.0f} tok/s")
+    if result.cost is not None:
+        parts.append(f"${result.cost:.6f}")
+    if result.partial:
+        parts.append("partial reply (interrupted)" if result.error == "interrupted by the user" else "partial reply (failed)")
+    elif result.finish_reason and result.finish_reason != "stop":
+        parts.append(f"finish: {result.finish_reason}")
+    return " · ".join(parts)
+
+
+# --- the final output ----------------------------------------------------------------------
+
+
+def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data, metadata) of the static output that stays in the saved notebook."""
+    data: dict[str, Any] = {MIME_PLAIN: result.text}
+    if fmt == "markdown":
+        data[MIME_MARKDOWN] = safe_markdown(result.text)
+    elif fmt == "code":
+        code, language = extract_code(result.text)
+        data[MIME_PLAIN] = code
+        data[MIME_MARKDOWN] = _fenced(code, language)
+    elif fmt == "json" and result.value is not None:
+        data["application/json"] = result.value
+        data[MIME_MARKDOWN] = _fenced(json.dumps(result.value, indent=2, ensure_ascii=False), "json")
+    else:  # text, or JSON that did not parse: shown verbatim
+        data[MIME_MARKDOWN] = _fenced(result.text, "text")
+    metadata = {METADATA_KEY: {**result.to_dict(), "format": fmt, **(extra or {})}}
+    return data, metadata
+
+
+def _fenced(text: str, language: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def status_bundle(text: str) -> dict[str, Any]:
+    return {MIME_PLAIN: text, MIME_MARKDOWN: f"<sub>{escape_html(text)}</sub>"}
+
+
+# --- live views ------------------------------------------------------------------------------
+
+
+class LiveView(Protocol):
+    def show(self) -> None: ...
+    async def run(self, acc: Accumulator) -> None: ...
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None: ...
+
+
+class WidgetView:
+    """The reply streaming into an ``Output`` widget, throttled.
+
+    One trait (``outputs``) carries header, reply and status, so each refresh is
+    one comm message; refreshes happen at most ``rate`` times a second however
+    fast tokens arrive (each message resends the whole text, so unthrottled
+    updates would make a long reply quadratic).  Trait values are set from the
+    background thread, never ``with output:``.
+    """
+
+    STATUS_EVERY_S = 0.25  # refresh for the clock alone this often when no text arrives
+
+    def __init__(self, title: str, *, rate: float = 15.0, display: Callable[..., Any] | None = None) -> None:
+        import ipywidgets
+
+        self.title = title
+        self.interval = 1.0 / rate
+        self.widget: ipywidgets.Output = ipywidgets.Output()
+        self._display = display
+        self._handle: Any = None
+        self._sent_chunks = -1
+        self._sent_at = 0.0
+        self.updates = 0
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        self._handle = (self._display or display)(self.widget, display_id=True)
+        self._set(_markdown_output(f"**{escape_html(self.title)}**"), "", "▌ sending…")
+
+    async def run(self, acc: Accumulator) -> None:
+        """Refresh until cancelled: the stream's companion task on the background loop."""
+        while True:
+            self.refresh(acc)
+            await asyncio.sleep(self.interval)
+
+    def refresh(self, acc: Accumulator, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and acc.chunks == self._sent_chunks and now - self._sent_at < self.STATUS_EVERY_S:
+            return
+        self._sent_chunks, self._sent_at = acc.chunks, now
+        self._set(_markdown_output(f"**{escape_html(self.title)}**"), acc.text, status_line(live=acc))
+
+    def _set(self, header: dict[str, Any], text: str, status: str) -> None:
+        self.widget.outputs = (header, _markdown_output(safe_markdown(text)), _plain_output(status))
+        self.updates += 1
+
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
+        """Replace the widget by static outputs, so the reply survives without widget state."""
+        data, metadata = reply_bundle(result, fmt, extra)
+        if self._handle is not None:
+            self._handle.update(data, metadata=metadata, raw=True)
+        self.widget.close()
+        _display_raw(status_bundle(f"{self.title} · {status_line(result)}"))
+
+
+class TerminalView:
+    """Terminal IPython: print the text as it arrives, then the status line."""
+
+    def __init__(self, title: str, *, stream: Any = None) -> None:
+        self.title = title
+        self.stream = stream or sys.stdout
+        self._printed = 0
+
+    def show(self) -> None:
+        print(self.title, file=self.stream, flush=True)
+
+    async def run(self, acc: Accumulator) -> None:
+        while True:
+            self.print_new(acc)
+            await asyncio.sleep(0.05)
+
+    def print_new(self, acc: Accumulator) -> None:
+        text = acc.text
+        if len(text) > self._printed:
+            self.stream.write(text[self._printed :])
+            self.stream.flush()
+            self._printed = len(text)
+
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
+        rest = result.text[self._printed :]
+        self.stream.write(rest + "\n")
+        print(status_line(result), file=self.stream, flush=True)
+
+
+def _markdown_output(markdown: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": {MIME_MARKDOWN: markdown, MIME_PLAIN: markdown}, "metadata": {}}
+
+
+def _plain_output(text: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": {MIME_PLAIN: text}, "metadata": {}}
+
+
+def _display_raw(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    from IPython.display import display
+
+    display(data, metadata=metadata or {}, raw=True)  # type: ignore[no-untyped-call]

@@ -6,11 +6,10 @@ the turn, show it.  HTTP and JSON live in the layers below.
 
 from __future__ import annotations
 
-import getpass
 import json
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -19,10 +18,14 @@ from IPython.utils.text import dedent
 from traitlets import Dict, Enum, Float, Unicode
 
 from . import errors
-from .markdown import extract_code, parse_json_reply
 from .params import PARAMETERS
-from .render import LiveView, TerminalView, WidgetView, describe_params
-from .session import Session, Turn, interpolate
+
+if TYPE_CHECKING:
+    from .render import LiveView
+    from .session import Session, Turn
+
+# Loading the extension imports only this module, the parameter table and the
+# errors: the client, asyncio, httpx and ipywidgets wait for the first cell.
 
 __all__ = ["GraniteMagics", "register", "unregister"]
 
@@ -94,8 +97,22 @@ class GraniteMagics(Magics):
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.session = Session()
-        self.parser = build_parser()
+        self._session: Session | None = None
+        self._parser: MagicArgumentParser | None = None
+
+    @property
+    def parser(self) -> MagicArgumentParser:
+        if self._parser is None:
+            self._parser = build_parser()
+        return self._parser
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from .session import Session
+
+            self._session = Session()
+        return self._session
 
     @line_cell_magic
     def granite(self, line: str, cell: str | None = None) -> Any:
@@ -126,6 +143,8 @@ class GraniteMagics(Magics):
         return None
 
     def _turn(self, args: Any, cell: str) -> Turn:
+        from .session import Turn, interpolate
+
         sampling = {p.name: getattr(args, p.name) for p in PARAMETERS}
         params = {**self.default_params, **{k: v for k, v in sampling.items() if v is not None}}
         prompt = cell if args.no_interpolate else interpolate(cell, self.shell.user_ns if self.shell else {})
@@ -145,6 +164,8 @@ class GraniteMagics(Magics):
                   "text/markdown": f"`POST {client.base_url}/chat/completions` (dry run: nothing sent)\n```json\n{text}\n```"})
 
     def _stream(self, turn: Turn, args: Any) -> None:
+        from .render import describe_params
+
         self.session.read_timeout_s = self.read_timeout
         title = describe_params(self.session.model(turn), turn.params)
         view = self._view(title)
@@ -160,6 +181,8 @@ class GraniteMagics(Magics):
             _error(error)
 
     def _view(self, title: str) -> LiveView:
+        from .render import TerminalView, WidgetView
+
         use_widget = self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
         if use_widget:
             return WidgetView(title, rate=self.updates_per_second)
@@ -219,6 +242,8 @@ class GraniteMagics(Magics):
                 print(f"[{message['role']}] {message['content']}")
 
     def _ask_key(self) -> None:
+        import getpass
+
         key = getpass.getpass("OpenRouter API key (kept for this kernel only): ").strip()
         if not key:
             print("no key entered; nothing changed")
@@ -232,6 +257,8 @@ GraniteMagics.granite.__doc__ = build_help()
 
 def _parse_format(result: Any, fmt: str) -> str | None:
     """Fill ``result.value`` for code and json; a message if the JSON does not parse."""
+    from .markdown import extract_code, parse_json_reply
+
     if fmt == "code":
         result.value = extract_code(result.text)[0]
     elif fmt == "json" and result.text:

@@ -40,6 +40,7 @@ class Param:
     maximum: float | None = None
     exclusive_minimum: bool = False
     step: float | None = None  # slider step for the panel
+    absent: str = "provider's own"  # what happens when the field is not sent and default is None
 
     @property
     def option(self) -> str:
@@ -65,7 +66,7 @@ class Param:
 
     @property
     def default_text(self) -> str:
-        return "provider's own" if self.default is None else _fmt(self.default)
+        return self.absent if self.default is None else _fmt(self.default)
 
 
 def _fmt(value: Any) -> str:
@@ -84,10 +85,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("frequency_penalty", "float", "Penalise tokens in proportion to how often they already appeared.", 0.0, -2, 2, step=0.05),
     Param("presence_penalty", "float", "Penalise tokens that already appeared at all.", 0.0, -2, 2, step=0.05),
     Param("repetition_penalty", "float", "Multiplicative penalty on repeated tokens (1 is none).", 1.0, 0, 2, exclusive_minimum=True, step=0.01),
-    Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", None, None, None, step=1),
+    Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", step=1, absent="none"),
     Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1),
-    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4)."),
-    Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids."),
+    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4).", absent="none"),
+    Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids.", absent="none"),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}

@@ -7,7 +7,6 @@ given, so every function can be fed arbitrary input in tests.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -423,6 +422,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # rare: only servers that send an HTTP date
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import comm
 import pytest
@@ -21,7 +21,7 @@ from .conftest import TEST_KEY
 class RecordingComm(BaseComm):
     """A comm that records what a widget would send to the front end."""
 
-    sent: list[tuple[float, str, dict[str, Any]]] = []
+    sent: ClassVar[list[tuple[float, str, dict[str, Any]]]] = []
 
     def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
         RecordingComm.sent.append((time.monotonic(), msg_type, data or {}))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, GraniteClient, ModelInfo, RetryPolicy
+    from .comparison import Comparison
     from .errors import (
         APIError,
         AuthenticationError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     )
     from .params import PARAMETERS, Param
     from .result import Result, ToolCall, Usage
+    from .session import compare
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -42,6 +44,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "Comparison",
     "ConnectionDroppedError",
     "GenerationInterrupted",
     "GraniteClient",
@@ -62,6 +65,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "__version__",
+    "compare",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -73,7 +77,9 @@ _HOMES = {
         "GraniteError", "InsufficientCreditsError", "InvalidParameterError", "MissingKeyError", "ModelNotFoundError",
         "ModerationError", "RateLimitError", "ServerError", "StallError", "StreamError",
     ),
+    "comparison": ("Comparison",),
     "params": ("PARAMETERS", "Param"),
+    "session": ("compare",),
     "result": ("Result", "ToolCall", "Usage"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

@@ -15,12 +15,13 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.utils.text import dedent
-from traitlets import Dict, Enum, Float, Unicode
+from traitlets import Dict, Enum, Float, Integer, Unicode
 
 from . import errors
 from .params import PARAMETERS
 
 if TYPE_CHECKING:
+    from .comparison import RunSpec
     from .render import LiveView
     from .session import Session, Turn
 
@@ -46,6 +47,10 @@ def build_parser() -> MagicArgumentParser:
     parser.add_argument("-o", "--out", metavar="NAME", help="store the result in this variable")
     parser.add_argument("-f", "--format", choices=FORMATS, default="markdown", help="how to show and parse the reply")
     parser.add_argument("--chat", nargs="?", const="default", metavar="NAME", help="continue a named conversation")
+    parser.add_argument("--seeds", metavar="SEEDS", help="compare side by side over seeds: 1,2,3 or 1-4")
+    parser.add_argument("--sweep", action="append", metavar="NAME=V1,V2", help="compare over values of a parameter (repeatable)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run every column N times (determinism audit)")
+    parser.add_argument("--concurrency", type=int, metavar="N", help="columns streaming at once (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="show the request body and send nothing")
     parser.add_argument("--no-interpolate", action="store_true", help="send {name} literally")
     return parser
@@ -69,6 +74,10 @@ def build_help() -> str:
       -o, --out NAME               store the Result in variable NAME
       -f, --format FORMAT          markdown (default), text, code (fences stripped), json (parsed)
       --chat [NAME]                continue conversation NAME (default "default"); otherwise stateless
+      --seeds SEEDS                side by side over seeds: 1,2,3 or 1-4
+      --sweep NAME=V1,V2,...       side by side over a parameter's values (repeatable; combines with --seeds)
+      --repeat N                   run every column N times and report whether repeats were identical
+      --concurrency N              columns streaming at once (default 4)
       --dry-run                    show the exact request body; send nothing
       --no-interpolate             leave {name} as written
 
@@ -92,6 +101,7 @@ class GraniteMagics(Magics):
     base_url = Unicode("", help="Default base URL (empty: GRANITE_BASE_URL or OpenRouter).").tag(config=True)
     default_params = Dict(help="Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}.").tag(config=True)
     updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
+    concurrency = Integer(4, help="Comparison columns streaming at once.").tag(config=True)
     read_timeout = Float(60.0, help="Seconds without data before a stream counts as stalled.").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
 
@@ -126,6 +136,7 @@ class GraniteMagics(Magics):
         try:
             args = self.parser.parse_args(shlex.split(line))
             turn = self._turn(args, cell)
+            specs = self._plan(args)
         except errors.InvalidParameterError as exc:
             _error(f"{exc} (nothing was sent)")
             return None
@@ -137,10 +148,46 @@ class GraniteMagics(Magics):
         if args.dry_run:
             self._dry_run(turn)
             return None
-        for name in self.session.unsupported(turn):
+        swept = [name for spec in specs or () for name in spec.params]
+        for name in self.session.unsupported(turn, also=swept):
             _warn(f"{name} is not in this model's supported parameters: the provider may ignore it.")
-        self._stream(turn, args)
+        if specs is None:
+            self._stream(turn, args)
+        else:
+            self._compare(turn, specs, args)
         return None
+
+    def _plan(self, args: Any) -> list[RunSpec] | None:
+        """The comparison grid, or None for a single run."""
+        from .comparison import parse_seeds, parse_sweep, plan_runs
+
+        if not (args.seeds or args.sweep or args.repeat != 1):
+            return None
+        if args.chat:
+            raise errors.InvalidParameterError("--chat cannot be combined with --seeds, --sweep or --repeat")
+        sweep = dict(parse_sweep(text) for text in args.sweep or ())
+        return plan_runs(parse_seeds(args.seeds) if args.seeds else (), sweep, args.repeat)
+
+    def _compare(self, turn: Turn, specs: list[RunSpec], args: Any) -> None:
+        from .grid import GridView, TerminalGridView
+        from .render import describe_params
+
+        title = describe_params(self.session.model(turn), turn.params)
+        labels = [spec.label for spec in specs]
+        grid: GridView | TerminalGridView
+        grid = GridView(title, labels, rate=self.updates_per_second) if self._widgets() else TerminalGridView(title, labels)
+        grid.show()
+        try:
+            comparison = self.session.compare(turn, specs, grid, concurrency=args.concurrency or self.concurrency)
+        except errors.InvalidParameterError as exc:
+            _error(f"{exc} (nothing was sent)")
+            return
+        grid.finish(comparison)
+        if args.out:
+            self.shell.user_ns[args.out] = comparison  # type: ignore[union-attr]
+        failed = [f"{label}: {error}" for label, error in zip(comparison.labels, comparison.errors, strict=True) if error]
+        if failed:
+            _error("some columns failed; their partial text is kept.\n  " + "\n  ".join(failed))
 
     def _turn(self, args: Any, cell: str) -> Turn:
         from .session import Turn, interpolate
@@ -180,13 +227,13 @@ class GraniteMagics(Magics):
         if error:
             _error(error)
 
+    def _widgets(self) -> bool:
+        return self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
+
     def _view(self, title: str) -> LiveView:
         from .render import TerminalView, WidgetView
 
-        use_widget = self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
-        if use_widget:
-            return WidgetView(title, rate=self.updates_per_second)
-        return TerminalView(title)
+        return WidgetView(title, rate=self.updates_per_second) if self._widgets() else TerminalView(title)
 
     # --- the line magic -----------------------------------------------------------------
 

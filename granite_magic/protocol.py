@@ -315,7 +315,7 @@ class Accumulator:
         self._tool_calls: dict[int, ToolCall] = {}
 
     def restart_clock(self) -> None:
-        """A retry starts the timing again; nothing was delivered before it."""
+        """Start timing now: a queued comparison column starts when it may send, not when it was planned."""
         self.started = self._clock()
 
     @property

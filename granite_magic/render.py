@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .markdown import escape_html, extract_code, safe_markdown
@@ -108,59 +108,84 @@ class LiveView(Protocol):
     def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None: ...
 
 
-class WidgetView:
-    """The reply streaming into an ``Output`` widget, throttled.
+class ThrottledOutput:
+    """An ``Output`` widget refreshed from the background loop, throttled.
 
-    One trait (``outputs``) carries header, reply and status, so each refresh is
-    one comm message; refreshes happen at most ``rate`` times a second however
+    One trait (``outputs``) carries everything shown, so each refresh is one
+    comm message; refreshes happen at most ``rate`` times a second however
     fast tokens arrive (each message resends the whole text, so unthrottled
     updates would make a long reply quadratic).  Trait values are set from the
-    background thread, never ``with output:``.
+    background thread, never ``with output:``.  Subclasses say what to show
+    (``outputs``) and how far the stream has got (``progress``).
     """
 
     STATUS_EVERY_S = 0.25  # refresh for the clock alone this often when no text arrives
 
-    def __init__(self, title: str, *, rate: float = 15.0, display: Callable[..., Any] | None = None) -> None:
+    def __init__(self, *, rate: float = 15.0) -> None:
         import ipywidgets
 
-        self.title = title
         self.interval = 1.0 / rate
         self.widget: ipywidgets.Output = ipywidgets.Output()
-        self._display = display
         self._handle: Any = None
-        self._sent_chunks = -1
+        self._sent_progress = -1
         self._sent_at = 0.0
         self.updates = 0
 
-    def show(self) -> None:
+    def outputs(self, state: Any) -> tuple[dict[str, Any], ...]:
+        raise NotImplementedError
+
+    def progress(self, state: Any) -> int:
+        raise NotImplementedError
+
+    def show_widget(self, initial: tuple[dict[str, Any], ...]) -> None:
         from IPython.display import display
 
-        self._handle = (self._display or display)(self.widget, display_id=True)
-        self._set(_markdown_output(f"**{escape_html(self.title)}**"), "", "▌ sending…")
+        self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
+        self.widget.outputs = initial
 
-    async def run(self, acc: Accumulator) -> None:
+    async def run(self, state: Any) -> None:
         """Refresh until cancelled: the stream's companion task on the background loop."""
         while True:
-            self.refresh(acc)
+            self.refresh(state)
             await asyncio.sleep(self.interval)
 
-    def refresh(self, acc: Accumulator, *, force: bool = False) -> None:
+    def refresh(self, state: Any, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and acc.chunks == self._sent_chunks and now - self._sent_at < self.STATUS_EVERY_S:
+        progress = self.progress(state)
+        if not force and progress == self._sent_progress and now - self._sent_at < self.STATUS_EVERY_S:
             return
-        self._sent_chunks, self._sent_at = acc.chunks, now
-        self._set(_markdown_output(f"**{escape_html(self.title)}**"), acc.text, status_line(live=acc))
-
-    def _set(self, header: dict[str, Any], text: str, status: str) -> None:
-        self.widget.outputs = (header, _markdown_output(safe_markdown(text)), _plain_output(status))
+        self._sent_progress, self._sent_at = progress, now
+        self.widget.outputs = self.outputs(state)
         self.updates += 1
 
-    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
-        """Replace the widget by static outputs, so the reply survives without widget state."""
-        data, metadata = reply_bundle(result, fmt, extra)
+    def replace_with(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Swap the widget for a static output, so the result survives without widget state."""
         if self._handle is not None:
             self._handle.update(data, metadata=metadata, raw=True)
         self.widget.close()
+
+
+class WidgetView(ThrottledOutput):
+    """One reply streaming as Markdown (made safe), with a status line."""
+
+    def __init__(self, title: str, *, rate: float = 15.0) -> None:
+        super().__init__(rate=rate)
+        self.title = title
+
+    def show(self) -> None:
+        self.show_widget((self._header(), _markdown_output(""), _plain_output("▌ sending…")))
+
+    def _header(self) -> dict[str, Any]:
+        return _markdown_output(f"**{escape_html(self.title)}**")
+
+    def progress(self, state: Accumulator) -> int:
+        return state.chunks
+
+    def outputs(self, state: Accumulator) -> tuple[dict[str, Any], ...]:
+        return (self._header(), _markdown_output(safe_markdown(state.text)), _plain_output(status_line(live=state)))
+
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
+        self.replace_with(*reply_bundle(result, fmt, extra))
         _display_raw(status_bundle(f"{self.title} · {status_line(result)}"))
 
 

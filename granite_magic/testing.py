@@ -153,6 +153,8 @@ class FakeOpenRouter:
         self.models: dict[str, dict[str, Any]] = {GRANITE_ID: GRANITE_LISTING}
         self.accept_any_model = False
         self.requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most streams served at the same moment
         self._queue: list[Scenario] = []
         self._lock = threading.Lock()
         self._nonce = 0
@@ -191,6 +193,7 @@ class FakeOpenRouter:
             self._queue.clear()
             self.requests.clear()
             self.default = Scenario()
+            self.max_in_flight = self.in_flight
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
@@ -301,11 +304,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("X-Generation-Id", generation_id)
         self.end_headers()
+        self._count_stream(+1)
         try:
             self._stream(body, scenario, generation_id)
         except (BrokenPipeError, ConnectionResetError):
             record.disconnected = True
             self.close_connection = True
+        finally:
+            self._count_stream(-1)
+
+    def _count_stream(self, change: int) -> None:
+        with self.fake._lock:
+            self.fake.in_flight += change
+            self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake.in_flight)
 
     def _refusal(self, body: dict[str, Any], scenario: Scenario) -> tuple[int, str] | None:
         if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":

@@ -3,69 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
-import comm
 import pytest
-from comm.base_comm import BaseComm
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import CapturedIO, capture_output
+from IPython.utils.capture import capture_output
 
-from granite_magic.magic import GraniteMagics
 from granite_magic.testing import FakeOpenRouter, Scenario, fake_reply
 
-from .conftest import TEST_KEY
-
-
-class RecordingComm(BaseComm):
-    """A comm that records what a widget would send to the front end."""
-
-    sent: ClassVar[list[tuple[float, str, dict[str, Any]]]] = []
-
-    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None, buffers: Any = None, **keys: Any) -> None:
-        RecordingComm.sent.append((time.monotonic(), msg_type, data or {}))
-
-
-@pytest.fixture
-def recorded_comms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str, dict[str, Any]]]:
-    RecordingComm.sent = []
-    monkeypatch.setattr(comm, "create_comm", RecordingComm)
-    return RecordingComm.sent
-
-
-@pytest.fixture(scope="module")
-def shell() -> InteractiveShell:
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "granite_magic")
-    return ip
-
-
-@pytest.fixture
-def ip(shell: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    magics = magics_of(shell)
-    magics.session.clients.clear()
-    magics.session.conversations.clear()
-    magics.base_url = server.base_url
-    magics.default_params = {}
-    magics.live = "terminal"
-    yield shell
-
-
-def magics_of(shell: InteractiveShell) -> GraniteMagics:
-    return next(m for m in shell.configurables if isinstance(m, GraniteMagics))
-
-
-def run(ip: InteractiveShell, line: str, cell: str) -> CapturedIO:
-    with capture_output() as captured:
-        ip.run_cell_magic("granite", line, cell)
-    return captured
-
-
-def shown(out: CapturedIO) -> str:
-    """Everything a person would read: printed text and displayed outputs."""
-    return out.stdout + "".join(str(o.data.get("text/plain", "")) for o in out.outputs)
+from .conftest import TEST_KEY, magics_of, run, shown
 
 
 def reply(prompt: str, system: str | None = None, **params: Any) -> str:

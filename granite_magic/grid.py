@@ -1,0 +1,166 @@
+"""The side-by-side grid: live columns while streaming, then the comparison summary.
+
+Everything is our own HTML with every piece of model text passed through
+``html.escape``: the grid is one ``text/html`` output (one comm message per
+refresh however many columns stream), and nothing the model wrote can become
+markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .comparison import Comparison
+from .protocol import Accumulator
+from .render import ThrottledOutput, status_line
+
+__all__ = ["GridView", "TerminalGridView", "comparison_bundle", "comparison_html", "comparison_markdown"]
+
+_STYLE = """<style>
+.gm-grid{display:grid;gap:8px;grid-template-columns:repeat(var(--gm-cols),minmax(14em,1fr));overflow-x:auto}
+.gm-col{border:1px solid #8884;border-radius:4px;padding:6px;min-width:0}
+.gm-label{font-weight:600;margin-bottom:4px}
+.gm-text{white-space:pre-wrap;word-wrap:break-word;font-family:var(--jp-content-font-family,inherit)}
+.gm-status{font-size:85%;opacity:.75;margin-top:4px}
+.gm-error{color:#b00020;font-size:85%;margin-top:4px}
+.gm-summary{margin-top:8px;white-space:pre-wrap}
+.gm-diff del{background:#ff000026;text-decoration:line-through}
+.gm-diff ins{background:#00aa0033;text-decoration:none}
+.gm-matrix td,.gm-matrix th{padding:2px 6px;text-align:right}
+</style>"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _column(label: str, text: str, status: str, error: str | None = None) -> str:
+    error_html = f'<div class="gm-error">{_e(error)}</div>' if error else ""
+    return (f'<div class="gm-col"><div class="gm-label">{_e(label)}</div><div class="gm-text">{_e(text)}</div>'
+            f'<div class="gm-status">{_e(status)}</div>{error_html}</div>')
+
+
+def _grid(columns: Sequence[str]) -> str:
+    return f'{_STYLE}<div class="gm-grid" style="--gm-cols:{max(1, len(columns))}">{"".join(columns)}</div>'
+
+
+def live_grid_html(labels: Sequence[str], accs: Sequence[Accumulator], done: Sequence[str | None]) -> str:
+    columns = [_column(label, acc.text, status or status_line(live=acc)) for label, acc, status in zip(labels, accs, done, strict=True)]
+    return _grid(columns)
+
+
+def live_grid_text(labels: Sequence[str], accs: Sequence[Accumulator]) -> str:
+    return "\n".join(f"{label}: {acc.chunks} chunks" for label, acc in zip(labels, accs, strict=True))
+
+
+def comparison_html(comp: Comparison) -> str:
+    columns = [
+        _column(label, result.text, f"{status_line(result)} · group {comp.group_of(i) + 1}", comp.errors[i])
+        for i, (label, result) in enumerate(zip(comp.labels, comp.results, strict=True))
+    ]
+    return _grid(columns) + f'<div class="gm-summary">{_e(comp.summary)}</div>' + _matrix_html(comp) + _diffs_html(comp)
+
+
+def _matrix_html(comp: Comparison) -> str:
+    if len(comp.results) < 2:
+        return ""
+    head = "".join(f"<th>{_e(label)}</th>" for label in comp.labels)
+    rows = "".join(
+        f"<tr><th>{_e(label)}</th>" + "".join(f"<td>{value:.2f}</td>" for value in row) + "</tr>"
+        for label, row in zip(comp.labels, comp.similarity_matrix, strict=True)
+    )
+    return f'<details><summary>similarity matrix</summary><table class="gm-matrix"><tr><th></th>{head}</tr>{rows}</table></details>'
+
+
+def _diffs_html(comp: Comparison) -> str:
+    blocks = []
+    for i, label in enumerate(comp.labels):
+        if i == comp.reference or comp.divergences[i] is None:
+            continue
+        pieces = []
+        for op, words in comp.diff(i):
+            tag = {"equal": None, "delete": "del", "insert": "ins"}[op]
+            pieces.append(f"<{tag}>{_e(words)}</{tag}>" if tag else _e(words))
+        blocks.append(f'<div class="gm-diff"><b>{_e(label)}</b> vs {_e(comp.labels[comp.reference])}: {" ".join(pieces)}</div>')
+    return f"<details><summary>word diffs</summary>{''.join(blocks)}</details>" if blocks else ""
+
+
+def comparison_markdown(comp: Comparison) -> str:
+    """The fallback for front ends that show Markdown but not our HTML (and for GitHub)."""
+    parts = []
+    for i, (label, result) in enumerate(zip(comp.labels, comp.results, strict=True)):
+        error = f"\n\n> {comp.errors[i]}" if comp.errors[i] else ""
+        fence = "`" * max(3, _longest_backticks(result.text) + 1)
+        parts.append(f"**{label}** · {status_line(result)}\n\n{fence}text\n{result.text}\n{fence}{error}")
+    return "\n\n".join(parts) + f"\n\n```text\n{comp.summary}\n```"
+
+
+def _longest_backticks(text: str) -> int:
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def comparison_bundle(comp: Comparison) -> tuple[dict[str, Any], dict[str, Any]]:
+    plain = "\n\n".join(f"[{label}]\n{text}" for label, text in zip(comp.labels, comp.texts, strict=True))
+    data = {"text/html": comparison_html(comp), "text/markdown": comparison_markdown(comp), "text/plain": f"{plain}\n\n{comp.summary}"}
+    return data, {"granite_magic": {"comparison": comp.to_dict()}}
+
+
+class GridView(ThrottledOutput):
+    """Columns streaming side by side in one widget."""
+
+    def __init__(self, title: str, labels: Sequence[str], *, rate: float = 15.0) -> None:
+        super().__init__(rate=rate)
+        self.title = title
+        self.labels = list(labels)
+        self.done: list[str | None] = [None] * len(labels)  # a final status once a column ends
+
+    def show(self) -> None:
+        self.show_widget(self._outputs([Accumulator() for _ in self.labels]))
+
+    def progress(self, state: Sequence[Accumulator]) -> int:
+        return sum(acc.chunks for acc in state) + sum(status is not None for status in self.done)
+
+    def outputs(self, state: Sequence[Accumulator]) -> tuple[dict[str, Any], ...]:
+        return self._outputs(state)
+
+    def _outputs(self, state: Sequence[Accumulator]) -> tuple[dict[str, Any], ...]:
+        data = {"text/html": f"<b>{_e(self.title)}</b>" + live_grid_html(self.labels, state, self.done),
+                "text/plain": live_grid_text(self.labels, state)}
+        return ({"output_type": "display_data", "data": data, "metadata": {}},)
+
+    def column_done(self, index: int, status: str) -> None:
+        self.done[index] = status
+
+    def finish(self, comp: Comparison) -> None:
+        self.replace_with(*comparison_bundle(comp))
+
+
+class TerminalGridView:
+    """Terminal IPython: one line as each column ends, then every text and the summary."""
+
+    def __init__(self, title: str, labels: Sequence[str], *, stream: Any = None) -> None:
+        self.title = title
+        self.labels = list(labels)
+        self.stream = stream or sys.stdout
+
+    def show(self) -> None:
+        print(f"{self.title} · {len(self.labels)} runs", file=self.stream, flush=True)
+
+    async def run(self, state: Sequence[Accumulator]) -> None:
+        await asyncio.Event().wait()  # nothing to animate in a terminal; wait to be cancelled
+
+    def column_done(self, index: int, status: str) -> None:
+        print(f"  {self.labels[index]}: {status}", file=self.stream, flush=True)
+
+    def finish(self, comp: Comparison) -> None:
+        for label, text in zip(comp.labels, comp.texts, strict=True):
+            print(f"\n[{label}]\n{text}", file=self.stream)
+        print(f"\n{comp.summary}", file=self.stream, flush=True)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         StallError,
         StreamError,
     )
+    from .panel_ui import Panel, panel
     from .params import PARAMETERS, Param
     from .result import Result, ToolCall, Usage
     from .session import compare
@@ -55,6 +56,7 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "ModerationError",
+    "Panel",
     "Param",
     "RateLimitError",
     "Result",
@@ -67,6 +69,7 @@ __all__ = [
     "__version__",
     "compare",
     "load_ipython_extension",
+    "panel",
     "unload_ipython_extension",
 ]
 
@@ -78,6 +81,7 @@ _HOMES = {
         "ModerationError", "RateLimitError", "ServerError", "StallError", "StreamError",
     ),
     "comparison": ("Comparison",),
+    "panel_ui": ("Panel", "panel"),
     "params": ("PARAMETERS", "Param"),
     "session": ("compare",),
     "result": ("Result", "ToolCall", "Usage"),

@@ -116,8 +116,8 @@ def comparison_bundle(comp: Comparison) -> tuple[dict[str, Any], dict[str, Any]]
 class GridView(ThrottledOutput):
     """Columns streaming side by side in one widget."""
 
-    def __init__(self, title: str, labels: Sequence[str], *, rate: float = 15.0) -> None:
-        super().__init__(rate=rate)
+    def __init__(self, title: str, labels: Sequence[str], *, rate: float = 15.0, embedded: bool = False) -> None:
+        super().__init__(rate=rate, embedded=embedded)
         self.title = title
         self.labels = list(labels)
         self.done: list[str | None] = [None] * len(labels)  # a final status once a column ends

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["GraniteMagics", "register", "unregister"]
 
 FORMATS = ("markdown", "text", "code", "json")
-SUBCOMMANDS = ("models", "history", "reset", "key", "last")
+SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last")
 
 
 def build_parser() -> MagicArgumentParser:
@@ -86,6 +86,7 @@ def build_help() -> str:
 
     Line magic:
       %granite models             context length, prices and supported parameters
+      %granite panel [PROMPT]     a widget panel: every parameter, presets, Run/Stop, seed comparison
       %granite history [NAME]     show a conversation (all if no name)
       %granite reset [NAME]       forget a conversation (all if no name)
       %granite key                ask for the API key (hidden; kept for this kernel only)
@@ -246,6 +247,8 @@ class GraniteMagics(Magics):
         name = rest[0] if rest else None
         if command == "models":
             self._models()
+        elif command == "panel":
+            return self.panel(" ".join(rest))
         elif command == "history":
             self._history(name)
         elif command == "reset":
@@ -274,6 +277,15 @@ class GraniteMagics(Magics):
             )
         table = "\n".join(lines)
         _display({"text/markdown": table, "text/plain": table})
+
+    def panel(self, prompt: str = "") -> Any:
+        """A panel that starts from this kernel's defaults and shares its session."""
+        from .panel_ui import Panel
+
+        return Panel(
+            self.session, prompt=prompt, model=self.model or None, base_url=self.base_url or None,
+            concurrency=self.concurrency, rate=self.updates_per_second, **self.default_params,
+        )
 
     def _history(self, name: str | None) -> None:
         names = [name] if name else list(self.session.conversations)

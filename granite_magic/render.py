@@ -121,10 +121,11 @@ class ThrottledOutput:
 
     STATUS_EVERY_S = 0.25  # refresh for the clock alone this often when no text arrives
 
-    def __init__(self, *, rate: float = 15.0) -> None:
+    def __init__(self, *, rate: float = 15.0, embedded: bool = False) -> None:
         import ipywidgets
 
         self.interval = 1.0 / rate
+        self.embedded = embedded  # inside another widget (the panel) rather than a cell's output
         self.widget: ipywidgets.Output = ipywidgets.Output()
         self._handle: Any = None
         self._sent_progress = -1
@@ -138,9 +139,10 @@ class ThrottledOutput:
         raise NotImplementedError
 
     def show_widget(self, initial: tuple[dict[str, Any], ...]) -> None:
-        from IPython.display import display
+        if not self.embedded:
+            from IPython.display import display
 
-        self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
+            self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
         self.widget.outputs = initial
 
     async def run(self, state: Any) -> None:
@@ -158,18 +160,26 @@ class ThrottledOutput:
         self.widget.outputs = self.outputs(state)
         self.updates += 1
 
-    def replace_with(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
-        """Swap the widget for a static output, so the result survives without widget state."""
+    def replace_with(self, data: dict[str, Any], metadata: dict[str, Any], *after: dict[str, Any]) -> None:
+        """Swap the widget for static outputs, so the result survives without widget state.
+
+        Embedded in the panel, the widget stays and shows the static outputs instead.
+        """
+        if self.embedded:
+            self.widget.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata}, *after)
+            return
         if self._handle is not None:
             self._handle.update(data, metadata=metadata, raw=True)
         self.widget.close()
+        for output in after:
+            _display_raw(output["data"], output["metadata"])
 
 
 class WidgetView(ThrottledOutput):
     """One reply streaming as Markdown (made safe), with a status line."""
 
-    def __init__(self, title: str, *, rate: float = 15.0) -> None:
-        super().__init__(rate=rate)
+    def __init__(self, title: str, *, rate: float = 15.0, embedded: bool = False) -> None:
+        super().__init__(rate=rate, embedded=embedded)
         self.title = title
 
     def show(self) -> None:
@@ -184,9 +194,9 @@ class WidgetView(ThrottledOutput):
     def outputs(self, state: Accumulator) -> tuple[dict[str, Any], ...]:
         return (self._header(), _markdown_output(safe_markdown(state.text)), _plain_output(status_line(live=state)))
 
-    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
-        self.replace_with(*reply_bundle(result, fmt, extra))
-        _display_raw(status_bundle(f"{self.title} · {status_line(result)}"))
+    def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None) -> None:
+        status = {"output_type": "display_data", "data": status_bundle(f"{self.title} · {status_line(result)}"), "metadata": {}}
+        self.replace_with(*reply_bundle(result, fmt, extra), status)
 
 
 class TerminalView:

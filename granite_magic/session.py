@@ -23,6 +23,7 @@ from .params import validate_params
 from .protocol import Accumulator, build_messages
 from .render import LiveView, status_line
 from .result import Result
+from .runner import BackgroundLoop
 
 __all__ = ["Conversation", "GridLike", "Session", "Turn", "compare", "default_session", "interpolate"]
 
@@ -126,40 +127,56 @@ class Session:
         body, acc = client.prepare(messages=self.messages(turn), model=self.model(turn), **turn.params)
         return client, body, acc
 
+    def supported_parameters(self, base_url: str | None, model: str) -> tuple[str, ...] | None:
+        """What the model's listing names as supported; None when the server does not say."""
+        try:
+            info = self.client(base_url).model_info(model)
+        except (errors.GraniteError, OSError, ValueError):
+            return None  # a server without /models: nothing is known
+        if info is None or not info.supported_parameters:
+            return None
+        return info.supported_parameters
+
     def unsupported(self, turn: Turn, also: Sequence[str] = ()) -> list[str]:
         """Parameters set (or swept, ``also``) that the model's listing does not name as supported."""
-        client = self.client(turn.base_url)
-        try:
-            info = client.model_info(self.model(turn))
-        except (errors.GraniteError, OSError, ValueError):
-            return []  # a server without /models: nothing to warn about
-        if info is None or not info.supported_parameters:
+        supported = self.supported_parameters(turn.base_url, self.model(turn))
+        if supported is None:
             return []
         names = list(dict.fromkeys([*turn.params, *also]))
-        return [name for name in names if name not in info.supported_parameters]
+        return [name for name in names if name not in supported]
 
-    def run(self, turn: Turn, view: LiveView) -> tuple[Result, str | None]:
-        """Stream one turn into ``view``; returns the result and an error message (or None)."""
+    def start(self, turn: Turn) -> SingleJob:
+        """Prepare one turn (everything is validated here, before any I/O)."""
         client, body, acc = self.prepare(turn)
+        return SingleJob(turn, client, body, acc)
 
-        async def stream_with_view() -> Result:
-            companion = asyncio.ensure_future(view.run(acc))
-            try:
-                return await client.stream_body(body, acc)
-            finally:
-                companion.cancel()
-
-        error: str | None = None
-        try:
-            result = client.loop.run(stream_with_view())
-        except KeyboardInterrupt:
-            result, error = acc.result(error="interrupted by the user", partial=True), INTERRUPTED
-        except errors.GraniteError as exc:
-            result, error = exc.result or acc.result(error=exc.message, partial=True), exc.message
-        if error is None and turn.chat is not None:
-            self._remember(turn, result)
+    def finish(self, job: SingleJob, cancelled: str = "") -> tuple[Result, str | None]:
+        """The job's result and error message; a complete chat turn joins its conversation."""
+        result, error = job.outcome(cancelled or INTERRUPTED)
+        if error is None and job.turn.chat is not None:
+            self._remember(job.turn, result)
         self.last = result
         return result, error
+
+    def run(self, turn: Turn, view: LiveView) -> tuple[Result, str | None]:
+        """Stream one turn into ``view``, blocking; Ctrl-C stops it and keeps the partial reply."""
+        job = self.start(turn)
+        with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
+            job.loop.run(job.stream(view))
+        return self.finish(job)
+
+    def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int = 4) -> CompareJob:
+        if turn.chat is not None:
+            raise errors.InvalidParameterError("a comparison cannot continue a conversation (--chat): each column would fork it")
+        if concurrency < 1:
+            raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
+        columns = [self.start(replace(turn, params={**turn.params, **spec.params})) for spec in specs]
+        return CompareJob(turn, list(specs), columns, concurrency)
+
+    def finish_compare(self, job: CompareJob, cancelled: str = "") -> Comparison:
+        comparison = job.outcome(cancelled or INTERRUPTED)
+        self.last = comparison
+        return comparison
 
     def compare(self, turn: Turn, specs: Sequence[RunSpec], view: GridLike | None = None, *, concurrency: int = 4) -> Comparison:
         """Run one column per spec, at most ``concurrency`` at once, all streaming into ``view``.
@@ -167,45 +184,10 @@ class Session:
         A failing column keeps its partial text and does not stop the others; an
         interrupt cancels them all and keeps what each had received.
         """
-        if turn.chat is not None:
-            raise errors.InvalidParameterError("a comparison cannot continue a conversation (--chat): each column would fork it")
-        if concurrency < 1:
-            raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
-        grid = view or QuietGrid()
-        prepared = [self.prepare(replace(turn, params={**turn.params, **spec.params})) for spec in specs]
-        accs = [acc for _, _, acc in prepared]
-        outcomes: list[tuple[Result, str | None] | None] = [None] * len(prepared)
-
-        async def column(index: int, gate: asyncio.Semaphore) -> None:
-            client, body, acc = prepared[index]
-            async with gate:
-                acc.restart_clock()  # time a column from when it may start, not while it queued
-                try:
-                    result, error = await client.stream_body(body, acc), None
-                except errors.GraniteError as exc:
-                    result, error = exc.result or acc.result(error=exc.message, partial=True), exc.message
-            outcomes[index] = (result, error)
-            grid.column_done(index, status_line(result))
-
-        async def all_columns() -> None:
-            gate = asyncio.Semaphore(concurrency)
-            companion = asyncio.ensure_future(grid.run(accs))
-            try:
-                await asyncio.gather(*(column(i, gate) for i in range(len(prepared))))
-            finally:
-                companion.cancel()
-
-        started = time.perf_counter()
-        with contextlib.suppress(KeyboardInterrupt):  # unfinished columns are filled in below, partial
-            prepared[0][0].loop.run(all_columns())
-        wall = time.perf_counter() - started
-        finished = [o or (accs[i].result(error="interrupted by the user", partial=True), INTERRUPTED) for i, o in enumerate(outcomes)]
-        comparison = Comparison(
-            prompt=turn.prompt, specs=list(specs), results=[r for r, _ in finished], errors=[e for _, e in finished],
-            wall_s=wall, base_params=dict(turn.params),
-        )
-        self.last = comparison
-        return comparison
+        job = self.start_compare(turn, specs, concurrency=concurrency)
+        with contextlib.suppress(KeyboardInterrupt):
+            job.loop.run(job.stream(view or QuietGrid()))
+        return self.finish_compare(job)
 
     def _remember(self, turn: Turn, result: Result) -> None:
         """Only a complete turn joins the history, so a failed one cannot corrupt it."""
@@ -219,6 +201,86 @@ class Session:
         for each in names:
             self.conversations.pop(each, None)
         return names
+
+
+class SingleJob:
+    """One prepared request; ``stream`` runs it on the background loop, ``outcome`` says how it ended.
+
+    Blocking callers (the magic) and non-blocking ones (the panel's Run button)
+    drive the same job; cancelling ``stream`` leaves the partial reply in ``acc``.
+    """
+
+    def __init__(self, turn: Turn, client: GraniteClient, body: dict[str, Any], acc: Accumulator) -> None:
+        self.turn, self.client, self.body, self.acc = turn, client, body, acc
+        self._result: Result | None = None
+        self._error: str | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        return self.client.loop
+
+    async def stream(self, view: LiveView | None = None) -> None:
+        companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
+        try:
+            self._result = await self.client.stream_body(self.body, self.acc)
+        except errors.GraniteError as exc:
+            self._result = exc.result or self.acc.result(error=exc.message, partial=True)
+            self._error = exc.message
+        finally:
+            if companion is not None:
+                companion.cancel()
+
+    @property
+    def ended(self) -> bool:
+        return self._result is not None
+
+    def outcome(self, cancelled: str = INTERRUPTED) -> tuple[Result, str | None]:
+        if self._result is None:  # cancelled before it ended
+            return self.acc.result(error="interrupted by the user", partial=True), cancelled
+        return self._result, self._error
+
+
+class CompareJob:
+    """The columns of a comparison, streamed concurrently behind a semaphore."""
+
+    def __init__(self, turn: Turn, specs: list[RunSpec], columns: list[SingleJob], concurrency: int) -> None:
+        self.turn, self.specs, self.columns, self.concurrency = turn, specs, columns, concurrency
+        self._started: float | None = None
+        self._ended: float | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        return self.columns[0].loop
+
+    @property
+    def accumulators(self) -> list[Accumulator]:
+        return [column.acc for column in self.columns]
+
+    async def stream(self, grid: GridLike) -> None:
+        self._started = time.perf_counter()
+        gate = asyncio.Semaphore(self.concurrency)
+        companion = asyncio.ensure_future(grid.run(self.accumulators))
+
+        async def column(index: int) -> None:
+            job = self.columns[index]
+            async with gate:
+                job.acc.restart_clock()  # time a column from when it may start, not while it queued
+                await job.stream()
+            grid.column_done(index, status_line(job.outcome()[0]))
+
+        try:
+            await asyncio.gather(*(column(i) for i in range(len(self.columns))))
+        finally:
+            companion.cancel()
+            self._ended = time.perf_counter()
+
+    def outcome(self, cancelled: str = INTERRUPTED) -> Comparison:
+        finished = [column.outcome(cancelled) for column in self.columns]
+        wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
+        return Comparison(
+            prompt=self.turn.prompt, specs=self.specs, results=[r for r, _ in finished], errors=[e for _, e in finished],
+            wall_s=wall, base_params=dict(self.turn.params),
+        )
 
 
 _default_session: Session | None = None

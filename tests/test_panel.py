@@ -1,0 +1,169 @@
+"""The panel through the widget API, without a front end, against the local server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from granite_magic import Comparison, Result
+from granite_magic.panel_ui import PRESETS, Panel
+from granite_magic.session import Session
+from granite_magic.testing import FakeOpenRouter, Scenario
+
+from .conftest import TEST_KEY, magics_of, run, wait_until
+
+
+@pytest.fixture
+def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    return Session()
+
+
+@pytest.fixture
+def panel(session: Session, server: FakeOpenRouter, recorded_comms: list[Any]) -> Iterator[Panel]:
+    p = Panel(session, base_url=server.base_url, prompt="Tell me about granite")
+    yield p
+    p.stop()
+    p.wait(5)
+
+
+def click_run(panel: Panel) -> None:
+    panel.run_button.click()
+    assert panel.wait(10), "the run did not finish"
+
+
+def test_controls_come_from_the_table_with_ranges(panel: Panel) -> None:
+    assert list(panel.controls) == ["temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
+                                    "repetition_penalty", "seed", "max_tokens", "stop", "logit_bias"]
+    temperature = panel.controls["temperature"].value
+    assert (temperature.min, temperature.max, temperature.value) == (0, 2, 1)
+    assert panel.controls["top_p"].value.min > 0  # 0 is outside top_p's range
+    assert not any(c.send.value for c in panel.controls.values())  # nothing is sent until chosen
+
+
+def test_unsupported_parameters_are_flagged(panel: Panel) -> None:
+    assert "not supported" in panel.controls["min_p"].flag.value
+    assert "not supported" in panel.controls["top_a"].flag.value
+    assert panel.controls["temperature"].flag.value == ""
+
+
+def test_run_sends_exactly_the_chosen_fields(panel: Panel, server: FakeOpenRouter) -> None:
+    panel.controls["temperature"].value.value = 0.4
+    panel.controls["temperature"].send.value = True
+    panel.controls["seed"].value.value = 9
+    panel.controls["seed"].send.value = True
+    panel.controls["top_k"].value.value = 30  # set but not sent
+    panel.system.value = "Be brief."
+    click_run(panel)
+    (request,) = server.chat_requests
+    assert request.sampling == {"temperature": 0.4, "seed": 9}
+    assert request.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about granite"}]
+    assert isinstance(panel.results, Result) and panel.results.text and not panel.results.partial
+    assert panel.run_button.disabled is False and panel.stop_button.disabled is True
+
+
+def test_run_returns_at_once_and_stop_keeps_the_partial_text(panel: Panel, server: FakeOpenRouter) -> None:
+    server.push(Scenario(tokens=400, tokens_per_s=20))  # 20 s if left alone
+    started = time.monotonic()
+    panel.run_button.click()
+    assert time.monotonic() - started < 1  # the callback did not wait for the stream
+    assert panel.running and panel.stop_button.disabled is False
+    assert wait_until(lambda: bool(server.chat_requests) and panel.results is None and "streaming" in str(panel.output.children[0].outputs))
+    stopped_at = time.monotonic()
+    panel.stop_button.click()
+    assert panel.wait(5)
+    assert time.monotonic() - stopped_at < 1
+    result = panel.results
+    assert isinstance(result, Result) and result.partial and 0 < len(result.text.split()) < 400
+    assert "Stopped" in panel.message.value
+    assert wait_until(lambda: server.chat_requests[0].disconnected)
+    # and the panel is usable again
+    server.push(Scenario(tokens=5))
+    click_run(panel)
+    assert isinstance(panel.results, Result) and not panel.results.partial
+
+
+def test_invalid_value_is_shown_in_place_and_nothing_is_sent(panel: Panel, server: FakeOpenRouter) -> None:
+    panel.controls["logit_bias"].value.value = "{broken"
+    panel.controls["logit_bias"].send.value = True
+    panel.run_button.click()
+    assert "logit_bias is not valid JSON" in panel.message.value and "nothing was sent" in panel.message.value
+    assert not panel.running and server.chat_requests == []
+
+
+def test_failed_run_shows_its_message_and_leaves_the_panel_usable(panel: Panel, server: FakeOpenRouter) -> None:
+    server.push(Scenario(status=402))
+    click_run(panel)
+    assert "credits" in panel.message.value
+    click_run(panel)
+    assert isinstance(panel.results, Result) and not panel.results.partial and panel.message.value == ""
+
+
+def test_compare_mode_fills_three_columns_and_the_summary(panel: Panel, server: FakeOpenRouter) -> None:
+    panel.mode.value = "compare"
+    panel.seeds.value = "1-3"
+    click_run(panel)
+    comparison = panel.results
+    assert isinstance(comparison, Comparison) and comparison.labels == ["seed 1", "seed 2", "seed 3"]
+    assert sorted(r.sampling["seed"] for r in server.chat_requests) == [1, 2, 3]
+    html = panel.output.children[0].outputs[0]["data"]["text/html"]
+    assert "identical groups" in html and "seed 3" in html
+
+
+def test_presets_set_values_and_send_toggles(panel: Panel) -> None:
+    panel.preset.value = "precise"
+    assert panel.chosen_params() == PRESETS["precise"]
+
+
+def test_history_keeps_runs_and_compares_with_the_current(panel: Panel) -> None:
+    panel.controls["seed"].set(1)
+    click_run(panel)
+    panel.controls["seed"].set(2)
+    click_run(panel)
+    assert [e.number for e in panel.history] == [1, 2]
+    panel.history_picker.value = 1
+    panel.show_button.click()
+    shown = panel.output.children[0].outputs[0]["data"]["text/plain"]
+    assert shown == panel.history[0].outcome.text  # type: ignore[union-attr]
+    panel.diff_button.click()
+    assert "#1" in panel.output.children[0].outputs[0]["data"]["text/html"]
+
+
+@pytest.mark.parametrize("mode", ["single", "compare"])
+def test_copy_as_cell_sends_an_identical_request(ip: InteractiveShell, server: FakeOpenRouter, recorded_comms: list[Any], mode: str) -> None:
+    magics = magics_of(ip)
+    panel = magics.panel()
+    panel.prompt.value = 'Summarise {"a": 1} for me'
+    panel.system.value = "You're terse."
+    panel.controls["temperature"].set(0.65)
+    panel.controls["top_k"].set(40)
+    panel.controls["stop"].set(["END", "two words"])
+    panel.controls["logit_bias"].set({"42": -5})
+    panel.controls["max_tokens"].set(30)
+    if mode == "compare":
+        panel.mode.value = "compare"
+        panel.seeds.value = "1-2"
+        panel.sweep.value = "top_p=0.5,0.9"
+    click_run(panel)
+    from_panel = sorted((r.body for r in server.chat_requests), key=str)
+    cell = panel.copy_as_cell()
+    line, body = cell.split("\n", 1)
+    server.requests.clear()
+    run(ip, line.removeprefix("%%granite "), body)
+    from_cell = sorted((r.body for r in server.chat_requests), key=str)
+    assert from_cell == from_panel and len(from_cell) == (1 if mode == "single" else 4)
+
+
+def test_panel_subcommand_and_function(ip: InteractiveShell, server: FakeOpenRouter, recorded_comms: list[Any]) -> None:
+    import granite_magic
+
+    magics_of(ip).default_params = {"temperature": 0.3}
+    shown = ip.run_line_magic("granite", "panel Hello there")
+    assert isinstance(shown, Panel) and shown.prompt.value == "Hello there"
+    assert shown.chosen_params() == {"temperature": 0.3}
+    made = granite_magic.panel(prompt="Hi", seed=4)
+    assert made.session is magics_of(ip).session and made.chosen_params() == {"seed": 4}

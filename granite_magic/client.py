@@ -34,7 +34,7 @@ from .runner import BackgroundLoop, get_loop
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "GraniteClient", "ModelInfo", "RetryPolicy"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "BaseClient", "GraniteClient", "ModelInfo", "RetryPolicy"]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_MODEL = "ibm-granite/granite-4.0-h-micro"
@@ -125,7 +125,90 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
-class GraniteClient:
+class BaseClient:
+    """What every backend shares: the background loop, request preparation, and the
+    blocking/awaitable twins.  A backend implements ``stream_body`` and ``_fetch_models``.
+    """
+
+    model: str
+    _loop: BackgroundLoop | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        if self._loop is None:
+            self._loop = get_loop()
+        return self._loop
+
+    @property
+    def requires_key(self) -> bool:
+        return False
+
+    @property
+    def has_key(self) -> bool:
+        return False
+
+    def set_api_key(self, key: str | None) -> None:
+        pass
+
+    def prepare(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> tuple[dict[str, Any], Accumulator]:
+        """Validate and build the request body; nothing is sent.  Raises before any I/O."""
+        sampling = validate_params(params)
+        if messages is None:
+            if prompt is None:
+                raise errors.InvalidParameterError("give a prompt or messages")
+            messages = build_messages(prompt, system=system)
+        body = chat_body(model or self.model, messages, sampling)
+        return body, Accumulator(sampling)
+
+    def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
+        """Send one chat turn and block until the reply is complete.
+
+        Ctrl-C (a kernel interrupt) cancels the request at once and raises
+        ``GenerationInterrupted`` whose ``result`` holds the partial reply.
+        """
+        body, acc = self.prepare(prompt, **kwargs)
+        try:
+            return self.loop.run(self.stream_body(body, acc, on_update))
+        except errors.GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise errors.GenerationInterrupted(acc.result(error="interrupted by the user", partial=True)) from None
+
+    async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
+        """Awaitable twin of ``chat()``, usable from any event loop."""
+        body, acc = self.prepare(prompt, **kwargs)
+        return await self.loop.run_async(self.stream_body(body, acc, on_update))
+
+    async def stream_body(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
+        """Run one prepared request on the background loop; raises GraniteError carrying the partial result."""
+        raise NotImplementedError
+
+    def models(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
+        return self.loop.run(self._fetch_models(refresh))
+
+    async def amodels(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
+        return await self.loop.run_async(self._fetch_models(refresh))
+
+    def model_info(self, model: str | None = None) -> ModelInfo | None:
+        """The listing for ``model`` (default: the client's), or None if it is not listed."""
+        return self.models().get(model or self.model)
+
+    async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class GraniteClient(BaseClient):
     """Chat with Granite (or any OpenAI-compatible model) over a streaming HTTP API.
 
     ``api_key`` defaults to ``OPENROUTER_API_KEY``, ``base_url`` to
@@ -170,50 +253,7 @@ class GraniteClient:
         """OpenRouter needs a key; local servers (Ollama, vLLM, llama.cpp) usually do not."""
         return (urlsplit(self.base_url).hostname or "").endswith("openrouter.ai")
 
-    @property
-    def loop(self) -> BackgroundLoop:
-        if self._loop is None:
-            self._loop = get_loop()
-        return self._loop
-
     # --- the request -----------------------------------------------------------
-
-    def prepare(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: Sequence[Mapping[str, Any]] | None = None,
-        system: str | None = None,
-        model: str | None = None,
-        **params: Any,
-    ) -> tuple[dict[str, Any], Accumulator]:
-        """Validate and build the request body; nothing is sent.  Raises before any I/O."""
-        sampling = validate_params(params)
-        if messages is None:
-            if prompt is None:
-                raise errors.InvalidParameterError("give a prompt or messages")
-            messages = build_messages(prompt, system=system)
-        body = chat_body(model or self.model, messages, sampling)
-        return body, Accumulator(sampling)
-
-    def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
-        """Send one chat turn and block until the reply is complete.
-
-        Ctrl-C (a kernel interrupt) cancels the request at once and raises
-        ``GenerationInterrupted`` whose ``result`` holds the partial reply.
-        """
-        body, acc = self.prepare(prompt, **kwargs)
-        try:
-            return self.loop.run(self.stream_body(body, acc, on_update))
-        except errors.GenerationInterrupted:
-            raise
-        except KeyboardInterrupt:
-            raise errors.GenerationInterrupted(acc.result(error="interrupted by the user", partial=True)) from None
-
-    async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
-        """Awaitable twin of ``chat()``, usable from any event loop."""
-        body, acc = self.prepare(prompt, **kwargs)
-        return await self.loop.run_async(self.stream_body(body, acc, on_update))
 
     async def stream_body(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         """Run one prepared request on the current (background) loop; the core of every call."""
@@ -313,16 +353,6 @@ class GraniteClient:
         return f"The connection dropped during the reply ({type(exc).__name__}).{_kept(acc)} Run the cell again to retry."
 
     # --- metadata ----------------------------------------------------------------
-
-    def models(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
-        return self.loop.run(self._fetch_models(refresh))
-
-    async def amodels(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
-        return await self.loop.run_async(self._fetch_models(refresh))
-
-    def model_info(self, model: str | None = None) -> ModelInfo | None:
-        """The listing for ``model`` (default: the client's), or None if it is not listed."""
-        return self.models().get(model or self.model)
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
         import httpx

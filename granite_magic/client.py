@@ -131,6 +131,7 @@ class BaseClient:
     """
 
     model: str
+    base_url: str
     _loop: BackgroundLoop | None = None
 
     @property

@@ -34,6 +34,7 @@ KEY_HELP = (
     "Set the OPENROUTER_API_KEY environment variable, run `%granite key` in the notebook, "
     "or pass api_key= to the client. Keys are at https://openrouter.ai/keys."
 )
+LOCAL_HELP = "Or run Granite on this machine without a key: pip install 'granite-magic[local]' (then --backend local)."
 
 
 class GraniteError(Exception):
@@ -55,7 +56,7 @@ class InvalidParameterError(GraniteError, ValueError):
 
 class MissingKeyError(GraniteError):
     def __init__(self) -> None:
-        super().__init__(f"No OpenRouter API key is set. {KEY_HELP}")
+        super().__init__(f"No OpenRouter API key is set. {KEY_HELP} {LOCAL_HELP}")
 
 
 class APIError(GraniteError):

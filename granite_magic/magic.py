@@ -44,6 +44,7 @@ def build_parser() -> MagicArgumentParser:
         extra: dict[str, Any] = {"action": "append"} if param.kind == "stop" else {}
         parser.add_argument(param.option, dest=param.name, metavar=param.kind.upper(), help=param.help, **extra)
     parser.add_argument("--base-url", help="an OpenAI-compatible API (default: OpenRouter, or GRANITE_BASE_URL)")
+    parser.add_argument("--backend", choices=("auto", "http", "local"), help="http API, local llama.cpp, or auto")
     parser.add_argument("-o", "--out", metavar="NAME", help="store the result in this variable")
     parser.add_argument("-f", "--format", choices=FORMATS, default="markdown", help="how to show and parse the reply")
     parser.add_argument("--chat", nargs="?", const="default", metavar="NAME", help="continue a named conversation")
@@ -71,6 +72,8 @@ def build_help() -> str:
       -m, --model ID               model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)
       -s, --system TEXT            system prompt
       --base-url URL               OpenAI-compatible API (default OpenRouter, env GRANITE_BASE_URL)
+      --backend auto|http|local    local: run the model here with llama.cpp (pip install 'granite-magic[local]');
+                                   auto (default, env GRANITE_BACKEND): http with a key or base URL, else local
       -o, --out NAME               store the Result in variable NAME
       -f, --format FORMAT          markdown (default), text, code (fences stripped), json (parsed)
       --chat [NAME]                continue conversation NAME (default "default"); otherwise stateless
@@ -103,6 +106,8 @@ class GraniteMagics(Magics):
     default_params = Dict(help="Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}.").tag(config=True)
     updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
     concurrency = Integer(4, help="Comparison columns streaming at once.").tag(config=True)
+    backend = Enum(["auto", "http", "local"], "auto", help="auto, http (OpenRouter or base_url) or local (llama.cpp).").tag(config=True)
+    local_instances = Integer(1, help="Local model copies loaded to serve comparison columns at once.").tag(config=True)
     read_timeout = Float(60.0, help="Seconds without data before a stream counts as stalled.").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
 
@@ -146,6 +151,8 @@ class GraniteMagics(Magics):
                 raise
             _error(f"{exc} (nothing was sent; see %%granite? for the options)")
             return None
+        self.session.read_timeout_s = self.read_timeout
+        self.session.local_instances = self.local_instances
         if args.dry_run:
             self._dry_run(turn)
             return None
@@ -173,7 +180,7 @@ class GraniteMagics(Magics):
         from .grid import GridView, TerminalGridView
         from .render import describe_params
 
-        title = describe_params(self.session.model(turn), turn.params)
+        title = describe_params(self.session.label(turn), turn.params)
         labels = [spec.label for spec in specs]
         grid: GridView | TerminalGridView
         grid = GridView(title, labels, rate=self.updates_per_second) if self._widgets() else TerminalGridView(title, labels)
@@ -203,19 +210,23 @@ class GraniteMagics(Magics):
             base_url=args.base_url or self.base_url or None,
             params=params,
             chat=args.chat,
+            backend=args.backend or (self.backend if self.backend != "auto" else None),
         )
 
     def _dry_run(self, turn: Turn) -> None:
         client, body, _ = self.session.prepare(turn)
         text = json.dumps(body, indent=2, ensure_ascii=False)
+        if client.base_url == "local":
+            _display({"text/plain": f"local llama.cpp ({client.model})\n{text}",
+                      "text/markdown": f"local llama.cpp, `{client.model}` (dry run: nothing generated)\n```json\n{text}\n```"})
+            return
         _display({"text/plain": f"POST {client.base_url}/chat/completions\n{text}",
                   "text/markdown": f"`POST {client.base_url}/chat/completions` (dry run: nothing sent)\n```json\n{text}\n```"})
 
     def _stream(self, turn: Turn, args: Any) -> None:
         from .render import describe_params
 
-        self.session.read_timeout_s = self.read_timeout
-        title = describe_params(self.session.model(turn), turn.params)
+        title = describe_params(self.session.label(turn), turn.params)
         view = self._view(title)
         view.show()
         result, error = self.session.run(turn, view)
@@ -261,13 +272,16 @@ class GraniteMagics(Magics):
         return None
 
     def _models(self) -> None:
-        client = self.session.client(self.base_url or None)
+        from .session import Turn
+
+        turn = Turn("", model=self.model or None, base_url=self.base_url or None, backend=self.backend if self.backend != "auto" else None)
+        client = self.session.client_for(turn)
         try:
             models = client.models()
         except errors.GraniteError as exc:
             _error(exc.message)
             return
-        wanted = self.model or client.model
+        wanted = self.session.model(turn)
         rows = [m for m in models.values() if m.id == wanted or "granite" in m.id.lower()]
         lines = ["| model | context | $ / M input | $ / M output | supported parameters |", "|---|---|---|---|---|"]
         for info in rows:
@@ -284,6 +298,7 @@ class GraniteMagics(Magics):
 
         return Panel(
             self.session, prompt=prompt, model=self.model or None, base_url=self.base_url or None,
+            backend=self.backend if self.backend != "auto" else None,
             concurrency=self.concurrency, rate=self.updates_per_second, **self.default_params,
         )
 

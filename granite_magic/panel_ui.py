@@ -251,7 +251,10 @@ class Panel:
             words += ["--base-url", turn.base_url]
         if turn.backend:
             words += ["--backend", turn.backend]
+        grid_seeds = specs is not None and bool(self.seeds.value.strip())
         for name, value in turn.params.items():
+            if name == "seed" and grid_seeds:
+                continue  # every column's seed comes from --seeds
             option = self.controls[name].param.option
             if name == "stop":
                 for sequence in value:

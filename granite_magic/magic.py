@@ -283,14 +283,14 @@ class GraniteMagics(Magics):
             return
         wanted = self.session.model(turn)
         rows = [m for m in models.values() if m.id == wanted or "granite" in m.id.lower()]
-        lines = ["| model | context | $ / M input | $ / M output | supported parameters |", "|---|---|---|---|---|"]
+        lines = ["| model | context | USD / M input | USD / M output | supported parameters |", "|---|---|---|---|---|"]
         for info in rows:
             lines.append(
                 f"| {info.id} | {info.context_length or '?':,} | {_money(info.per_million(info.prompt_price))} | "
                 f"{_money(info.per_million(info.completion_price))} | {', '.join(info.supported_parameters)} |"
             )
         table = "\n".join(lines)
-        _display({"text/markdown": table, "text/plain": table})
+        _display({"text/markdown": table.replace("$", "\\$"), "text/plain": table})
 
     def panel(self, prompt: str = "") -> Any:
         """A panel that starts from this kernel's defaults and shares its session."""

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["escape_html", "extract_code", "parse_json_reply", "safe_markdown"]
+__all__ = ["escape_html", "extract_code", "markdown_literal", "parse_json_reply", "safe_markdown"]
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
@@ -51,6 +51,12 @@ def _escape_prose(text: str) -> str:
         last = span.end()
     pieces.append(escape_html(text[last:]))
     return "".join(pieces)
+
+
+def markdown_literal(text: str) -> str:
+    """Our own text (status lines, tables) for a Markdown output: no HTML, and no ``$`` pairs
+    that Jupyter would typeset as LaTeX (two prices on one line would become "math")."""
+    return escape_html(text).replace("$", "\\$")
 
 
 def escape_html(text: str) -> str:

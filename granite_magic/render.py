@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .markdown import escape_html, extract_code, safe_markdown
+from .markdown import extract_code, markdown_literal, safe_markdown
 from .protocol import Accumulator
 from .result import Result
 
@@ -96,7 +96,7 @@ def _fenced(text: str, language: str) -> str:
 
 
 def status_bundle(text: str) -> dict[str, Any]:
-    return {MIME_PLAIN: text, MIME_MARKDOWN: f"<sub>{escape_html(text)}</sub>"}
+    return {MIME_PLAIN: text, MIME_MARKDOWN: f"<sub>{markdown_literal(text)}</sub>"}
 
 
 # --- live views ------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ class WidgetView(ThrottledOutput):
         self.show_widget((self._header(), _markdown_output(""), _plain_output("▌ sending…")))
 
     def _header(self) -> dict[str, Any]:
-        return _markdown_output(f"**{escape_html(self.title)}**")
+        return _markdown_output(f"**{markdown_literal(self.title)}**")
 
     def progress(self, state: Accumulator) -> int:
         return state.chunks

@@ -1,0 +1,247 @@
+"""What a person sees in JupyterLab: a real server, a real kernel, headless Chromium driven by Playwright.
+
+Needs Debian's chromium (/usr/bin/chromium) and the dev extra (jupyterlab, playwright).  CI sets
+GRANITE_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping.  Screenshots of
+each step go to test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from granite_magic.testing import FakeOpenRouter, Scenario, fake_reply
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "browser"
+TOKEN = "browser-test-token"
+KEY = "sk-or-v1-browser-test-key-never-shown"
+
+try:
+    from playwright.sync_api import Locator, Page, sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None  # type: ignore[assignment]
+
+if sync_playwright is None or not Path(CHROMIUM).exists() or shutil.which("jupyter-lab") is None:
+    if os.environ.get("GRANITE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("GRANITE_REQUIRE_BROWSER=1 but chromium, playwright or jupyterlab is missing")
+    pytest.skip("needs /usr/bin/chromium, playwright and jupyterlab", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+STREAM_CELL = "%%granite --seed 1\nTell me about granite"
+PANEL_CELL = "%granite panel Tell me about granite"
+UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
+FINAL_STATUS = re.compile(r"first token \d")
+UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenRouter]:
+    with FakeOpenRouter(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the quick-start demo with the cells under test right after %load_ext."""
+    root = tmp_path_factory.mktemp("lab")
+    nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
+    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL]):
+        nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
+    for each in nb.cells:  # saved counts would hide when a cell has run again
+        if each.cell_type == "code":
+            each.execution_count = None
+    nbformat.write(nb, root / "demo.ipynb")
+    settings = root / ".settings"
+    for plugin, values in {
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the DOM
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }.items():
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab(fake: FakeOpenRouter, workdir: Path) -> Iterator[str]:
+    port = _free_port()
+    env = dict(os.environ, OPENROUTER_API_KEY=KEY, GRANITE_BASE_URL=fake.base_url,
+               JUPYTERLAB_SETTINGS_DIR=str(workdir / ".settings"), JUPYTERLAB_WORKSPACES_DIR=str(workdir / ".workspaces"))
+    log = open(workdir / "lab.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={workdir}", "--ServerApp.allow_root=True",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, (workdir / "lab.log").read_text()[-2000:]
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "JupyterLab did not start"
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab: str) -> Iterator[Page]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        open_notebook(page, lab)
+        run_cell(page, "%load_ext granite_magic")
+        yield page
+        browser.close()
+
+
+def open_notebook(page: Page, lab: str) -> None:
+    page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")
+    page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+
+
+def cell(page: Page, source_start: str) -> Locator:
+    return page.locator(".jp-Notebook .jp-CodeCell").filter(has=page.locator(".jp-InputArea", has_text=source_start.split("\n")[0])).first
+
+
+def run_cell(page: Page, source_start: str, *, wait: bool = True) -> Locator:
+    target = cell(page, source_start)
+    prompt = target.locator(".jp-InputPrompt")
+    before = prompt.inner_text()
+    target.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    if wait:
+        try:
+            page.wait_for_function(
+                "([el, before]) => /\\[\\d+\\]/.test(el.textContent) && el.textContent !== before",
+                arg=[prompt.element_handle(), before], timeout=60_000)
+        except Exception:
+            shot(page, "failed-run-cell")
+            raise
+    return target
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_a_granite_cell_streams_then_renders(page: Page, fake: FakeOpenRouter) -> None:
+    # 6 s of streaming: room for JupyterLab to load its widget manager on first use, on a busy machine
+    fake.push(Scenario(tokens=120, tokens_per_s=20))
+    target = run_cell(page, STREAM_CELL, wait=False)
+    output = target.locator(".jp-Cell-outputArea")
+    seen: list[str] = []
+    everything: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = output.inner_text()
+        if not everything or text != everything[-1]:
+            everything.append(text)
+        if "streaming" in text and (not seen or text != seen[-1]):
+            seen.append(text)
+            if len(seen) == 3:
+                shot(page, "01-streaming")
+        if FINAL_STATUS.search(text):  # not "waiting for the first token", which is live
+            break
+        time.sleep(0.05)
+    growing = [s.split("\n")[2] if s.count("\n") >= 2 else "" for s in seen]
+    assert len(seen) >= 2, f"only {len(seen)} intermediate texts seen: {[t[:80] for t in everything]}"
+    assert all(b.startswith(a.rstrip()) for a, b in itertools.pairwise(growing)), "the text did not grow"
+    expected = "".join(fake_reply([{"role": "user", "content": "Tell me about granite"}], {"seed": 1}, tokens=120))
+    rendered = output.locator(".jp-RenderedMarkdown").first
+    rendered.wait_for()
+    assert rendered.inner_text().strip() == expected
+    assert FINAL_STATUS.search(output.inner_text())
+    shot(page, "02-streamed")
+
+
+def test_the_panel_compares_three_seeds_and_stops(page: Page, fake: FakeOpenRouter) -> None:
+    target = run_cell(page, PANEL_CELL)
+    panel = target.locator(".jp-Cell-outputArea")
+    panel.locator(".widget-text", has_text="seeds").locator("input").fill("1-3")
+    panel.get_by_role("button", name="compare", exact=True).click()
+    fake.default = Scenario(tokens=40, tokens_per_s=40)
+    try:
+        panel.get_by_role("button", name="Run").click()
+        page.wait_for_function("el => el.querySelectorAll('.gm-col').length === 3 && el.textContent.includes('identical groups')",
+                               arg=panel.element_handle(), timeout=30_000)
+    finally:
+        fake.default = Scenario()
+    assert panel.locator(".gm-col").count() == 3
+    for label in ("seed 1", "seed 2", "seed 3"):
+        assert panel.locator(".gm-label", has_text=label).count() == 1
+    panel.locator(".gm-summary").scroll_into_view_if_needed()
+    shot(page, "03-panel-compare")
+
+    panel.get_by_role("button", name="single", exact=True).click()
+    fake.push(Scenario(tokens=400, tokens_per_s=20))  # 20 s if nobody stops it
+    panel.get_by_role("button", name="Run").click()
+    panel.get_by_text("streaming").first.wait_for(timeout=30_000)
+    stopped_at = time.monotonic()
+    panel.get_by_role("button", name="Stop").click()
+    panel.get_by_text("Stopped: the partial reply is kept").wait_for(timeout=5_000)
+    assert time.monotonic() - stopped_at < 2
+    assert "partial reply (interrupted)" in panel.inner_text()
+    shot(page, "04-panel-stopped")
+
+
+def test_an_unsafe_reply_is_shown_as_text_and_runs_nothing(page: Page, fake: FakeOpenRouter) -> None:
+    fake.push(Scenario(text=UNSAFE_TEXT))
+    target = run_cell(page, UNSAFE_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    assert '<img src=x onerror="window.__xss=1">' in output.inner_text()
+    assert "<script>window.__xss2=1</script>" in output.inner_text()
+    assert output.locator("img").count() == 0 and output.locator("script").count() == 0
+    assert page.evaluate("() => window.__xss === undefined && window.__xss2 === undefined")
+    shot(page, "05-unsafe-escaped")
+
+
+def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: Path) -> None:
+    page.locator(".jp-Notebook").click()
+    page.keyboard.press("Control+s")
+    expected = "".join(fake_reply([{"role": "user", "content": "Tell me about granite"}], {"seed": 1}, tokens=120))
+    deadline = time.monotonic() + 20
+    while expected not in (workdir / "demo.ipynb").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    saved: Any = nbformat.read(workdir / "demo.ipynb", as_version=4)
+    streamed = next(c for c in saved.cells if c.source == STREAM_CELL)
+    assert any(o.get("data", {}).get("text/markdown") == expected for o in streamed.outputs)
+    assert KEY not in (workdir / "demo.ipynb").read_text()
+    open_notebook(page, lab)
+    output = cell(page, STREAM_CELL).locator(".jp-Cell-outputArea")
+    assert output.locator(".jp-RenderedMarkdown").first.inner_text().strip() == expected
+    shot(page, "06-reopened")

@@ -22,7 +22,7 @@ from .render import ThrottledOutput, status_line
 __all__ = ["GridView", "TerminalGridView", "comparison_bundle", "comparison_html", "comparison_markdown"]
 
 _STYLE = """<style>
-.gm-grid{display:grid;gap:8px;grid-template-columns:repeat(var(--gm-cols),minmax(12em,1fr));overflow-x:auto}
+.gm-grid{display:grid;gap:8px;grid-template-columns:repeat(var(--gm-cols),minmax(11em,1fr));overflow-x:auto}
 .gm-col{border:1px solid #8884;border-radius:4px;padding:6px;min-width:0}
 .gm-label{font-weight:600;margin-bottom:4px}
 .gm-text{white-space:pre-wrap;word-wrap:break-word;font-family:var(--jp-content-font-family,inherit)}

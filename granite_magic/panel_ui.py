@@ -70,7 +70,10 @@ class ParamControl:
         self.send.value = True
 
     def flag_unsupported(self, unsupported: bool) -> None:
-        self.flag.value = '<span title="the model\'s listing does not name this parameter: the provider may ignore it">⚠ not supported</span>' if unsupported else ""
+        self.flag.value = (
+            '<span style="color:#b26a00" title="not supported: the model\'s listing does not name this parameter, '
+            'so the provider may ignore it">⚠</span>' if unsupported else ""
+        )
 
 
 def _stop_sequences(text: str) -> list[str] | str:
@@ -89,7 +92,7 @@ def _control(param: Param) -> ParamControl:
     import ipywidgets as w
 
     tip = f"{param.help} Valid: {param.range_text}. When not sent: {param.default_text}."
-    layout = w.Layout(width="22em")
+    layout = w.Layout(width="15em")
     value: w.Widget
     if param.kind == "float" and param.minimum is not None and param.maximum is not None:
         low = float(param.minimum) + (param.step or 0.01 if param.exclusive_minimum else 0)
@@ -109,7 +112,8 @@ def _control(param: Param) -> ParamControl:
     value.tooltip = tip
     send = w.Checkbox(value=False, description=param.name, indent=False, tooltip=f"send {param.name} (off: {param.default_text})",
                       layout=w.Layout(width="11em"))
-    note = w.HTML(f'<span style="opacity:.7;font-size:85%" title="{html.escape(tip)}">{html.escape(param.range_text)}</span>')
+    note = w.HTML(f'<span style="opacity:.7;font-size:80%;white-space:nowrap" title="{html.escape(tip)}">'
+                  f'{html.escape(param.short_range)}</span>')
     flag = w.HTML("")
     return ParamControl(param, send, value, flag, w.HBox([send, value, note, flag]))
 
@@ -164,8 +168,8 @@ class Panel:
                 self.controls[name].set(value)
         self.prompt = w.Textarea(value=prompt, placeholder="Prompt", rows=4, layout=w.Layout(width="100%"))
         self.system = w.Textarea(value=system, placeholder="System prompt (optional)", rows=2, layout=w.Layout(width="100%"))
-        self.model = w.Text(value=model or "", placeholder=DEFAULT_MODEL, description="model", layout=w.Layout(width="32em"))
-        self.preset = w.Dropdown(options=["(preset)", *PRESETS], value="(preset)", description="preset", layout=w.Layout(width="16em"))
+        self.model = w.Text(value=model or "", placeholder=DEFAULT_MODEL, description="model", layout=w.Layout(width="24em"))
+        self.preset = w.Dropdown(options=["(preset)", *PRESETS], value="(preset)", description="preset", layout=w.Layout(width="14em"))
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
         self.sweep = w.Text(value=sweep, description="sweep", placeholder="temperature=0,0.7,1.4", layout=w.Layout(width="22em"))
@@ -190,19 +194,21 @@ class Panel:
         self.diff_button.on_click(lambda _: self._diff_history())
 
         compare_row = w.HBox([self.mode, self.seeds, self.sweep, self.repeat, self.concurrency])
-        controls = w.VBox([w.HBox([self.model, self.preset]), *(c.row for c in self.controls.values())])
+        controls = w.VBox([w.HBox([self.model, self.preset]), *(c.row for c in self.controls.values())],
+                          layout=w.Layout(flex="0 0 auto"))  # never squeezed by a wide grid
         self.widget = w.VBox([
             self.prompt, self.system, compare_row,
             w.HBox([controls, w.VBox([w.HBox([self.run_button, self.stop_button, self.copy_button]), self.message, self.output],
-                                      layout=w.Layout(flex="1", min_width="24em"))]),
+                                      layout=w.Layout(flex="1 1 0%", min_width="20em", overflow="auto"))]),
             self.cell_text, w.HBox([self.history_picker, self.show_button, self.diff_button]),
         ])
         self.refresh_support()
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)  # type: ignore[no-untyped-call]
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        # Where widgets are not rendered (GitHub, a reopened notebook) say so, not the VBox repr.
+        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = "granite-magic panel (an interactive widget: run the cell in Jupyter to use it)"
+        return bundle
 
     # --- settings --------------------------------------------------------------------
 

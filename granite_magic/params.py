@@ -65,6 +65,14 @@ class Param:
         return f"any {word}"
 
     @property
+    def short_range(self) -> str:
+        """The range in a few characters, for a control's label: ``0 to 2``, ``>= 1``."""
+        if self.kind in ("stop", "logit_bias") or self.minimum is None:
+            return self.range_text
+        low = ("over " if self.exclusive_minimum else "") + _fmt(self.minimum)
+        return f"{low} to {_fmt(self.maximum)}" if self.maximum is not None else f"{'>' if self.exclusive_minimum else '>='} {_fmt(self.minimum)}"
+
+    @property
     def default_text(self) -> str:
         return self.absent if self.default is None else _fmt(self.default)
 

@@ -174,6 +174,7 @@ def test_a_granite_cell_streams_then_renders(page: Page, fake: FakeOpenRouter) -
             seen.append(text)
             if len(seen) == 3:
                 shot(page, "01-streaming")
+                target.screenshot(path=str(ARTIFACTS / "01-streaming-cell.png"))
         if FINAL_STATUS.search(text):  # not "waiting for the first token", which is live
             break
         time.sleep(0.05)
@@ -205,6 +206,7 @@ def test_the_panel_compares_three_seeds_and_stops(page: Page, fake: FakeOpenRout
         assert panel.locator(".gm-label", has_text=label).count() == 1
     panel.locator(".gm-summary").scroll_into_view_if_needed()
     shot(page, "03-panel-compare")
+    target.screenshot(path=str(ARTIFACTS / "03-panel-compare-cell.png"))
 
     panel.get_by_role("button", name="single", exact=True).click()
     fake.push(Scenario(tokens=400, tokens_per_s=20))  # 20 s if nobody stops it

@@ -21,7 +21,6 @@ from . import __version__, errors
 from .params import validate_params
 from .protocol import (
     Accumulator,
-    ChatStreamDecoder,
     ErrorEvent,
     build_messages,
     chat_body,
@@ -30,6 +29,7 @@ from .protocol import (
 )
 from .result import Result
 from .runner import BackgroundLoop, get_loop
+from .shapes import shape
 
 if TYPE_CHECKING:
     import httpx
@@ -166,8 +166,12 @@ class BaseClient:
             if prompt is None:
                 raise errors.InvalidParameterError("give a prompt or messages")
             messages = build_messages(prompt, system=system)
-        body = chat_body(model or self.model, messages, sampling)
+        body = self.body(model or self.model, messages, sampling)
         return body, Accumulator(sampling)
+
+    def body(self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        """The request body in this client's format (chat completions unless a backend says otherwise)."""
+        return chat_body(model, messages, params)
 
     def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
         """Send one chat turn and block until the reply is complete.
@@ -225,8 +229,10 @@ class GraniteClient(BaseClient):
         read_timeout_s: float = 60.0,
         connect_timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
+        api: str = "chat",
         loop: BackgroundLoop | None = None,
     ) -> None:
+        self.shape = shape(api)  # chat, responses or messages: how bodies are built and streams decoded
         key = api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY")
         self._key = _Secret(key) if key else None
         self.base_url = (base_url or os.environ.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -240,7 +246,18 @@ class GraniteClient(BaseClient):
 
     def __repr__(self) -> str:
         key = "set" if self._key else "not set"
-        return f"GraniteClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+        return f"GraniteClient(base_url={self.base_url!r}, model={self.model!r}, api={self.shape.name!r}, api_key={key})"
+
+    @property
+    def api(self) -> str:
+        return self.shape.name
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url + self.shape.path
+
+    def body(self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+        return self.shape.body(model, messages, params)
 
     @property
     def has_key(self) -> bool:
@@ -287,8 +304,7 @@ class GraniteClient(BaseClient):
         http = self._http()
         try:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)  # per request: settings may change
-            url = self.base_url + "/chat/completions"
-            async with http.stream("POST", url, json=body, headers=self._headers(), timeout=timeout) as response:
+            async with http.stream("POST", self.endpoint, json=body, headers=self._headers(), timeout=timeout) as response:
                 acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
                 if response.status_code != 200:
                     await self._raise_for_status(response, str(body.get("model")))
@@ -300,7 +316,7 @@ class GraniteClient(BaseClient):
             raise _Retry(dropped) from None
 
     async def _read_stream(self, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None) -> None:
-        decoder = ChatStreamDecoder()
+        decoder = self.shape.decoder()
         # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
         async for chunk in response.aiter_bytes():
             seen = acc.chunks

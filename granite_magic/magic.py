@@ -45,6 +45,7 @@ def build_parser() -> MagicArgumentParser:
         parser.add_argument(param.option, dest=param.name, metavar=param.kind.upper(), help=param.help, **extra)
     parser.add_argument("--base-url", help="an OpenAI-compatible API (default: OpenRouter, or GRANITE_BASE_URL)")
     parser.add_argument("--backend", choices=("auto", "http", "local"), help="http API, local llama.cpp, or auto")
+    parser.add_argument("--api", choices=("chat", "responses", "messages"), help="HTTP request format (default chat)")
     parser.add_argument("-o", "--out", metavar="NAME", help="store the result in this variable")
     parser.add_argument("-f", "--format", choices=FORMATS, default="markdown", help="how to show and parse the reply")
     parser.add_argument("--chat", nargs="?", const="default", metavar="NAME", help="continue a named conversation")
@@ -74,6 +75,8 @@ def build_help() -> str:
       --base-url URL               OpenAI-compatible API (default OpenRouter, env GRANITE_BASE_URL)
       --backend auto|http|local    local: run the model here with llama.cpp (pip install 'granite-magic[local]');
                                    auto (default, env GRANITE_BACKEND): http with a key or base URL, else local
+      --api chat|responses|messages  the HTTP request format: OpenAI chat completions (default), OpenAI
+                                   Responses, or Anthropic Messages
       -o, --out NAME               store the Result in variable NAME
       -f, --format FORMAT          markdown (default), text, code (fences stripped), json (parsed)
       --chat [NAME]                continue conversation NAME (default "default"); otherwise stateless
@@ -107,6 +110,7 @@ class GraniteMagics(Magics):
     updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
     concurrency = Integer(4, help="Comparison columns streaming at once.").tag(config=True)
     backend = Enum(["auto", "http", "local"], "auto", help="auto, http (OpenRouter or base_url) or local (llama.cpp).").tag(config=True)
+    api = Enum(["chat", "responses", "messages"], "chat", help="HTTP request format: chat, responses or messages.").tag(config=True)
     local_instances = Integer(1, help="Local model copies loaded to serve comparison columns at once.").tag(config=True)
     read_timeout = Float(60.0, help="Seconds without data before a stream counts as stalled.").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
@@ -143,6 +147,7 @@ class GraniteMagics(Magics):
             args = self.parser.parse_args(shlex.split(line))
             turn = self._turn(args, cell)
             specs = self._plan(args)
+            self.session.client_for(turn)  # resolves the backend, refusing combinations that cannot work
         except errors.InvalidParameterError as exc:
             _error(f"{exc} (nothing was sent)")
             return None
@@ -211,6 +216,7 @@ class GraniteMagics(Magics):
             params=params,
             chat=args.chat,
             backend=args.backend or (self.backend if self.backend != "auto" else None),
+            api=args.api or self.api,
         )
 
     def _dry_run(self, turn: Turn) -> None:
@@ -220,8 +226,9 @@ class GraniteMagics(Magics):
             _display({"text/plain": f"local llama.cpp ({client.model})\n{text}",
                       "text/markdown": f"local llama.cpp, `{client.model}` (dry run: nothing generated)\n```json\n{text}\n```"})
             return
-        _display({"text/plain": f"POST {client.base_url}/chat/completions\n{text}",
-                  "text/markdown": f"`POST {client.base_url}/chat/completions` (dry run: nothing sent)\n```json\n{text}\n```"})
+        endpoint = getattr(client, "endpoint", client.base_url)
+        _display({"text/plain": f"POST {endpoint}\n{text}",
+                  "text/markdown": f"`POST {endpoint}` (dry run: nothing sent)\n```json\n{text}\n```"})
 
     def _stream(self, turn: Turn, args: Any) -> None:
         from .render import describe_params
@@ -298,7 +305,7 @@ class GraniteMagics(Magics):
 
         return Panel(
             self.session, prompt=prompt, model=self.model or None, base_url=self.base_url or None,
-            backend=self.backend if self.backend != "auto" else None,
+            backend=self.backend if self.backend != "auto" else None, api=self.api,
             concurrency=self.concurrency, rate=self.updates_per_second, **self.default_params,
         )
 

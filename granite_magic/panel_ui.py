@@ -141,6 +141,7 @@ class Panel:
         model: str | None = None,
         base_url: str | None = None,
         backend: str | None = None,
+        api: str = "chat",
         seeds: str = "1-3",
         sweep: str = "",
         mode: str = "single",
@@ -153,6 +154,7 @@ class Panel:
         self.session = session
         self.base_url = base_url
         self.backend = backend
+        self.api = api
         self.rate = rate
         self.results: Result | Comparison | None = None
         self.history: list[HistoryEntry] = []
@@ -225,6 +227,7 @@ class Panel:
             base_url=self.base_url,
             params=self.chosen_params(),
             backend=self.backend,
+            api=self.api,
         )
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
@@ -257,6 +260,8 @@ class Panel:
             words += ["--base-url", turn.base_url]
         if turn.backend:
             words += ["--backend", turn.backend]
+        if turn.api != "chat":
+            words += ["--api", turn.api]
         grid_seeds = specs is not None and bool(self.seeds.value.strip())
         for name, value in turn.params.items():
             if name == "seed" and grid_seeds:

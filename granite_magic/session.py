@@ -24,6 +24,7 @@ from .protocol import Accumulator, build_messages
 from .render import LiveView, status_line
 from .result import Result
 from .runner import BackgroundLoop
+from .shapes import shape
 
 __all__ = ["Conversation", "GridLike", "Session", "Turn", "compare", "default_session", "interpolate"]
 
@@ -62,9 +63,11 @@ class Turn:
     params: dict[str, Any] = field(default_factory=dict)
     chat: str | None = None  # the conversation to continue, or None for a stateless turn
     backend: str | None = None  # "auto" (None), "http" or "local"
+    api: str = "chat"  # the HTTP request format: chat, responses or messages
 
     def __post_init__(self) -> None:
         self.params = validate_params(self.params)
+        shape(self.api)  # refuses an unknown format before anything is sent
         if self.backend not in BACKENDS:
             raise errors.InvalidParameterError(f"backend={self.backend!r} is invalid: must be one of {', '.join(map(str, BACKENDS[1:]))}")
 
@@ -92,7 +95,7 @@ class Conversation:
 
 class Session:
     def __init__(self) -> None:
-        self.clients: dict[str, GraniteClient] = {}
+        self.clients: dict[tuple[str, str], GraniteClient] = {}
         self.local_clients: dict[str | None, BaseClient] = {}
         self.local_instances = 1
         self.conversations: dict[str, Conversation] = {}
@@ -106,14 +109,14 @@ class Session:
         for client in self.clients.values():
             client.set_api_key(key)
 
-    def client(self, base_url: str | None = None) -> GraniteClient:
+    def client(self, base_url: str | None = None, api: str = "chat") -> GraniteClient:
         url = (base_url or os.environ.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        client = self.clients.get(url)
+        client = self.clients.get((url, api))
         if client is None:
-            client = GraniteClient(base_url=url, read_timeout_s=self.read_timeout_s)
+            client = GraniteClient(base_url=url, read_timeout_s=self.read_timeout_s, api=api)
             if self._key is not None:
                 client.set_api_key(self._key.reveal())
-            self.clients[url] = client
+            self.clients[(url, api)] = client
         client.read_timeout_s = self.read_timeout_s
         return client
 
@@ -137,7 +140,9 @@ class Session:
 
     def client_for(self, turn: Turn) -> BaseClient:
         if self.backend(turn) == "http":
-            return self.client(turn.base_url)
+            return self.client(turn.base_url, turn.api)
+        if turn.api != "chat":
+            raise errors.InvalidParameterError(f"--api {turn.api} needs the HTTP backend: the local model has no request format")
         client = self.local_clients.get(turn.model)
         if client is None:
             from .local import LocalClient

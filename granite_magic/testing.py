@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -197,7 +197,8 @@ class FakeOpenRouter:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        """Every generation request, whatever its API shape."""
+        return [r for r in self.requests if r.method == "POST" and r.path.rstrip("/").endswith(tuple(_API_PATHS.values()))]
 
     def _next_scenario(self) -> Scenario:
         with self._lock:
@@ -266,10 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._control(body)
             return
         record = self._record(body)
-        if self.path.rstrip("/").endswith("/chat/completions"):
-            self._chat(body, record)
-        else:
+        route = self.path.split("?")[0].rstrip("/")
+        api = next((name for name, path in _API_PATHS.items() if route.endswith(path)), None)
+        if api is None:
             self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
+        else:
+            self._generate(api, body, record)
 
     def _record(self, body: Any) -> RecordedRequest:
         record = RecordedRequest(
@@ -287,11 +290,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.requests.clear()
         self._json(200, {"ok": True})
 
-    # --- chat completions --------------------------------------------------------
+    # --- generation (every API shape) ------------------------------------------------
 
-    def _chat(self, body: dict[str, Any], record: RecordedRequest) -> None:
+    def _generate(self, api: str, body: dict[str, Any], record: RecordedRequest) -> None:
         scenario = self.fake._next_scenario()
-        refusal = self._refusal(body, scenario)
+        request = _as_chat(api, body)
+        refusal = self._refusal(request, scenario)
         if refusal is not None:
             status, message = refusal
             headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else {}
@@ -306,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._count_stream(+1)
         try:
-            self._stream(body, scenario, generation_id)
+            self._stream(request, scenario, _FORMATS[api](generation_id, str(body.get("model"))))
         except (BrokenPipeError, ConnectionResetError):
             record.disconnected = True
             self.close_connection = True
@@ -330,34 +334,34 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, "messages must be a non-empty list"
         return None
 
-    def _stream(self, body: dict[str, Any], scenario: Scenario, generation_id: str) -> None:
-        tokens, finish = self._reply_tokens(body, scenario)
+    def _stream(self, request: dict[str, Any], scenario: Scenario, fmt: _Format) -> None:
+        """One scenario, written in any API shape: the shapes differ only in how events look."""
+        tokens, finish = self._reply_tokens(request, scenario)
+        prompt_tokens = _prompt_tokens(request)
         writer = _EventWriter(self, scenario)
         writer.comment()
         self.fake.sleep(scenario.ttft_s)
-        chunk = _ChunkMaker(generation_id, str(body.get("model")))
+        writer.events(fmt.start(prompt_tokens))
         delay = 1 / scenario.tokens_per_s if scenario.tokens_per_s else 0.0
         for i, token in enumerate(tokens):
             if i == scenario.drop_after:
                 writer.drop()
                 return
             if i == scenario.error_after:
-                writer.data(chunk.error(scenario.error_code))
+                writer.events(fmt.error(scenario.error_code))
                 writer.end()
                 return
             if i == scenario.stall_after:
                 self.fake.sleep(scenario.stall_s)
             if scenario.keepalive_every and i and i % scenario.keepalive_every == 0:
                 writer.comment()
-            writer.data(chunk.text(token))
+            writer.events(fmt.text(token))
             if delay:
                 self.fake.sleep(delay)
-        if scenario.finish:
-            writer.data(chunk.finish(finish))
-        if scenario.usage:
-            writer.data(chunk.usage(_prompt_tokens(body), len(tokens)))
+        usage = _usage(prompt_tokens, len(tokens)) if scenario.usage else None
+        writer.events(fmt.finish(finish if scenario.finish else None, usage))
         if scenario.done:
-            writer.raw_data("[DONE]")
+            writer.events(fmt.done())
         writer.end()
 
     def _reply_tokens(self, body: dict[str, Any], scenario: Scenario) -> tuple[list[str], str]:
@@ -412,38 +416,140 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return words + 4 * len(body.get("messages", []))
 
 
-@dataclass
-class _ChunkMaker:
-    generation_id: str
-    model: str
-    created: int = field(default_factory=lambda: int(time.time()))
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    cost = prompt_tokens * PROMPT_PRICE + completion_tokens * COMPLETION_PRICE
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "cost": round(cost, 12)}
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.generation_id, "provider": "FakeProvider", "model": self.model,
-            "object": "chat.completion.chunk", "created": self.created, "choices": choices, **extra,
-        }
 
-    def text(self, token: str) -> dict[str, Any]:
+SSE = tuple[str | None, Any]  # (event name or None, JSON payload or the literal "[DONE]")
+
+
+class _Format:
+    """How one API shape spells the events of a reply."""
+
+    def __init__(self, generation_id: str, model: str) -> None:
+        self.generation_id, self.model, self.created = generation_id, model, int(time.time())
+
+    def start(self, prompt_tokens: int) -> list[SSE]:
+        return []
+
+    def text(self, token: str) -> list[SSE]:
+        raise NotImplementedError
+
+    def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
+        raise NotImplementedError
+
+    def error(self, code: int | str) -> list[SSE]:
+        raise NotImplementedError
+
+    def done(self) -> list[SSE]:
+        return [(None, "[DONE]")]
+
+
+class _ChatFormat(_Format):
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> SSE:
+        return (None, {"id": self.generation_id, "provider": "FakeProvider", "model": self.model,
+                       "object": "chat.completion.chunk", "created": self.created, "choices": choices, **extra})
+
+    def text(self, token: str) -> list[SSE]:
         delta = {"role": "assistant", "content": token}
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": None}])
+        return [self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": None}])]
 
-    def finish(self, reason: str) -> dict[str, Any]:
-        delta = {"role": "assistant", "content": ""}
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": reason, "native_finish_reason": reason, "logprobs": None}])
+    def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
+        events = []
+        if reason:
+            delta = {"role": "assistant", "content": ""}
+            events.append(self._chunk([{"index": 0, "delta": delta, "finish_reason": reason, "native_finish_reason": reason, "logprobs": None}]))
+        if usage:
+            details = {"is_byok": False, "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+            events.append(self._chunk([], usage={**usage, **details}))
+        return events
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        cost = prompt_tokens * PROMPT_PRICE + completion_tokens * COMPLETION_PRICE
-        usage = {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "cost": round(cost, 12), "is_byok": False,
-            "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0},
-        }
-        return self._chunk([], usage=usage)
-
-    def error(self, code: int | str) -> dict[str, Any]:
+    def error(self, code: int | str) -> list[SSE]:
         choice = {"index": 0, "delta": {"content": ""}, "finish_reason": "error", "native_finish_reason": "error"}
-        return self._chunk([choice], error={"code": code, "message": "Provider disconnected unexpectedly"})
+        return [self._chunk([choice], error={"code": code, "message": "Provider disconnected unexpectedly"})]
+
+
+class _ResponsesFormat(_Format):
+    def _response(self, status: str, **extra: Any) -> dict[str, Any]:
+        return {"id": self.generation_id, "object": "response", "model": self.model, "status": status, **extra}
+
+    def start(self, prompt_tokens: int) -> list[SSE]:
+        return [(None, {"type": "response.created", "response": self._response("in_progress")})]
+
+    def text(self, token: str) -> list[SSE]:
+        return [(None, {"type": "response.output_text.delta", "item_id": "msg_0", "output_index": 0, "content_index": 0, "delta": token})]
+
+    def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
+        if reason is None:
+            return []
+        extra: dict[str, Any] = {}
+        if usage:
+            extra["usage"] = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+                              "total_tokens": usage["total_tokens"], "cost": usage["cost"]}
+        if reason == "length":
+            extra["incomplete_details"] = {"reason": "max_output_tokens"}
+            return [(None, {"type": "response.incomplete", "response": self._response("incomplete", **extra)})]
+        return [(None, {"type": "response.completed", "response": self._response("completed", **extra)})]
+
+    def error(self, code: int | str) -> list[SSE]:
+        error = {"code": code, "message": "Provider disconnected unexpectedly"}
+        return [(None, {"type": "response.failed", "response": self._response("failed", error=error)})]
+
+
+_MESSAGES_STOP = {"stop": "end_turn", "length": "max_tokens"}
+
+
+class _MessagesFormat(_Format):
+    def start(self, prompt_tokens: int) -> list[SSE]:
+        message: dict[str, Any] = {"id": self.generation_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                   "stop_reason": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        return [("message_start", {"type": "message_start", "message": message}), ("content_block_start", block),
+                ("ping", {"type": "ping"})]
+
+    def text(self, token: str) -> list[SSE]:
+        return [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}})]
+
+    def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
+        events: list[SSE] = [("content_block_stop", {"type": "content_block_stop", "index": 0})]
+        if reason:
+            delta = {"type": "message_delta", "delta": {"stop_reason": _MESSAGES_STOP.get(reason, reason), "stop_sequence": None}}
+            if usage:
+                delta["usage"] = {"output_tokens": usage["completion_tokens"], "cost": usage["cost"]}
+            events.append(("message_delta", delta))
+        return events
+
+    def error(self, code: int | str) -> list[SSE]:
+        return [("error", {"type": "error", "error": {"type": "overloaded_error", "code": code,
+                                                      "message": "Provider disconnected unexpectedly"}})]
+
+    def done(self) -> list[SSE]:
+        return [("message_stop", {"type": "message_stop"})]
+
+
+_FORMATS: dict[str, type[_Format]] = {"chat": _ChatFormat, "responses": _ResponsesFormat, "messages": _MessagesFormat}
+_API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
+
+
+def _as_chat(api: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Any shape's request as a chat-completions body, so every shape gets the same reply."""
+    if api == "chat":
+        return body
+    fixed = {"model", "stream", "stream_options", "input", "instructions", "system", "messages"}
+    params = {k: v for k, v in body.items() if k not in fixed}
+    if api == "responses":
+        turns = body.get("input") or []
+        turns = [{"role": "user", "content": turns}] if isinstance(turns, str) else list(turns)
+        system = body.get("instructions")
+        params["max_tokens"] = params.pop("max_output_tokens", None)
+    else:
+        turns = list(body.get("messages") or [])
+        system = body.get("system")
+        params["stop"] = params.pop("stop_sequences", None)
+    messages = ([{"role": "system", "content": system}] if system else []) + turns
+    return {"model": body.get("model"), "messages": messages, **{k: v for k, v in params.items() if v is not None}}
 
 
 class _EventWriter:
@@ -457,11 +563,11 @@ class _EventWriter:
     def comment(self) -> None:
         self._write(f": OPENROUTER PROCESSING{self.newline}{self.newline}")
 
-    def data(self, payload: dict[str, Any]) -> None:
-        self.raw_data(json.dumps(payload))
-
-    def raw_data(self, text: str) -> None:
-        self._write(f"data: {text}{self.newline}{self.newline}")
+    def events(self, events: list[SSE]) -> None:
+        for name, payload in events:
+            text = payload if isinstance(payload, str) else json.dumps(payload)
+            head = f"event: {name}{self.newline}" if name else ""
+            self._write(f"{head}data: {text}{self.newline}{self.newline}")
 
     def _write(self, text: str) -> None:
         data = text.encode()

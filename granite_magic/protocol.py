@@ -25,6 +25,7 @@ __all__ = [
     "Event",
     "Finish",
     "SSEDecoder",
+    "SSEStreamDecoder",
     "ServerSentEvent",
     "TextDelta",
     "ToolCallDelta",
@@ -248,16 +249,11 @@ def _error_event(error: Mapping[str, Any]) -> ErrorEvent:
     return ErrorEvent(str(error.get("message") or "unknown error"), error.get("code"), metadata if isinstance(metadata, dict) else {})
 
 
-class ChatStreamDecoder:
-    """Bytes of a chat-completions stream to typed events.
-
-    Every chunk repeats the model and provider; ``ChunkMeta`` is emitted only
-    when they change, which keeps the per-token path short.
-    """
+class SSEStreamDecoder:
+    """Bytes of an SSE stream to typed events; a subclass says what each server-sent event means."""
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
-        self._meta: tuple[Any, Any] | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
         return self._decode(self._sse.feed(chunk))
@@ -268,20 +264,38 @@ class ChatStreamDecoder:
     def _decode(self, sse_events: Iterable[ServerSentEvent]) -> list[Event]:
         events: list[Event] = []
         for sse in sse_events:
-            data = sse.data
-            if data == "[DONE]" or not data.startswith("{"):
-                events.extend(decode_chat_chunk(data))
-                continue
-            try:
-                chunk = json.loads(data)
-            except json.JSONDecodeError:
-                events.extend(decode_chat_chunk(data))
-                continue
-            meta = (chunk.get("model"), chunk.get("provider"))
-            if meta != self._meta and (meta[0] or meta[1]):
-                self._meta = meta
-                events.append(ChunkMeta(meta[0], meta[1], chunk.get("id")))
-            events.extend(chunk_events(chunk))
+            events.extend(self.events(sse))
+        return events
+
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        raise NotImplementedError
+
+
+class ChatStreamDecoder(SSEStreamDecoder):
+    """A chat-completions stream.
+
+    Every chunk repeats the model and provider; ``ChunkMeta`` is emitted only
+    when they change, which keeps the per-token path short.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._meta: tuple[Any, Any] | None = None
+
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        data = sse.data
+        if data == "[DONE]" or not data.startswith("{"):
+            return decode_chat_chunk(data)
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            return decode_chat_chunk(data)
+        events: list[Event] = []
+        meta = (chunk.get("model"), chunk.get("provider"))
+        if meta != self._meta and (meta[0] or meta[1]):
+            self._meta = meta
+            events.append(ChunkMeta(meta[0], meta[1], chunk.get("id")))
+        events.extend(chunk_events(chunk))
         return events
 
 

@@ -12,10 +12,11 @@ the client (accumulation, results, the magic, the panel) is shape-blind:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import InvalidParameterError
 from .protocol import (
     ChatStreamDecoder,
     ChunkMeta,
@@ -24,7 +25,7 @@ from .protocol import (
     Event,
     Finish,
     ServerSentEvent,
-    SSEDecoder,
+    SSEStreamDecoder,
     TextDelta,
     ToolCallDelta,
     UsageReport,
@@ -43,33 +44,26 @@ class StreamDecoder(Protocol):
     def close(self) -> list[Event]: ...
 
 
+BodyBuilder = Callable[[str, Sequence[Mapping[str, Any]], Mapping[str, Any]], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Shape:
+    """One request format: where it is sent, how its body is built, how its stream is read."""
+
     name: str
     path: str
+    build: BodyBuilder
+    decoder_type: Callable[[], StreamDecoder]
 
     def body(self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
-        if self.name == "responses":
-            return responses_body(model, messages, params)
-        if self.name == "messages":
-            return messages_body(model, messages, params)
-        return chat_body(model, messages, params)
+        return self.build(model, messages, params)
 
     def decoder(self) -> StreamDecoder:
-        if self.name == "responses":
-            return ResponsesStreamDecoder()
-        if self.name == "messages":
-            return MessagesStreamDecoder()
-        return ChatStreamDecoder()
-
-
-API_SHAPES = {name: Shape(name, path) for name, path in
-              [("chat", "/chat/completions"), ("responses", "/responses"), ("messages", "/messages")]}
+        return self.decoder_type()
 
 
 def shape(name: str) -> Shape:
-    from .errors import InvalidParameterError
-
     try:
         return API_SHAPES[name]
     except KeyError:
@@ -98,24 +92,12 @@ def responses_body(model: str, messages: Sequence[Mapping[str, Any]], params: Ma
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
-class ResponsesStreamDecoder:
+class ResponsesStreamDecoder(SSEStreamDecoder):
     """``data:`` events with a ``type``: output text deltas, then completed, incomplete or failed."""
 
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        return self._decode(self._sse.feed(chunk))
-
-    def close(self) -> list[Event]:
-        return self._decode(self._sse.close())
-
-    def _decode(self, sse_events: Iterable[ServerSentEvent]) -> list[Event]:
-        events: list[Event] = []
-        for sse in sse_events:
-            data = _json_or_error(sse.data)
-            events.extend(data if isinstance(data, list) else self._event(data))
-        return events
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        data = _json_or_error(sse.data)
+        return data if isinstance(data, list) else self._event(data)
 
     def _event(self, data: Mapping[str, Any]) -> list[Event]:
         kind = data.get("type", "")
@@ -169,25 +151,16 @@ _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "len
                  "refusal": "content_filter", "pause_turn": "stop"}
 
 
-class MessagesStreamDecoder:
+class MessagesStreamDecoder(SSEStreamDecoder):
     """Named events: message_start, content_block_delta, message_delta (usage, stop reason), message_stop."""
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._usage = Usage()
 
-    def feed(self, chunk: bytes) -> list[Event]:
-        return self._decode(self._sse.feed(chunk))
-
-    def close(self) -> list[Event]:
-        return self._decode(self._sse.close())
-
-    def _decode(self, sse_events: Iterable[ServerSentEvent]) -> list[Event]:
-        events: list[Event] = []
-        for sse in sse_events:
-            data = _json_or_error(sse.data)
-            events.extend(data if isinstance(data, list) else self._event(data.get("type") or sse.event, data))
-        return events
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        data = _json_or_error(sse.data)
+        return data if isinstance(data, list) else self._event(data.get("type") or sse.event, data)
 
     def _event(self, kind: str, data: Mapping[str, Any]) -> list[Event]:
         if kind == "content_block_delta":
@@ -249,3 +222,10 @@ def _cost(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+API_SHAPES: dict[str, Shape] = {
+    "chat": Shape("chat", "/chat/completions", chat_body, ChatStreamDecoder),
+    "responses": Shape("responses", "/responses", responses_body, ResponsesStreamDecoder),
+    "messages": Shape("messages", "/messages", messages_body, MessagesStreamDecoder),
+}

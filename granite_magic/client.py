@@ -145,6 +145,11 @@ class BaseClient:
         return False
 
     @property
+    def target(self) -> str:
+        """Where requests go, for people: ``POST https://…/chat/completions``."""
+        raise NotImplementedError
+
+    @property
     def has_key(self) -> bool:
         return False
 
@@ -255,6 +260,10 @@ class GraniteClient(BaseClient):
     @property
     def endpoint(self) -> str:
         return self.base_url + self.shape.path
+
+    @property
+    def target(self) -> str:
+        return f"POST {self.endpoint}"
 
     def body(self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
         return self.shape.body(model, messages, params)

@@ -216,6 +216,10 @@ class LocalClient(BaseClient):
         ref = self.reference or os.environ.get("GRANITE_LOCAL_MODEL") or DEFAULT_LOCAL_FILE
         return Path(ref.partition(":")[2] or ref).name
 
+    @property
+    def target(self) -> str:
+        return f"local llama.cpp: {self.model}"
+
     def __repr__(self) -> str:
         return f"LocalClient(model={self.model!r}, instances={self.instances})"
 

@@ -11,6 +11,7 @@ import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
@@ -98,7 +99,8 @@ def build_help() -> str:
       %granite key                ask for the API key (hidden; kept for this kernel only)
       %granite last               the last result
 
-    Defaults: %config GraniteMagics.model / base_url / default_params / updates_per_second / read_timeout
+    Defaults: %config GraniteMagics.model / base_url / backend / api / default_params / concurrency /
+              updates_per_second / read_timeout / local_instances / live
     """)
 
 
@@ -148,12 +150,12 @@ class GraniteMagics(Magics):
             turn = self._turn(args, cell)
             specs = self._plan(args)
             self.session.client_for(turn)  # resolves the backend, refusing combinations that cannot work
+            if specs is not None and (args.concurrency or self.concurrency) < 1:
+                raise errors.InvalidParameterError(f"--concurrency {args.concurrency} is out of range: must be an integer >= 1")
         except errors.InvalidParameterError as exc:
             _error(f"{exc} (nothing was sent)")
             return None
-        except Exception as exc:  # argparse errors arrive as UsageError
-            if type(exc).__name__ != "UsageError":
-                raise
+        except UsageError as exc:  # what argparse errors become in a magic
             _error(f"{exc} (nothing was sent; see %%granite? for the options)")
             return None
         self.session.read_timeout_s = self.read_timeout
@@ -190,11 +192,7 @@ class GraniteMagics(Magics):
         grid: GridView | TerminalGridView
         grid = GridView(title, labels, rate=self.updates_per_second) if self._widgets() else TerminalGridView(title, labels)
         grid.show()
-        try:
-            comparison = self.session.compare(turn, specs, grid, concurrency=args.concurrency or self.concurrency)
-        except errors.InvalidParameterError as exc:
-            _error(f"{exc} (nothing was sent)")
-            return
+        comparison = self.session.compare(turn, specs, grid, concurrency=args.concurrency or self.concurrency)
         grid.finish(comparison)
         if args.out:
             self.shell.user_ns[args.out] = comparison  # type: ignore[union-attr]
@@ -222,13 +220,8 @@ class GraniteMagics(Magics):
     def _dry_run(self, turn: Turn) -> None:
         client, body, _ = self.session.prepare(turn)
         text = json.dumps(body, indent=2, ensure_ascii=False)
-        if client.base_url == "local":
-            _display({"text/plain": f"local llama.cpp ({client.model})\n{text}",
-                      "text/markdown": f"local llama.cpp, `{client.model}` (dry run: nothing generated)\n```json\n{text}\n```"})
-            return
-        endpoint = getattr(client, "endpoint", client.base_url)
-        _display({"text/plain": f"POST {endpoint}\n{text}",
-                  "text/markdown": f"`POST {endpoint}` (dry run: nothing sent)\n```json\n{text}\n```"})
+        _display({"text/plain": f"{client.target}\n{text}",
+                  "text/markdown": f"`{client.target}` (dry run: nothing sent)\n```json\n{text}\n```"})
 
     def _stream(self, turn: Turn, args: Any) -> None:
         from .render import describe_params

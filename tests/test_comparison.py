@@ -227,6 +227,8 @@ def test_magic_refuses_a_bad_grid_before_sending(ip: InteractiveShell, server: F
     assert "0 <= temperature <= 2" in out.stderr and "nothing was sent" in out.stderr
     out = run(ip, "--seeds 1-2 --chat c", "Hi")
     assert "--chat cannot be combined" in out.stderr
+    out = run(ip, "--seeds 1-2 --concurrency 0", "Hi")
+    assert "--concurrency 0 is out of range: must be an integer >= 1" in out.stderr
     assert server.chat_requests == []
 
 

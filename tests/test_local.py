@@ -131,6 +131,11 @@ def test_seed_comparison_through_the_magic(keyless_ip: InteractiveShell) -> None
     assert comparison.groups == [[0, 1], [2, 3]] and comparison.seed_honoured is True
 
 
+def test_dry_run_names_the_local_model(keyless_ip: InteractiveShell) -> None:
+    out = run(keyless_ip, "--backend local --dry-run --seed 3", PROMPT)
+    assert "local llama.cpp: gemma-3-270m-q4_k_m.gguf" in shown(out) and '"seed": 3' in shown(out)
+
+
 def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -> None:
     out = run(keyless_ip, "--backend local --top-a 0.5 --max-tokens 3", PROMPT)
     assert "top_a is not in this model's supported parameters" in out.stderr

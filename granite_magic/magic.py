@@ -150,8 +150,8 @@ class GraniteMagics(Magics):
             turn = self._turn(args, cell)
             specs = self._plan(args)
             self.session.client_for(turn)  # resolves the backend, refusing combinations that cannot work
-            if specs is not None and (args.concurrency or self.concurrency) < 1:
-                raise errors.InvalidParameterError(f"--concurrency {args.concurrency} is out of range: must be an integer >= 1")
+            if specs is not None and self._concurrency(args) < 1:
+                raise errors.InvalidParameterError(f"--concurrency {self._concurrency(args)} is out of range: must be an integer >= 1")
         except errors.InvalidParameterError as exc:
             _error(f"{exc} (nothing was sent)")
             return None
@@ -183,6 +183,9 @@ class GraniteMagics(Magics):
         sweep = dict(parse_sweep(text) for text in args.sweep or ())
         return plan_runs(parse_seeds(args.seeds) if args.seeds else (), sweep, args.repeat)
 
+    def _concurrency(self, args: Any) -> int:
+        return self.concurrency if args.concurrency is None else int(args.concurrency)
+
     def _compare(self, turn: Turn, specs: list[RunSpec], args: Any) -> None:
         from .grid import GridView, TerminalGridView
         from .render import describe_params
@@ -192,7 +195,7 @@ class GraniteMagics(Magics):
         grid: GridView | TerminalGridView
         grid = GridView(title, labels, rate=self.updates_per_second) if self._widgets() else TerminalGridView(title, labels)
         grid.show()
-        comparison = self.session.compare(turn, specs, grid, concurrency=args.concurrency or self.concurrency)
+        comparison = self.session.compare(turn, specs, grid, concurrency=self._concurrency(args))
         grid.finish(comparison)
         if args.out:
             self.shell.user_ns[args.out] = comparison  # type: ignore[union-attr]

@@ -248,8 +248,23 @@ class Panel:
         for name, value in PRESETS.get(change["new"], {}).items():
             self.controls[name].set(value)
 
-    def copy_as_cell(self) -> str:
-        """The %%granite cell that sends exactly the request the panel would send."""
+    def copy_as_cell(self, *, insert: bool = False) -> str:
+        """The %%granite cell that sends exactly the request the panel would send.
+
+        ``insert=True``, called from a cell, also offers it as the next cell.  (The
+        button cannot insert: a front end takes new cells only in reply to running
+        a cell, not to a widget event, so the button shows the text to copy.)
+        """
+        text = self._cell_text()
+        if insert:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            if shell is not None:
+                shell.set_next_input(text, replace=False)
+        return text
+
+    def _cell_text(self) -> str:
         turn, specs = self.request()
         words = ["%%granite"]
         if turn.model:
@@ -285,7 +300,7 @@ class Panel:
             self._say(str(exc), error=True)
             return
         self.cell_text.layout.display = ""
-        self._say("Copy the cell below into a new cell: it sends the same request.")
+        self._say("Copy the cell below into a new cell (or run p.copy_as_cell(insert=True)): it sends the same request.")
 
     # --- running -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -167,3 +168,23 @@ def test_panel_subcommand_and_function(ip: InteractiveShell, server: FakeOpenRou
     assert shown.chosen_params() == {"temperature": 0.3}
     made = granite_magic.panel(prompt="Hi", seed=4)
     assert made.session is magics_of(ip).session and made.chosen_params() == {"seed": 4}
+
+
+def test_copy_as_cell_can_insert_the_next_cell(ip: InteractiveShell, recorded_comms: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    offered: list[str] = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: offered.append(text))
+    panel = magics_of(ip).panel("Hello")
+    panel.controls["seed"].set(3)
+    text = panel.copy_as_cell(insert=True)
+    assert offered == [text] and text.startswith("%%granite --base-url") and "--seed 3" in text
+
+
+def test_nothing_the_panel_sends_to_the_front_end_holds_the_key(panel: Panel, server: FakeOpenRouter, recorded_comms: list[Any]) -> None:
+    server.push(Scenario(status=401))
+    click_run(panel)
+    click_run(panel)
+    panel.mode.value = "compare"
+    click_run(panel)
+    sent = json.dumps([data for _, _, data in recorded_comms], default=str)
+    assert len(sent) > 1000 and TEST_KEY not in sent
+    assert "API key was refused" in sent  # the 401 message itself did reach the panel

@@ -102,7 +102,7 @@ def _price(value: Any) -> float | None:
         return None
 
 
-class _Secret:
+class Secret:
     """Holds the key so that no repr, str or traceback local ever shows it."""
 
     __slots__ = ("_value",)
@@ -239,7 +239,7 @@ class GraniteClient(BaseClient):
     ) -> None:
         self.shape = shape(api)  # chat, responses or messages: how bodies are built and streams decoded
         key = api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY")
-        self._key = _Secret(key) if key else None
+        self._key = Secret(key) if key else None
         self.base_url = (base_url or os.environ.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.model = model or os.environ.get("GRANITE_MODEL") or DEFAULT_MODEL
         self.read_timeout_s = read_timeout_s
@@ -273,7 +273,7 @@ class GraniteClient(BaseClient):
         return self._key is not None
 
     def set_api_key(self, key: str | None) -> None:
-        self._key = _Secret(key) if key else None
+        self._key = Secret(key) if key else None
 
     @property
     def requires_key(self) -> bool:

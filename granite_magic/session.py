@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from . import errors
-from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, BaseClient, GraniteClient, _Secret
+from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, BaseClient, GraniteClient, Secret
 from .comparison import Comparison, RunSpec
 from .params import validate_params
 from .protocol import Accumulator, build_messages
@@ -100,12 +100,12 @@ class Session:
         self.local_instances = 1
         self.conversations: dict[str, Conversation] = {}
         self.last: Result | Comparison | None = None
-        self._key: _Secret | None = None
+        self._key: Secret | None = None
         self.read_timeout_s = 60.0
 
     def set_api_key(self, key: str) -> None:
         """Keep a key for this kernel only (never written to disk or shown)."""
-        self._key = _Secret(key)
+        self._key = Secret(key)
         for client in self.clients.values():
             client.set_api_key(key)
 

@@ -351,9 +351,9 @@ def _money(value: float | None) -> str:
 
 
 def _display(data: dict[str, Any]) -> None:
-    from IPython.display import display
+    from .render import display_raw
 
-    display(data, raw=True)  # type: ignore[no-untyped-call]
+    display_raw(data)
 
 
 def _error(message: str) -> None:

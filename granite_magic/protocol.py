@@ -30,11 +30,13 @@ __all__ = [
     "TextDelta",
     "ToolCallDelta",
     "UsageReport",
+    "as_cost",
     "build_messages",
     "chat_body",
     "chunk_events",
     "decode_chat_chunk",
     "error_for_status",
+    "parse_data",
     "parse_retry_after",
 ]
 
@@ -178,16 +180,33 @@ class Done:
 Event = TextDelta | ToolCallDelta | UsageReport | Finish | ErrorEvent | ChunkMeta | Done
 
 
-def decode_chat_chunk(data: str) -> list[Event]:
-    """One chat-completions ``data:`` payload to typed events."""
+def parse_data(data: str) -> dict[str, Any] | list[Event]:
+    """A ``data:`` payload as a JSON object, or the events it stands for on its own:
+    ``[Done()]`` for the terminator, an ErrorEvent for a line that is not JSON, nothing for other JSON."""
     if data.strip() == "[DONE]":
         return [Done()]
     try:
-        chunk = json.loads(data)
+        parsed = json.loads(data)
     except json.JSONDecodeError:
         return [ErrorEvent(f"the server sent a line that is not JSON: {data[:200]!r}")]
-    if not isinstance(chunk, dict):
-        return []
+    return parsed if isinstance(parsed, dict) else []
+
+
+def as_cost(value: Any) -> float | None:
+    """A cost in USD from a number or a numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_chat_chunk(data: str) -> list[Event]:
+    """One chat-completions ``data:`` payload to typed events."""
+    chunk = parse_data(data)
+    if isinstance(chunk, list):
+        return chunk
     events: list[Event] = []
     if "model" in chunk or "provider" in chunk:
         events.append(ChunkMeta(chunk.get("model"), chunk.get("provider"), chunk.get("id")))
@@ -224,23 +243,14 @@ def _choice_events(choice: Mapping[str, Any]) -> list[Event]:
 def _usage(raw: Mapping[str, Any]) -> Usage:
     prompt_details = raw.get("prompt_tokens_details") or {}
     completion_details = raw.get("completion_tokens_details") or {}
-    cost = raw.get("cost")
     return Usage(
         prompt_tokens=raw.get("prompt_tokens"),
         completion_tokens=raw.get("completion_tokens"),
         total_tokens=raw.get("total_tokens"),
-        cost=float(cost) if isinstance(cost, (int, float, str)) and _is_number(cost) else None,
+        cost=as_cost(raw.get("cost")),
         cached_tokens=prompt_details.get("cached_tokens"),
         reasoning_tokens=completion_details.get("reasoning_tokens"),
     )
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _error_event(error: Mapping[str, Any]) -> ErrorEvent:
@@ -283,13 +293,9 @@ class ChatStreamDecoder(SSEStreamDecoder):
         self._meta: tuple[Any, Any] | None = None
 
     def events(self, sse: ServerSentEvent) -> list[Event]:
-        data = sse.data
-        if data == "[DONE]" or not data.startswith("{"):
-            return decode_chat_chunk(data)
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            return decode_chat_chunk(data)
+        chunk = parse_data(sse.data)
+        if isinstance(chunk, list):
+            return chunk
         events: list[Event] = []
         meta = (chunk.get("model"), chunk.get("provider"))
         if meta != self._meta and (meta[0] or meta[1]):

@@ -172,7 +172,7 @@ class ThrottledOutput:
             self._handle.update(data, metadata=metadata, raw=True)
         self.widget.close()
         for output in after:
-            _display_raw(output["data"], output["metadata"])
+            display_raw(output["data"], output["metadata"])
 
 
 class WidgetView(ThrottledOutput):
@@ -236,7 +236,7 @@ def _plain_output(text: str) -> dict[str, Any]:
     return {"output_type": "display_data", "data": {MIME_PLAIN: text}, "metadata": {}}
 
 
-def _display_raw(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+def display_raw(data: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
     from IPython.display import display
 
     display(data, metadata=metadata or {}, raw=True)  # type: ignore[no-untyped-call]

@@ -11,7 +11,6 @@ the client (accumulation, results, the magic, the panel) is shape-blind:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +28,9 @@ from .protocol import (
     TextDelta,
     ToolCallDelta,
     UsageReport,
+    as_cost,
     chat_body,
+    parse_data,
 )
 from .result import Usage
 
@@ -96,7 +97,7 @@ class ResponsesStreamDecoder(SSEStreamDecoder):
     """``data:`` events with a ``type``: output text deltas, then completed, incomplete or failed."""
 
     def events(self, sse: ServerSentEvent) -> list[Event]:
-        data = _json_or_error(sse.data)
+        data = parse_data(sse.data)
         return data if isinstance(data, list) else self._event(data)
 
     def _event(self, data: Mapping[str, Any]) -> list[Event]:
@@ -127,7 +128,7 @@ def _responses_usage(response: Mapping[str, Any]) -> list[Event]:
         return []
     return [UsageReport(Usage(
         prompt_tokens=usage.get("input_tokens"), completion_tokens=usage.get("output_tokens"),
-        total_tokens=usage.get("total_tokens"), cost=_cost(usage.get("cost")),
+        total_tokens=usage.get("total_tokens"), cost=as_cost(usage.get("cost")),
         cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens"),
         reasoning_tokens=(usage.get("output_tokens_details") or {}).get("reasoning_tokens"),
     ))]
@@ -159,7 +160,7 @@ class MessagesStreamDecoder(SSEStreamDecoder):
         self._usage = Usage()
 
     def events(self, sse: ServerSentEvent) -> list[Event]:
-        data = _json_or_error(sse.data)
+        data = parse_data(sse.data)
         return data if isinstance(data, list) else self._event(data.get("type") or sse.event, data)
 
     def _event(self, kind: str, data: Mapping[str, Any]) -> list[Event]:
@@ -193,7 +194,7 @@ class MessagesStreamDecoder(SSEStreamDecoder):
         usage = self._usage
         usage.prompt_tokens = raw.get("input_tokens", usage.prompt_tokens)
         usage.completion_tokens = raw.get("output_tokens", usage.completion_tokens)
-        usage.cost = _cost(raw.get("cost")) if "cost" in raw else usage.cost
+        usage.cost = as_cost(raw.get("cost")) if "cost" in raw else usage.cost
         if usage.prompt_tokens is not None and usage.completion_tokens is not None:
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         return [UsageReport(Usage(**vars(usage)))]
@@ -204,24 +205,6 @@ def _error_event(data: Mapping[str, Any]) -> ErrorEvent:
     nested = data.get("error")
     error: Mapping[str, Any] = nested if isinstance(nested, dict) else data
     return ErrorEvent(str(error.get("message") or "unknown error"), error.get("code") or error.get("type"))
-
-
-def _json_or_error(data: str) -> Any:
-    """The parsed object, ``[Done()]`` for the terminator, or ``[ErrorEvent]`` for a line that is not JSON."""
-    if data.strip() == "[DONE]":
-        return [Done()]
-    try:
-        parsed = json.loads(data)
-    except json.JSONDecodeError:
-        return [ErrorEvent(f"the server sent a line that is not JSON: {data[:200]!r}")]
-    return parsed if isinstance(parsed, dict) else []
-
-
-def _cost(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 API_SHAPES: dict[str, Shape] = {

@@ -19,9 +19,10 @@ from typing import Any
 import comm
 from comm.base_comm import BaseComm
 
-from granite_magic.comparison import plan_runs
-from granite_magic.grid import GridView
-from granite_magic.session import Session, Turn
+from granite_magic._comparison import plan_runs
+from granite_magic._grid import GridView
+from granite_magic._params import Sampling
+from granite_magic._session import Session, Turn
 
 try:
     from ._server import fake_server
@@ -43,7 +44,7 @@ def timed(session: Session, seeds: list[int]) -> tuple[float, float]:
     grid = GridView("bench", [s.label for s in specs])
     CountingComm.updates = 0
     started = time.perf_counter()
-    comp = session.compare(Turn("Tell me about granite", params={"temperature": 0.7}), specs, grid, concurrency=len(seeds))
+    comp = session.compare(Turn("Tell me about granite", sampling=Sampling({"temperature": 0.7})), specs, grid, concurrency=len(seeds))
     wall = time.perf_counter() - started
     assert all(len(t.split()) == 60 and not r.partial for t, r in zip(comp.texts, comp.results, strict=True))
     return wall, CountingComm.updates / wall

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from granite_magic.local import LocalClient, _chat_format
+from granite_magic._local import LocalClient, _chat_format
 
 PROMPT = [{"role": "user", "content": "Write a short story about a river that carves a canyon."}]
 

@@ -1,7 +1,9 @@
 """granite-magic: stream IBM Granite into Jupyter with `%%granite`.
 
-Loading the extension is cheap: httpx is imported by the first request and
-ipywidgets by the first widget, so the public names below are resolved lazily.
+The public names live in private modules (``_client``, ``_errors``, ...) and are
+re-exported here.  Loading the extension is cheap: httpx is imported by the
+first request and ipywidgets by the first widget, so the names are resolved
+lazily, from the one table ``_PUBLIC`` (``__all__`` is derived from it).
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .client import DEFAULT_BASE_URL, DEFAULT_MODEL, GraniteClient, ModelInfo, RetryPolicy
-    from .comparison import Comparison
-    from .errors import (
+    from ._api import acompare, compare
+    from ._client import GraniteClient, ModelInfo, RetryPolicy
+    from ._comparison import Comparison, Run, RunSpec
+    from ._errors import (
         APIError,
         AuthenticationError,
         BadRequestError,
         ConnectionDroppedError,
+        DeadlineError,
         GenerationInterrupted,
         GraniteError,
         InsufficientCreditsError,
@@ -28,65 +32,37 @@ if TYPE_CHECKING:
         MissingKeyError,
         ModelNotFoundError,
         ModerationError,
+        ProtocolError,
         RateLimitError,
         ServerError,
         StallError,
         StreamError,
     )
-    from .panel_ui import Panel, panel
-    from .params import PARAMETERS, Param
-    from .result import Result, ToolCall, Usage
-    from .session import compare
+    from ._events import Progress
+    from ._panel import Panel, panel
+    from ._params import PARAMETERS, Param, Sampling
+    from ._result import Result, ToolCall, Usage
+    from ._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_MODEL",
-    "PARAMETERS",
-    "APIError",
-    "AuthenticationError",
-    "BadRequestError",
-    "Comparison",
-    "ConnectionDroppedError",
-    "GenerationInterrupted",
-    "GraniteClient",
-    "GraniteError",
-    "InsufficientCreditsError",
-    "InvalidParameterError",
-    "MissingKeyError",
-    "ModelInfo",
-    "ModelNotFoundError",
-    "ModerationError",
-    "Panel",
-    "Param",
-    "RateLimitError",
-    "Result",
-    "RetryPolicy",
-    "ServerError",
-    "StallError",
-    "StreamError",
-    "ToolCall",
-    "Usage",
-    "__version__",
-    "compare",
-    "load_ipython_extension",
-    "panel",
-    "unload_ipython_extension",
-]
-
-_HOMES = {
-    "client": ("DEFAULT_BASE_URL", "DEFAULT_MODEL", "GraniteClient", "ModelInfo", "RetryPolicy"),
-    "errors": (
-        "APIError", "AuthenticationError", "BadRequestError", "ConnectionDroppedError", "GenerationInterrupted",
+# module -> the public names it defines.  The one list of the public API.
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "_api": ("compare", "acompare"),
+    "_client": ("GraniteClient", "ModelInfo", "RetryPolicy"),
+    "_comparison": ("Comparison", "Run", "RunSpec"),
+    "_errors": (
+        "APIError", "AuthenticationError", "BadRequestError", "ConnectionDroppedError", "DeadlineError", "GenerationInterrupted",
         "GraniteError", "InsufficientCreditsError", "InvalidParameterError", "MissingKeyError", "ModelNotFoundError",
-        "ModerationError", "RateLimitError", "ServerError", "StallError", "StreamError",
+        "ModerationError", "ProtocolError", "RateLimitError", "ServerError", "StallError", "StreamError",
     ),
-    "comparison": ("Comparison",),
-    "panel_ui": ("Panel", "panel"),
-    "params": ("PARAMETERS", "Param"),
-    "session": ("compare",),
-    "result": ("Result", "ToolCall", "Usage"),
+    "_events": ("Progress",),
+    "_panel": ("Panel", "panel"),
+    "_params": ("PARAMETERS", "Param", "Sampling"),
+    "_result": ("Result", "ToolCall", "Usage"),
+    "_settings": ("DEFAULT_BASE_URL", "DEFAULT_MODEL"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+_HOME_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = sorted([*_HOME_OF, "__version__", "load_ipython_extension", "unload_ipython_extension"])
 
 
 def __getattr__(name: str) -> Any:
@@ -99,16 +75,16 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return list(__all__)
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    from .magic import register
+    from ._magic import register
 
     register(ipython)
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
-    from .magic import unregister
+    from ._magic import unregister
 
     unregister(ipython)

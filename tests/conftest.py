@@ -13,7 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 
 from granite_magic import GraniteClient, RetryPolicy
-from granite_magic.magic import GraniteMagics
+from granite_magic._magic import GraniteMagics
 from granite_magic.testing import FakeOpenRouter
 
 TEST_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"

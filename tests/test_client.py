@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import threading
-import time
 
 import pytest
 
@@ -21,13 +20,13 @@ from granite_magic import (
     MissingKeyError,
     ModelNotFoundError,
     ModerationError,
+    Progress,
     RateLimitError,
     RetryPolicy,
     ServerError,
     StallError,
     StreamError,
 )
-from granite_magic.protocol import Accumulator
 from granite_magic.testing import FakeOpenRouter, Scenario, fake_reply
 
 from .conftest import FAST_RETRY, TEST_KEY, wait_until
@@ -90,13 +89,13 @@ def test_one_http_connection_is_reused(client: GraniteClient, server: FakeOpenRo
     ("status", "kind", "fragment"),
     [
         (400, BadRequestError, "The API said"),
-        (401, AuthenticationError, "OPENROUTER_API_KEY"),
+        (401, AuthenticationError, "missing, invalid or disabled"),
         (402, InsufficientCreditsError, "credits"),
         (403, ModerationError, "moderation"),
         (404, ModelNotFoundError, "granite-4.0-h-micro"),
     ],
 )
-def test_client_errors_are_not_retried_and_say_what_to_do(
+def test_client_errors_are_not_retried_and_say_what_happened(
     client: GraniteClient, server: FakeOpenRouter, status: int, kind: type, fragment: str
 ) -> None:
     server.push(Scenario(status=status))
@@ -122,7 +121,7 @@ def test_missing_key_for_openrouter_is_refused_before_sending(monkeypatch: pytes
     client = GraniteClient(base_url="https://openrouter.ai/api/v1")
     with pytest.raises(MissingKeyError, match="OPENROUTER_API_KEY") as info:
         client.chat("Hi")
-    assert "%granite key" in str(info.value)
+    assert "api_key=" in str(info.value)  # what a Python user can do; the magic adds `%granite key`
 
 
 def test_local_servers_need_no_key(server: FakeOpenRouter) -> None:
@@ -159,7 +158,7 @@ def test_retries_are_bounded(client: GraniteClient, server: FakeOpenRouter) -> N
 
 def test_429_after_every_retry(client: GraniteClient, server: FakeOpenRouter) -> None:
     server.push(*[Scenario(status=429, retry_after="0")] * 10)
-    with pytest.raises(RateLimitError, match="Wait a minute"):
+    with pytest.raises(RateLimitError, match=r"Rate limited \(HTTP 429\)"):
         client.chat("Hi")
     assert len(server.chat_requests) == FAST_RETRY.max_attempts
 
@@ -181,7 +180,7 @@ def test_mid_stream_error_keeps_the_partial_reply_and_is_not_retried(client: Gra
     result = info.value.result
     assert result is not None and result.partial
     assert result.text == "".join(fake_reply([{"role": "user", "content": "Hi"}], {"seed": 4})[:5])
-    assert "partial reply" in str(info.value)
+    assert result.ended == "failed" and result.error == str(info.value)
     assert len(server.chat_requests) == 1
 
 
@@ -221,7 +220,7 @@ def test_finish_without_done_is_complete(client: GraniteClient, server: FakeOpen
 def test_stall_longer_than_read_timeout_keeps_partial(server: FakeOpenRouter) -> None:
     client = GraniteClient(base_url=server.base_url, api_key=TEST_KEY, read_timeout_s=0.3, retry=FAST_RETRY)
     server.push(Scenario(stall_after=4, stall_s=3, keepalive_every=0))
-    with pytest.raises(StallError, match=r"No data arrived for 0\.3 s") as info:
+    with pytest.raises(StallError, match=r"No new data arrived for 0\.3 s") as info:
         client.chat("Hi")
     assert info.value.result is not None and len(info.value.result.text.split()) == 4
     assert len(server.chat_requests) == 1
@@ -280,17 +279,17 @@ def test_interrupt_cancels_the_request_and_keeps_the_partial_text(client: Granit
     main = threading.main_thread().ident
     assert main is not None
 
-    def interrupt_after_five_tokens(acc: Accumulator) -> None:
-        if acc.chunks >= 5 and not getattr(acc, "_interrupted", False):
-            acc._interrupted = True  # type: ignore[attr-defined]
+    interrupted: list[bool] = []
+
+    def interrupt_after_five_tokens(progress: Progress) -> None:
+        if progress.chunks >= 5 and not interrupted:
+            interrupted.append(True)
             signal.pthread_kill(main, signal.SIGINT)
 
-    started = time.monotonic()
     with pytest.raises(GenerationInterrupted) as info:
         client.chat("Hi", on_update=interrupt_after_five_tokens)
-    assert time.monotonic() - started < 5  # far sooner than the 15 s stream
     result = info.value.result
-    assert result.partial and result.error == "interrupted by the user"
+    assert result.ended == "interrupted" and result.partial
     assert 5 <= len(result.text.split()) < 300
     # the HTTP stream was closed: the server's next write failed
     assert wait_until(lambda: server.chat_requests[0].disconnected)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from granite_magic import Comparison, GraniteClient, InvalidParameterError, compare
-from granite_magic.comparison import (
+from granite_magic import Comparison, GraniteClient, InvalidParameterError, Progress, Result, Run, Sampling, compare
+from granite_magic._comparison import (
     Divergence,
     first_divergence,
     identical_groups,
@@ -22,11 +22,10 @@ from granite_magic.comparison import (
     similarity,
     word_diff,
 )
-from granite_magic.protocol import Accumulator
-from granite_magic.session import Session, Turn
+from granite_magic._session import Session, Turn
 from granite_magic.testing import FakeOpenRouter, Scenario
 
-from .conftest import TEST_KEY, magics_of, run
+from .conftest import TEST_KEY, magics_of, run, wait_until
 
 # --- planning -------------------------------------------------------------------------
 
@@ -84,13 +83,13 @@ def test_word_diff() -> None:
 
 
 def make_comparison() -> Comparison:
-    from granite_magic.result import Result, Usage
+    from granite_magic._result import Usage
 
     specs = plan_runs([1, 2], repeat=2)
     texts = ["one patient season", "one patient season", "one restless season", "one restless day"]
     results = [Result(text=t, finish_reason="stop", usage=Usage(completion_tokens=3, cost=0.001), ttft_s=0.1, duration_s=0.5,
                       params={"seed": s.params["seed"]}) for t, s in zip(texts, specs, strict=True)]
-    return Comparison("p", specs, results, [None] * 4, wall_s=0.6)
+    return Comparison("p", [Run(spec, result) for spec, result in zip(specs, results, strict=True)], wall_s=0.6)
 
 
 def test_comparison_metrics_and_summary() -> None:
@@ -105,6 +104,18 @@ def test_comparison_metrics_and_summary() -> None:
     assert "1 of 2 repeated settings gave identical text (seed NOT reliably honoured)" in summary
     assert "first divergence: seed 2 at word 1 ('patient' -> 'restless')" in summary
     assert "total 0.6 s wall · 12 tokens · $0.004000" in summary
+
+
+@pytest.mark.parametrize("failing", [(), (1,), (0, 1, 2, 3)])
+def test_every_view_of_a_comparison_has_every_run(failing: tuple[int, ...]) -> None:
+    """to_dict, rows, to_dataframe and the saved metadata agree, whether columns failed or not."""
+    from granite_magic._grid import comparison_bundle
+
+    base = make_comparison()
+    comp = Comparison("p", [Run(r.spec, r.result, "boom" if i in failing else None) for i, r in enumerate(base.runs)])
+    saved = comparison_bundle(comp)[1]["granite_magic"]["comparison"]
+    assert len(comp.to_dict()["runs"]) == len(comp.rows()) == len(comp.to_dataframe()) == len(saved["runs"]) == 4
+    assert [r["run_error"] for r in saved["runs"]] == ["boom" if i in failing else None for i in range(4)]
 
 
 def test_to_dataframe_has_one_row_per_run() -> None:
@@ -125,7 +136,7 @@ def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
 
 
 def test_four_seeds_give_the_texts_of_four_single_runs(session: Session, client: GraniteClient) -> None:
-    comp = session.compare(Turn("Tell a story", params={"temperature": 0.8}), plan_runs([1, 2, 3, 4]))
+    comp = session.compare(Turn("Tell a story", sampling=Sampling({"temperature": 0.8})), plan_runs([1, 2, 3, 4]))
     singles = [client.chat("Tell a story", seed=s, temperature=0.8).text for s in (1, 2, 3, 4)]
     assert comp.texts == singles
     assert len(comp.groups) == 4 and comp.errors == [None] * 4
@@ -144,7 +155,7 @@ def test_a_provider_that_ignores_seeds_is_caught_by_the_audit(session: Session, 
 
 
 def test_a_sweep_changes_that_field_and_nothing_else(session: Session, server: FakeOpenRouter) -> None:
-    session.compare(Turn("Hi", system="Be kind.", params={"seed": 3, "max_tokens": 20}), plan_runs(sweep={"temperature": [0.0, 0.7, 1.4]}))
+    session.compare(Turn("Hi", system="Be kind.", sampling=Sampling({"seed": 3, "max_tokens": 20})), plan_runs(sweep={"temperature": [0.0, 0.7, 1.4]}))
     bodies = sorted((r.body for r in server.chat_requests), key=lambda b: b["temperature"])
     assert [b["temperature"] for b in bodies] == [0.0, 0.7, 1.4]
     for body in bodies:
@@ -175,23 +186,24 @@ class InterruptWhenAllStream:
     def __init__(self) -> None:
         self.main = threading.main_thread().ident
 
-    async def run(self, state: Sequence[Accumulator]) -> None:
+    async def run(self, state: Sequence[Progress]) -> None:
         while not all(acc.chunks >= 2 for acc in state):
             await asyncio.sleep(0.01)
         assert self.main is not None
         signal.pthread_kill(self.main, signal.SIGINT)
         await asyncio.Event().wait()
 
-    def column_done(self, index: int, status: str) -> None:
+    def column_done(self, index: int, result: Result) -> None:
         pass
 
 
 def test_interrupt_cancels_every_column_and_keeps_what_arrived(session: Session, server: FakeOpenRouter) -> None:
     server.default = Scenario(tokens=400, tokens_per_s=20)  # 20 s each if left alone
     comp = session.compare(Turn("Hi"), plan_runs([1, 2, 3]), InterruptWhenAllStream())
-    assert all(r.partial and r.error == "interrupted by the user" for r in comp.results)
+    assert all(r.ended == "interrupted" for r in comp.results)
     assert all(2 <= len(t.split()) < 400 for t in comp.texts)
-    assert comp.wall_s is not None and comp.wall_s < 10  # stopped, far before the streams would have ended
+    # stopped: every stream was closed, far before it would have ended
+    assert wait_until(lambda: all(r.disconnected for r in server.chat_requests))
 
 
 def test_python_api_compare(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from granite_magic import Comparison, GenerationInterrupted
-from granite_magic.comparison import plan_runs
-from granite_magic.local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
-from granite_magic.protocol import Accumulator
-from granite_magic.session import Session, Turn
+from granite_magic._comparison import plan_runs
+from granite_magic._events import Accumulator
+from granite_magic._local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
+from granite_magic._session import Session, Turn
 
 from .conftest import magics_of, run, shown
 
@@ -142,7 +142,7 @@ def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -
 
 
 def test_neither_key_nor_local_names_both_ways_forward(keyless_ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("granite_magic.local.local_available", lambda: False)
+    monkeypatch.setattr("granite_magic._local.local_available", lambda: False)
     out = run(keyless_ip, "", PROMPT)
     assert "OPENROUTER_API_KEY" in out.stderr and "granite-magic[local]" in out.stderr
 
@@ -177,7 +177,7 @@ def test_default_model_is_downloaded_once_with_a_size_message(
 
 
 def test_bad_model_reference_is_explained(tmp_path: Path) -> None:
-    from granite_magic.local import LocalModelError
+    from granite_magic._local import LocalModelError
 
     with pytest.raises(LocalModelError, match="not a file"):
         resolve_model(str(tmp_path / "missing.gguf"))

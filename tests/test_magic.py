@@ -56,7 +56,7 @@ def test_help_lists_every_option_with_range_and_default(ip: InteractiveShell) ->
                    "--temperature", "--top-p", "--top-k", "--min-p", "--top-a", "--seed", "--max-tokens", "--stop",
                    "--repetition-penalty", "--frequency-penalty", "--presence-penalty", "--logit-bias"]:
         assert option in doc
-    assert "range: number, 0 <= temperature <= 2; default: 1" in doc
+    assert "Range: number, 0 <= temperature <= 2; when not sent: 1." in doc
 
 
 def test_interpolation_replaces_known_names_only(ip: InteractiveShell, server: FakeOpenRouter) -> None:

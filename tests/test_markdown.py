@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from granite_magic.markdown import extract_code, parse_json_reply, safe_markdown
+from granite_magic._markdown import extract_code, parse_json_reply, safe_markdown
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from granite_magic.local import local_available
+from granite_magic._local import local_available
 from granite_magic.testing import FakeOpenRouter
 
 from .conftest import TEST_KEY

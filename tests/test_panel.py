@@ -11,8 +11,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from granite_magic import Comparison, Result
-from granite_magic.panel_ui import PRESETS, Panel
-from granite_magic.session import Session
+from granite_magic._panel import PRESETS, Panel
+from granite_magic._session import Session
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import TEST_KEY, magics_of, run, wait_until
@@ -47,6 +47,7 @@ def test_controls_come_from_the_table_with_ranges(panel: Panel) -> None:
 
 
 def test_unsupported_parameters_are_flagged(panel: Panel) -> None:
+    assert panel.support_checked.wait(10)  # the model listing is read in the background
     assert "not supported" in panel.controls["min_p"].flag.value
     assert "not supported" in panel.controls["top_a"].flag.value
     assert panel.controls["temperature"].flag.value == ""
@@ -167,7 +168,8 @@ def test_panel_subcommand_and_function(ip: InteractiveShell, server: FakeOpenRou
     assert isinstance(shown, Panel) and shown.prompt.value == "Hello there"
     assert shown.chosen_params() == {"temperature": 0.3}
     made = granite_magic.panel(prompt="Hi", seed=4)
-    assert made.session is magics_of(ip).session and made.chosen_params() == {"seed": 4}
+    # the kernel's defaults start switched on in every panel, as they apply to every cell
+    assert made.session is magics_of(ip).session and made.chosen_params() == {"temperature": 0.3, "seed": 4}
 
 
 def test_copy_as_cell_can_insert_the_next_cell(ip: InteractiveShell, recorded_comms: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +178,8 @@ def test_copy_as_cell_can_insert_the_next_cell(ip: InteractiveShell, recorded_co
     panel = magics_of(ip).panel("Hello")
     panel.controls["seed"].set(3)
     text = panel.copy_as_cell(insert=True)
-    assert offered == [text] and text.startswith("%%granite --base-url") and "--seed 3" in text
+    # the kernel's settings (base URL, defaults) are implied, as for any cell in it
+    assert offered == [text] and text == "%%granite --seed 3\nHello"
 
 
 def test_nothing_the_panel_sends_to_the_front_end_holds_the_key(panel: Panel, server: FakeOpenRouter, recorded_comms: list[Any]) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from granite_magic import PARAMETERS, InvalidParameterError
-from granite_magic.params import get_param, validate, validate_params
+from granite_magic._params import Sampling, get_param, validate
 
 PROTOCOL_FIELDS = {
     "temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
@@ -33,7 +33,7 @@ def test_table_covers_every_sampling_field_with_help() -> None:
         ("frequency_penalty", -2, -2.0),
         ("stop", "END", ["END"]),
         ("stop", ["a", "b"], ["a", "b"]),
-        ("logit_bias", '{"50256": -100}', {"50256": -100}),
+        ("logit_bias", '{"50256": -100}', {50256: -100}),
     ],
 )
 def test_valid_values_are_coerced(name: str, value: object, expected: object) -> None:
@@ -70,7 +70,25 @@ def test_invalid_values_name_parameter_value_and_range(name: str, value: object,
 
 
 def test_only_set_fields_are_kept() -> None:
-    assert validate_params({"temperature": 0.2, "top_p": None, "seed": 3}) == {"temperature": 0.2, "seed": 3}
+    assert dict(Sampling({"temperature": 0.2, "top_p": None, "seed": 3})) == {"temperature": 0.2, "seed": 3}
+
+
+def test_sampling_is_validated_on_creation_and_frozen() -> None:
+    sampling = Sampling({"temperature": "0.7", "logit_bias": '{"7": 5}'})
+    assert dict(sampling) == {"temperature": 0.7, "logit_bias": {7: 5}}
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        Sampling({"temperature": 9})
+    with pytest.raises(TypeError):
+        sampling["temperature"] = 1.0  # type: ignore[index]
+
+
+def test_each_target_gets_its_own_field_names() -> None:
+    sampling = Sampling({"max_tokens": 5, "stop": ["x"], "repetition_penalty": 1.1, "top_a": 0.2})
+    assert sampling.for_target("chat") == {"max_tokens": 5, "stop": ["x"], "repetition_penalty": 1.1, "top_a": 0.2}
+    assert sampling.for_target("responses")["max_output_tokens"] == 5
+    assert sampling.for_target("messages")["stop_sequences"] == ["x"]
+    # llama.cpp calls it repeat_penalty and has no top-a sampler
+    assert sampling.for_target("llama_cpp") == {"max_tokens": 5, "stop": ["x"], "repeat_penalty": 1.1}
 
 
 def test_option_names_follow_the_design() -> None:

@@ -1,4 +1,4 @@
-"""The sans-I/O layer: SSE decoding, chunk events, accumulation, error mapping."""
+"""The sans-I/O layer: SSE framing, the chat decoder, accumulation, error mapping."""
 
 from __future__ import annotations
 
@@ -9,23 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from granite_magic import errors
-from granite_magic.protocol import (
-    Accumulator,
-    ChatStreamDecoder,
-    ChunkMeta,
-    Done,
-    ErrorEvent,
-    Finish,
-    ServerSentEvent,
-    SSEDecoder,
-    TextDelta,
-    ToolCallDelta,
-    UsageReport,
-    decode_chat_chunk,
-    error_for_status,
-    parse_retry_after,
-)
+from granite_magic import _errors as errors
+from granite_magic._errors import error_for_status, parse_retry_after
+from granite_magic._events import Accumulator, ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, ToolCallDelta, UsageReport
+from granite_magic._shapes import ChatStreamDecoder
+from granite_magic._sse import ServerSentEvent, SSEDecoder
 
 
 def decode_all(*pieces: bytes) -> list[ServerSentEvent]:
@@ -99,6 +87,12 @@ def chunk(**fields: object) -> str:
     return json.dumps({"id": "gen-1", "model": "m", "provider": "P", "choices": [], **fields})
 
 
+def decode_chat_chunk(data: str) -> list[Event]:
+    """One ``data:`` payload through the production chat decoder."""
+    decoder = ChatStreamDecoder()
+    return decoder.feed(f"data: {data}\n\n".encode())
+
+
 def test_chunk_to_typed_events() -> None:
     events = decode_chat_chunk(chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]))
     assert events == [ChunkMeta("m", "P", "gen-1"), TextDelta("Hi")]
@@ -121,12 +115,14 @@ def test_mid_stream_error_accepts_any_code(code: object) -> None:
     error = {"message": "Provider disconnected"} | ({"code": code} if code is not None else {})
     events = decode_chat_chunk(chunk(error=error, choices=[{"delta": {"content": ""}, "finish_reason": "error"}]))
     assert Finish("error") in events
-    assert ErrorEvent("Provider disconnected", code) in events
+    (event,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert (event.message, event.code) == ("Provider disconnected", code)
+    assert event.transient == (code is not None)  # a 502 or a server_error is worth retrying before the first token
 
 
-def test_non_json_data_becomes_an_error_event() -> None:
-    (event,) = decode_chat_chunk("<html>Bad gateway</html>")
-    assert isinstance(event, ErrorEvent)
+def test_non_json_data_is_a_protocol_error_that_quotes_it() -> None:
+    with pytest.raises(errors.ProtocolError, match=r"not JSON.*Bad gateway"):
+        decode_chat_chunk("<html>Bad gateway</html>")
 
 
 def test_tool_call_fragments_are_joined_per_index() -> None:
@@ -177,7 +173,7 @@ def test_chat_stream_decoder_end_to_end() -> None:
     ("status", "kind", "fragment"),
     [
         (400, errors.BadRequestError, "The API said: max_tokens too big"),
-        (401, errors.AuthenticationError, "OPENROUTER_API_KEY"),
+        (401, errors.AuthenticationError, "missing, invalid or disabled"),
         (402, errors.InsufficientCreditsError, "credits"),
         (403, errors.ModerationError, "Flagged for: violence"),
         (404, errors.ModelNotFoundError, "'x/y'"),
@@ -185,7 +181,7 @@ def test_chat_stream_decoder_end_to_end() -> None:
         (503, errors.ServerError, "HTTP 503"),
     ],
 )
-def test_error_for_status_is_typed_and_actionable(status: int, kind: type, fragment: str) -> None:
+def test_error_for_status_is_typed_and_states_the_facts(status: int, kind: type, fragment: str) -> None:
     body = json.dumps({"error": {"code": status, "message": "max_tokens too big" if status == 400 else "no",
                                  "metadata": {"reasons": ["violence"]} if status == 403 else {}}}).encode()
     error = error_for_status(status, body, model="x/y")

@@ -9,10 +9,11 @@ import granite_magic
 
 PUBLIC = {
     "APIError", "AuthenticationError", "BadRequestError", "Comparison", "ConnectionDroppedError", "DEFAULT_BASE_URL",
-    "DEFAULT_MODEL", "GenerationInterrupted", "GraniteClient", "GraniteError", "InsufficientCreditsError",
+    "DEFAULT_MODEL", "DeadlineError", "GenerationInterrupted", "GraniteClient", "GraniteError", "InsufficientCreditsError",
     "InvalidParameterError", "MissingKeyError", "ModelInfo", "ModelNotFoundError", "ModerationError", "PARAMETERS", "Panel",
-    "Param", "RateLimitError", "Result", "RetryPolicy", "ServerError", "StallError", "StreamError", "ToolCall", "Usage",
-    "__version__", "compare", "load_ipython_extension", "panel", "unload_ipython_extension",
+    "Param", "Progress", "ProtocolError", "RateLimitError", "Result", "RetryPolicy", "Run", "RunSpec", "Sampling",
+    "ServerError", "StallError", "StreamError", "ToolCall", "Usage", "__version__", "acompare", "compare",
+    "load_ipython_extension", "panel", "unload_ipython_extension",
 }
 
 
@@ -21,6 +22,13 @@ def test_public_names_are_pinned_and_resolve() -> None:
     for name in PUBLIC:
         assert getattr(granite_magic, name) is not None
     assert callable(granite_magic.compare) and callable(granite_magic.panel)  # functions, not same-named modules
+
+
+def test_every_module_behind_the_face_is_private() -> None:
+    import pathlib
+
+    modules = {p.stem for p in pathlib.Path(granite_magic.__file__).parent.glob("*.py")}
+    assert {m for m in modules if not m.startswith("_")} == {"testing"}  # the fake server is public on purpose
 
 
 def test_loading_the_extension_defers_heavy_imports() -> None:

@@ -10,28 +10,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 from IPython.core.interactiveshell import InteractiveShell
 
-from granite_magic import ConnectionDroppedError, GraniteClient, StreamError
-from granite_magic.protocol import Accumulator, ChunkMeta, Done, ErrorEvent, Finish, TextDelta, ToolCallDelta, UsageReport
-from granite_magic.shapes import MESSAGES_DEFAULT_MAX_TOKENS, shape
+from granite_magic import ConnectionDroppedError, GraniteClient, ProtocolError, Sampling, StreamError
+from granite_magic._events import Accumulator, ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, ToolCallDelta, UsageReport
+from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY, run, shown
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 APIS = ["chat", "responses", "messages"]
 
 
+def request(**params: object) -> Request:
+    return Request("m", MESSAGES, Sampling(params))
+
+
 def test_responses_body() -> None:
-    body = shape("responses").body("m", MESSAGES, {"temperature": 0.5, "max_tokens": 20, "seed": 1})
+    body = shape("responses").body(request(temperature=0.5, max_tokens=20, seed=1))
     assert body == {"model": "m", "input": [{"role": "user", "content": "Hi"}], "instructions": "Be brief.", "stream": True,
                     "temperature": 0.5, "max_output_tokens": 20, "seed": 1}
 
 
 def test_messages_body() -> None:
-    body = shape("messages").body("m", MESSAGES, {"stop": ["END"], "top_k": 5})
+    body = shape("messages").body(request(stop=["END"], top_k=5))
     assert body == {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "system": "Be brief.",
                     "max_tokens": MESSAGES_DEFAULT_MAX_TOKENS, "stream": True, "stop_sequences": ["END"], "top_k": 5}
-    assert shape("messages").body("m", MESSAGES, {"max_tokens": 7})["max_tokens"] == 7
+    assert shape("messages").body(request(max_tokens=7))["max_tokens"] == 7
 
 
 def sse(*events: tuple[str | None, object]) -> bytes:
@@ -75,7 +79,7 @@ def test_streams_decode_to_the_common_events(api: str, stream: bytes) -> None:
     result = acc.result()
     assert (result.text, result.finish_reason, result.partial) == ("Hello", "stop", False)
     assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (3, 2, 5)
-    assert any(isinstance(e, Done) for e in events) or api == "responses"
+    assert isinstance(events[-1], Done)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(MESSAGES_STREAM)), max_size=20))
@@ -88,7 +92,8 @@ def test_messages_stream_splits_anywhere(cuts: list[int]) -> None:
 
 
 @pytest.mark.parametrize(("reason", "finish"), [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
-                                                 ("tool_use", "tool_calls"), ("refusal", "content_filter")])
+                                                 ("tool_use", "tool_calls"), ("refusal", "content_filter"),
+                                                 ("model_context_window_exceeded", "length")])
 def test_messages_stop_reasons_map_onto_the_common_set(reason: str, finish: str) -> None:
     events = shape("messages").decoder().feed(sse(("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason}})))
     assert Finish(finish, reason) in events
@@ -99,14 +104,14 @@ def test_responses_incomplete_failed_and_error_events() -> None:
     incomplete = decoder.feed(sse((None, {"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}})))
     assert Finish("length", "max_output_tokens") in incomplete
     failed = decoder.feed(sse((None, {"type": "response.failed", "response": {"error": {"code": "server_error", "message": "boom"}}})))
-    assert ErrorEvent("boom", "server_error") in failed and Finish("error") in failed
-    assert decoder.feed(sse((None, {"type": "error", "code": 429, "message": "slow down"}))) == [ErrorEvent("slow down", 429)]
+    assert ErrorEvent("boom", "server_error", transient=True) in failed and Finish("error") in failed
+    assert decoder.feed(sse((None, {"type": "error", "code": 429, "message": "slow down"}))) == [ErrorEvent("slow down", 429, transient=True)]
 
 
 def test_messages_error_and_tool_use_events() -> None:
     decoder = shape("messages").decoder()
     assert decoder.feed(sse(("error", {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}))) == [
-        ErrorEvent("busy", "overloaded_error")]
+        ErrorEvent("busy", "overloaded_error", transient=True)]
     events = decoder.feed(sse(
         ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "f"}}),
         ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
@@ -122,6 +127,103 @@ def test_usage_without_cost_and_messages_usage_merge() -> None:
     (second,) = [e for e in delta if isinstance(e, UsageReport)]
     assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (4, None)
     assert (second.usage.prompt_tokens, second.usage.completion_tokens, second.usage.total_tokens) == (4, 9, 13)
+
+
+def test_messages_usage_with_prompt_caching_counts_the_whole_prompt() -> None:
+    # Anthropic's own SDK fixture: input_tokens is only the uncached part of the prompt
+    usage = {"input_tokens": 6, "cache_creation_input_tokens": 3337, "cache_read_input_tokens": 6289, "output_tokens": 1}
+    events = shape("messages").decoder().feed(sse(("message_start", {"type": "message_start", "message": {"usage": usage}})))
+    (report,) = [e for e in events if isinstance(e, UsageReport)]
+    assert (report.usage.prompt_tokens, report.usage.cached_tokens, report.usage.total_tokens) == (9632, 6289, 9633)
+
+
+def test_chat_error_event_reads_type_when_code_is_null() -> None:
+    events = shape("chat").decoder().feed(sse((None, {"error": {"type": "server_error", "code": None, "message": "x"}})))
+    assert events == [ErrorEvent("x", "server_error", transient=True)]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_leading_byte_order_mark_is_dropped(api: str) -> None:
+    stream = {"chat": sse((None, {"choices": [{"delta": {"content": "Hello"}}]})), "responses": RESPONSES_STREAM,
+              "messages": MESSAGES_STREAM}[api]
+    decoder = shape(api).decoder()
+    events = decoder.feed(b"\xef\xbb\xbf" + stream) + decoder.close()
+    assert next(e.text for e in events if isinstance(e, TextDelta)) in ("Hello", "Hel")
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "12a"])
+def test_retry_values_that_are_not_ascii_digits_are_ignored(value: str) -> None:
+    from granite_magic._sse import SSEDecoder
+
+    (event,) = SSEDecoder().feed(f"retry: {value}\ndata: x\n\n".encode())
+    assert event.retry is None
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+# One event of each shape, with the path of every field a server fills in.
+TEMPLATES: dict[str, list[dict[str, object]]] = {
+    "chat": [{"id": "g", "model": "m", "provider": "p", "choices": [{"index": 0, "delta": {"content": "a", "tool_calls": [
+        {"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": 0.1, "prompt_tokens_details": {"cached_tokens": 0}},
+        "error": {"code": 500, "message": "x", "metadata": {}}}],
+    "responses": [{"type": "response.output_text.delta", "delta": "a"},
+                  {"type": "response.function_call_arguments.delta", "output_index": 0, "item_id": "i", "delta": "{"},
+                  {"type": "response.created", "response": {"id": "r", "model": "m"}},
+                  {"type": "response.completed", "response": {"status": "completed", "usage": {"input_tokens": 1, "output_tokens": 1,
+                                                                                                 "input_tokens_details": {}}}},
+                  {"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}},
+                  {"type": "response.failed", "response": {"error": {"code": "server_error", "message": "x"}}},
+                  {"type": "error", "code": 429, "message": "x"}],
+    "messages": [{"type": "message_start", "message": {"id": "m", "model": "m", "usage": {"input_tokens": 1}}},
+                 {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}},
+                 {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}},
+                 {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}},
+                 {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1, "cost": 1}},
+                 {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}],
+}
+
+
+def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    paths = [prefix]
+    if isinstance(value, dict):
+        paths += [p for k, v in value.items() for p in _paths(v, (*prefix, k))]
+    elif isinstance(value, list):
+        paths += [p for i, v in enumerate(value) for p in _paths(v, (*prefix, i))]
+    return paths
+
+
+def _replaced(value: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    copy = json.loads(json.dumps(value))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = new
+    return copy
+
+
+CASES = [(api, template, path) for api, templates in TEMPLATES.items() for template in templates for path in _paths(template)]
+
+
+@given(st.sampled_from(CASES), JSON)
+def test_decoding_is_total_whatever_json_arrives_in_any_field(case: tuple[str, dict[str, object], tuple[object, ...]], value: object) -> None:
+    """Every field of every event shape replaced by any JSON value: events or ProtocolError, nothing else."""
+    api, template, path = case
+    decoder = shape(api).decoder()
+    event = "message" if api != "messages" else str(template.get("type"))
+    payload = json.dumps(_replaced(template, path, value))
+    try:
+        events: list[Event] = decoder.feed(f"event: {event}\ndata: {payload}\n\n".encode()) + decoder.close()
+    except ProtocolError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 300
+        return
+    acc = Accumulator()
+    for each in events:
+        acc.feed(each)
+    acc.result().to_dict()  # what the notebook saves must be buildable too
 
 
 # --- against the local server ---------------------------------------------------------
@@ -142,9 +244,10 @@ def test_the_three_shapes_give_the_same_result(server: FakeOpenRouter) -> None:
 @pytest.mark.parametrize("api", APIS)
 def test_mid_stream_error_keeps_the_partial_text(server: FakeOpenRouter, api: str) -> None:
     server.push(Scenario(error_after=5))
-    with pytest.raises(StreamError, match="partial reply") as info:
+    with pytest.raises(StreamError, match="during the reply: Provider disconnected") as info:
         client_for(server, api).chat("Hi", seed=2)
-    assert info.value.result is not None and len(info.value.result.text.split()) == 5 and info.value.result.partial
+    result = info.value.result
+    assert result is not None and len(result.text.split()) == 5 and result.ended == "failed"
 
 
 @pytest.mark.parametrize("api", APIS)

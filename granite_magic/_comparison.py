@@ -1,7 +1,7 @@
 """Side-by-side runs: the grid of specs, and pure metrics over finished results.
 
 ``plan_runs`` turns seeds, sweeps and repeats into labelled run specs;
-``Comparison`` holds the results and computes, on demand, identical groups,
+``Comparison`` holds one ``Run`` (spec, result, error) per column and computes, on demand, identical groups,
 pairwise similarity, first divergence, word diffs, per-run statistics and the
 determinism audit.  No I/O here.
 """
@@ -11,23 +11,25 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import InvalidParameterError
-from .params import get_param, validate
-from .result import Result
+from ._errors import InvalidParameterError
+from ._params import Sampling, get_param, json_ready, validate
+from ._result import Result
 
 __all__ = [
     "Comparison",
     "Divergence",
+    "Run",
     "RunSpec",
     "first_divergence",
     "identical_groups",
     "parse_seeds",
     "parse_sweep",
+    "parse_sweeps",
     "plan_runs",
     "similarity",
     "word_diff",
@@ -44,7 +46,7 @@ class RunSpec:
     """One column: the parameters it changes and how it is labelled."""
 
     label: str
-    params: Mapping[str, Any]  # the seed and swept values of this column
+    params: Sampling  # the seed and swept values of this column
     repeat: int = 0  # 0 for the first run of these settings, 1 for the second, ...
 
     @property
@@ -84,13 +86,29 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     param = get_param(name)
     if param.kind in ("stop", "logit_bias"):
         raise InvalidParameterError(f"--sweep {name} is not possible: sweep a numeric parameter")
-    return name, [validate(name, v.strip()) for v in values.split(",") if v.strip()]
+    checked = [validate(name, v.strip()) for v in values.split(",") if v.strip()]
+    if not checked:
+        raise InvalidParameterError(f"--sweep {text!r} names no value: write NAME=V1,V2,... e.g. temperature=0,0.7,1.4")
+    return name, checked
+
+
+def parse_sweeps(texts: Iterable[str]) -> dict[str, list[Any]]:
+    """Several ``--sweep`` options; the same parameter twice is refused rather than one silently dropped."""
+    sweeps: dict[str, list[Any]] = {}
+    for text in texts:
+        name, values = parse_sweep(text)
+        if name in sweeps:
+            raise InvalidParameterError(f"--sweep {name} is given twice: list all its values in one --sweep {name}=V1,V2,...")
+        sweeps[name] = values
+    return sweeps
 
 
 def plan_runs(seeds: Sequence[int] = (), sweep: Mapping[str, Sequence[Any]] | None = None, repeat: int = 1) -> list[RunSpec]:
     """The grid: every seed times every combination of swept values, each ``repeat`` times."""
     if repeat < 1:
         raise InvalidParameterError(f"repeat={repeat} is out of range: must be an integer >= 1")
+    if seeds and "seed" in (sweep or {}):
+        raise InvalidParameterError("seeds are given twice (--seeds and --sweep seed=...): use one of them")
     axes: list[list[tuple[str, Any]]] = []
     if seeds:
         axes.append([("seed", s) for s in seeds])
@@ -100,7 +118,8 @@ def plan_runs(seeds: Sequence[int] = (), sweep: Mapping[str, Sequence[Any]] | No
     total = len(combos) * repeat
     if total > MAX_RUNS:
         raise InvalidParameterError(f"that grid has {total} runs; at most {MAX_RUNS} are allowed")
-    return [RunSpec(_label(combo, r), combo, r) for combo in combos for r in range(repeat)]
+    # every value was validated by parse_seeds / parse_sweep (or validate) on the way in
+    return [RunSpec(_label(combo, r), Sampling._trusted(combo), r) for combo in combos for r in range(repeat)]
 
 
 def _label(params: Mapping[str, Any], repeat: int) -> str:
@@ -172,25 +191,47 @@ def word_diff(reference: str, other: str) -> list[tuple[str, str]]:
 # --- the comparison ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Run:
+    """One column of a comparison: what it changed, what came back, and how it failed (if it did)."""
+
+    spec: RunSpec
+    result: Result
+    error: str | None = None
+
+
 @dataclass
 class Comparison:
     """The runs of one comparison, with metrics computed when first asked for."""
 
     prompt: str
-    specs: list[RunSpec]
-    results: list[Result]
-    errors: list[str | None] = field(default_factory=list)
+    runs: list[Run]
     wall_s: float | None = None
     base_params: dict[str, Any] = field(default_factory=dict)
     reference: int = 0
 
+    # How a comparison draws itself as HTML; the grid module registers it, so this module imports no renderer.
+    html_renderer: ClassVar[Callable[[Comparison], str] | None] = None
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [run.spec for run in self.runs]
+
+    @property
+    def results(self) -> list[Result]:
+        return [run.result for run in self.runs]
+
+    @property
+    def errors(self) -> list[str | None]:
+        return [run.error for run in self.runs]
+
     @property
     def labels(self) -> list[str]:
-        return [s.label for s in self.specs]
+        return [run.spec.label for run in self.runs]
 
     @property
     def texts(self) -> list[str]:
-        return [r.text for r in self.results]
+        return [run.result.text for run in self.runs]
 
     @cached_property
     def groups(self) -> list[list[int]]:
@@ -267,14 +308,14 @@ class Comparison:
     def _totals_line(self) -> str:
         wall = f"{self.wall_s:.1f} s wall · " if self.wall_s is not None else ""
         cost = f" · ${self.total_cost:.6f}" if self.total_cost is not None else ""
-        failed = sum(1 for e in self.errors if e)
+        failed = sum(1 for run in self.runs if run.error)
         return f"total {wall}{self.total_tokens} tokens{cost}" + (f" · {failed} failed (partial text kept)" if failed else "")
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain dict per run: what ``to_dataframe`` holds."""
         swept = sorted({k for s in self.specs for k in s.params if k != "seed"})
         rows = []
-        for i, (spec, result) in enumerate(zip(self.specs, self.results, strict=True)):
+        for i, (spec, result, error) in enumerate((run.spec, run.result, run.error) for run in self.runs):
             rows.append({
                 "label": spec.label,
                 "seed": spec.params.get("seed", result.params.get("seed")),
@@ -288,7 +329,7 @@ class Comparison:
                 "cost": result.cost,
                 "finish_reason": result.finish_reason,
                 "partial": result.partial,
-                "error": self.errors[i] if i < len(self.errors) else None,
+                "error": error,
                 "group": self.group_of(i),
                 "similarity_to_reference": self.similarity_matrix[self.reference][i],
             })
@@ -304,7 +345,7 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,
-            "params": self.base_params,
+            "params": json_ready(self.base_params),
             "labels": self.labels,
             "groups": self.groups,
             "similarity": self.similarity_matrix,
@@ -313,13 +354,12 @@ class Comparison:
             "wall_s": self.wall_s,
             "total_tokens": self.total_tokens,
             "total_cost": self.total_cost,
-            "runs": [{"label": s.label, **r.to_dict(), "run_error": e} for s, r, e in zip(self.specs, self.results, self.errors, strict=False)],
+            "runs": [{"label": run.spec.label, **run.result.to_dict(), "run_error": run.error} for run in self.runs],
         }
 
-    def _repr_html_(self) -> str:
-        from .grid import comparison_html
-
-        return comparison_html(self)
+    def _repr_html_(self) -> str | None:
+        renderer = type(self).html_renderer  # read from the class: a plain function, not bound to self
+        return None if renderer is None else renderer(self)
 
     def __repr__(self) -> str:
-        return f"<Comparison of {len(self.results)} runs: {len(self.groups)} distinct texts>"
+        return f"<Comparison of {len(self.runs)} runs: {len(self.groups)} distinct texts>"

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Result", "ToolCall", "Usage"]
+from ._params import json_ready
+
+__all__ = ["Ended", "Result", "ToolCall", "Usage"]
+
+# How a reply ended: every token arrived, the user stopped it, or something failed.
+Ended = Literal["complete", "interrupted", "failed"]
 
 
 @dataclass
 class Usage:
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # the whole prompt, cached part included
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cost: float | None = None  # USD (OpenRouter credits); None when the server does not say
-    cached_tokens: int | None = None
+    cached_tokens: int | None = None  # of prompt_tokens, read from a provider's prompt cache
     reasoning_tokens: int | None = None
 
 
@@ -41,10 +46,15 @@ class Result:
     duration_s: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    partial: bool = False
+    ended: Ended = "complete"
     tool_calls: list[ToolCall] = field(default_factory=list)
     chunks: int = 0  # text deltas received: a token estimate when usage is missing
     value: Any = None  # what a format extracted: the code for -f code, the parsed object for -f json
+
+    @property
+    def partial(self) -> bool:
+        """The reply is not whole: it was interrupted or failed part way."""
+        return self.ended != "complete"
 
     @property
     def cost(self) -> float | None:
@@ -74,19 +84,21 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: what the notebook stores as output metadata."""
         data = asdict(self)
+        data["params"] = json_ready(self.params)
+        data["partial"] = self.partial
         data["tokens_per_s"] = self.tokens_per_s
         data["cost"] = self.cost
         return data
 
     def __repr__(self) -> str:
         preview = self.text if len(self.text) <= 60 else self.text[:57] + "..."
-        state = "partial" if self.partial else (self.finish_reason or "unfinished")
+        state = self.ended if self.partial else (self.finish_reason or "unfinished")
         return f"<Result {state} model={self.model!r} tokens={self.completion_tokens} text={preview!r}>"
 
     def __str__(self) -> str:
         return self.text
 
     def _repr_markdown_(self) -> str:
-        from .markdown import safe_markdown
+        from ._markdown import safe_markdown
 
         return safe_markdown(self.text)

@@ -1,26 +1,36 @@
-"""The one table of sampling parameters.
+"""The one table of sampling parameters, and ``Sampling``: values validated once.
 
-Validation, the request body, the magic's options, the panel's controls and the
-help text are all generated from ``PARAMETERS``: adding a parameter is one line.
+Validation, the magic's options and help, the panel's controls, the three HTTP
+request bodies and the llama.cpp call are all derived from ``PARAMETERS``:
+adding a parameter is one row.  A row names the parameter on each target where
+its wire name differs (``wire``), so no other module spells parameter names.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
 
-from .errors import InvalidParameterError
+from ._errors import InvalidParameterError
 
 __all__ = [
     "PARAMETERS",
+    "TARGETS",
     "Param",
+    "Sampling",
+    "WireTarget",
     "get_param",
+    "json_ready",
     "validate",
-    "validate_params",
 ]
+
+# Where a request goes: the three HTTP API shapes and llama.cpp in this process.
+WireTarget = Literal["chat", "responses", "messages", "llama_cpp"]
+TARGETS: tuple[WireTarget, ...] = ("chat", "responses", "messages", "llama_cpp")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,13 @@ class Param:
     exclusive_minimum: bool = False
     step: float | None = None  # slider step for the panel
     absent: str = "provider's own"  # what happens when the field is not sent and default is None
+    wire: Mapping[str, str | None] = field(default_factory=dict)  # target -> its name there (None: not sent there)
+    start: Any = None  # the panel's starting value when the default is the provider's own
+    ceiling: int | None = None  # the panel's largest value for an integer with no maximum
+
+    def wire_name(self, target: WireTarget) -> str | None:
+        """The field's name in ``target``'s request, or None when that target has no such parameter."""
+        return self.wire.get(target, self.name)
 
     @property
     def option(self) -> str:
@@ -87,15 +104,19 @@ def _fmt(value: Any) -> str:
 PARAMETERS: tuple[Param, ...] = (
     Param("temperature", "float", "Randomness: 0 is greedy, higher spreads choice over more tokens.", 1.0, 0, 2, step=0.05),
     Param("top_p", "float", "Nucleus sampling: keep the smallest set of tokens whose probability sums to p.", 1.0, 0, 1, exclusive_minimum=True, step=0.01),
-    Param("top_k", "int", "Keep only the k most likely tokens (0 turns it off).", 0, 0, None, step=1),
+    Param("top_k", "int", "Keep only the k most likely tokens (0 turns it off).", 0, 0, None, step=1, ceiling=1000),
     Param("min_p", "float", "Drop tokens less likely than min_p times the most likely one.", 0.0, 0, 1, step=0.01),
-    Param("top_a", "float", "Drop tokens below top_a times the square of the top probability.", 0.0, 0, 1, step=0.01),
+    Param("top_a", "float", "Drop tokens below top_a times the square of the top probability.", 0.0, 0, 1, step=0.01,
+          wire={"llama_cpp": None}),  # llama.cpp has no top-a sampler
     Param("frequency_penalty", "float", "Penalise tokens in proportion to how often they already appeared.", 0.0, -2, 2, step=0.05),
     Param("presence_penalty", "float", "Penalise tokens that already appeared at all.", 0.0, -2, 2, step=0.05),
-    Param("repetition_penalty", "float", "Multiplicative penalty on repeated tokens (1 is none).", 1.0, 0, 2, exclusive_minimum=True, step=0.01),
-    Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", step=1, absent="none"),
-    Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1),
-    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4).", absent="none"),
+    Param("repetition_penalty", "float", "Multiplicative penalty on repeated tokens (1 is none).", 1.0, 0, 2, exclusive_minimum=True, step=0.01,
+          wire={"llama_cpp": "repeat_penalty"}),
+    Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", step=1, absent="none", start=1),
+    Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1, start=256, ceiling=131_000,
+          wire={"responses": "max_output_tokens"}),
+    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4).", absent="none",
+          wire={"messages": "stop_sequences"}),
     Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids.", absent="none"),
 )
 
@@ -124,9 +145,50 @@ def validate(name: str, value: Any) -> Any:
     return number
 
 
-def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate every field that is set; ``None`` means "not set" and is dropped."""
-    return {name: validate(name, value) for name, value in params.items() if value is not None}
+class Sampling(Mapping[str, Any]):
+    """Sampling parameters, validated once where a person typed them, then trusted.
+
+    Built from user values (a cell's options, the panel's controls, ``chat()``'s
+    keyword arguments); ``None`` means "not set" and is dropped.  Frozen: layers
+    below pass it on and read it, never validate it again.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None, /) -> None:
+        checked = {name: validate(name, value) for name, value in (values or {}).items() if value is not None}
+        self._values: Mapping[str, Any] = MappingProxyType(checked)
+
+    @classmethod
+    def _trusted(cls, values: Mapping[str, Any]) -> Sampling:
+        sampling = cls.__new__(cls)
+        sampling._values = MappingProxyType(dict(values))
+        return sampling
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __or__(self, other: Sampling) -> Sampling:
+        """``other``'s values over these; both are validated already."""
+        return Sampling._trusted({**self._values, **other._values})
+
+    def for_target(self, target: WireTarget) -> dict[str, Any]:
+        """The values under ``target``'s field names, leaving out what it does not have."""
+        wire: dict[str, Any] = {}
+        for name, value in self._values.items():
+            field_name = _BY_NAME[name].wire_name(target)
+            if field_name is not None:
+                wire[field_name] = value
+        return wire
+
+    def __repr__(self) -> str:
+        return f"Sampling({dict(self._values)!r})"
 
 
 def _coerce_number(param: Param, value: Any) -> float | int:
@@ -176,7 +238,7 @@ def _iterable(value: Any, name: str) -> Iterable[Any]:
     raise InvalidParameterError(f"{name}={value!r} is invalid: must be a string or a list of strings")
 
 
-def _validate_logit_bias(value: Any) -> dict[str, float]:
+def _validate_logit_bias(value: Any) -> dict[int, float]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -184,11 +246,16 @@ def _validate_logit_bias(value: Any) -> dict[str, float]:
             raise InvalidParameterError(f"logit_bias is not valid JSON ({exc.msg}): {value!r}") from None
     if not isinstance(value, Mapping):
         raise InvalidParameterError(f'logit_bias={value!r} is invalid: must be a JSON object {{"token id": -100..100}}')
-    bias: dict[str, float] = {}
+    bias: dict[int, float] = {}
     for token, weight in value.items():
-        if not str(token).strip().isdigit():
+        if not (str(token).strip().isascii() and str(token).strip().isdigit()):
             raise InvalidParameterError(f"logit_bias key {token!r} is not a token id (a non-negative integer)")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -100 <= weight <= 100:
             raise InvalidParameterError(f"logit_bias[{token!r}]={weight!r} is out of range: must be -100..100")
-        bias[str(token).strip()] = weight
+        bias[int(str(token).strip())] = weight
     return bias
+
+
+def json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON holds them: ``logit_bias`` keys are token ids (ints) here and strings in JSON."""
+    return {name: ({str(k): v for k, v in value.items()} if isinstance(value, Mapping) else value) for name, value in values.items()}

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .markdown import extract_code, markdown_literal, safe_markdown
-from .protocol import Accumulator
-from .result import Result
+from ._events import Progress
+from ._markdown import extract_code, fenced, markdown_literal, safe_markdown
+from ._params import json_ready
+from ._result import Result
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -37,22 +37,36 @@ METADATA_KEY = "granite_magic"
 # --- status line ------------------------------------------------------------------------
 
 
+# While streaming, a reply longer than this shows only its end: every refresh resends what is shown,
+# so a 10 MB reply must not be sent whole 15 times a second.  The final output holds all of it.
+LIVE_TEXT_LIMIT = 100_000
+
+
 def describe_params(model: str | None, params: Mapping[str, Any]) -> str:
-    shown = " · ".join(f"{name.replace('_', ' ')} {value}" for name, value in params.items())
+    shown = " · ".join(f"{name.replace('_', ' ')} {value}" for name, value in json_ready(params).items())
     return " · ".join(part for part in (model or "", shown) if part)
 
 
-def status_line(result: Result | None = None, *, live: Accumulator | None = None) -> str:
-    """``3.1 s · first token 0.28 s · 480 tokens · 155 tok/s · $0.000054`` (or its live form)."""
-    if live is not None:
-        tokens = live.usage.completion_tokens or live.chunks
-        elapsed = live.elapsed_s
-        if not live.has_output:
-            return f"▌ waiting for the first token · {elapsed:.1f} s"
-        generating = elapsed - ((live.first_token_at or live.started) - live.started)
-        rate = f" · {tokens / generating:.0f} tok/s" if generating > 0.05 and tokens > 1 else ""
-        return f"▌ streaming · {elapsed:.1f} s · {tokens} tokens{rate}"
-    assert result is not None
+def live_status(live: Progress) -> str:
+    """``▌ streaming · 1.4 s · 212 tokens · 151 tok/s`` (or what the client is waiting for)."""
+    tokens = live.usage.completion_tokens or live.chunks
+    elapsed = live.elapsed_s
+    if live.ttft_s is None:
+        return f"▌ {live.note or 'waiting for the first token'} · {elapsed:.1f} s"
+    generating = elapsed - live.ttft_s
+    rate = f" · {tokens / generating:.0f} tok/s" if generating > 0.05 and tokens > 1 else ""
+    return f"▌ streaming · {elapsed:.1f} s · {tokens} tokens{rate}"
+
+
+def live_text(live: Progress) -> str:
+    text = live.text
+    if len(text) <= LIVE_TEXT_LIMIT:
+        return text
+    return f"[… {len(text) - LIVE_TEXT_LIMIT:,} characters above, shown in full when the reply ends]\n" + text[-LIVE_TEXT_LIMIT:]
+
+
+def status_line(result: Result) -> str:
+    """``3.1 s · first token 0.28 s · 480 tokens · 155 tok/s · $0.000054``."""
     parts = [f"{result.duration_s or 0:.1f} s"]
     if result.ttft_s is not None:
         parts.append(f"first token {result.ttft_s:.2f} s")
@@ -62,7 +76,7 @@ def status_line(result: Result | None = None, *, live: Accumulator | None = None
     if result.cost is not None:
         parts.append(f"${result.cost:.6f}")
     if result.partial:
-        parts.append("partial reply (interrupted)" if result.error == "interrupted by the user" else "partial reply (failed)")
+        parts.append(f"partial reply ({result.ended})")
     elif result.finish_reason and result.finish_reason != "stop":
         parts.append(f"finish: {result.finish_reason}")
     return " · ".join(parts)
@@ -79,20 +93,16 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
     elif fmt == "code":
         code, language = extract_code(result.text)
         data[MIME_PLAIN] = code
-        data[MIME_MARKDOWN] = _fenced(code, language)
+        data[MIME_MARKDOWN] = fenced(code, language)
     elif fmt == "json" and result.value is not None:
         data["application/json"] = result.value
-        data[MIME_MARKDOWN] = _fenced(json.dumps(result.value, indent=2, ensure_ascii=False), "json")
+        data[MIME_MARKDOWN] = fenced(json.dumps(result.value, indent=2, ensure_ascii=False), "json")
     else:  # text, or JSON that did not parse: shown verbatim
-        data[MIME_MARKDOWN] = _fenced(result.text, "text")
-    metadata = {METADATA_KEY: {**result.to_dict(), "format": fmt, **(extra or {})}}
+        data[MIME_MARKDOWN] = fenced(result.text, "text")
+    # The text is in the data already; the metadata holds everything else, so a long reply is sent twice, not three times.
+    facts = {k: v for k, v in result.to_dict().items() if k not in ("text", "value")}
+    metadata = {METADATA_KEY: {**facts, "format": fmt, **(extra or {})}}
     return data, metadata
-
-
-def _fenced(text: str, language: str) -> str:
-    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
-    fence = "`" * (longest + 1)
-    return f"{fence}{language}\n{text}\n{fence}"
 
 
 def status_bundle(text: str) -> dict[str, Any]:
@@ -104,7 +114,7 @@ def status_bundle(text: str) -> dict[str, Any]:
 
 class LiveView(Protocol):
     def show(self) -> None: ...
-    async def run(self, acc: Accumulator) -> None: ...
+    async def run(self, acc: Progress) -> None: ...
     def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None: ...
 
 
@@ -170,9 +180,15 @@ class ThrottledOutput:
             return
         if self._handle is not None:
             self._handle.update(data, metadata=metadata, raw=True)
-        self.widget.close()
+        self.close()
         for output in after:
             display_raw(output["data"], output["metadata"])
+
+
+    def close(self) -> None:
+        """Close the widget and the Layout it made, so no widget outlives its cell."""
+        self.widget.layout.close()
+        self.widget.close()
 
 
 class WidgetView(ThrottledOutput):
@@ -188,11 +204,11 @@ class WidgetView(ThrottledOutput):
     def _header(self) -> dict[str, Any]:
         return _markdown_output(f"**{markdown_literal(self.title)}**")
 
-    def progress(self, state: Accumulator) -> int:
+    def progress(self, state: Progress) -> int:
         return state.chunks
 
-    def outputs(self, state: Accumulator) -> tuple[dict[str, Any], ...]:
-        return (self._header(), _markdown_output(safe_markdown(state.text)), _plain_output(status_line(live=state)))
+    def outputs(self, state: Progress) -> tuple[dict[str, Any], ...]:
+        return (self._header(), _markdown_output(safe_markdown(live_text(state))), _plain_output(live_status(state)))
 
     def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None) -> None:
         status = {"output_type": "display_data", "data": status_bundle(f"{self.title} · {status_line(result)}"), "metadata": {}}
@@ -210,12 +226,12 @@ class TerminalView:
     def show(self) -> None:
         print(self.title, file=self.stream, flush=True)
 
-    async def run(self, acc: Accumulator) -> None:
+    async def run(self, acc: Progress) -> None:
         while True:
             self.print_new(acc)
             await asyncio.sleep(0.05)
 
-    def print_new(self, acc: Accumulator) -> None:
+    def print_new(self, acc: Progress) -> None:
         text = acc.text
         if len(text) > self._printed:
             self.stream.write(text[self._printed :])

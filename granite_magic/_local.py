@@ -3,9 +3,11 @@
 Why in-process rather than llama.cpp's own OpenAI-compatible server: there is
 no second process to start, find a port for, supervise and shut down with the
 kernel, and Stop can end generation between two tokens instead of waiting for
-a socket close to be noticed.  llama-cpp-python's streaming chunks already
-have the chat-completions shape, so they go through the same ``chunk_events``
-decoder as the HTTP stream and fill the same ``Accumulator`` and ``Result``.
+a socket close to be noticed.  The client receives the messages and the
+validated ``Sampling`` (its llama.cpp names come from the parameter table), never
+an HTTP body.  llama-cpp-python's streaming chunks already have the
+chat-completions shape, so they go through the same ``chunk_events`` decoder as
+the HTTP stream and fill the same ``Accumulator`` and ``Result``.
 
 Generation runs on a dedicated executor (its threads release the GIL inside
 llama.cpp), so the kernel and the background loop stay responsive.  A model
@@ -21,37 +23,36 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .client import BaseClient, ModelInfo, UpdateCallback
-from .protocol import Accumulator, ChunkMeta, Done, Event, UsageReport, chunk_events
-from .result import Result, Usage
-from .runner import BackgroundLoop
+from . import _errors as errors
+from ._client import BaseClient, ModelInfo, UpdateCallback
+from ._events import Accumulator, ChunkMeta, Done, Event, UsageReport
+from ._params import PARAMETERS
+from ._result import Result, Usage
+from ._runner import BackgroundLoop
+from ._shapes import Request, chunk_events
 
-__all__ = ["DEFAULT_LOCAL_FILE", "DEFAULT_LOCAL_MODEL", "LOCAL_PARAMETERS", "LocalClient", "local_available", "resolve_model"]
+__all__ = ["DEFAULT_LOCAL_FILE", "DEFAULT_LOCAL_MODEL", "LocalClient", "LocalModelError", "local_available", "resolve_model"]
 
 DEFAULT_LOCAL_MODEL = "ibm-granite/granite-4.0-h-micro-GGUF"
 DEFAULT_LOCAL_FILE = "granite-4.0-h-micro-Q4_K_M.gguf"
 DEFAULT_LOCAL_SIZE = "1.9 GB"
 
-# Our parameter names -> llama-cpp-python's; top_a has no llama.cpp sampler and is not passed.
-LOCAL_PARAMETERS: dict[str, str] = {
-    "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-    "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-    "repetition_penalty": "repeat_penalty", "seed": "seed", "max_tokens": "max_tokens", "stop": "stop",
-    "logit_bias": "logit_bias",
-}
+# What llama.cpp can be given: every parameter of the table that has a llama.cpp name.
+LOCAL_PARAMETERS = tuple(p.name for p in PARAMETERS if p.wire_name("llama_cpp") is not None)
 
 INSTALL_HINT = "pip install 'granite-magic[local]'"
 
 
 class LocalModelError(errors.GraniteError):
     """The local model could not be found, downloaded or loaded."""
+
+    kind = "local_model"
 
 
 def local_available() -> bool:
@@ -229,7 +230,11 @@ class LocalClient(BaseClient):
                 self._pool = _Pool(resolve_model(self.reference), self.instances, self.n_ctx)
             return self._pool
 
-    async def stream_body(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
+    def describe(self, request: Request) -> dict[str, Any]:
+        """The arguments of llama-cpp-python's ``create_chat_completion`` for ``request``."""
+        return {"messages": [dict(m) for m in request.messages], **request.sampling.for_target("llama_cpp")}
+
+    async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -237,11 +242,11 @@ class LocalClient(BaseClient):
         def emit(item: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        worker = loop.run_in_executor(self._executor, self._generate, body, emit, stop)
+        worker = loop.run_in_executor(self._executor, self._generate, request, emit, stop)
         try:
             while (item := await events.get()) is not _END:
                 if isinstance(item, errors.GraniteError):
-                    item.result = acc.result(error=item.message, partial=True)
+                    item.result = acc.result(error=item.message)
                     raise item
                 seen = acc.chunks
                 for event in item:
@@ -253,14 +258,14 @@ class LocalClient(BaseClient):
         await worker
         return acc.result()
 
-    def _generate(self, body: Mapping[str, Any], emit: Callable[[Any], None], stop: threading.Event) -> None:
+    def _generate(self, request: Request, emit: Callable[[Any], None], stop: threading.Event) -> None:
         """Runs in the executor: stream llama.cpp's chunks to the loop as typed events."""
         try:
             if stop.is_set():  # cancelled while queued for a thread
                 return
             with self._get_pool().instance() as llm:
                 if not stop.is_set():
-                    self._stream_from(llm, body, emit, stop)
+                    self._stream_from(llm, request, emit, stop)
         except errors.GraniteError as exc:
             emit(exc)
         except Exception as exc:  # anything llama.cpp raises ends this reply, not the kernel
@@ -268,17 +273,15 @@ class LocalClient(BaseClient):
         finally:
             emit(_END)
 
-    def _stream_from(self, llm: Any, body: Mapping[str, Any], emit: Callable[[Any], None], stop: threading.Event) -> None:
-        sampling = {LOCAL_PARAMETERS[k]: v for k, v in body.items() if k in LOCAL_PARAMETERS}
-        if "logit_bias" in sampling:
-            sampling["logit_bias"] = {int(token): bias for token, bias in sampling["logit_bias"].items()}
+    def _stream_from(self, llm: Any, request: Request, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        arguments = self.describe(request)
         emit([ChunkMeta(self.model, "llama.cpp (local)")])
         # Forget the previous prompt: reusing its KV cache evaluates this prompt in a
         # different batch shape, which shifts the logits slightly, and then the same
         # seed no longer gives the same text.  Reproducibility is worth a prompt re-eval.
         llm.reset()
         tokens = 0
-        stream = llm.create_chat_completion(messages=list(body["messages"]), stream=True, **sampling)
+        stream = llm.create_chat_completion(stream=True, **arguments)
         try:
             for chunk in stream:
                 if stop.is_set():
@@ -295,7 +298,7 @@ class LocalClient(BaseClient):
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
         info = ModelInfo(id=self.model, name=f"{self.model} (local, llama.cpp)", context_length=self.n_ctx,
-                         prompt_price=0.0, completion_price=0.0, supported_parameters=tuple(LOCAL_PARAMETERS))
+                         prompt_price=0.0, completion_price=0.0, supported_parameters=LOCAL_PARAMETERS)
         return {info.id: info}
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["escape_html", "extract_code", "markdown_literal", "parse_json_reply", "safe_markdown"]
+__all__ = ["escape_html", "extract_code", "fenced", "markdown_literal", "parse_json_reply", "safe_markdown"]
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
@@ -79,3 +79,10 @@ def parse_json_reply(text: str) -> Any:
     """The JSON value in a reply (fences allowed); raises ValueError with the position."""
     code, _ = extract_code(text)
     return json.loads(code)
+
+
+def fenced(text: str, language: str = "") -> str:
+    """``text`` in a code fence longer than any backtick run inside it, so it cannot close early."""
+    longest = max((len(m) for m in re.findall(r"`{3,}", text)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"

@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .comparison import Comparison
-from .markdown import markdown_literal
-from .protocol import Accumulator
-from .render import ThrottledOutput, status_line
+from ._comparison import Comparison
+from ._events import Progress
+from ._markdown import fenced, markdown_literal
+from ._render import METADATA_KEY, ThrottledOutput, live_status, live_text, status_line
+from ._result import Result
 
 __all__ = ["GridView", "TerminalGridView", "comparison_bundle", "comparison_html", "comparison_markdown"]
 
@@ -49,19 +50,19 @@ def _grid(columns: Sequence[str]) -> str:
     return f'{_STYLE}<div class="gm-grid" style="--gm-cols:{max(1, len(columns))}">{"".join(columns)}</div>'
 
 
-def live_grid_html(labels: Sequence[str], accs: Sequence[Accumulator], done: Sequence[str | None]) -> str:
-    columns = [_column(label, acc.text, status or status_line(live=acc)) for label, acc, status in zip(labels, accs, done, strict=True)]
+def live_grid_html(labels: Sequence[str], accs: Sequence[Progress], done: Sequence[str | None]) -> str:
+    columns = [_column(label, live_text(acc), status or live_status(acc)) for label, acc, status in zip(labels, accs, done, strict=True)]
     return _grid(columns)
 
 
-def live_grid_text(labels: Sequence[str], accs: Sequence[Accumulator]) -> str:
+def live_grid_text(labels: Sequence[str], accs: Sequence[Progress]) -> str:
     return "\n".join(f"{label}: {acc.chunks} chunks" for label, acc in zip(labels, accs, strict=True))
 
 
 def comparison_html(comp: Comparison) -> str:
     columns = [
-        _column(label, result.text, f"{status_line(result)} · group {comp.group_of(i) + 1}", comp.errors[i])
-        for i, (label, result) in enumerate(zip(comp.labels, comp.results, strict=True))
+        _column(run.spec.label, run.result.text, f"{status_line(run.result)} · group {comp.group_of(i) + 1}", run.error)
+        for i, run in enumerate(comp.runs)
     ]
     return _grid(columns) + f'<div class="gm-summary">{_e(comp.summary)}</div>' + _matrix_html(comp) + _diffs_html(comp)
 
@@ -93,25 +94,17 @@ def _diffs_html(comp: Comparison) -> str:
 def comparison_markdown(comp: Comparison) -> str:
     """The fallback for front ends that show Markdown but not our HTML (and for GitHub)."""
     parts = []
-    for i, (label, result) in enumerate(zip(comp.labels, comp.results, strict=True)):
-        error = f"\n\n> {markdown_literal(comp.errors[i] or '')}" if comp.errors[i] else ""
-        fence = "`" * max(3, _longest_backticks(result.text) + 1)
-        parts.append(f"**{markdown_literal(label)}** · {markdown_literal(status_line(result))}\n\n{fence}text\n{result.text}\n{fence}{error}")
-    return "\n\n".join(parts) + f"\n\n```text\n{comp.summary}\n```"
-
-
-def _longest_backticks(text: str) -> int:
-    longest = run = 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    return longest
+    for run in comp.runs:
+        error = f"\n\n> {markdown_literal(run.error)}" if run.error else ""
+        status = markdown_literal(status_line(run.result))
+        parts.append(f"**{markdown_literal(run.spec.label)}** · {status}\n\n{fenced(run.result.text, 'text')}{error}")
+    return "\n\n".join(parts) + "\n\n" + fenced(comp.summary, "text")
 
 
 def comparison_bundle(comp: Comparison) -> tuple[dict[str, Any], dict[str, Any]]:
     plain = "\n\n".join(f"[{label}]\n{text}" for label, text in zip(comp.labels, comp.texts, strict=True))
     data = {"text/html": comparison_html(comp), "text/markdown": comparison_markdown(comp), "text/plain": f"{plain}\n\n{comp.summary}"}
-    return data, {"granite_magic": {"comparison": comp.to_dict()}}
+    return data, {METADATA_KEY: {"comparison": comp.to_dict()}}
 
 
 class GridView(ThrottledOutput):
@@ -124,21 +117,22 @@ class GridView(ThrottledOutput):
         self.done: list[str | None] = [None] * len(labels)  # a final status once a column ends
 
     def show(self) -> None:
-        self.show_widget(self._outputs([Accumulator() for _ in self.labels]))
+        waiting = f'<div class="gm-status">{_e("▌ waiting to start")}</div>'
+        columns = "".join(f'<div class="gm-col"><div class="gm-label">{_e(label)}</div>{waiting}</div>' for label in self.labels)
+        html_text = f'<b>{_e(self.title)}</b>{_STYLE}<div class="gm-grid" style="--gm-cols:{max(1, len(self.labels))}">{columns}</div>'
+        self.show_widget(({"output_type": "display_data", "data": {"text/html": html_text, "text/plain": self.title},
+                           "metadata": {}},))
 
-    def progress(self, state: Sequence[Accumulator]) -> int:
+    def progress(self, state: Sequence[Progress]) -> int:
         return sum(acc.chunks for acc in state) + sum(status is not None for status in self.done)
 
-    def outputs(self, state: Sequence[Accumulator]) -> tuple[dict[str, Any], ...]:
-        return self._outputs(state)
-
-    def _outputs(self, state: Sequence[Accumulator]) -> tuple[dict[str, Any], ...]:
+    def outputs(self, state: Sequence[Progress]) -> tuple[dict[str, Any], ...]:
         data = {"text/html": f"<b>{_e(self.title)}</b>" + live_grid_html(self.labels, state, self.done),
                 "text/plain": live_grid_text(self.labels, state)}
         return ({"output_type": "display_data", "data": data, "metadata": {}},)
 
-    def column_done(self, index: int, status: str) -> None:
-        self.done[index] = status
+    def column_done(self, index: int, result: Result) -> None:
+        self.done[index] = status_line(result)
 
     def finish(self, comp: Comparison) -> None:
         self.replace_with(*comparison_bundle(comp))
@@ -155,13 +149,16 @@ class TerminalGridView:
     def show(self) -> None:
         print(f"{self.title} · {len(self.labels)} runs", file=self.stream, flush=True)
 
-    async def run(self, state: Sequence[Accumulator]) -> None:
+    async def run(self, state: Sequence[Progress]) -> None:
         await asyncio.Event().wait()  # nothing to animate in a terminal; wait to be cancelled
 
-    def column_done(self, index: int, status: str) -> None:
-        print(f"  {self.labels[index]}: {status}", file=self.stream, flush=True)
+    def column_done(self, index: int, result: Result) -> None:
+        print(f"  {self.labels[index]}: {status_line(result)}", file=self.stream, flush=True)
 
     def finish(self, comp: Comparison) -> None:
         for label, text in zip(comp.labels, comp.texts, strict=True):
             print(f"\n[{label}]\n{text}", file=self.stream)
         print(f"\n{comp.summary}", file=self.stream, flush=True)
+
+
+Comparison.html_renderer = comparison_html

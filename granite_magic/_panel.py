@@ -1,34 +1,34 @@
 """The parameter panel: tune, Run, Stop, compare seeds, copy the settings as a cell.
 
-(The module is not called ``panel`` so that it never shadows the ``granite_magic.panel()`` function.)
-
-Every control comes from the parameter table.  Run prepares the request in the
-kernel's thread (so a bad value is refused in place before anything is sent),
-then streams on the background loop: the button's callback returns at once,
-Stop cancels the stream, and other cells can run meanwhile.
+``Panel`` is a widget (a ``VBox``), so it can sit inside other layouts.  Every
+control comes from the parameter table; the request it sends is a
+``CellRequest``, the same value a ``%%granite`` cell parses into, so "Copy as
+cell" is ``to_cell`` of it.  Run prepares the request in the kernel's thread (a
+bad value is refused in place before anything is sent), then streams on the
+background loop: the button's callback returns at once, Stop cancels the
+stream, and other cells can run meanwhile.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import shlex
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import errors
-from .client import DEFAULT_MODEL
-from .comparison import Comparison, RunSpec, parse_seeds, parse_sweep, plan_runs
-from .grid import GridView
-from .params import PARAMETERS, Param
-from .render import WidgetView, describe_params
-from .result import Result
-from .session import Session, Turn
+import ipywidgets as w
 
-if TYPE_CHECKING:
-    import ipywidgets
+from . import _errors as errors
+from ._advice import explain
+from ._cell import CellRequest, to_cell
+from ._comparison import Comparison, Run, RunSpec, parse_seeds, parse_sweeps
+from ._grid import GridView
+from ._params import PARAMETERS, Param, Sampling
+from ._render import WidgetView, describe_params
+from ._result import Result
+from ._session import Session, Target, Turn, shared_session
 
 __all__ = ["PRESETS", "Panel", "panel"]
 
@@ -38,11 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "creative": {"temperature": 1.1, "top_p": 0.98, "presence_penalty": 0.3},
 }
 
-STOPPED = "Stopped: the partial reply is kept. Press Run for a full reply."
-
-# Starting values for parameters whose "default" is the provider's own (nothing to show).
-_STARTING_VALUE = {"seed": 1, "max_tokens": 256}
-_INT_CEILING = {"top_k": 1000, "max_tokens": 131_000}
+AGAIN = "press Run again"
 
 
 @dataclass
@@ -50,10 +46,10 @@ class ParamControl:
     """One parameter's row: a "send" toggle, the value control, its range, and a flag."""
 
     param: Param
-    send: ipywidgets.Checkbox
-    value: ipywidgets.Widget
-    flag: ipywidgets.HTML
-    row: ipywidgets.HBox
+    send: w.Checkbox
+    value: w.Widget
+    flag: w.HTML
+    row: w.HBox
 
     def raw(self) -> Any:
         value = self.value.value
@@ -65,7 +61,7 @@ class ParamControl:
         if self.param.kind == "stop":
             value = "\n".join(value) if isinstance(value, (list, tuple)) else str(value)
         elif self.param.kind == "logit_bias" and not isinstance(value, str):
-            value = json.dumps(value)
+            value = json.dumps({str(k): v for k, v in value.items()})
         self.value.value = value
         self.send.value = True
 
@@ -88,10 +84,7 @@ def _stop_sequences(text: str) -> list[str] | str:
     return [line for line in text.split("\n") if line]
 
 
-def _control(param: Param) -> ParamControl:
-    import ipywidgets as w
-
-    tip = f"{param.help} Valid: {param.range_text}. When not sent: {param.default_text}."
+def _value_control(param: Param, tip: str) -> w.Widget:
     layout = w.Layout(width="15em")
     value: w.Widget
     if param.kind == "float" and param.minimum is not None and param.maximum is not None:
@@ -100,9 +93,9 @@ def _control(param: Param) -> ParamControl:
         value = w.FloatSlider(value=start, min=low, max=float(param.maximum), step=param.step or 0.01,
                               readout_format=".2f", continuous_update=False, layout=layout, description_allow_html=False)
     elif param.kind == "int":
-        start = _STARTING_VALUE.get(param.name, param.default if param.default is not None else 0)
+        start = param.start if param.start is not None else (param.default if param.default is not None else 0)
         if param.minimum is not None:
-            value = w.BoundedIntText(value=start, min=int(param.minimum), max=_INT_CEILING.get(param.name, 2**31 - 1), layout=layout)
+            value = w.BoundedIntText(value=start, min=int(param.minimum), max=param.ceiling or 2**31 - 1, layout=layout)
         else:
             value = w.IntText(value=start, layout=layout)
     elif param.kind == "stop":
@@ -110,6 +103,12 @@ def _control(param: Param) -> ParamControl:
     else:
         value = w.Text(placeholder='{"token id": bias}', layout=layout)
     value.tooltip = tip
+    return value
+
+
+def _control(param: Param) -> ParamControl:
+    tip = f"{param.help} Valid: {param.range_text}. When not sent: {param.default_text}."
+    value = _value_control(param, tip)
     send = w.Checkbox(value=False, description=param.name, indent=False, tooltip=f"send {param.name} (off: {param.default_text})",
                       layout=w.Layout(width="11em"))
     note = w.HTML(f'<span style="opacity:.7;font-size:80%;white-space:nowrap" title="{html.escape(tip)}">'
@@ -129,7 +128,7 @@ class HistoryEntry:
         return self.outcome if isinstance(self.outcome, Result) else self.outcome.results[0]
 
 
-class Panel:
+class Panel(w.VBox):  # type: ignore[misc]
     """The widget panel; ``results`` holds the last run's Result or Comparison."""
 
     def __init__(
@@ -141,42 +140,47 @@ class Panel:
         model: str | None = None,
         base_url: str | None = None,
         backend: str | None = None,
-        api: str = "chat",
+        api: str | None = None,
         seeds: str = "1-3",
         sweep: str = "",
         mode: str = "single",
-        concurrency: int = 4,
-        rate: float = 15.0,
         **params: Any,
     ) -> None:
-        import ipywidgets as w
-
+        super().__init__()
         self.session = session
-        self.base_url = base_url
-        self.backend = backend
-        self.api = api
-        self.rate = rate
+        self.target_fields: dict[str, Any] = {"base_url": base_url, "backend": backend, "api": api}
+        Turn("", **self.target_fields)  # refuses a bad base URL, backend or API before any widget is made
         self.results: Result | Comparison | None = None
         self.history: list[HistoryEntry] = []
+        self.support_checked = threading.Event()
         self._task: Any = None
         self._idle = threading.Event()
         self._idle.set()
 
         self.controls = {p.name: _control(p) for p in PARAMETERS}
-        for name, value in params.items():
-            if name not in self.controls:
-                raise errors.InvalidParameterError(f"unknown parameter {name!r}")
-            if value is not None:
-                self.controls[name].set(value)
+        # %config GraniteMagics.default_params start switched on, like the cells they apply to
+        for name, value in (session.settings.default_params | Sampling(params)).items():
+            self.controls[name].set(value)
+        self._make_inputs(prompt, system, model, seeds, sweep, mode)
+        self._make_buttons()
+        self.children = self._layout()
+        self.refresh_support()
+
+    def _make_inputs(self, prompt: str, system: str, model: str | None, seeds: str, sweep: str, mode: str) -> None:
+        settings = self.session.settings
         self.prompt = w.Textarea(value=prompt, placeholder="Prompt", rows=4, layout=w.Layout(width="100%"))
         self.system = w.Textarea(value=system, placeholder="System prompt (optional)", rows=2, layout=w.Layout(width="100%"))
-        self.model = w.Text(value=model or "", placeholder=DEFAULT_MODEL, description="model", layout=w.Layout(width="24em"))
+        self.model = w.Text(value=model or "", placeholder=settings.model, description="model", layout=w.Layout(width="24em"))
         self.preset = w.Dropdown(options=["(preset)", *PRESETS], value="(preset)", description="preset", layout=w.Layout(width="14em"))
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
         self.sweep = w.Text(value=sweep, description="sweep", placeholder="temperature=0,0.7,1.4", layout=w.Layout(width="22em"))
         self.repeat = w.BoundedIntText(value=1, min=1, max=8, description="repeat", layout=w.Layout(width="10em"))
-        self.concurrency = w.BoundedIntText(value=concurrency, min=1, max=16, description="at once", layout=w.Layout(width="10em"))
+        self.concurrency = w.BoundedIntText(value=settings.concurrency, min=1, max=16, description="at once", layout=w.Layout(width="10em"))
+        self.preset.observe(self._apply_preset, names="value")
+        self.model.observe(lambda _: self.refresh_support(), names="value")
+
+    def _make_buttons(self) -> None:
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.copy_button = w.Button(description="Copy as cell", icon="copy")
@@ -186,30 +190,26 @@ class Panel:
         self.history_picker = w.Dropdown(options=[], description="history", layout=w.Layout(width="30em"))
         self.show_button = w.Button(description="Show")
         self.diff_button = w.Button(description="Compare with current")
-
-        self.preset.observe(self._apply_preset, names="value")
-        self.model.observe(lambda _: self.refresh_support(), names="value")
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self.copy_button.on_click(lambda _: self._show_cell())
         self.show_button.on_click(lambda _: self._show_history())
         self.diff_button.on_click(lambda _: self._diff_history())
 
+    def _layout(self) -> tuple[w.Widget, ...]:
         compare_row = w.HBox([self.mode, self.seeds, self.sweep, self.repeat, self.concurrency])
         controls = w.VBox([w.HBox([self.model, self.preset]), *(c.row for c in self.controls.values())],
                           layout=w.Layout(flex="0 0 auto"))  # never squeezed by a wide grid
-        self.widget = w.VBox([
-            self.prompt, self.system, compare_row,
-            w.HBox([controls, w.VBox([w.HBox([self.run_button, self.stop_button, self.copy_button]), self.message, self.output],
-                                      layout=w.Layout(flex="1 1 0%", min_width="20em", overflow="auto"))]),
-            self.cell_text, w.HBox([self.history_picker, self.show_button, self.diff_button]),
-        ])
-        self.refresh_support()
+        results = w.VBox([w.HBox([self.run_button, self.stop_button, self.copy_button]), self.message, self.output],
+                         layout=w.Layout(flex="1 1 0%", min_width="20em", overflow="auto"))
+        return (self.prompt, self.system, compare_row, w.HBox([controls, results]), self.cell_text,
+                w.HBox([self.history_picker, self.show_button, self.diff_button]))
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         # Where widgets are not rendered (GitHub, a reopened notebook) say so, not the VBox repr.
-        bundle: dict[str, Any] = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = "granite-magic panel (an interactive widget: run the cell in Jupyter to use it)"
+        bundle: dict[str, Any] | None = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            bundle["text/plain"] = "granite-magic panel (an interactive widget: run the cell in Jupyter to use it)"
         return bundle
 
     # --- settings --------------------------------------------------------------------
@@ -218,31 +218,39 @@ class Panel:
         """The raw values of every parameter whose "send" toggle is on."""
         return {name: c.raw() for name, c in self.controls.items() if c.send.value}
 
-    def request(self) -> tuple[Turn, list[RunSpec] | None]:
-        """The turn and (in compare mode) the grid; raises InvalidParameterError with the range."""
-        turn = Turn(
-            prompt=self.prompt.value.strip("\n"),
-            system=self.system.value or None,
-            model=self.model.value.strip() or None,
-            base_url=self.base_url,
-            params=self.chosen_params(),
-            backend=self.backend,
-            api=self.api,
-        )
+    def cell_request(self) -> CellRequest:
+        """What Run would send, validated: the same value a ``%%granite`` cell parses into."""
+        turn = Turn(prompt=self.prompt.value.strip("\n"), system=self.system.value or None, model=self.model.value.strip() or None,
+                    sampling=Sampling(self.chosen_params()), **self.target_fields)
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
         if self.mode.value == "single":
-            return turn, None
-        sweep = dict(parse_sweep(text) for text in self.sweep.value.split(";") if text.strip())
-        seeds = parse_seeds(self.seeds.value) if self.seeds.value.strip() else []
-        return turn, plan_runs(seeds, sweep, self.repeat.value)
+            return CellRequest(turn)
+        request = CellRequest(
+            turn, seeds=tuple(parse_seeds(self.seeds.value)) if self.seeds.value.strip() else (),
+            sweeps=parse_sweeps(text for text in self.sweep.value.split(";") if text.strip()),
+            repeat=self.repeat.value, concurrency=self.concurrency.value,
+        )
+        request.plan()  # refuses a grid that cannot run, here rather than on the loop
+        return request
 
     def refresh_support(self) -> None:
-        """Flag the controls of parameters the model's listing does not name."""
-        turn = Turn(prompt="", model=self.model.value.strip() or None, base_url=self.base_url, backend=self.backend)
-        supported = self.session.supported_parameters(turn)
-        for name, control in self.controls.items():
-            control.flag_unsupported(supported is not None and name not in supported)
+        """Flag (in the background) the controls of parameters the model's listing does not name."""
+        self.support_checked.clear()
+        try:
+            target = self.session.resolve(Turn("", model=self.model.value.strip() or None, **self.target_fields))
+        except errors.GraniteError:
+            self.support_checked.set()
+            return
+        target.client.loop.submit(self._flag_support(target))
+
+    async def _flag_support(self, target: Target) -> None:
+        try:
+            supported = await target.client.supported_parameters(target.model)
+            for name, control in self.controls.items():
+                control.flag_unsupported(supported is not None and name not in supported)
+        finally:
+            self.support_checked.set()
 
     def _apply_preset(self, change: Mapping[str, Any]) -> None:
         for name, value in PRESETS.get(change["new"], {}).items():
@@ -255,7 +263,7 @@ class Panel:
         button cannot insert: a front end takes new cells only in reply to running
         a cell, not to a widget event, so the button shows the text to copy.)
         """
-        text = self._cell_text()
+        text = to_cell(self.cell_request())
         if insert:
             from IPython import get_ipython
 
@@ -263,35 +271,6 @@ class Panel:
             if shell is not None:
                 shell.set_next_input(text, replace=False)
         return text
-
-    def _cell_text(self) -> str:
-        turn, specs = self.request()
-        words = ["%%granite"]
-        if turn.model:
-            words += ["-m", turn.model]
-        if turn.system:
-            words += ["-s", turn.system]
-        if turn.base_url:
-            words += ["--base-url", turn.base_url]
-        if turn.backend:
-            words += ["--backend", turn.backend]
-        if turn.api != "chat":
-            words += ["--api", turn.api]
-        grid_seeds = specs is not None and bool(self.seeds.value.strip())
-        for name, value in turn.params.items():
-            if name == "seed" and grid_seeds:
-                continue  # every column's seed comes from --seeds
-            option = self.controls[name].param.option
-            if name == "stop":
-                for sequence in value:
-                    words += [option, sequence]
-            else:
-                words += [option, json.dumps(value) if name == "logit_bias" else repr(value)]
-        if specs is not None:
-            words += _grid_options(self)
-        if "{" in turn.prompt:
-            words.append("--no-interpolate")
-        return " ".join(shlex.quote(w) if i else w for i, w in enumerate(words)) + "\n" + turn.prompt
 
     def _show_cell(self) -> None:
         try:
@@ -314,8 +293,9 @@ class Panel:
             self._say("Already running: press Stop first.", error=True)
             return
         try:
-            turn, specs = self.request()
-            job, view, coro = self._start(turn, specs)
+            request = self.cell_request()
+            target = self.session.resolve(request.turn)
+            loop, view, work = self._start(request, target)
         except errors.InvalidParameterError as exc:
             self._say(f"{exc} (nothing was sent)", error=True)
             return
@@ -324,24 +304,32 @@ class Panel:
         view.show()
         self._set_running(True)
         self._say("")
-        self._task = job.loop.submit(coro)
+        self._task = loop.submit(work)
 
-    def _start(self, turn: Turn, specs: list[RunSpec] | None) -> tuple[Any, WidgetView | GridView, Any]:
-        title = describe_params(self.session.label(turn), turn.params)
+    def _start(self, request: CellRequest, target: Target) -> tuple[Any, WidgetView | GridView, Coroutine[Any, Any, None]]:
+        rate = self.session.settings.updates_per_second
+        specs = request.plan()
         if specs is None:
-            job = self.session.start(turn)
-            view = WidgetView(title, rate=self.rate, embedded=True)
-            return job, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
-        grid_job = self.session.start_compare(turn, specs, concurrency=self.concurrency.value)
-        grid = GridView(title, [s.label for s in specs], rate=self.rate, embedded=True)
-        return grid_job, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
+            job = self.session.start(request.turn, target)
+            view = WidgetView(describe_params(target.label, job.request.sampling), rate=rate, embedded=True)
+            return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
+        grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency)
+        grid = GridView(describe_params(target.label, grid_job.base), [s.label for s in specs], rate=rate, embedded=True)
+        return grid_job.loop, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
 
-    async def _drive(self, stream: Any, finish: Any) -> None:
-        # ``finish`` runs after the stream has ended or been cancelled and has closed its connection.
+    async def _drive(self, stream: Coroutine[Any, Any, None], finish: Callable[[], None]) -> None:
+        # ``finish`` runs after the stream has ended or been cancelled and has closed its connection;
+        # whatever happens, the panel ends usable (Run enabled, Stop disabled).
         try:
             await stream
         finally:
-            finish()
+            try:
+                finish()
+            except Exception as exc:  # showing the outcome failed: say so, and still become usable
+                self._say(f"Could not show the result ({type(exc).__name__}: {exc}).", error=True)
+            finally:
+                self._set_running(False)
+                self._idle.set()
 
     def stop(self) -> None:
         """Cancel the run in progress; what arrived is kept and shown as partial."""
@@ -353,16 +341,17 @@ class Panel:
         return self._idle.wait(timeout)
 
     def _finish_single(self, job: Any, view: WidgetView) -> None:
-        result, error = self.session.finish(job, cancelled=STOPPED)
+        result, error = self.session.finish(job)
         view.finish(result)
         self._record(result, view.title)
-        self._say(error or "", error=bool(error))
+        message = explain(error, result, again=AGAIN, interrupted="Stopped")
+        self._say(" ".join([message or "", *job.warnings]).strip(), error=bool(message))
 
     def _finish_grid(self, job: Any, grid: GridView) -> None:
-        comparison = self.session.finish_compare(job, cancelled=STOPPED)
+        comparison = self.session.finish_compare(job)
         grid.finish(comparison)
-        self._record(comparison, grid.title + f" · {len(comparison.results)} runs")
-        failed = [f"{label}: {error}" for label, error in zip(comparison.labels, comparison.errors, strict=True) if error]
+        self._record(comparison, grid.title + f" · {len(comparison.runs)} runs")
+        failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
         self._say("<br>".join(html.escape(f) for f in failed), error=bool(failed), escaped=True)
 
     def _record(self, outcome: Result | Comparison, label: str) -> None:
@@ -371,8 +360,6 @@ class Panel:
         self.history.append(entry)
         self.history_picker.options = [(e.label, e.number) for e in reversed(self.history)]
         self.history_picker.value = entry.number
-        self._set_running(False)
-        self._idle.set()
 
     def _set_running(self, running: bool) -> None:
         self.run_button.disabled = running
@@ -390,26 +377,21 @@ class Panel:
 
     def _show_history(self) -> None:
         entry = self._picked()
-        if entry is None:
-            return
-        self._show_static(entry.outcome)
+        if entry is not None:
+            self._show_static(entry.outcome)
 
     def _diff_history(self) -> None:
         entry = self._picked()
         if entry is None or not self.history:
             return
         current = self.history[-1]
-        comparison = Comparison(
-            prompt="", specs=[RunSpec(f"#{entry.number}", {}), RunSpec(f"#{current.number} (current)", {})],
-            results=[entry.reference, current.reference], errors=[None, None],
-        )
-        self._show_static(comparison)
+        runs = [Run(RunSpec(f"#{entry.number}", Sampling()), entry.reference),
+                Run(RunSpec(f"#{current.number} (current)", Sampling()), current.reference)]
+        self._show_static(Comparison(prompt="", runs=runs))
 
     def _show_static(self, outcome: Result | Comparison) -> None:
-        import ipywidgets as w
-
-        from .grid import comparison_bundle
-        from .render import reply_bundle
+        from ._grid import comparison_bundle
+        from ._render import reply_bundle
 
         data, metadata = comparison_bundle(outcome) if isinstance(outcome, Comparison) else reply_bundle(outcome)
         out = w.Output()
@@ -417,26 +399,12 @@ class Panel:
         self.output.children = (out,)
 
 
-def _grid_options(panel: Panel) -> list[str]:
-    words = []
-    if panel.seeds.value.strip():
-        words += ["--seeds", panel.seeds.value.strip().replace(" ", "")]
-    for text in panel.sweep.value.split(";"):
-        if text.strip():
-            words += ["--sweep", text.strip().replace(" ", "")]
-    if panel.repeat.value != 1:
-        words += ["--repeat", str(panel.repeat.value)]
-    words += ["--concurrency", str(panel.concurrency.value)]
-    return words
-
-
 def panel(prompt: str = "", **kwargs: Any) -> Panel:
     """Show a parameter panel (the same as ``%granite panel``), sharing the magic's session if loaded."""
     from IPython import get_ipython
 
-    from .session import default_session
+    from ._magic import magics_for
 
-    shell = get_ipython()
-    magics = next((c for c in getattr(shell, "configurables", []) if type(c).__name__ == "GraniteMagics"), None)
-    session = magics.session if magics is not None else default_session()
+    magics = magics_for(get_ipython())
+    session = magics.session if magics is not None else shared_session()
     return Panel(session, prompt=prompt, **kwargs)

@@ -1,0 +1,67 @@
+"""The Python API's functions beside the client: ``compare`` and its async twin ``acompare``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _grid  # noqa: F401  (registers how a Comparison draws itself as HTML)
+from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
+from ._params import validate
+from ._session import QuietGrid, new_turn, shared_session
+
+__all__ = ["acompare", "compare"]
+
+
+def _plan(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int) -> list[RunSpec]:
+    seed_list = parse_seeds(seeds) if seeds else []
+    checked = {name: [validate(name, v) for v in values] for name, values in (sweep or {}).items()}
+    return plan_runs(seed_list, checked, repeat)
+
+
+def compare(
+    prompt: str,
+    *,
+    seeds: str | Sequence[int] = (),
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    repeat: int = 1,
+    concurrency: int | None = None,
+    system: str | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    backend: str | None = None,
+    api: str | None = None,
+    **params: Any,
+) -> Comparison:
+    """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
+
+    ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
+    takes the same target arguments as a single turn (``model``, ``base_url``,
+    ``backend``, ``api``, ``system``).
+    """
+    specs = _plan(seeds, sweep, repeat)
+    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api)
+    return shared_session(concurrency=concurrency).compare(turn, specs)
+
+
+async def acompare(
+    prompt: str,
+    *,
+    seeds: str | Sequence[int] = (),
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    repeat: int = 1,
+    concurrency: int | None = None,
+    system: str | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    backend: str | None = None,
+    api: str | None = None,
+    **params: Any,
+) -> Comparison:
+    """Awaitable twin of ``compare()``, usable from any event loop."""
+    specs = _plan(seeds, sweep, repeat)
+    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api)
+    session = shared_session(concurrency=concurrency)
+    job = session.start_compare(turn, specs)
+    await job.loop.run_async(job.stream(QuietGrid()))
+    return session.finish_compare(job)

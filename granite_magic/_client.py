@@ -1,0 +1,563 @@
+"""The streaming clients: the shared surface (``BaseClient``) and HTTP (``GraniteClient``).
+
+One ``httpx.AsyncClient`` per client; retries only before the first token;
+typed errors that keep the partial reply.  All network I/O runs on the
+background loop (``_runner``), so the blocking ``chat()`` works inside a
+Jupyter cell and ``achat()`` works from any loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _errors as errors
+from ._errors import RETRYABLE_STATUS, error_for_status, parse_retry_after, redact
+from ._events import Accumulator, ErrorEvent, Progress
+from ._params import Sampling
+from ._result import Result
+from ._runner import BackgroundLoop, get_loop
+from ._settings import Settings, check_base_url
+from ._shapes import Request, build_messages, shape
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["BaseClient", "GraniteClient", "ModelInfo", "RetryPolicy", "Secret", "UpdateCallback"]
+
+APP_URL = "https://github.com/granite-magic/granite-magic"
+APP_TITLE = "granite-magic"
+
+# The /models lookup only feeds a warning: it must be quick, and a failure is remembered for a while.
+MODELS_TIMEOUT_S = 3.0
+MODELS_FAILURE_TTL_S = 300.0
+
+logger = logging.getLogger("granite_magic")
+
+UpdateCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries happen only before the first token, so no text is ever sent twice."""
+
+    max_attempts: int = 4
+    base_delay_s: float = 0.5
+    multiplier: float = 2.0
+    max_delay_s: float = 8.0
+    max_retry_after_s: float = 60.0  # a longer Retry-After is capped: a cell should not hang for minutes
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s)
+        backoff = min(self.base_delay_s * self.multiplier ** (attempt - 1), self.max_delay_s)
+        return backoff * random.uniform(0.5, 1.0)  # jitter: concurrent columns must not retry in lockstep
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    name: str = ""
+    context_length: int | None = None
+    prompt_price: float | None = None  # USD per token
+    completion_price: float | None = None
+    max_completion_tokens: int | None = None
+    supported_parameters: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> ModelInfo:
+        """One entry of a ``/models`` listing; fields of the wrong type count as unknown."""
+        pricing = _mapping(data.get("pricing"))
+        top = _mapping(data.get("top_provider"))
+        supported = data.get("supported_parameters")
+        return cls(
+            id=str(data.get("id", "")),
+            name=str(data.get("name") or data.get("id", "")),
+            context_length=_count(data.get("context_length")) or _count(top.get("context_length")),
+            prompt_price=_price(pricing.get("prompt")),
+            completion_price=_price(pricing.get("completion")),
+            max_completion_tokens=_count(top.get("max_completion_tokens")),
+            supported_parameters=tuple(str(s) for s in supported) if isinstance(supported, list) else (),
+            raw=data,
+        )
+
+    def per_million(self, price: float | None) -> float | None:
+        return None if price is None else price * 1_000_000
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _price(value: Any) -> float | None:
+    try:
+        return None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class Secret:
+    """Holds the key so that no repr, str or traceback local ever shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+class _Retry(Exception):
+    def __init__(self, error: errors.GraniteError, retry_after: float | None = None) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+class BaseClient:
+    """What every backend shares: the background loop, building a ``Request``, and the
+    blocking/awaitable twins.  A backend implements ``stream``, ``describe`` and ``_fetch_models``.
+    """
+
+    model: str
+    base_url: str
+    _loop: BackgroundLoop | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        if self._loop is None:
+            self._loop = get_loop()
+        return self._loop
+
+    @property
+    def requires_key(self) -> bool:
+        return False
+
+    @property
+    def target(self) -> str:
+        """Where requests go, for people: ``POST https://…/chat/completions``."""
+        raise NotImplementedError
+
+    @property
+    def has_key(self) -> bool:
+        return False
+
+    def set_api_key(self, key: str | None) -> None:
+        pass
+
+    def request(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        model: str | None = None,
+        sampling: Sampling | None = None,
+        **params: Any,
+    ) -> Request:
+        """What would be sent, validated; nothing is sent.  Raises before any I/O.
+
+        Sampling parameters come either as keyword arguments (validated here) or
+        as a ready ``Sampling`` (validated where it was made).
+        """
+        if sampling is None:
+            sampling = Sampling(params)
+        elif params:
+            raise errors.InvalidParameterError(f"give sampling= or parameters ({', '.join(params)}), not both")
+        if messages is None:
+            if prompt is None:
+                raise errors.InvalidParameterError("give a prompt or messages")
+            messages = build_messages(prompt, system=system)
+        return Request(model or self.model, tuple(messages), sampling)
+
+    def describe(self, request: Request) -> dict[str, Any]:
+        """Exactly what this backend would send for ``request`` (shown by ``--dry-run``)."""
+        raise NotImplementedError
+
+    def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
+        """Send one chat turn and block until the reply is complete.
+
+        Ctrl-C (a kernel interrupt) cancels the request at once and raises
+        ``GenerationInterrupted`` whose ``result`` holds the partial reply.
+        """
+        request = self.request(prompt, **kwargs)
+        acc = Accumulator(request.sampling)
+        try:
+            return self.loop.run(self.stream(request, acc, on_update))
+        except errors.GenerationInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise errors.GenerationInterrupted(acc.result(ended="interrupted")) from None
+
+    async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
+        """Awaitable twin of ``chat()``, usable from any event loop."""
+        request = self.request(prompt, **kwargs)
+        return await self.loop.run_async(self.stream(request, Accumulator(request.sampling), on_update))
+
+    async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
+        """Run one request on the background loop; raises GraniteError carrying the partial result."""
+        raise NotImplementedError
+
+    def models(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
+        return self.loop.run(self._fetch_models(refresh))
+
+    async def amodels(self, *, refresh: bool = False) -> dict[str, ModelInfo]:
+        return await self.loop.run_async(self._fetch_models(refresh))
+
+    def model_info(self, model: str | None = None) -> ModelInfo | None:
+        """The listing for ``model`` (default: the client's), or None if it is not listed."""
+        return self.models().get(model or self.model)
+
+    async def supported_parameters(self, model: str) -> tuple[str, ...] | None:
+        """What the model's listing names as supported; None when unknown.  Never raises, never waits long."""
+        try:
+            models = await asyncio.wait_for(self._fetch_models(False), MODELS_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the listing only feeds a warning: no failure of it may reach the user
+            logger.info("model listing unavailable", exc_info=True)
+            return None
+        info = models.get(model)
+        return info.supported_parameters if info is not None and info.supported_parameters else None
+
+    async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class GraniteClient(BaseClient):
+    """Chat with Granite (or any OpenAI-compatible model) over a streaming HTTP API.
+
+    ``api_key`` defaults to ``OPENROUTER_API_KEY``, ``base_url`` to
+    ``GRANITE_BASE_URL`` or OpenRouter, ``model`` to ``GRANITE_MODEL`` or Granite 4.0 Micro.
+    ``read_timeout_s`` ends a stream with no new event for that long; ``timeout_s``
+    (off by default) bounds a whole reply.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        read_timeout_s: float = Settings.read_timeout_s,
+        connect_timeout_s: float = Settings.connect_timeout_s,
+        timeout_s: float | None = None,
+        retry: RetryPolicy | None = None,
+        api: str = "chat",
+        loop: BackgroundLoop | None = None,
+    ) -> None:
+        settings = Settings.from_env(base_url=base_url, model=model, api=api, read_timeout_s=read_timeout_s,
+                                     connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
+        self.shape = shape(settings.api)  # chat, responses or messages: how bodies are built and streams decoded
+        key = api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY")
+        self._key = Secret(key) if key else None
+        self.base_url = check_base_url(settings.base_url)
+        self.model = settings.model
+        self.read_timeout_s = settings.read_timeout_s
+        self.connect_timeout_s = settings.connect_timeout_s
+        self.timeout_s = settings.timeout_s
+        self.retry = retry or RetryPolicy()
+        self._loop = loop
+        self._http_client: httpx.AsyncClient | None = None
+        self._models: dict[str, ModelInfo] | None = None
+        self._models_failed_at: float | None = None
+
+    def __repr__(self) -> str:
+        key = "set" if self._key else "not set"
+        return f"GraniteClient(base_url={self.base_url!r}, model={self.model!r}, api={self.shape.name!r}, api_key={key})"
+
+    @property
+    def api(self) -> str:
+        return self.shape.name
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url + self.shape.path
+
+    @property
+    def target(self) -> str:
+        return f"POST {self.endpoint}"
+
+    def describe(self, request: Request) -> dict[str, Any]:
+        return self.shape.body(request)
+
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
+    def set_api_key(self, key: str | None) -> None:
+        self._key = Secret(key) if key else None
+
+    @property
+    def requires_key(self) -> bool:
+        """OpenRouter needs a key; local servers (Ollama, vLLM, llama.cpp) usually do not."""
+        from urllib.parse import urlsplit
+
+        return (urlsplit(self.base_url).hostname or "").endswith("openrouter.ai")
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._key.reveal()] if self._key else [])
+
+    # --- the request -----------------------------------------------------------
+
+    async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
+        """Run one request on the current (background) loop; the core of every call."""
+        body = self.shape.body(request)
+        watch = _Watch(self.read_timeout_s, self.timeout_s)
+        try:
+            await watch.run(self._with_retries(body, acc, on_update, watch))
+        except errors.GraniteError as exc:
+            exc.result = acc.result(error=exc.message)
+            exc.model = exc.model or request.model
+            raise
+        return acc.result()
+
+    async def _with_retries(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+        if self.requires_key and self._key is None:
+            raise errors.MissingKeyError()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._attempt(body, acc, on_update, watch)
+                return
+            except _Retry as retry:
+                if acc.has_output or attempt >= self.retry.max_attempts:
+                    raise retry.error from None
+                delay = self.retry.delay(attempt, retry.retry_after)
+                acc.note = _retry_note(retry, delay, attempt, self.retry.max_attempts)
+                if on_update is not None:
+                    on_update(acc)
+                logger.info("attempt %d failed (%s); retrying in %.2f s", attempt, retry.error.message, delay)
+                watch.pause()
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+        import httpx
+
+        http = self._http()
+        try:
+            timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)  # per request: settings may change
+            async with http.stream("POST", self.endpoint, json=body, headers=self._headers(), timeout=timeout) as response:
+                acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
+                if response.status_code != 200:
+                    await self._raise_for_status(response, str(body.get("model")))
+                _check_content_type(response.headers.get("content-type", ""))
+                watch.saw_event()
+                await self._read_stream(response, acc, on_update, watch)
+        except httpx.TimeoutException as exc:
+            raise self._timeout_error(exc) from None
+        except httpx.DecodingError as exc:
+            raise errors.ProtocolError(f"The response body could not be decoded ({self._redact(str(exc))[:120]}).") from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _Retry(errors.ConnectionDroppedError(self._dropped_message(exc))) from None
+
+    async def _read_stream(self, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+        decoder = self.shape.decoder()
+        # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
+        async for chunk in response.aiter_bytes():
+            events = decoder.feed(chunk)
+            if events:
+                watch.saw_event()
+                seen = acc.chunks
+                self._feed(events, acc)
+                if on_update is not None and acc.chunks != seen:
+                    on_update(acc)
+        self._feed(decoder.close(), acc)
+        if not acc.ended:
+            raise _Retry(errors.ConnectionDroppedError("The stream ended before the reply was complete (no finish reason, no end marker)."))
+
+    def _feed(self, events: Sequence[Any], acc: Accumulator) -> None:
+        for event in events:
+            acc.feed(event)
+            if isinstance(event, ErrorEvent):
+                self._raise_stream_error(event, acc)
+
+    def _raise_stream_error(self, event: ErrorEvent, acc: Accumulator) -> None:
+        status = event.code if isinstance(event.code, int) else None
+        message = self._redact(event.message.strip())
+        error = errors.StreamError(
+            f"The provider reported an error{' during the reply' if acc.has_output else ''}: {message}",
+            status=status, code=event.code, metadata=event.metadata,
+        )
+        if event.transient:
+            raise _Retry(error)
+        raise error
+
+    async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+        body = await response.aread()
+        error = error_for_status(response.status_code, body, model=model, secrets=[self._key.reveal()] if self._key else [])
+        if response.status_code in RETRYABLE_STATUS:
+            raise _Retry(error, parse_retry_after(response.headers.get("retry-after")))
+        raise error
+
+    def _timeout_error(self, exc: Exception) -> errors.GraniteError | _Retry:
+        import httpx
+
+        if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+            return _Retry(errors.ConnectionDroppedError(f"Could not connect to {self.base_url} within {self.connect_timeout_s:g} s."))
+        return errors.StallError(f"No data arrived for {self.read_timeout_s:g} s, so the request was stopped.")
+
+    def _dropped_message(self, exc: Exception) -> str:
+        import httpx
+
+        if isinstance(exc, httpx.ConnectError):
+            return f"Could not connect to {self.base_url} ({type(exc).__name__})."
+        return f"The connection dropped during the reply ({type(exc).__name__})."
+
+    # --- metadata ----------------------------------------------------------------
+
+    async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+        if self._models is not None and not refresh:
+            return self._models
+        failed = self._models_failed_at
+        if not refresh and failed is not None and time.monotonic() - failed < MODELS_FAILURE_TTL_S:
+            raise errors.ConnectionDroppedError(f"The model listing at {self.base_url}/models failed recently; not asked again yet.")
+        try:
+            self._models = await self._read_models()
+        except errors.GraniteError:
+            self._models_failed_at = time.monotonic()
+            raise
+        return self._models
+
+    async def _read_models(self) -> dict[str, ModelInfo]:
+        import httpx
+
+        try:
+            response = await self._http().get(self.base_url + "/models", headers=self._headers())
+            if response.status_code != 200:
+                raise error_for_status(response.status_code, response.content, model=self.model,
+                                       secrets=[self._key.reveal()] if self._key else [])
+            listing = response.json()
+        except httpx.DecodingError:
+            raise errors.ProtocolError(f"The model listing at {self.base_url}/models could not be decoded.") from None
+        except httpx.HTTPError as exc:
+            raise errors.ConnectionDroppedError(f"Could not read {self.base_url}/models ({type(exc).__name__}).") from None
+        except ValueError:
+            raise errors.ProtocolError(f"The model listing at {self.base_url}/models is not JSON.") from None
+        data = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(data, list):
+            raise errors.ProtocolError(f"The model listing at {self.base_url}/models has no list of models.")
+        return {info.id: info for info in (ModelInfo.from_api(entry) for entry in data if isinstance(entry, dict))}
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        import httpx
+
+        if self._http_client is None:
+            timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
+            http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": f"granite-magic/{__version__}"})
+            # A client dropped without close() (common in notebooks) must still close its sockets,
+            # and on the loop that owns them, not in whichever thread the garbage collector runs.
+            finalizer = weakref.finalize(self, _close_soon, self.loop, http)
+            finalizer.atexit = False
+            self._http_client = http
+        return self._http_client
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"HTTP-Referer": APP_URL, "X-Title": APP_TITLE, "X-OpenRouter-Title": APP_TITLE}
+        if self._key is not None:
+            headers["Authorization"] = "Bearer " + self._key.reveal()
+        return headers
+
+    def close(self) -> None:
+        if self._http_client is not None:
+            self.loop.run(self.aclose())
+
+    async def aclose(self) -> None:
+        client, self._http_client = self._http_client, None
+        if client is not None:
+            await self.loop.run_async(client.aclose())
+
+
+class _Watch:
+    """Stall and deadline for one reply, checked beside the reading task.
+
+    A stall is "no new event for ``read_timeout_s``", not "no new byte": a server
+    that trickles keep-alive bytes forever is still stalled.  The check costs
+    nothing per token: the reader only records a time, and this task wakes once
+    per ``read_timeout_s``.
+    """
+
+    def __init__(self, read_timeout_s: float, timeout_s: float | None) -> None:
+        self.read_timeout_s = read_timeout_s
+        now = time.monotonic()
+        self.deadline = None if timeout_s is None else now + timeout_s
+        self.timeout_s = timeout_s
+        self.last_event: float | None = None  # None: not streaming (connecting, or waiting to retry)
+
+    def saw_event(self) -> None:
+        self.last_event = time.monotonic()
+
+    def pause(self) -> None:
+        self.last_event = None
+
+    async def run(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._next_check())
+                if done:
+                    task.result()  # raises what the work raised
+                    return
+                self._check()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _next_check(self) -> float:
+        now = time.monotonic()
+        checks = [self.read_timeout_s if self.last_event is None else self.last_event + self.read_timeout_s - now]
+        if self.deadline is not None:
+            checks.append(self.deadline - now)
+        return max(0.0, min(checks))
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            raise errors.DeadlineError(f"The reply took longer than the time limit of {self.timeout_s:g} s, so it was stopped.")
+        if self.last_event is not None and now - self.last_event >= self.read_timeout_s:
+            raise errors.StallError(f"No new data arrived for {self.read_timeout_s:g} s, so the request was stopped.")
+
+
+def _check_content_type(content_type: str) -> None:
+    """An event stream, or no type at all; anything else (a web page, a JSON document) is not a reply."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind and kind != "text/event-stream":
+        raise errors.ProtocolError(
+            f"The server answered with {kind} instead of an event stream (text/event-stream): "
+            "the base URL may point to a web page rather than an OpenAI-compatible API."
+        )
+
+
+def _retry_note(retry: _Retry, delay: float, attempt: int, attempts: int) -> str:
+    reason = "rate limited" if isinstance(retry.error, errors.RateLimitError) else "failed"
+    return f"{reason}, retrying in {delay:.0f} s (attempt {attempt + 1} of {attempts})"
+
+
+def _close_soon(loop: BackgroundLoop, http: httpx.AsyncClient) -> None:
+    if not loop.loop.is_closed():
+        loop.submit(http.aclose())

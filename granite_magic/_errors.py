@@ -1,0 +1,262 @@
+"""Typed exceptions that state what happened, and the mapping from HTTP statuses to them.
+
+Errors carry facts (``status``, ``code``, ``model``, ``kind``) and the partial
+reply (``result``); what a person should do next depends on where they are (a
+notebook cell, the panel, a script), so the front ends phrase that advice
+(``_advice``).  Messages never hold the API key: server-provided text is passed
+through ``redact`` before it becomes part of a message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ._result import Result
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConnectionDroppedError",
+    "DeadlineError",
+    "GenerationInterrupted",
+    "GraniteError",
+    "InsufficientCreditsError",
+    "InvalidParameterError",
+    "MissingKeyError",
+    "ModelNotFoundError",
+    "ModerationError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "StallError",
+    "StreamError",
+]
+
+
+class GraniteError(Exception):
+    """Base class; ``result`` holds the partial reply when a request had started."""
+
+    kind: ClassVar[str] = "error"  # a stable name for what went wrong, for front ends and logs
+
+    def __init__(self, message: str, *, result: Result | None = None, model: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.result = result
+        self.model = model
+
+    @property
+    def partial_text(self) -> str:
+        return self.result.text if self.result is not None else ""
+
+
+class InvalidParameterError(GraniteError, ValueError):
+    """A value was refused before anything was sent."""
+
+    kind = "invalid"
+
+
+class MissingKeyError(GraniteError):
+    kind = "missing_key"
+
+    def __init__(self) -> None:
+        super().__init__("No OpenRouter API key is set (OPENROUTER_API_KEY, or api_key= on the client).")
+
+
+class APIError(GraniteError):
+    """The API answered with an error status or an error event."""
+
+    kind = "api"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: Any = None,
+        metadata: dict[str, Any] | None = None,
+        result: Result | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, result=result, model=model)
+        self.status = status
+        self.code = code
+        self.metadata = metadata or {}
+
+
+class BadRequestError(APIError):
+    """400 or 413: the API's own message says which parameter or limit was wrong."""
+
+    kind = "bad_request"
+
+
+class AuthenticationError(APIError):
+    """401: the key is missing, invalid or disabled."""
+
+    kind = "auth"
+
+
+class InsufficientCreditsError(APIError):
+    """402: not enough credits, or the key's spending limit was reached."""
+
+    kind = "credits"
+
+
+class ModerationError(APIError):
+    """403: the input was flagged by moderation or a guardrail."""
+
+    kind = "moderation"
+
+
+class ModelNotFoundError(APIError):
+    """404: no endpoint serves this model id."""
+
+    kind = "model_not_found"
+
+
+class RateLimitError(APIError):
+    """429 after every retry was used."""
+
+    kind = "rate_limit"
+
+
+class ServerError(APIError):
+    """408 or 5xx after every retry was used."""
+
+    kind = "server"
+
+
+class StreamError(APIError):
+    """The provider sent an error event in the stream."""
+
+    kind = "stream"
+
+
+class ConnectionDroppedError(GraniteError):
+    """The connection failed or closed before the reply was complete."""
+
+    kind = "dropped"
+
+
+class StallError(GraniteError):
+    """No new event arrived for longer than the read timeout."""
+
+    kind = "stall"
+
+
+class DeadlineError(GraniteError):
+    """The reply took longer than the overall time limit (``timeout_s``)."""
+
+    kind = "deadline"
+
+
+class ProtocolError(GraniteError):
+    """The server answered with something that is not a reply of the expected shape."""
+
+    kind = "protocol"
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """The user interrupted a blocking call; ``result`` holds the partial reply.
+
+    A KeyboardInterrupt subclass so that code which does not look for it still
+    stops the way an interrupt should.
+    """
+
+    def __init__(self, result: Result) -> None:
+        super().__init__("interrupted; the partial reply is in .result")
+        self.result = result
+
+
+# Statuses (and error codes in a stream's first event) that mean "try again": nothing was generated.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 524, 529})
+TRANSIENT_CODES = frozenset({"server_error", "rate_limit_exceeded", "overloaded", "overloaded_error", "api_error",
+                             "rate_limit_error", "timeout_error"})
+
+
+def is_transient(code: Any) -> bool:
+    """Whether an error code (an HTTP status, or a provider's word) means "try again"."""
+    if isinstance(code, int):
+        return code in RETRYABLE_STATUS
+    return isinstance(code, str) and code in TRANSIENT_CODES
+
+
+# --- keeping the key out of messages ---------------------------------------------------
+
+REDACTED = "[redacted]"
+_KEY_SHAPES = re.compile(r"(?i)\bbearer\s+\S+|\bsk-or-[\w-]+|\bsk-[A-Za-z0-9_-]{16,}")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the known secrets or anything shaped like a bearer token or an API key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return _KEY_SHAPES.sub(REDACTED, text)
+
+
+# --- HTTP statuses -----------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils  # rare: only servers that send an HTTP date
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_error_body(body: bytes) -> tuple[str | None, Any, dict[str, Any]]:
+    """(message, code, metadata) from an error body; tolerant of any body at all."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = body.decode("utf-8", errors="replace").strip()
+        return (text[:300] or None), None, {}
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return error[:300], None, {}
+    if not isinstance(error, dict):
+        return None, None, {}
+    metadata = error.get("metadata")
+    message = error.get("message")
+    return (str(message)[:300] if message else None), error.get("code"), (metadata if isinstance(metadata, dict) else {})
+
+
+_STATUS_ERRORS: dict[int, tuple[type[APIError], str]] = {
+    400: (BadRequestError, "The request was refused (HTTP 400)."),
+    401: (AuthenticationError, "The API key was refused (HTTP 401): it is missing, invalid or disabled."),
+    402: (InsufficientCreditsError, "Not enough credits, or the key's spending limit was reached (HTTP 402)."),
+    403: (ModerationError, "The input was refused by moderation (HTTP 403)."),
+    404: (ModelNotFoundError, "No provider serves the model {model!r} (HTTP 404)."),
+    408: (ServerError, "The request timed out at the provider (HTTP 408)."),
+    413: (BadRequestError, "The request is too large (HTTP 413)."),
+    429: (RateLimitError, "Rate limited (HTTP 429)."),
+}
+
+
+def error_for_status(status: int, body: bytes, *, model: str, secrets: Iterable[str] = ()) -> APIError:
+    """The typed exception for a non-200 response, with the API's own words (redacted) appended."""
+    api_message, code, metadata = parse_error_body(body)
+    said = f" The API said: {redact(api_message, secrets)}" if api_message else ""
+    kind, message = _STATUS_ERRORS.get(status, (ServerError if status >= 500 else APIError, f"The API answered HTTP {status}."))
+    if status >= 500 and status not in _STATUS_ERRORS:
+        message = f"The model's provider failed (HTTP {status})."
+    if status == 403 and metadata.get("reasons"):
+        reasons = metadata["reasons"]
+        said += f" Flagged for: {', '.join(map(str, reasons if isinstance(reasons, list) else [reasons]))}."
+    return kind(f"{message.format(model=model)}{said}", status=status, code=code, metadata=metadata, model=model)

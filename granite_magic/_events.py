@@ -1,0 +1,204 @@
+"""Typed stream events, and the ``Accumulator`` that folds them into a ``Result``.
+
+Every API shape (``_shapes``) and the local backend decode into these events, so
+everything above them is blind to where a reply came from.  No I/O here: the
+clock is injected, so accumulation can be fed arbitrary events in tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._result import Ended, Result, ToolCall, Usage
+
+__all__ = [
+    "Accumulator",
+    "ChunkMeta",
+    "Done",
+    "ErrorEvent",
+    "Event",
+    "Finish",
+    "Progress",
+    "TextDelta",
+    "ToolCallDelta",
+    "UsageReport",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str
+    native_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    message: str
+    code: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # the same failure over HTTP would be retried (overloaded, rate limited, 5xx)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    model: str | None = None
+    provider: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The end of the stream (``[DONE]``, ``message_stop``)."""
+
+
+Event = TextDelta | ToolCallDelta | UsageReport | Finish | ErrorEvent | ChunkMeta | Done
+
+
+class Progress(Protocol):
+    """What an ``on_update`` callback sees while a reply streams (read it, do not keep it)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def chunks(self) -> int: ...
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def has_output(self) -> bool: ...
+    @property
+    def usage(self) -> Usage: ...
+    @property
+    def ttft_s(self) -> float | None: ...
+    @property
+    def note(self) -> str | None: ...
+
+
+class Accumulator:
+    """Folds events into the live state of a reply; ``result()`` snapshots it.
+
+    Also the object a progress callback sees while streaming: ``text`` is joined
+    lazily so a renderer that reads it 15 times a second does not make a long
+    reply quadratic.
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.params = dict(params or {})
+        self._clock = clock
+        self.started = clock()
+        self.first_token_at: float | None = None
+        self.chunks = 0
+        self.model: str | None = None
+        self.provider: str | None = None
+        self.generation_id: str | None = None
+        self.finish: Finish | None = None
+        self.usage = Usage()
+        self.error: ErrorEvent | None = None
+        self.done = False
+        self.note: str | None = None  # what the client is doing while no text arrives ("rate limited, retrying in 4 s")
+        self._parts: list[str] = []
+        self._joined = ""
+        self._joined_parts = 0
+        self._tool_calls: dict[int, ToolCall] = {}
+
+    def restart_clock(self) -> None:
+        """Start timing now: a queued comparison column starts when it may send, not when it was planned."""
+        self.started = self._clock()
+
+    @property
+    def text(self) -> str:
+        if self._joined_parts != len(self._parts):
+            self._joined = "".join(self._parts)
+            self._joined_parts = len(self._parts)
+        return self._joined
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self.started
+
+    @property
+    def has_output(self) -> bool:
+        return self.first_token_at is not None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def ended(self) -> bool:
+        """A finish reason or the end-of-stream marker arrived."""
+        return self.finish is not None or self.done
+
+    def feed(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self._text(event.text)
+        elif isinstance(event, ChunkMeta):
+            self.model = event.model or self.model
+            self.provider = event.provider or self.provider
+            self.generation_id = self.generation_id or event.id
+        elif isinstance(event, ToolCallDelta):
+            self._tool_call(event)
+        elif isinstance(event, UsageReport):
+            self.usage = event.usage
+        elif isinstance(event, Finish):
+            self.finish = event
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+        elif isinstance(event, Done):
+            self.done = True
+
+    def _text(self, text: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = self._clock()
+            self.note = None
+        self._parts.append(text)
+        self.chunks += 1
+
+    def _tool_call(self, delta: ToolCallDelta) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = self._clock()
+        call = self._tool_calls.setdefault(delta.index, ToolCall(delta.index))
+        call.id = delta.id or call.id
+        call.name += delta.name or ""
+        call.arguments += delta.arguments or ""
+
+    def result(self, *, error: str | None = None, ended: Ended | None = None) -> Result:
+        finish = self.finish
+        if ended is None:
+            ended = "failed" if error is not None or finish is None or finish.reason == "error" else "complete"
+        return Result(
+            text=self.text,
+            finish_reason=finish.reason if finish else None,
+            native_finish_reason=finish.native_reason if finish else None,
+            usage=self.usage,
+            model=self.model,
+            provider=self.provider,
+            generation_id=self.generation_id,
+            ttft_s=self.ttft_s,
+            duration_s=self._clock() - self.started,
+            params=dict(self.params),
+            error=error,
+            ended=ended,
+            tool_calls=[self._tool_calls[i] for i in sorted(self._tool_calls)],
+            chunks=self.chunks,
+        )

@@ -1,0 +1,330 @@
+"""The ``%%granite`` cell magic and the ``%granite`` line magic: IPython glue.
+
+Front end only: parse the cell (``_cell``), resolve its target once, show it,
+and phrase failures with advice (``_advice``).  HTTP and JSON live below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Dict, Enum, Float, Integer, Unicode
+
+from . import _errors as errors
+from ._cell import build_help, build_parser
+
+if TYPE_CHECKING:
+    from IPython.core.magic_arguments import MagicArgumentParser
+
+    from ._cell import CellRequest
+    from ._comparison import RunSpec
+    from ._result import Result
+    from ._session import Session, Target
+    from ._settings import Settings
+
+# Loading the extension imports only this module, the grammar, the parameter table
+# and the errors: the client, asyncio, httpx and ipywidgets wait for the first cell.
+
+__all__ = ["GraniteMagics", "magics_for", "register", "unregister"]
+
+SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last")
+
+# %config trait -> the Settings field it sets (an empty string or None means "the environment's default").
+TRAIT_SETTINGS = {
+    "model": "model", "base_url": "base_url", "backend": "backend", "api": "api", "read_timeout": "read_timeout_s",
+    "timeout": "timeout_s", "concurrency": "concurrency", "updates_per_second": "updates_per_second",
+    "local_instances": "local_instances", "default_params": "default_params",
+}
+
+
+@magics_class
+class GraniteMagics(Magics):
+    model = Unicode("", help="Default model id (empty: GRANITE_MODEL or Granite 4.0 Micro).").tag(config=True)
+    base_url = Unicode("", help="Default base URL (empty: GRANITE_BASE_URL or OpenRouter).").tag(config=True)
+    default_params = Dict(help="Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}.").tag(config=True)
+    updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
+    concurrency = Integer(4, help="Comparison columns streaming at once.").tag(config=True)
+    backend = Enum(["auto", "http", "local"], "auto", help="auto, http (OpenRouter or base_url) or local (llama.cpp).").tag(config=True)
+    api = Enum(["chat", "responses", "messages"], "chat", help="HTTP request format: chat, responses or messages.").tag(config=True)
+    local_instances = Integer(1, help="Local model copies loaded to serve comparison columns at once.").tag(config=True)
+    read_timeout = Float(60.0, help="Seconds without a new event before a stream counts as stalled.").tag(config=True)
+    timeout = Float(None, allow_none=True, help="Seconds a whole reply may take (None: no limit).").tag(config=True)
+    live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
+
+    def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._session: Session | None = None
+        self._parser: MagicArgumentParser | None = None
+        self.observe(self._configure, names=list(TRAIT_SETTINGS))
+
+    @property
+    def parser(self) -> MagicArgumentParser:
+        if self._parser is None:
+            self._parser = build_parser()
+        return self._parser
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from ._session import Session
+
+            self._session = Session(self.settings())
+        return self._session
+
+    def settings(self) -> Settings:
+        """The environment's defaults with this kernel's ``%config`` values over them."""
+        from ._params import Sampling
+        from ._settings import Settings
+
+        values = {field: getattr(self, trait) for trait, field in TRAIT_SETTINGS.items()}
+        values["default_params"] = Sampling(values["default_params"])
+        return Settings.from_env(**{k: v for k, v in values.items() if v not in ("", None)})
+
+    def _configure(self, change: Any) -> None:
+        if self._session is None:
+            return  # made from the traits when first needed
+        try:
+            self._session.settings = self.settings()
+        except errors.InvalidParameterError as exc:
+            _error(f"%config GraniteMagics.{change['name']}: {exc}; the previous settings are kept")
+
+    @line_cell_magic
+    def granite(self, line: str, cell: str | None = None) -> Any:
+        if cell is None:
+            return self._subcommand(line)
+        return self._cell(line, cell)
+
+    # --- the cell magic -------------------------------------------------------------
+
+    def _cell(self, line: str, cell: str) -> None:
+        from ._cell import parse_cell
+
+        try:
+            request = parse_cell(line, cell, self._namespace(), defaults=self.session.settings.default_params, parser=self.parser)
+            target = self.session.resolve(request.turn)
+        except errors.InvalidParameterError as exc:
+            _error(f"{exc} (nothing was sent)")
+            return None
+        for warning in request.warnings:
+            _warn(warning)
+        if request.dry_run:
+            self._dry_run(request, target)
+        elif request.is_grid:
+            self._compare(request, target)
+        else:
+            self._stream(request, target)
+        return None
+
+    def _namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
+
+    def _dry_run(self, request: CellRequest, target: Target) -> None:
+        job = self.session.start(request.turn, target)
+        text = json.dumps(target.client.describe(job.request), indent=2, ensure_ascii=False)
+        where = target.client.target
+        _display({"text/plain": f"{where}\n{text}", "text/markdown": f"`{where}` (dry run: nothing sent)\n```json\n{text}\n```"})
+
+    def _stream(self, request: CellRequest, target: Target) -> None:
+        from ._advice import explain
+        from ._render import describe_params
+
+        job = self.session.start(request.turn, target)
+        view = self._view(describe_params(target.label, job.request.sampling))
+        view.show()
+        with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
+            job.loop.run(job.stream(view))
+        result, error = self.session.finish(job)
+        format_problem = _parse_format(result, request.format)
+        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None)
+        if request.format == "code" and result.value and not result.partial and self.shell is not None:
+            self.shell.set_next_input(result.value, replace=False)
+        if request.out:
+            self._namespace()[request.out] = result
+        for warning in job.warnings:
+            _warn(warning)
+        message = explain(error, result) or format_problem
+        if message:
+            _error(message)
+
+    def _compare(self, request: CellRequest, target: Target) -> None:
+        from ._grid import GridView, TerminalGridView
+        from ._render import describe_params
+
+        specs: list[RunSpec] = request.plan() or []
+        try:
+            job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency)
+        except errors.InvalidParameterError as exc:
+            _error(f"{exc} (nothing was sent)")
+            return
+        title = describe_params(target.label, job.base)
+        labels = [spec.label for spec in specs]
+        grid: GridView | TerminalGridView
+        rate = self.session.settings.updates_per_second
+        grid = GridView(title, labels, rate=rate) if self._widgets() else TerminalGridView(title, labels)
+        grid.show()
+        with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
+            job.loop.run(job.stream(grid))
+        comparison = self.session.finish_compare(job)
+        grid.finish(comparison)
+        if request.out:
+            self._namespace()[request.out] = comparison
+        for warning in job.warnings:
+            _warn(warning)
+        failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
+        if failed:
+            _error("some columns failed; their partial text is kept.\n  " + "\n  ".join(failed))
+
+    def _widgets(self) -> bool:
+        return self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
+
+    def _view(self, title: str) -> Any:
+        from ._render import TerminalView, WidgetView
+
+        if self._widgets():
+            return WidgetView(title, rate=self.session.settings.updates_per_second)
+        return TerminalView(title)
+
+    # --- the line magic -----------------------------------------------------------------
+
+    def _subcommand(self, line: str) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            _error(f"the line does not parse ({exc}): check the quotes")
+            return None
+        if not words or words[0] not in SUBCOMMANDS:
+            _error(f"unknown subcommand {line.strip()!r}; use one of: {', '.join(SUBCOMMANDS)} (see %granite?)")
+            return None
+        command, rest = words[0], words[1:]
+        name = rest[0] if rest else None
+        if command == "models":
+            self._models()
+        elif command == "panel":
+            return self.panel(" ".join(rest))
+        elif command == "history":
+            self._history(name)
+        elif command == "reset":
+            forgotten = self.session.reset(name)
+            print(f"forgot {', '.join(forgotten)}" if forgotten else "no conversations to forget")
+        elif command == "key":
+            self._ask_key()
+        elif command == "last":
+            return self.session.last
+        return None
+
+    def _models(self) -> None:
+        from ._advice import explain
+        from ._result import Result
+        from ._session import Turn
+
+        try:
+            target = self.session.resolve(Turn(""))
+            models = target.client.models()
+        except errors.GraniteError as exc:
+            _error(explain(exc, Result()) or exc.message)
+            return
+        rows = [m for m in models.values() if m.id == target.model or "granite" in m.id.lower()]
+        lines = ["| model | context | USD / M input | USD / M output | supported parameters |", "|---|---|---|---|---|"]
+        for info in rows:
+            context = f"{info.context_length:,}" if info.context_length else "?"
+            lines.append(f"| {info.id} | {context} | {_money(info.per_million(info.prompt_price))} | "
+                         f"{_money(info.per_million(info.completion_price))} | {', '.join(info.supported_parameters)} |")
+        table = "\n".join(lines)
+        from ._markdown import markdown_literal
+
+        _display({"text/markdown": markdown_literal(table), "text/plain": table})
+
+    def panel(self, prompt: str = "") -> Any:
+        """A panel that starts from this kernel's settings and shares its session."""
+        from ._panel import Panel
+
+        return Panel(self.session, prompt=prompt)
+
+    def _history(self, name: str | None) -> None:
+        names = [name] if name else list(self.session.conversations)
+        if not names or (name and name not in self.session.conversations):
+            print("no conversation yet: use %%granite --chat [NAME]")
+            return
+        for each in names:
+            conversation = self.session.conversations[each]
+            print(f"── {each} ──")
+            if conversation.system:
+                print(f"[system] {conversation.system}")
+            for message in conversation.messages:
+                print(f"[{message['role']}] {message['content']}")
+
+    def _ask_key(self) -> None:
+        import getpass
+
+        key = getpass.getpass("OpenRouter API key (kept for this kernel only): ").strip()
+        if not key:
+            print("no key entered; nothing changed")
+            return
+        self.session.set_api_key(key)
+        print("key set for this kernel")
+
+
+GraniteMagics.granite.__doc__ = build_help()
+
+
+def _parse_format(result: Result, fmt: str) -> str | None:
+    """Fill ``result.value`` for code and json; a message if the JSON does not parse."""
+    from ._markdown import extract_code, parse_json_reply
+
+    if fmt == "code":
+        result.value = extract_code(result.text)[0]
+    elif fmt == "json" and result.text:
+        try:
+            result.value = parse_json_reply(result.text)
+        except ValueError as exc:
+            return f"The reply is not valid JSON ({exc}); the raw text is kept in the output and in .text."
+    return None
+
+
+def _money(value: float | None) -> str:
+    return "?" if value is None else f"${value:.3f}"
+
+
+def _display(data: dict[str, Any]) -> None:
+    from ._render import display_raw
+
+    display_raw(data)
+
+
+def _error(message: str) -> None:
+    print(f"granite: {message}", file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"granite: warning: {message}", file=sys.stderr, flush=True)
+
+
+_registered: dict[int, GraniteMagics] = {}
+
+
+def magics_for(shell: InteractiveShell | None) -> GraniteMagics | None:
+    """The magics registered in ``shell`` (the panel shares their session)."""
+    return None if shell is None else _registered.get(id(shell))
+
+
+def register(ipython: InteractiveShell) -> None:
+    magics = GraniteMagics(shell=ipython)
+    ipython.register_magics(magics)
+    _registered[id(ipython)] = magics
+
+
+def unregister(ipython: InteractiveShell) -> None:
+    magics = _registered.pop(id(ipython), None)
+    if magics is not None:
+        configurables: list[Any] = ipython.configurables
+        if magics in configurables:
+            configurables.remove(magics)
+        ipython.magics_manager.registry.pop(type(magics).__name__, None)
+        for kind in ("line", "cell"):
+            ipython.magics_manager.magics[kind].pop("granite", None)

@@ -1,0 +1,382 @@
+"""A kernel's state between cells, and running a turn or a grid on the background loop.
+
+A front end describes a request as a ``Turn`` (its values already validated);
+``Session.resolve`` decides, once, where it goes (a ``Target``: backend, client,
+model, API shape).  Jobs run on the background loop next to a live view and
+end as ``(result, error)`` so the front end can show both; they never raise for
+an expected failure, and no column of a grid outlives its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+from . import _errors as errors
+from ._client import BaseClient, GraniteClient, Secret
+from ._comparison import Comparison, Run, RunSpec
+from ._events import Accumulator, Progress
+from ._params import Sampling
+from ._result import Result
+from ._runner import BackgroundLoop
+from ._settings import Backend, Settings, check_backend, check_base_url
+from ._shapes import Api, Request, build_messages, shape
+
+__all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "SingleJob", "Target", "Turn", "new_turn", "shared_session"]
+
+logger = logging.getLogger("granite_magic")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One request as a front end describes it; ``None`` fields take the session's settings."""
+
+    prompt: str
+    system: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    chat: str | None = None  # the conversation to continue, or None for a stateless turn
+    backend: Backend | None = None
+    api: Api | None = None
+    timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            check_backend(self.backend)
+        if self.api is not None:
+            shape(self.api)
+        if self.base_url is not None:
+            object.__setattr__(self, "base_url", check_base_url(self.base_url))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a turn goes, decided once: the backend, its client, the model and the API shape."""
+
+    backend: Literal["http", "local"]
+    client: BaseClient
+    model: str
+    api: Api
+
+    @property
+    def label(self) -> str:
+        """The model as a status line names it; says "local" when llama.cpp answers."""
+        return f"{self.model} · local llama.cpp" if self.backend == "local" else self.model
+
+
+class LiveLike(Protocol):
+    """What a single run needs from its view (the widget, the terminal, or nothing)."""
+
+    async def run(self, acc: Progress) -> None: ...
+
+
+class GridLike(Protocol):
+    """What a comparison needs from its view."""
+
+    async def run(self, state: Sequence[Progress]) -> None: ...
+    def column_done(self, index: int, result: Result) -> None: ...
+
+
+class QuietGrid:
+    async def run(self, state: Sequence[Progress]) -> None:
+        await asyncio.Event().wait()
+
+    def column_done(self, index: int, result: Result) -> None:
+        pass
+
+
+@dataclass
+class Conversation:
+    system: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Session:
+    """Clients, conversations and settings of one kernel (or one Python API call)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.clients: dict[tuple[Any, ...], BaseClient] = {}
+        self.conversations: dict[str, Conversation] = {}
+        self.last: Result | Comparison | None = None
+        self._key: Secret | None = None
+
+    def configure(self, **changes: Any) -> None:
+        """Replace settings (``%config`` traits land here); validated as a whole."""
+        self.settings = replace(self.settings, **changes)
+
+    def set_api_key(self, key: str) -> None:
+        """Keep a key for this kernel only (never written to disk or shown)."""
+        self._key = Secret(key)
+        for client in self.clients.values():
+            client.set_api_key(key)
+
+    # --- where a turn goes ----------------------------------------------------------
+
+    def resolve(self, turn: Turn) -> Target:
+        """Backend, client, model and API shape for ``turn``; raises InvalidParameterError before any I/O."""
+        settings = self.settings
+        api = turn.api or settings.api
+        if self._backend(turn) == "http":
+            base_url = turn.base_url or settings.base_url
+            timeout_s = turn.timeout_s if turn.timeout_s is not None else settings.timeout_s
+            return Target("http", self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
+        if api != "chat":
+            raise errors.InvalidParameterError(f"--api {api} needs the HTTP backend: the local model has no request format")
+        client = self._local_client(turn.model)
+        return Target("local", client, client.model, "chat")
+
+    def _backend(self, turn: Turn) -> Literal["http", "local"]:
+        """A turn's choice, else the setting; ``auto`` uses HTTP when a base URL or a key is given,
+        else the local model when the ``local`` extra is installed, else HTTP (whose
+        missing-key error then names both ways forward)."""
+        from ._local import local_available
+
+        choice = turn.backend or self.settings.backend
+        if choice != "auto":
+            return choice
+        if turn.base_url or self.settings.base_url_from_user or self._key or os.environ.get("OPENROUTER_API_KEY"):
+            return "http"
+        return "local" if local_available() else "http"
+
+    def _http_client(self, base_url: str, api: Api, timeout_s: float | None) -> BaseClient:
+        s = self.settings
+        key = ("http", base_url, api, s.read_timeout_s, s.connect_timeout_s, timeout_s)
+        client = self.clients.get(key)
+        if client is None:
+            client = GraniteClient(base_url=base_url, api=api, read_timeout_s=s.read_timeout_s,
+                                   connect_timeout_s=s.connect_timeout_s, timeout_s=timeout_s)
+            if self._key is not None:
+                client.set_api_key(self._key.reveal())
+            self.clients[key] = client
+        return client
+
+    def _local_client(self, model: str | None) -> BaseClient:
+        key = ("local", model, self.settings.local_instances)
+        client = self.clients.get(key)
+        if client is None:
+            from ._local import LocalClient
+
+            client = self.clients[key] = LocalClient(model, instances=self.settings.local_instances)
+        return client
+
+    # --- requests ----------------------------------------------------------------------
+
+    def messages(self, turn: Turn) -> tuple[dict[str, Any], ...]:
+        if turn.chat is None:
+            return build_messages(turn.prompt, system=turn.system)
+        conversation = self.conversations.setdefault(turn.chat, Conversation())
+        system = turn.system if turn.system is not None else conversation.system
+        return build_messages(turn.prompt, system=system, history=conversation.messages)
+
+    def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
+        sampling = turn.sampling | extra if extra is not None else turn.sampling
+        return Request(target.model, self.messages(turn), sampling)
+
+    def start(self, turn: Turn, target: Target | None = None) -> SingleJob:
+        """Prepare one turn (resolved here unless given); nothing is sent yet."""
+        target = target or self.resolve(turn)
+        return SingleJob(turn, target, self.request(turn, target))
+
+    def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None) -> CompareJob:
+        """One column per spec, all going to the same target (resolved once)."""
+        if turn.chat is not None:
+            raise errors.InvalidParameterError("a comparison cannot continue a conversation (--chat): each column would fork it")
+        if not specs:
+            raise errors.InvalidParameterError("a comparison needs at least one run")
+        concurrency = self.settings.concurrency if concurrency is None else concurrency
+        if concurrency < 1:
+            raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
+        target = self.resolve(turn)
+        columns = [SingleJob(turn, target, self.request(turn, target, spec.params)) for spec in specs]
+        return CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
+
+    def finish(self, job: SingleJob) -> tuple[Result, errors.GraniteError | None]:
+        """The job's result and error; a complete chat turn joins its conversation."""
+        result, error = job.outcome()
+        if not result.partial and job.turn.chat is not None:
+            self._remember(job.turn, job.request, result)
+        self.last = result
+        return result, error
+
+    def run(self, turn: Turn, view: LiveLike | None = None, target: Target | None = None) -> tuple[Result, errors.GraniteError | None]:
+        """Stream one turn into ``view``, blocking; Ctrl-C stops it and keeps the partial reply."""
+        job = self.start(turn, target)
+        with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
+            job.loop.run(job.stream(view))
+        return self.finish(job)
+
+    def finish_compare(self, job: CompareJob) -> Comparison:
+        comparison = job.outcome()
+        self.last = comparison
+        return comparison
+
+    def compare(self, turn: Turn, specs: Sequence[RunSpec], view: GridLike | None = None, *, concurrency: int | None = None) -> Comparison:
+        """Run one column per spec, at most ``concurrency`` at once, all streaming into ``view``.
+
+        A failing column keeps its partial text and does not stop the others; an
+        interrupt cancels them all and keeps what each had received.
+        """
+        job = self.start_compare(turn, specs, concurrency=concurrency)
+        with contextlib.suppress(KeyboardInterrupt):
+            job.loop.run(job.stream(view or QuietGrid()))
+        return self.finish_compare(job)
+
+    def _remember(self, turn: Turn, request: Request, result: Result) -> None:
+        """Only a complete turn joins the history, so a failed one cannot corrupt it."""
+        assert turn.chat is not None
+        conversation = self.conversations.setdefault(turn.chat, Conversation())
+        if turn.system is not None:
+            conversation.system = turn.system
+        conversation.messages.append({"role": "user", "content": turn.prompt})
+        conversation.messages.append({"role": "assistant", "content": result.text})
+
+    def reset(self, name: str | None = None) -> list[str]:
+        names = list(self.conversations) if name is None else [name]
+        for each in names:
+            self.conversations.pop(each, None)
+        return names
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+
+class SingleJob:
+    """One prepared request; ``stream`` runs it on the background loop, ``outcome`` says how it ended.
+
+    Blocking callers (the magic) and non-blocking ones (the panel's Run button)
+    drive the same job; cancelling ``stream`` leaves the partial reply in ``acc``.
+    While the reply streams, the model's listing is read beside it, only to warn
+    about parameters it does not name (``warnings``).
+    """
+
+    def __init__(self, turn: Turn, target: Target, request: Request) -> None:
+        self.turn, self.target, self.request = turn, target, request
+        self.acc = Accumulator(request.sampling)
+        self.warnings: list[str] = []
+        self._result: Result | None = None
+        self._error: errors.GraniteError | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        return self.target.client.loop
+
+    async def stream(self, view: LiveLike | None = None, *, check_support: bool = True) -> None:
+        companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
+        lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling)) if check_support else None
+        try:
+            self._result = await self.target.client.stream(self.request, self.acc)
+        except errors.GraniteError as exc:
+            self._result = exc.result or self.acc.result(error=exc.message)
+            self._error = exc
+        except Exception as exc:  # a bug of ours must not take the cell (or a grid's other columns) with it
+            logger.exception("unexpected error while streaming")
+            self._error = errors.GraniteError(f"Unexpected error in granite-magic ({type(exc).__name__}: {exc}); please report it.")
+            self._result = self.acc.result(error=self._error.message)
+        finally:
+            if companion is not None:
+                companion.cancel()
+            if lookup is not None and not lookup.done() and self._result is None:
+                lookup.cancel()
+        if lookup is not None:
+            self.warnings = await lookup
+
+    def outcome(self) -> tuple[Result, errors.GraniteError | None]:
+        if self._result is None:  # cancelled before it ended
+            return self.acc.result(ended="interrupted"), None
+        return self._result, self._error
+
+
+async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = ()) -> list[str]:
+    """One line per parameter set (or swept) that the model's listing does not name as supported."""
+    names = list(dict.fromkeys([*sampling, *also]))
+    if not names:
+        return []
+    supported = await target.client.supported_parameters(target.model)
+    if supported is None:
+        return []
+    return [f"{name} is not in this model's supported parameters: the provider may ignore it." for name in names if name not in supported]
+
+
+class CompareJob:
+    """The columns of a comparison, streamed concurrently behind a semaphore."""
+
+    def __init__(self, turn: Turn, target: Target, base: Sampling, specs: list[RunSpec], columns: list[SingleJob], concurrency: int) -> None:
+        self.turn, self.target, self.base, self.specs = turn, target, base, specs
+        self.columns, self.concurrency = columns, concurrency
+        self.warnings: list[str] = []
+        self._started: float | None = None
+        self._ended: float | None = None
+
+    @property
+    def loop(self) -> BackgroundLoop:
+        return self.target.client.loop
+
+    @property
+    def accumulators(self) -> list[Accumulator]:
+        return [column.acc for column in self.columns]
+
+    async def stream(self, grid: GridLike) -> None:
+        self._started = time.perf_counter()
+        gate = asyncio.Semaphore(self.concurrency)
+        companion = asyncio.ensure_future(grid.run(self.accumulators))
+        swept = [name for spec in self.specs for name in spec.params]
+        lookup = asyncio.ensure_future(support_warnings(self.target, self.base, swept))
+
+        async def column(index: int) -> None:
+            job = self.columns[index]
+            async with gate:
+                job.acc.restart_clock()  # time a column from when it may start, not while it queued
+                await job.stream(check_support=False)
+            grid.column_done(index, job.outcome()[0])
+
+        tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
+        try:
+            await asyncio.gather(*tasks)
+            self.warnings = await lookup
+        finally:
+            for task in (*tasks, companion, lookup):
+                task.cancel()  # whatever ended the grid, no column outlives it
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._ended = time.perf_counter()
+
+    def outcome(self) -> Comparison:
+        runs = []
+        for spec, column in zip(self.specs, self.columns, strict=True):
+            result, error = column.outcome()
+            runs.append(Run(spec, result, error.message if error is not None else None))
+        wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
+        return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base))
+
+
+def new_turn(prompt: str, params: Mapping[str, Any], **target: Any) -> Turn:
+    """A turn from keyword arguments (the Python API's edge): sampling validated here, once."""
+    return Turn(prompt=prompt, sampling=Sampling(params), **target)
+
+
+_shared: Session | None = None
+
+
+def shared_session(**overrides: Any) -> Session:
+    """The session of the Python API (and of a panel made without the magic).
+
+    Clients, and so loaded local models and open connections, are kept between
+    calls; the settings are read from the environment again on each call, so
+    changing ``GRANITE_BASE_URL`` between two calls is honoured.
+    """
+    global _shared
+    settings = Settings.from_env(**overrides)
+    if _shared is None:
+        _shared = Session(settings)
+    else:
+        _shared.settings = settings
+    return _shared

@@ -1,0 +1,378 @@
+"""The three request formats OpenRouter serves, side by side, without I/O.
+
+Each shape builds its request body from a ``Request`` (the parameter table gives
+each field's name in that shape) and decodes its stream into the same typed
+events (``_events``), so everything above the client is shape-blind:
+
+* ``chat``: OpenAI chat completions, ``POST /chat/completions`` (the default);
+* ``responses``: OpenAI Responses, ``POST /responses`` (stateless);
+* ``messages``: Anthropic Messages, ``POST /messages`` (named SSE events).
+
+Decoding is total: whatever JSON a server sends, a decoder returns events or
+raises ``ProtocolError``, never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ._errors import InvalidParameterError, ProtocolError, is_transient
+from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, ToolCallDelta, UsageReport
+from ._params import Sampling
+from ._result import Usage
+from ._sse import ServerSentEvent, SSEStreamDecoder
+
+__all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "Api", "Request", "Shape", "StreamDecoder", "build_messages",
+           "chunk_events", "shape"]
+
+Api = Literal["chat", "responses", "messages"]
+
+# The Messages API requires max_tokens; this is sent when the user set none (and shown by --dry-run).
+MESSAGES_DEFAULT_MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Request:
+    """What is asked, independent of where it goes: model, messages, validated sampling."""
+
+    model: str
+    messages: tuple[Mapping[str, Any], ...]
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+def build_messages(prompt: str, *, system: str | None = None, history: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], ...]:
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.extend(dict(m) for m in history if m.get("role") != "system")
+    messages.append({"role": "user", "content": prompt})
+    return tuple(messages)
+
+
+class StreamDecoder(Protocol):
+    def feed(self, chunk: bytes) -> list[Event]: ...
+    def close(self) -> list[Event]: ...
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One request format: where it is sent, how its body is built, how its stream is read."""
+
+    name: Api
+    path: str
+    body: Callable[[Request], dict[str, Any]]
+    decoder: Callable[[], StreamDecoder]
+
+
+def shape(name: str) -> Shape:
+    try:
+        return API_SHAPES[name]
+    except KeyError:
+        raise InvalidParameterError(f"api={name!r} is invalid: must be one of {', '.join(API_SHAPES)}") from None
+
+
+# --- reading JSON of unknown shape ----------------------------------------------------------
+
+
+def parse_data(data: str) -> dict[str, Any] | list[Event]:
+    """A ``data:`` payload as a JSON object, or the events it stands for on its own:
+    ``[Done()]`` for the terminator, nothing for JSON that is not an object."""
+    if data.strip() == "[DONE]":
+        return [Done()]
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError(f"the server sent a line that is not JSON: {data[:200]!r}") from None
+    return parsed if isinstance(parsed, dict) else []
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def as_cost(value: Any) -> float | None:
+    """A cost in USD from a number or a numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _wrong(what: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"the server sent a chunk of the wrong shape ({what} is {type(value).__name__}: {json.dumps(value)[:80]})")
+
+
+def _error_event(error: Any, *, fallback_code: Any = None) -> ErrorEvent:
+    """An error object (or a bare string) as an event; ``code`` falls back to ``type`` when null."""
+    if not isinstance(error, dict):
+        return ErrorEvent(str(error) if error not in (None, "") else "unknown error", fallback_code)
+    code = error.get("code")
+    if code is None:
+        code = error.get("type", fallback_code)
+    metadata = error.get("metadata")
+    return ErrorEvent(str(error.get("message") or "unknown error"), code, metadata if isinstance(metadata, dict) else {},
+                      transient=is_transient(code))
+
+
+# --- OpenAI chat completions -------------------------------------------------------------------
+
+
+def chat_body(request: Request) -> dict[str, Any]:
+    """The chat-completions request body: only the sampling fields that were set."""
+    return {
+        "model": request.model,
+        "messages": [dict(m) for m in request.messages],
+        "stream": True,
+        # A no-op on OpenRouter (usage is always sent) but Ollama and vLLM need it.
+        "stream_options": {"include_usage": True},
+        **request.sampling.for_target("chat"),
+    }
+
+
+def chunk_events(chunk: Mapping[str, Any]) -> list[Event]:
+    """The events of one parsed chat chunk, without its metadata (also used for llama.cpp's chunks)."""
+    events: list[Event] = []
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise _wrong("choices", choices)
+    for choice in choices or ():
+        if choice is None:
+            continue  # some servers pad with nulls; nothing is lost
+        if not isinstance(choice, dict):
+            raise _wrong("a choice", choice)
+        events.extend(_choice_events(choice))
+    if chunk.get("usage"):
+        events.append(UsageReport(_chat_usage(_obj(chunk["usage"]))))
+    if "error" in chunk and chunk["error"] is not None:
+        events.append(_error_event(chunk["error"]))
+    return events
+
+
+def _choice_events(choice: Mapping[str, Any]) -> list[Event]:
+    events: list[Event] = []
+    delta = choice.get("delta")
+    if delta is not None and not isinstance(delta, dict):
+        raise _wrong("delta", delta)
+    delta = delta or {}
+    content = delta.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _wrong("content", content)
+    if content:
+        events.append(TextDelta(content))
+    calls = delta.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        call = _obj(call)
+        function = _obj(call.get("function"))
+        events.append(ToolCallDelta(_int(call.get("index")) or 0, _str(call.get("id")), _str(function.get("name")),
+                                    _str(function.get("arguments"))))
+    reason = choice.get("finish_reason")
+    if reason:
+        events.append(Finish(str(reason), _str(choice.get("native_finish_reason"))))
+    return events
+
+
+def _chat_usage(raw: Mapping[str, Any]) -> Usage:
+    return Usage(
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        total_tokens=_int(raw.get("total_tokens")),
+        cost=as_cost(raw.get("cost")),
+        cached_tokens=_int(_obj(raw.get("prompt_tokens_details")).get("cached_tokens")),
+        reasoning_tokens=_int(_obj(raw.get("completion_tokens_details")).get("reasoning_tokens")),
+    )
+
+
+class ChatStreamDecoder(SSEStreamDecoder[Event]):
+    """A chat-completions stream.
+
+    Every chunk repeats the model and provider; ``ChunkMeta`` is emitted only
+    when they change, which keeps the per-token path short.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._meta: tuple[Any, Any] | None = None
+
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        if sse.event not in ("message", "error"):
+            return []  # chat chunks are unnamed; a named event is an extension we do not know
+        chunk = parse_data(sse.data)
+        if isinstance(chunk, list):
+            return chunk
+        events: list[Event] = []
+        meta = (_str(chunk.get("model")), _str(chunk.get("provider")))
+        if meta != self._meta and (meta[0] or meta[1]):
+            self._meta = meta
+            events.append(ChunkMeta(meta[0], meta[1], _str(chunk.get("id"))))
+        events.extend(chunk_events(chunk))
+        return events
+
+
+# --- OpenAI Responses --------------------------------------------------------------------------
+
+
+def _split_system(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+    system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system") or None
+    return system, [{"role": m["role"], "content": m["content"]} for m in messages if m.get("role") != "system"]
+
+
+def responses_body(request: Request) -> dict[str, Any]:
+    """``instructions`` carries the system prompt; the table renames ``max_tokens``."""
+    instructions, turns = _split_system(request.messages)
+    body: dict[str, Any] = {"model": request.model, "input": turns, "stream": True}
+    if instructions:
+        body["instructions"] = instructions
+    body.update(request.sampling.for_target("responses"))
+    return body
+
+
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
+    """``data:`` events with a ``type``: output text deltas, then completed, incomplete or failed."""
+
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        data = parse_data(sse.data)
+        return data if isinstance(data, list) else self._event(data)
+
+    def _event(self, data: Mapping[str, Any]) -> list[Event]:
+        kind = data.get("type", "")
+        response = _obj(data.get("response"))
+        if kind == "response.output_text.delta":
+            delta = data.get("delta")
+            if delta is not None and not isinstance(delta, str):
+                raise _wrong("delta", delta)
+            return [TextDelta(delta)] if delta else []
+        if kind == "response.function_call_arguments.delta":
+            return [ToolCallDelta(_int(data.get("output_index")) or 0, _str(data.get("item_id")), None, _str(data.get("delta")))]
+        if kind == "response.created":
+            return [ChunkMeta(_str(response.get("model")), _str(response.get("provider")), _str(response.get("id")))]
+        if kind == "response.completed":
+            return [*_responses_usage(response), Finish("stop", _str(response.get("status")))]
+        if kind == "response.incomplete":
+            reason = _obj(response.get("incomplete_details")).get("reason")
+            return [*_responses_usage(response), Finish(_INCOMPLETE_REASONS.get(str(reason), "length"), _str(reason))]
+        if kind == "response.failed":
+            error = response.get("error") or "the response failed"
+            return [_error_event(error), Finish("error")]
+        if kind == "error":
+            return [_error_event(data.get("error") if isinstance(data.get("error"), dict) else data)]
+        return []
+
+
+def _responses_usage(response: Mapping[str, Any]) -> list[Event]:
+    usage = response.get("usage")
+    if not isinstance(usage, dict):
+        return []
+    return [UsageReport(Usage(
+        prompt_tokens=_int(usage.get("input_tokens")), completion_tokens=_int(usage.get("output_tokens")),
+        total_tokens=_int(usage.get("total_tokens")), cost=as_cost(usage.get("cost")),
+        cached_tokens=_int(_obj(usage.get("input_tokens_details")).get("cached_tokens")),
+        reasoning_tokens=_int(_obj(usage.get("output_tokens_details")).get("reasoning_tokens")),
+    ))]
+
+
+# --- Anthropic Messages ------------------------------------------------------------------------
+
+
+def messages_body(request: Request) -> dict[str, Any]:
+    """A top-level ``system`` and a required ``max_tokens``; the table renames ``stop``."""
+    system, turns = _split_system(request.messages)
+    body: dict[str, Any] = {"model": request.model, "messages": turns, "max_tokens": MESSAGES_DEFAULT_MAX_TOKENS, "stream": True}
+    if system:
+        body["system"] = system
+    body.update(request.sampling.for_target("messages"))
+    return body
+
+
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                 "refusal": "content_filter", "pause_turn": "stop", "model_context_window_exceeded": "length"}
+
+
+class MessagesStreamDecoder(SSEStreamDecoder[Event]):
+    """Named events: message_start, content_block_delta, message_delta (usage, stop reason), message_stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._usage: dict[str, int] = {}
+        self._cost: float | None = None
+
+    def events(self, sse: ServerSentEvent) -> list[Event]:
+        data = parse_data(sse.data)
+        return data if isinstance(data, list) else self._event(str(data.get("type") or sse.event), data)
+
+    def _event(self, kind: str, data: Mapping[str, Any]) -> list[Event]:
+        if kind == "content_block_delta":
+            return self._delta(_int(data.get("index")) or 0, _obj(data.get("delta")))
+        if kind == "content_block_start":
+            block = _obj(data.get("content_block"))
+            if block.get("type") == "tool_use":
+                return [ToolCallDelta(_int(data.get("index")) or 0, _str(block.get("id")), _str(block.get("name")), None)]
+            return []
+        if kind == "message_start":
+            message = _obj(data.get("message"))
+            meta = ChunkMeta(_str(message.get("model")), _str(message.get("provider")), _str(message.get("id")))
+            return [meta, *self._merge_usage(message.get("usage"))]
+        if kind == "message_delta":
+            reason = _obj(data.get("delta")).get("stop_reason")
+            finish = [Finish(_STOP_REASONS.get(str(reason), "stop"), str(reason))] if reason else []
+            return [*self._merge_usage(data.get("usage")), *finish]
+        if kind == "message_stop":
+            return [Done()]
+        if kind == "error":
+            return [_error_event(data.get("error") if isinstance(data.get("error"), dict) else data)]
+        return []  # ping, content_block_stop
+
+    @staticmethod
+    def _delta(index: int, delta: Mapping[str, Any]) -> list[Event]:
+        if delta.get("type") == "input_json_delta":
+            return [ToolCallDelta(index, None, None, _str(delta.get("partial_json")))]
+        text = delta.get("text")
+        if text is not None and not isinstance(text, str):
+            raise _wrong("text", text)
+        return [TextDelta(text)] if text else []
+
+    def _merge_usage(self, raw: Any) -> list[Event]:
+        """Input counts arrive with message_start, the (cumulative) output count with message_delta.
+
+        With prompt caching, ``input_tokens`` counts only the uncached part: the prompt
+        is the sum of it, the tokens written to the cache and those read from it.
+        """
+        if not isinstance(raw, dict):
+            return []
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
+            if _int(raw.get(name)) is not None:
+                self._usage[name] = raw[name]
+        if "cost" in raw:
+            self._cost = as_cost(raw.get("cost"))
+        return [UsageReport(self._current_usage())]
+
+    def _current_usage(self) -> Usage:
+        counts = self._usage
+        inputs = [counts[n] for n in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens") if n in counts]
+        prompt = sum(inputs) if inputs else None
+        completion = counts.get("output_tokens")
+        total = prompt + completion if prompt is not None and completion is not None else None
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=self._cost,
+                     cached_tokens=counts.get("cache_read_input_tokens"))
+
+
+API_SHAPES: dict[str, Shape] = {
+    "chat": Shape("chat", "/chat/completions", chat_body, ChatStreamDecoder),
+    "responses": Shape("responses", "/responses", responses_body, ResponsesStreamDecoder),
+    "messages": Shape("messages", "/messages", messages_body, MessagesStreamDecoder),
+}

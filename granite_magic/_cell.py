@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from . import _params
 from ._errors import InvalidParameterError
-from ._params import PARAMETERS, Param, Sampling
+from ._params import Param, Sampling, get_param
 
 if TYPE_CHECKING:
     from ._comparison import RunSpec
@@ -85,7 +86,7 @@ def build_parser() -> MagicArgumentParser:
         if option.metavar:
             settings["metavar"] = option.metavar
         parser.add_argument(*option.flags, dest=option.dest, help=option.help, **settings)
-    for param in PARAMETERS:
+    for param in _params.PARAMETERS:
         extra: dict[str, Any] = {"action": "append"} if param.kind == "stop" else {}
         parser.add_argument(param.option, dest=param.name, metavar=param.kind.upper(), help=_param_help(param), **extra)
     return parser
@@ -98,7 +99,7 @@ def _param_help(param: Param) -> str:
 def build_help(parser: MagicArgumentParser | None = None) -> str:
     """``%%granite?``: every option as the parser knows it, then the line magic's subcommands."""
     parser = parser or build_parser()
-    sampling = {p.name for p in PARAMETERS}
+    sampling = {p.name for p in _params.PARAMETERS}
     rows: dict[bool, list[str]] = {False: [], True: []}
     for action in parser._actions:
         flags = ", ".join(action.option_strings)
@@ -199,7 +200,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
         raise InvalidParameterError("the cell has no prompt: write it on the lines below %%granite")
     request = CellRequest(
         turn=Turn(prompt=prompt.strip("\n"), system=args.system, model=args.model, base_url=args.base_url,
-                  sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in PARAMETERS}),
+                  sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS}),
                   chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout)),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
@@ -246,7 +247,7 @@ def to_cell(request: CellRequest) -> str:
     for name, value in turn.sampling.items():
         if name == "seed" and request.seeds:
             continue  # every column's seed comes from --seeds
-        words += _param_words(next(p for p in PARAMETERS if p.name == name), value)
+        words += _param_words(get_param(name), value)
     if request.seeds:
         words += ["--seeds", ",".join(map(str, request.seeds))]
     for name, values in request.sweeps.items():

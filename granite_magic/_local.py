@@ -32,19 +32,16 @@ from typing import Any
 from . import _errors as errors
 from ._client import BaseClient, ModelInfo, UpdateCallback
 from ._events import Accumulator, ChunkMeta, Done, Event, UsageReport
-from ._params import PARAMETERS
+from . import _params
 from ._result import Result, Usage
 from ._runner import BackgroundLoop
 from ._shapes import Request, chunk_events
 
-__all__ = ["DEFAULT_LOCAL_FILE", "DEFAULT_LOCAL_MODEL", "LocalClient", "LocalModelError", "local_available", "resolve_model"]
+__all__ = ["DEFAULT_LOCAL_FILE", "DEFAULT_LOCAL_MODEL", "LocalClient", "LocalModelError", "local_available", "local_parameters", "resolve_model"]
 
 DEFAULT_LOCAL_MODEL = "ibm-granite/granite-4.0-h-micro-GGUF"
 DEFAULT_LOCAL_FILE = "granite-4.0-h-micro-Q4_K_M.gguf"
 DEFAULT_LOCAL_SIZE = "1.9 GB"
-
-# What llama.cpp can be given: every parameter of the table that has a llama.cpp name.
-LOCAL_PARAMETERS = tuple(p.name for p in PARAMETERS if p.wire_name("llama_cpp") is not None)
 
 INSTALL_HINT = "pip install 'granite-magic[local]'"
 
@@ -53,6 +50,11 @@ class LocalModelError(errors.GraniteError):
     """The local model could not be found, downloaded or loaded."""
 
     kind = "local_model"
+
+
+def local_parameters() -> tuple[str, ...]:
+    """What llama.cpp can be given: every parameter of the table that has a llama.cpp name."""
+    return tuple(p.name for p in _params.PARAMETERS if p.wire_name("llama_cpp") is not None)
 
 
 def local_available() -> bool:
@@ -298,7 +300,7 @@ class LocalClient(BaseClient):
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
         info = ModelInfo(id=self.model, name=f"{self.model} (local, llama.cpp)", context_length=self.n_ctx,
-                         prompt_price=0.0, completion_price=0.0, supported_parameters=LOCAL_PARAMETERS)
+                         prompt_price=0.0, completion_price=0.0, supported_parameters=local_parameters())
         return {info.id: info}
 
     def close(self) -> None:

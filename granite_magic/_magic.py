@@ -158,7 +158,7 @@ class GraniteMagics(Magics):
 
         specs: list[RunSpec] = request.plan() or []
         try:
-            job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency)
+            job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
         except errors.InvalidParameterError as exc:
             _error(f"{exc} (nothing was sent)")
             return

@@ -21,11 +21,12 @@ from typing import Any
 import ipywidgets as w
 
 from . import _errors as errors
+from . import _params
 from ._advice import explain
 from ._cell import CellRequest, to_cell
 from ._comparison import Comparison, Run, RunSpec, parse_seeds, parse_sweeps
 from ._grid import GridView
-from ._params import PARAMETERS, Param, Sampling
+from ._params import Param, Sampling
 from ._render import WidgetView, describe_params
 from ._result import Result
 from ._session import Session, Target, Turn, shared_session
@@ -157,7 +158,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         self._idle = threading.Event()
         self._idle.set()
 
-        self.controls = {p.name: _control(p) for p in PARAMETERS}
+        self.controls = {p.name: _control(p) for p in _params.PARAMETERS}
         # %config GraniteMagics.default_params start switched on, like the cells they apply to
         for name, value in (session.settings.default_params | Sampling(params)).items():
             self.controls[name].set(value)
@@ -313,7 +314,7 @@ class Panel(w.VBox):  # type: ignore[misc]
             job = self.session.start(request.turn, target)
             view = WidgetView(describe_params(target.label, job.request.sampling), rate=rate, embedded=True)
             return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
-        grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency)
+        grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
         grid = GridView(describe_params(target.label, grid_job.base), [s.label for s in specs], rate=rate, embedded=True)
         return grid_job.loop, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
 

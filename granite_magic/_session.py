@@ -112,9 +112,9 @@ class Session:
         """Replace settings (``%config`` traits land here); validated as a whole."""
         self.settings = replace(self.settings, **changes)
 
-    def set_api_key(self, key: str) -> None:
-        """Keep a key for this kernel only (never written to disk or shown)."""
-        self._key = Secret(key)
+    def set_api_key(self, key: str | None) -> None:
+        """Keep a key for this kernel only (never written to disk or shown); None forgets it."""
+        self._key = Secret(key) if key else None
         for client in self.clients.values():
             client.set_api_key(key)
 
@@ -185,8 +185,9 @@ class Session:
         target = target or self.resolve(turn)
         return SingleJob(turn, target, self.request(turn, target))
 
-    def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None) -> CompareJob:
-        """One column per spec, all going to the same target (resolved once)."""
+    def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
+                      target: Target | None = None) -> CompareJob:
+        """One column per spec, all going to the same target (resolved here, once, unless given)."""
         if turn.chat is not None:
             raise errors.InvalidParameterError("a comparison cannot continue a conversation (--chat): each column would fork it")
         if not specs:
@@ -194,7 +195,7 @@ class Session:
         concurrency = self.settings.concurrency if concurrency is None else concurrency
         if concurrency < 1:
             raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
-        target = self.resolve(turn)
+        target = target or self.resolve(turn)
         columns = [SingleJob(turn, target, self.request(turn, target, spec.params)) for spec in specs]
         return CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
 

@@ -249,9 +249,19 @@ def test_a_20000_token_reply_arrives_whole(client: GraniteClient, server: FakeOp
     assert updates == sorted(updates) and updates[-1] == 20_000
 
 
-def test_stop_and_max_tokens_are_honoured_by_the_server(client: GraniteClient) -> None:
-    assert client.chat("Hi", max_tokens=5).finish_reason == "length"
-    assert len(client.chat("Hi", max_tokens=5).text.split()) == 5
+def test_stop_and_max_tokens_reach_the_wire_and_the_result_says_why_it_ended(client: GraniteClient, server: FakeOpenRouter) -> None:
+    result = client.chat("Hi", max_tokens=5, stop="END")
+    body = server.chat_requests[-1].body
+    assert (body["max_tokens"], body["stop"]) == (5, ["END"])
+    assert (result.finish_reason, result.usage.completion_tokens, result.params) == ("length", 5, {"max_tokens": 5, "stop": ["END"]})
+
+
+def test_a_rate_limited_wait_is_shown_while_it_lasts(client: GraniteClient, server: FakeOpenRouter) -> None:
+    server.push(Scenario(status=429, retry_after="1"))
+    notes: list[str | None] = []
+    client.chat("Hi", on_update=lambda progress: notes.append(progress.note))
+    assert notes[0] == "rate limited, retrying in 1 s (attempt 2 of 4)"
+    assert notes[-1] is None  # cleared once text arrives
 
 
 def test_on_update_sees_the_text_grow(client: GraniteClient, server: FakeOpenRouter) -> None:

@@ -18,7 +18,9 @@ from granite_magic import Comparison, GenerationInterrupted
 from granite_magic._comparison import plan_runs
 from granite_magic._events import Accumulator
 from granite_magic._local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
+from granite_magic._params import Sampling
 from granite_magic._session import Session, Turn
+from granite_magic._settings import Settings
 
 from .conftest import magics_of, run, shown
 
@@ -97,9 +99,8 @@ def test_interrupt_stops_generation_between_tokens(local: LocalClient) -> None:
 
 def test_concurrent_columns_do_not_mix_outputs(model_path: str, local: LocalClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
-    session = Session()
-    session.local_instances = 2
-    comparison = session.compare(Turn(PROMPT, params={"temperature": 0.9, "max_tokens": 20}, backend="local"),
+    session = Session(Settings.from_env(local_instances=2))
+    comparison = session.compare(Turn(PROMPT, sampling=Sampling({"temperature": 0.9, "max_tokens": 20}), backend="local"),
                                  plan_runs([1, 2, 3, 4]), concurrency=4)
     singles = [local.chat(PROMPT, seed=s, temperature=0.9, max_tokens=20).text for s in (1, 2, 3, 4)]
     assert comparison.texts == singles and not any(comparison.errors)
@@ -112,8 +113,8 @@ def keyless_ip(ip: InteractiveShell, model_path: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
     magics = magics_of(ip)
     magics.base_url = ""
-    magics.session._key = None
-    magics.session.local_clients.clear()
+    magics.session.set_api_key(None)
+    magics.session.clients.clear()
     return ip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -213,3 +214,32 @@ def test_widget_updates_are_throttled_and_the_text_is_complete(ip: InteractiveSh
     updates = [t for t, kind, data in recorded_comms if kind == "comm_msg" and data.get("method") == "update"]
     assert len(updates) >= 5  # it did stream live
     assert len(updates) <= 15 * duration + 3, f"{len(updates)} updates in {duration:.2f} s"
+
+
+def test_no_widget_outlives_its_cell(ip: InteractiveShell, recorded_comms: list[Any]) -> None:
+    from ipywidgets.widgets.widget import _instances
+
+    magics_of(ip).live = "widget"
+    run(ip, "--seed 1", "Hi")  # warm up whatever is made once
+    before = len(_instances)
+    for seed in range(2, 7):
+        run(ip, f"--seed {seed}", "Hi")
+    assert len(_instances) == before
+    closed = [data for _, kind, data in recorded_comms if kind == "comm_close"]
+    assert len(closed) >= 10  # each cell made an Output and its Layout, and closed both
+
+
+def test_a_large_reply_reaches_the_front_end_once(ip: InteractiveShell, server: FakeOpenRouter, recorded_comms: list[Any]) -> None:
+    from granite_magic._render import LIVE_TEXT_LIMIT
+
+    magics_of(ip).live = "widget"
+    word = "granite" * 40  # about 2 MB in 7,000 tokens
+    server.push(Scenario(text=" ".join([word] * 7000)))
+    out = run(ip, "-o big", "Hi")
+    text = ip.user_ns["big"].text
+    assert len(text) > 1_900_000
+    final = [o for o in out.outputs if "granite_magic" in (o.metadata or {})][-1]
+    saved = len(json.dumps({"data": final.data, "metadata": final.metadata}))
+    assert saved < 2.1 * len(text)  # text/plain and text/markdown: twice, not three times
+    updates = [len(json.dumps(data)) for _, kind, data in recorded_comms if kind == "comm_msg"]
+    assert updates and max(updates) < 3 * LIVE_TEXT_LIMIT  # live refreshes show the end, never the whole reply

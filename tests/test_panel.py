@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,17 +69,14 @@ def test_run_sends_exactly_the_chosen_fields(panel: Panel, server: FakeOpenRoute
 
 def test_run_returns_at_once_and_stop_keeps_the_partial_text(panel: Panel, server: FakeOpenRouter) -> None:
     server.push(Scenario(tokens=400, tokens_per_s=20))  # 20 s if left alone
-    started = time.monotonic()
     panel.run_button.click()
-    assert time.monotonic() - started < 1  # the callback did not wait for the stream
-    assert panel.running and panel.stop_button.disabled is False
+    # the callback returned while the reply was still streaming: nothing had finished yet
+    assert panel.running and panel.results is None and panel.stop_button.disabled is False
     assert wait_until(lambda: bool(server.chat_requests) and panel.results is None and "streaming" in str(panel.output.children[0].outputs))
-    stopped_at = time.monotonic()
     panel.stop_button.click()
-    assert panel.wait(5)
-    assert time.monotonic() - stopped_at < 1
+    assert panel.wait(10)
     result = panel.results
-    assert isinstance(result, Result) and result.partial and 0 < len(result.text.split()) < 400
+    assert isinstance(result, Result) and result.ended == "interrupted" and 0 < len(result.text.split()) < 400
     assert "Stopped" in panel.message.value
     assert wait_until(lambda: server.chat_requests[0].disconnected)
     # and the panel is usable again
@@ -180,6 +176,25 @@ def test_copy_as_cell_can_insert_the_next_cell(ip: InteractiveShell, recorded_co
     text = panel.copy_as_cell(insert=True)
     # the kernel's settings (base URL, defaults) are implied, as for any cell in it
     assert offered == [text] and text == "%%granite --seed 3\nHello"
+
+
+def test_a_bad_sweep_is_refused_in_place_and_the_panel_stays_usable(panel: Panel, server: FakeOpenRouter) -> None:
+    panel.mode.value = "compare"
+    for sweep in ["temperature=,", "temperature=0,1;temperature=0.5", "seed=7,8"]:
+        panel.sweep.value = sweep
+        panel.run_button.click()
+        assert "nothing was sent" in panel.message.value and not panel.running
+        assert panel.run_button.disabled is False and server.chat_requests == []
+    panel.sweep.value = "temperature=0,1"
+    click_run(panel)
+    assert isinstance(panel.results, Comparison) and len(panel.results.runs) == 6
+
+
+def test_the_panel_is_a_widget_that_fits_in_a_layout(panel: Panel) -> None:
+    import ipywidgets
+
+    box = ipywidgets.VBox([ipywidgets.HTML("above"), panel])
+    assert box.children[1] is panel and isinstance(panel, ipywidgets.DOMWidget)
 
 
 def test_nothing_the_panel_sends_to_the_front_end_holds_the_key(panel: Panel, server: FakeOpenRouter, recorded_comms: list[Any]) -> None:

@@ -1,0 +1,95 @@
+"""The seams: one table row reaches every place, values are validated once, a target is resolved once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from granite_magic import _comparison, _params
+from granite_magic._cell import build_help, build_parser, parse_cell, to_cell
+from granite_magic._local import LocalClient, local_parameters
+from granite_magic._params import Param
+from granite_magic._session import Session
+from granite_magic._shapes import API_SHAPES, Request
+from granite_magic.testing import FakeOpenRouter
+
+from .conftest import run
+
+# A parameter the table does not have, added the way a developer would: one row.
+TYPICAL_P = Param("typical_p", "float", "Locally typical sampling: keep tokens close to the expected surprise.", 1.0, 0, 1,
+                  step=0.01, wire={"messages": None})
+
+
+@pytest.fixture
+def typical_p(monkeypatch: pytest.MonkeyPatch) -> Iterator[Param]:
+    monkeypatch.setattr(_params, "PARAMETERS", (*_params.PARAMETERS, TYPICAL_P))
+    monkeypatch.setitem(_params._BY_NAME, TYPICAL_P.name, TYPICAL_P)
+    yield TYPICAL_P
+
+
+def test_one_new_row_reaches_options_help_bodies_llama_cpp_and_the_panel(typical_p: Param, server: FakeOpenRouter,
+                                                                           recorded_comms: list[Any]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["--typical-p", "0.5"]).typical_p == "0.5"
+    help_text = build_help(parser)
+    assert "--typical-p" in help_text and "number, 0 <= typical_p <= 1" in help_text
+    request = parse_cell("--typical-p 0.5", "Hi", {}, parser=parser)
+    assert dict(request.turn.sampling) == {"typical_p": 0.5}
+    assert "--typical-p 0.5" in to_cell(request)
+    with pytest.raises(_params.InvalidParameterError, match="0 <= typical_p <= 1"):
+        parse_cell("--typical-p 3", "Hi", {}, parser=parser)
+
+    wire = Request("m", ({"role": "user", "content": "Hi"},), request.turn.sampling)
+    assert API_SHAPES["chat"].body(wire)["typical_p"] == 0.5
+    assert API_SHAPES["responses"].body(wire)["typical_p"] == 0.5
+    assert "typical_p" not in API_SHAPES["messages"].body(wire)  # the row says Messages has no such field
+    assert LocalClient().describe(wire)["typical_p"] == 0.5 and "typical_p" in local_parameters()
+
+    from granite_magic._panel import Panel
+
+    panel = Panel(Session(), base_url=server.base_url, backend="http", prompt="Hi")
+    slider = panel.controls["typical_p"].value
+    assert (slider.min, slider.max, slider.value) == (0, 1, 1)
+    panel.controls["typical_p"].set(0.25)
+    assert "--typical-p 0.25" in panel.copy_as_cell()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts each parameter's validations and each resolution of a target, at run time."""
+    calls: Counter[str] = Counter()
+    validate = _params.validate
+
+    def counting_validate(name: str, value: Any) -> Any:
+        calls[name] += 1
+        return validate(name, value)
+
+    resolve = Session.resolve
+
+    def counting_resolve(self: Session, turn: Any) -> Any:
+        calls["resolve"] += 1
+        return resolve(self, turn)
+
+    monkeypatch.setattr(_params, "validate", counting_validate)
+    monkeypatch.setattr(_comparison, "validate", counting_validate)
+    monkeypatch.setattr(Session, "resolve", counting_resolve)
+    return calls
+
+
+def test_a_cell_validates_each_value_once_and_resolves_its_target_once(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                        counted: Counter[str]) -> None:
+    run(ip, "--temperature 0.7 --seed 1", "Hi")
+    assert (counted["temperature"], counted["seed"], counted["resolve"]) == (1, 1, 1)
+    assert len(server.chat_requests) == 1
+
+
+def test_a_grid_validates_each_value_once_and_resolves_its_target_once(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                        counted: Counter[str]) -> None:
+    run(ip, "--temperature 0.7 --seeds 1-3 --sweep top_p=0.5,0.9", "Hi")
+    assert len(server.chat_requests) == 6
+    # temperature once, each swept top_p value once, seeds at most once each; one target for all six columns
+    assert (counted["temperature"], counted["top_p"], counted["resolve"]) == (1, 2, 1) and counted["seed"] <= 3

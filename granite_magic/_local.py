@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _errors as errors
+from . import _params
 from ._client import BaseClient, ModelInfo, UpdateCallback
 from ._events import Accumulator, ChunkMeta, Done, Event, UsageReport
-from . import _params
 from ._result import Result, Usage
 from ._runner import BackgroundLoop
 from ._shapes import Request, chunk_events

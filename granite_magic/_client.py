@@ -234,12 +234,16 @@ class BaseClient:
             raise
         except Exception:  # the listing only feeds a warning: no failure of it may reach the user
             logger.info("model listing unavailable", exc_info=True)
+            self._listing_failed()
             return None
         info = models.get(model)
         return info.supported_parameters if info is not None and info.supported_parameters else None
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
         raise NotImplementedError
+
+    def _listing_failed(self) -> None:
+        """Remember that the listing failed (or took too long), so later cells do not wait for it again."""
 
     def close(self) -> None:
         pass
@@ -440,6 +444,9 @@ class GraniteClient(BaseClient):
             self._models_failed_at = time.monotonic()
             raise
         return self._models
+
+    def _listing_failed(self) -> None:
+        self._models_failed_at = time.monotonic()
 
     async def _read_models(self) -> dict[str, ModelInfo]:
         import httpx

@@ -443,3 +443,23 @@ def test_line_magic_with_unbalanced_quote_prints_one_line(ip: InteractiveShell, 
         except Exception as exc:
             pytest.fail(f"%granite panel \"abc raised {type(exc).__name__}: {exc} (a notebook shows a traceback)")
     assert_refused(out, server)
+
+
+# --- the /models lookup only ever adds a warning ------------------------------------------------------
+
+
+@pytest.mark.parametrize("models", [Reply(hang=True), json_reply(200, ["not", "an", "object"]), json_reply(404, {"error": "no"})],
+                         ids=["never-answers", "a-list", "404"])
+def test_a_broken_model_listing_never_breaks_a_cell_and_is_asked_once(ip: InteractiveShell, hostile: HostileServer,
+                                                                      models: Reply) -> None:
+    """Two cells stream in full with no traceback; a failed listing is remembered, not asked again for every cell."""
+    from .conftest import magics_of
+
+    hostile.models = models
+    hostile.default = normal_reply("Hello ", "world.")
+    magics_of(ip).base_url = hostile.base_url
+    for _ in range(2):
+        out = run(ip, "--temperature 0.5 -o r", "Hi")
+        assert ip.user_ns["r"].text == "Hello world." and not ip.user_ns["r"].partial
+        assert "Traceback" not in out.stderr + out.stdout and "granite:" not in out.stderr
+    assert sum(1 for r in hostile.requests if r.path.endswith("/models")) == 1

@@ -71,6 +71,8 @@ OPTIONS: tuple[Option, ...] = (
            "combines with --seeds)", "NAME=V1,V2", {"action": "append"}),
     Option(("--repeat",), "run every column N times and report whether repeats were identical", "N", {"type": int, "default": 1}),
     Option(("--concurrency",), "columns streaming at once (default 4)", "N", {"type": int}),
+    Option(("--probs",), "token probabilities: the K (1 to 20) most likely alternatives of every token, shaded in the reply, "
+           "with a sampler lens under it (sets --logprobs and --top-logprobs)", "K", {"type": int}),
     Option(("--timeout",), "stop a reply that takes longer than S seconds in all (default: no limit)", "S", {"type": float}),
     Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
     Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),
@@ -200,7 +202,8 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
         raise InvalidParameterError("the cell has no prompt: write it on the lines below %%granite")
     request = CellRequest(
         turn=Turn(prompt=prompt.strip("\n"), system=args.system, model=args.model, base_url=args.base_url,
-                  sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS}),
+                  sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS})
+                  | _probs(args.probs),
                   chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout)),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
@@ -209,6 +212,14 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     )
     _check_grid(request)
     return request
+
+
+def _probs(k: int | None) -> Sampling:
+    if k is None:
+        return Sampling()
+    if not 1 <= k <= 20:
+        raise InvalidParameterError(f"--probs {k} is out of range: must be an integer from 1 to 20")
+    return Sampling({"logprobs": True, "top_logprobs": k})
 
 
 def _timeout(value: float | None) -> float | None:
@@ -244,7 +255,11 @@ def to_cell(request: CellRequest) -> str:
                         ("--backend", turn.backend), ("--api", turn.api), ("-o", request.out)):
         if value:
             words += [flag, value]
-    for name, value in turn.sampling.items():
+    sampling = dict(turn.sampling)
+    if sampling.get("logprobs") is True and sampling.get("top_logprobs"):
+        del sampling["logprobs"]
+        words += ["--probs", str(sampling.pop("top_logprobs"))]
+    for name, value in sampling.items():
         if name == "seed" and request.seeds:
             continue  # every column's seed comes from --seeds
         words += _param_words(get_param(name), value)
@@ -270,4 +285,6 @@ def _param_words(param: Param, value: Any) -> list[str]:
         return [w for sequence in value for w in (param.option, sequence)]
     if param.kind == "logit_bias":
         return [param.option, json.dumps({str(k): v for k, v in value.items()})]
+    if param.kind == "bool":
+        return [param.option, "true" if value else "false"]
     return [param.option, repr(value)]

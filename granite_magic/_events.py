@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._result import Ended, Result, ToolCall, Usage
+from ._result import Ended, ProbsKind, Result, Token, ToolCall, Usage
 
 __all__ = [
     "Accumulator",
@@ -23,6 +23,7 @@ __all__ = [
     "Finish",
     "Progress",
     "TextDelta",
+    "TokenLogprobs",
     "ToolCallDelta",
     "UsageReport",
 ]
@@ -61,6 +62,14 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """Probabilities of generated tokens (with their alternatives), in order; they accompany the text deltas."""
+
+    tokens: tuple[Token, ...]
+    kind: ProbsKind = "server"
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkMeta:
     model: str | None = None
     provider: str | None = None
@@ -72,7 +81,7 @@ class Done:
     """The end of the stream (``[DONE]``, ``message_stop``)."""
 
 
-Event = TextDelta | ToolCallDelta | UsageReport | Finish | ErrorEvent | ChunkMeta | Done
+Event = TextDelta | TokenLogprobs | ToolCallDelta | UsageReport | Finish | ErrorEvent | ChunkMeta | Done
 
 
 class Progress(Protocol):
@@ -120,6 +129,8 @@ class Accumulator:
         self._joined = ""
         self._joined_parts = 0
         self._tool_calls: dict[int, ToolCall] = {}
+        self.tokens: list[Token] = []
+        self.probs_kind: ProbsKind | None = None
 
     def restart_clock(self) -> None:
         """Start timing now: a queued comparison column starts when it may send, not when it was planned."""
@@ -152,6 +163,9 @@ class Accumulator:
     def feed(self, event: Event) -> None:
         if isinstance(event, TextDelta):
             self._text(event.text)
+        elif isinstance(event, TokenLogprobs):
+            self.tokens.extend(event.tokens)
+            self.probs_kind = event.kind
         elif isinstance(event, ChunkMeta):
             self.model = event.model or self.model
             self.provider = event.provider or self.provider
@@ -201,4 +215,6 @@ class Accumulator:
             ended=ended,
             tool_calls=[self._tool_calls[i] for i in sorted(self._tool_calls)],
             chunks=self.chunks,
+            tokens=list(self.tokens),
+            probs_kind=self.probs_kind,
         )

@@ -99,6 +99,8 @@ def _value_control(param: Param, tip: str) -> w.Widget:
             value = w.BoundedIntText(value=start, min=int(param.minimum), max=param.ceiling or 2**31 - 1, layout=layout)
         else:
             value = w.IntText(value=start, layout=layout)
+    elif param.kind == "bool":
+        value = w.Checkbox(value=True, indent=False, description="on", layout=layout)
     elif param.kind == "stop":
         value = w.Textarea(placeholder="one stop sequence per line (or a JSON list)", rows=2, layout=layout)
     else:

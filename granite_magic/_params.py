@@ -43,7 +43,7 @@ class Param:
     """
 
     name: str
-    kind: str  # "float" | "int" | "stop" | "logit_bias"
+    kind: str  # "float" | "int" | "bool" | "stop" | "logit_bias"
     help: str
     default: Any = None
     minimum: float | None = None
@@ -66,6 +66,8 @@ class Param:
 
     @property
     def range_text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
         if self.kind == "stop":
             return "up to 4 strings"
         if self.kind == "logit_bias":
@@ -84,7 +86,7 @@ class Param:
     @property
     def short_range(self) -> str:
         """The range in a few characters, for a control's label: ``0 to 2``, ``>= 1``."""
-        if self.kind in ("stop", "logit_bias") or self.minimum is None:
+        if self.kind in ("stop", "logit_bias", "bool") or self.minimum is None:
             return self.range_text
         low = ("over " if self.exclusive_minimum else "") + _fmt(self.minimum)
         return f"{low} to {_fmt(self.maximum)}" if self.maximum is not None else f"{'>' if self.exclusive_minimum else '>='} {_fmt(self.minimum)}"
@@ -118,6 +120,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("stop", "stop", "Stop generating when one of these strings appears (up to 4).", absent="none",
           wire={"messages": "stop_sequences"}),
     Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids.", absent="none"),
+    # Token probabilities (--probs K sets both).  Anthropic's Messages API has none; the local backend reads
+    # top_logprobs itself and computes the top K from the model's logits, so llama.cpp is given neither.
+    Param("logprobs", "bool", "Return the log probability of each generated token.", absent="false",
+          wire={"responses": None, "messages": None, "llama_cpp": None}),
+    Param("top_logprobs", "int", "How many most likely alternatives to return for each token (needs logprobs).", None, 0, 20,
+          step=1, start=10, absent="none", wire={"messages": None, "llama_cpp": None}),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
@@ -135,6 +143,8 @@ def get_param(name: str) -> Param:
 def validate(name: str, value: Any) -> Any:
     """Return ``value`` coerced to the parameter's type, or raise with the valid range."""
     param = get_param(name)
+    if param.kind == "bool":
+        return _validate_bool(name, value)
     if param.kind == "stop":
         return _validate_stop(value)
     if param.kind == "logit_bias":
@@ -223,6 +233,18 @@ def _in_range(param: Param, number: float) -> bool:
     if param.minimum is not None and (number < param.minimum or (param.exclusive_minimum and number == param.minimum)):
         return False
     return param.maximum is None or number <= param.maximum
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _validate_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise InvalidParameterError(f"{name}={value!r} is invalid: must be true or false")
 
 
 def _validate_stop(value: Any) -> list[str]:

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ._params import json_ready
 
-__all__ = ["Ended", "Result", "ToolCall", "Usage"]
+__all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage"]
 
 # How a reply ended: every token arrived, the user stopped it, or something failed.
 Ended = Literal["complete", "interrupted", "failed"]
+
+# Where token probabilities come from: the model's own distribution before any sampler ("raw", the local
+# backend), or whatever the server reports ("server": llama.cpp's server after its samplers, vLLM and OpenAI raw).
+ProbsKind = Literal["raw", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """A token the model considered at one step, with its log probability."""
+
+    text: str
+    logprob: float
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token: its text, its log probability, and the alternatives (most likely first)."""
+
+    text: str
+    logprob: float
+    top: tuple[Alternative, ...] = ()
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
 
 
 @dataclass
@@ -49,6 +79,8 @@ class Result:
     ended: Ended = "complete"
     tool_calls: list[ToolCall] = field(default_factory=list)
     chunks: int = 0  # text deltas received: a token estimate when usage is missing
+    tokens: list[Token] = field(default_factory=list)  # with --probs: one per generated token, "".join(texts) == text
+    probs_kind: ProbsKind | None = None
     value: Any = None  # what a format extracted: the code for -f code, the parsed object for -f json
 
     @property

@@ -236,6 +236,8 @@ def responses_body(request: Request) -> dict[str, Any]:
     if instructions:
         body["instructions"] = instructions
     body.update(request.sampling.for_target("responses"))
+    if request.sampling.get("top_logprobs"):
+        body["include"] = ["message.output_text.logprobs"]  # Responses returns token probabilities only when asked to include them
     return body
 
 

@@ -10,7 +10,7 @@ from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._session import QuietGrid, new_turn, shared_session
 
-__all__ = ["acompare", "compare"]
+__all__ = ["acompare", "compare", "usage"]
 
 
 def _plan(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int) -> list[RunSpec]:
@@ -65,3 +65,13 @@ async def acompare(
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)
+
+
+def usage() -> Any:
+    """What this kernel's runs have cost, one row per run (a pandas DataFrame), as ``%granite usage`` sums it up."""
+    from IPython import get_ipython
+
+    from ._magic import magics_for
+
+    magics = magics_for(get_ipython())
+    return (magics.session if magics is not None else shared_session()).ledger.to_dataframe()

@@ -226,21 +226,34 @@ class BaseClient:
         """The listing for ``model`` (default: the client's), or None if it is not listed."""
         return self.models().get(model or self.model)
 
-    async def supported_parameters(self, model: str) -> tuple[str, ...] | None:
-        """What the model's listing names as supported; None when unknown.  Never raises, never waits long."""
+    async def listing(self, model: str) -> ModelInfo | None:
+        """The model's listing, or None when it is not known.  Never raises, never waits long:
+        the listing only feeds warnings and estimates, so no failure of it may reach the user."""
         try:
             models = await asyncio.wait_for(self._fetch_models(False), MODELS_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the listing only feeds a warning: no failure of it may reach the user
+        except Exception:
             logger.info("model listing unavailable", exc_info=True)
             self._listing_failed()
             return None
-        info = models.get(model)
+        return models.get(model)
+
+    async def supported_parameters(self, model: str) -> tuple[str, ...] | None:
+        """What the model's listing names as supported; None when unknown."""
+        info = await self.listing(model)
         return info.supported_parameters if info is not None and info.supported_parameters else None
 
     async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
         raise NotImplementedError
+
+    async def generation_cost(self, generation_id: str) -> float | None:
+        """The billed cost of a finished generation, when the backend can tell; never raises."""
+        return None
+
+    async def credits(self) -> dict[str, float | None]:
+        """Remaining credit and limit of the key; only an HTTP API that has keys can tell."""
+        raise errors.InvalidParameterError("credits are a property of an OpenRouter key: this backend has none")
 
     def _listing_failed(self) -> None:
         """Remember that the listing failed (or took too long), so later cells do not wait for it again."""
@@ -447,6 +460,38 @@ class GraniteClient(BaseClient):
 
     def _listing_failed(self) -> None:
         self._models_failed_at = time.monotonic()
+
+    async def generation_cost(self, generation_id: str) -> float | None:
+        """OpenRouter's ``GET /generation?id=``: the billed cost when the stream carried none."""
+        data = await self._get_json("/generation", {"id": generation_id})
+        record = data.get("data") if isinstance(data, dict) else None
+        return _price(record.get("total_cost")) if isinstance(record, dict) else None
+
+    async def credits(self) -> dict[str, float | None]:
+        """Remaining credit and limit of the key (OpenRouter's ``GET /key``); raises GraniteError."""
+        data = await self._get_json("/key", {}, quiet=False)
+        record = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(record, dict):
+            raise errors.ProtocolError(f"The key information at {self.base_url}/key has no data.")
+        return {name: _price(record.get(name)) for name in ("limit", "limit_remaining", "usage")}
+
+    async def _get_json(self, path: str, params: Mapping[str, str], *, quiet: bool = True) -> Any:
+        """A small GET on the API; None (quiet) or a GraniteError for any failure."""
+        import httpx
+
+        try:
+            response = await asyncio.wait_for(
+                self._http().get(self.base_url + path, params=dict(params), headers=self._headers()), MODELS_TIMEOUT_S)
+            if response.status_code != 200:
+                raise error_for_status(response.status_code, response.content, model=self.model,
+                                       secrets=[self._key.reveal()] if self._key else [])
+            return response.json()
+        except (errors.GraniteError, httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
+            if quiet:
+                return None
+            if isinstance(exc, errors.GraniteError):
+                raise
+            raise errors.ConnectionDroppedError(f"Could not read {self.base_url}{path} ({type(exc).__name__}).") from None
 
     async def _read_models(self) -> dict[str, ModelInfo]:
         import httpx

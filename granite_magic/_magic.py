@@ -23,9 +23,8 @@ if TYPE_CHECKING:
     from IPython.core.magic_arguments import MagicArgumentParser
 
     from ._cell import CellRequest
-    from ._comparison import RunSpec
     from ._result import Result
-    from ._session import Session, Target
+    from ._session import CompareJob, Session, SingleJob, Target
     from ._settings import Settings
 
 # Loading the extension imports only this module, the grammar, the parameter table
@@ -33,14 +32,17 @@ if TYPE_CHECKING:
 
 __all__ = ["GraniteMagics", "magics_for", "register", "unregister"]
 
-SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last")
+SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits")
 
 # %config trait -> the Settings field it sets (an empty string or None means "the environment's default").
 TRAIT_SETTINGS = {
     "model": "model", "base_url": "base_url", "backend": "backend", "api": "api", "read_timeout": "read_timeout_s",
     "timeout": "timeout_s", "concurrency": "concurrency", "updates_per_second": "updates_per_second",
-    "local_instances": "local_instances", "default_params": "default_params",
+    "local_instances": "local_instances", "default_params": "default_params", "budget_usd": "budget_usd",
 }
+
+# A grid whose worst case is above this says so before it starts, so a large sweep never surprises.
+GRID_COST_NOTICE_USD = 0.01
 
 
 @magics_class
@@ -56,6 +58,7 @@ class GraniteMagics(Magics):
     read_timeout = Float(60.0, help="Seconds without a new event before a stream counts as stalled.").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds a whole reply may take (None: no limit).").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
+    budget_usd = Float(None, allow_none=True, help="What this kernel may spend in all, in USD (None: GRANITE_BUDGET_USD or no limit).").tag(config=True)
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -74,7 +77,8 @@ class GraniteMagics(Magics):
         if self._session is None:
             from ._session import Session
 
-            self._session = Session(self.settings())
+            shell = self.shell
+            self._session = Session(self.settings(), cell_number=lambda: getattr(shell, "execution_count", None))
         return self._session
 
     def settings(self) -> Settings:
@@ -108,40 +112,52 @@ class GraniteMagics(Magics):
         try:
             request = parse_cell(line, cell, self._namespace(), defaults=self.session.settings.default_params, parser=self.parser)
             target = self.session.resolve(request.turn)
-        except errors.InvalidParameterError as exc:
+            for warning in request.warnings:
+                _warn(warning)
+            if request.dry_run:
+                self._dry_run(request, target)
+            elif request.is_grid:
+                self._compare(request, self._start_grid(request, target))
+            else:
+                self._stream(request, self.session.start(request.turn, target))
+        except errors.InvalidParameterError as exc:  # budget refusals too: nothing was sent
             _error(f"{exc} (nothing was sent)")
-            return None
-        for warning in request.warnings:
-            _warn(warning)
-        if request.dry_run:
-            self._dry_run(request, target)
-        elif request.is_grid:
-            self._compare(request, target)
-        else:
-            self._stream(request, target)
         return None
 
     def _namespace(self) -> dict[str, Any]:
         return self.shell.user_ns if self.shell is not None else {}
 
     def _dry_run(self, request: CellRequest, target: Target) -> None:
-        job = self.session.start(request.turn, target)
-        text = json.dumps(target.client.describe(job.request), indent=2, ensure_ascii=False)
+        wire = self.session.request(request.turn, target)
+        text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
         where = target.client.target
         _display({"text/plain": f"{where}\n{text}", "text/markdown": f"`{where}` (dry run: nothing sent)\n```json\n{text}\n```"})
 
-    def _stream(self, request: CellRequest, target: Target) -> None:
+    def _start_grid(self, request: CellRequest, target: Target) -> CompareJob:
+        specs = request.plan() or []
+        job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
+        if target.backend == "http":
+            worst = self.session.worst_case(target, [column.request for column in job.columns])
+            if worst is not None and worst > GRID_COST_NOTICE_USD:
+                _warn(f"these {len(specs)} runs cost at most ${worst:.4f} in all (worst case: every run to its token limit).")
+        return job
+
+    def _budget_note(self) -> str | None:
+        budget = self.session.settings.budget_usd
+        return None if budget is None else f"${self.session.ledger.total_cost:.6f} of ${budget:.2f} budget spent"
+
+    def _stream(self, request: CellRequest, job: SingleJob) -> None:
         from ._advice import explain
         from ._render import describe_params
 
-        job = self.session.start(request.turn, target)
+        target = job.target
         view = self._view(describe_params(target.label, job.request.sampling))
         view.show()
         with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
             job.loop.run(job.stream(view))
         result, error = self.session.finish(job)
         format_problem = _parse_format(result, request.format)
-        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None)
+        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
         if request.format == "code" and result.value and not result.partial and self.shell is not None:
             self.shell.set_next_input(result.value, replace=False)
         if request.out:
@@ -152,18 +168,12 @@ class GraniteMagics(Magics):
         if message:
             _error(message)
 
-    def _compare(self, request: CellRequest, target: Target) -> None:
+    def _compare(self, request: CellRequest, job: CompareJob) -> None:
         from ._grid import GridView, TerminalGridView
         from ._render import describe_params
 
-        specs: list[RunSpec] = request.plan() or []
-        try:
-            job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
-        except errors.InvalidParameterError as exc:
-            _error(f"{exc} (nothing was sent)")
-            return
-        title = describe_params(target.label, job.base)
-        labels = [spec.label for spec in specs]
+        title = describe_params(job.target.label, job.base)
+        labels = [spec.label for spec in job.specs]
         grid: GridView | TerminalGridView
         rate = self.session.settings.updates_per_second
         grid = GridView(title, labels, rate=rate) if self._widgets() else TerminalGridView(title, labels)
@@ -179,6 +189,9 @@ class GraniteMagics(Magics):
         failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
         if failed:
             _error("some columns failed; their partial text is kept.\n  " + "\n  ".join(failed))
+        note = self._budget_note()
+        if note:
+            print(f"granite: {note}", file=sys.stderr, flush=True)
 
     def _widgets(self) -> bool:
         return self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)
@@ -216,7 +229,25 @@ class GraniteMagics(Magics):
             self._ask_key()
         elif command == "last":
             return self.session.last
+        elif command == "usage":
+            print(self.session.ledger.summary(budget=self.session.settings.budget_usd))
+        elif command == "credits":
+            self._credits()
         return None
+
+    def _credits(self) -> None:
+        from ._advice import explain
+        from ._result import Result
+        from ._session import Turn
+
+        try:
+            target = self.session.resolve(Turn("", backend="http"))
+            credits = target.client.loop.run(target.client.credits())
+        except errors.GraniteError as exc:
+            _error(explain(exc, Result()) or exc.message)
+            return
+        limit, left, used = credits["limit"], credits["limit_remaining"], credits["usage"]
+        print(f"used ${used or 0:.6f}" + (f" of a ${limit:.2f} limit, ${left:.6f} left" if limit is not None else " (no limit on this key)"))
 
     def _models(self) -> None:
         from ._advice import explain

@@ -115,7 +115,7 @@ def status_bundle(text: str) -> dict[str, Any]:
 class LiveView(Protocol):
     def show(self) -> None: ...
     async def run(self, acc: Progress) -> None: ...
-    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None: ...
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None: ...
 
 
 class ThrottledOutput:
@@ -210,8 +210,9 @@ class WidgetView(ThrottledOutput):
     def outputs(self, state: Progress) -> tuple[dict[str, Any], ...]:
         return (self._header(), _markdown_output(safe_markdown(live_text(state))), _plain_output(live_status(state)))
 
-    def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None) -> None:
-        status = {"output_type": "display_data", "data": status_bundle(f"{self.title} · {status_line(result)}"), "metadata": {}}
+    def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
+        line = f"{self.title} · {status_line(result)}" + (f" · {note}" if note else "")
+        status = {"output_type": "display_data", "data": status_bundle(line), "metadata": {}}
         self.replace_with(*reply_bundle(result, fmt, extra), status)
 
 
@@ -238,10 +239,10 @@ class TerminalView:
             self.stream.flush()
             self._printed = len(text)
 
-    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None) -> None:
+    def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
         rest = result.text[self._printed :]
         self.stream.write(rest + "\n")
-        print(status_line(result), file=self.stream, flush=True)
+        print(status_line(result) + (f" · {note}" if note else ""), file=self.stream, flush=True)
 
 
 def _markdown_output(markdown: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ from . import _errors as errors
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
 from ._events import Accumulator, Progress
+from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
 from ._params import Sampling
 from ._result import Result
 from ._runner import BackgroundLoop
@@ -101,12 +102,14 @@ class Conversation:
 class Session:
     """Clients, conversations and settings of one kernel (or one Python API call)."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, cell_number: Callable[[], int | None] = lambda: None) -> None:
         self.settings = settings or Settings.from_env()
         self.clients: dict[tuple[Any, ...], BaseClient] = {}
         self.conversations: dict[str, Conversation] = {}
         self.last: Result | Comparison | None = None
+        self.ledger = Ledger(cell_number)
         self._key: Secret | None = None
+        self._lookups: set[asyncio.Task[None]] = set()
 
     def configure(self, **changes: Any) -> None:
         """Replace settings (``%config`` traits land here); validated as a whole."""
@@ -180,10 +183,12 @@ class Session:
         sampling = turn.sampling | extra if extra is not None else turn.sampling
         return Request(target.model, self.messages(turn), sampling)
 
-    def start(self, turn: Turn, target: Target | None = None) -> SingleJob:
-        """Prepare one turn (resolved here unless given); nothing is sent yet."""
+    def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> SingleJob:
+        """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""
         target = target or self.resolve(turn)
-        return SingleJob(turn, target, self.request(turn, target))
+        request = self.request(turn, target)
+        self.check_budget(target, [request])
+        return SingleJob(turn, target, request, on_done=self._recorder(kind))
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None) -> CompareJob:
@@ -196,8 +201,55 @@ class Session:
         if concurrency < 1:
             raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
         target = target or self.resolve(turn)
-        columns = [SingleJob(turn, target, self.request(turn, target, spec.params)) for spec in specs]
-        return CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
+        requests = [self.request(turn, target, spec.params) for spec in specs]
+        self.check_budget(target, requests)
+        record = self._recorder("grid")
+        columns = [SingleJob(turn, target, request, on_done=record) for request in requests]
+        job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
+        job.budget_reached = self._budget_reached
+        return job
+
+    # --- what it costs ----------------------------------------------------------------------
+
+    def worst_case(self, target: Target, requests: Sequence[Request]) -> float | None:
+        """The most these requests can cost, from the model's listed prices; None when unknown."""
+        if target.backend == "local":
+            return 0.0
+        info = target.client.loop.run(target.client.listing(target.model))
+        if info is None:
+            return None
+        costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
+                                 info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+    def check_budget(self, target: Target, requests: Sequence[Request]) -> None:
+        budget = self.settings.budget_usd
+        if budget is not None:
+            check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests))
+
+    def _budget_reached(self) -> bool:
+        budget = self.settings.budget_usd
+        return budget is not None and self.ledger.total_cost >= budget
+
+    def _recorder(self, kind: RunKind) -> Callable[[SingleJob], None]:
+        def record(job: SingleJob) -> None:
+            result = job.outcome()[0]
+            index = self.ledger.record(result, backend=job.target.backend, kind=kind)
+            if result.cost is None and job.target.backend == "http" and result.generation_id:
+                self._look_up_cost(job.target, result.generation_id, index)
+
+        return record
+
+    def _look_up_cost(self, target: Target, generation_id: str, index: int) -> None:
+        """Ask for the billed cost after the run, on the loop, never blocking the cell."""
+        async def look_up() -> None:
+            cost = await target.client.generation_cost(generation_id)
+            if cost is not None:
+                self.ledger.set_cost(index, cost)
+
+        task = asyncio.ensure_future(look_up())
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     def finish(self, job: SingleJob) -> tuple[Result, errors.GraniteError | None]:
         """The job's result and error; a complete chat turn joins its conversation."""
@@ -260,8 +312,10 @@ class SingleJob:
     about parameters it does not name (``warnings``).
     """
 
-    def __init__(self, turn: Turn, target: Target, request: Request) -> None:
+    def __init__(self, turn: Turn, target: Target, request: Request, *,
+                 on_done: Callable[[SingleJob], None] | None = None) -> None:
         self.turn, self.target, self.request = turn, target, request
+        self.on_done = on_done  # called once the stream has ended, however it ended (the ledger records it)
         self.acc = Accumulator(request.sampling)
         self.warnings: list[str] = []
         self._result: Result | None = None
@@ -288,6 +342,8 @@ class SingleJob:
                 companion.cancel()
             if lookup is not None and not lookup.done() and self._result is None:
                 lookup.cancel()
+            if self.on_done is not None:
+                self.on_done(self)
         if lookup is not None:
             self.warnings = await lookup
 
@@ -315,6 +371,8 @@ class CompareJob:
         self.turn, self.target, self.base, self.specs = turn, target, base, specs
         self.columns, self.concurrency = columns, concurrency
         self.warnings: list[str] = []
+        self.budget_reached: Callable[[], bool] = lambda: False
+        self.skipped: set[int] = set()  # columns never started because the budget was reached
         self._started: float | None = None
         self._ended: float | None = None
 
@@ -336,9 +394,12 @@ class CompareJob:
         async def column(index: int) -> None:
             job = self.columns[index]
             async with gate:
-                job.acc.restart_clock()  # time a column from when it may start, not while it queued
-                await job.stream(check_support=False)
-            grid.column_done(index, job.outcome()[0])
+                if self.budget_reached():  # no new column once the budget is spent; those in flight finish
+                    self.skipped.add(index)
+                else:
+                    job.acc.restart_clock()  # time a column from when it may start, not while it queued
+                    await job.stream(check_support=False)
+            grid.column_done(index, self._column_outcome(index)[0])
 
         tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
         try:
@@ -350,11 +411,15 @@ class CompareJob:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._ended = time.perf_counter()
 
+    def _column_outcome(self, index: int) -> tuple[Result, str | None]:
+        if index in self.skipped:
+            message = "Not started: the session's budget was spent by the columns before it."
+            return self.columns[index].acc.result(error=message), message
+        result, error = self.columns[index].outcome()
+        return result, error.message if error is not None else None
+
     def outcome(self) -> Comparison:
-        runs = []
-        for spec, column in zip(self.specs, self.columns, strict=True):
-            result, error = column.outcome()
-            runs.append(Run(spec, result, error.message if error is not None else None))
+        runs = [Run(spec, *self._column_outcome(i)) for i, spec in enumerate(self.specs)]
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base))
 

@@ -39,6 +39,7 @@ class Settings:
     updates_per_second: float = 15.0  # most widget refreshes while streaming
     local_instances: int = 1  # llama.cpp copies loaded to serve comparison columns at once
     default_params: Sampling = field(default_factory=Sampling)
+    budget_usd: float | None = None  # what the session may spend in all (None: no limit)
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
@@ -48,18 +49,21 @@ class Settings:
             _positive(name, getattr(self, name))
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
+        if self.budget_usd is not None and not self.budget_usd >= 0:
+            raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a number >= 0")
         for name in ("concurrency", "local_instances"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} is out of range: must be an integer >= 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``GRANITE_BASE_URL``, ``GRANITE_MODEL``, ``GRANITE_BACKEND``, then ``overrides``."""
+        """Defaults, then ``GRANITE_BASE_URL``, ``GRANITE_MODEL``, ``GRANITE_BACKEND``, ``GRANITE_BUDGET_USD``, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "base_url": env.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL,
             "model": env.get("GRANITE_MODEL") or DEFAULT_MODEL,
             "backend": env.get("GRANITE_BACKEND") or "auto",
+            "budget_usd": _number("GRANITE_BUDGET_USD", env.get("GRANITE_BUDGET_USD")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -89,6 +93,15 @@ def check_backend(value: str) -> Backend:
         if value == backend:
             return backend
     raise InvalidParameterError(f"backend={value!r} is invalid: must be one of {', '.join(BACKENDS)}")
+
+
+def _number(name: str, text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameterError(f"{name}={text!r} is not a number") from None
 
 
 def _positive(name: str, value: float) -> None:

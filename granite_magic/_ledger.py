@@ -1,0 +1,146 @@
+"""What the session has spent: one entry per run, worst-case cost estimates, and the budget check.
+
+Pure bookkeeping: the session records each finished run here, and asks
+``check_budget`` before anything is sent.  Costs are what the provider billed
+(``usage.cost`` in the stream, or looked up afterwards); the local backend costs 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from ._errors import InvalidParameterError
+from ._result import Result
+
+__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "prompt_token_bound", "worst_case_cost"]
+
+CostSource = Literal["stream", "lookup", "local", "unknown"]
+RunKind = Literal["single", "grid", "panel", "tools", "probe", "branch"]
+
+# Chat templates add a few tokens around every message (role markers, separators).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+class BudgetError(InvalidParameterError):
+    """A request (or grid) whose worst case does not fit in what is left of the budget; nothing was sent."""
+
+    kind = "budget"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    time: str  # ISO 8601, local time with offset
+    model: str | None
+    backend: str
+    provider: str | None
+    prompt_tokens: int | None
+    completion_tokens: int
+    cached_tokens: int | None
+    cost: float
+    cost_source: CostSource
+    cached: bool  # served from the record/replay cache: nothing was billed
+    cell: int | None  # the notebook's execution count, when run from a cell
+    kind: RunKind
+    ended: str
+
+
+class Ledger:
+    """Every run of a session, in order; safe to record into from the background loop."""
+
+    def __init__(self, cell_number: Callable[[], int | None] = lambda: None) -> None:
+        self._entries: list[LedgerEntry] = []
+        self._lock = threading.Lock()
+        self._cell_number = cell_number
+
+    def record(self, result: Result, *, backend: str, kind: RunKind, cached: bool = False) -> int:
+        """Add a finished run; returns its index (for a cost looked up later)."""
+        source: CostSource = "local" if backend == "local" else "stream" if result.cost is not None else "unknown"
+        cost = 0.0 if cached or backend == "local" else (result.cost or 0.0)
+        entry = LedgerEntry(
+            time=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), model=result.model, backend=backend,
+            provider=result.provider, prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.completion_tokens,
+            cached_tokens=result.usage.cached_tokens, cost=cost, cost_source=source, cached=cached,
+            cell=self._cell_number(), kind=kind, ended=result.ended,
+        )
+        with self._lock:
+            self._entries.append(entry)
+            return len(self._entries) - 1
+
+    def set_cost(self, index: int, cost: float) -> None:
+        """A cost the stream did not carry, looked up after the run."""
+        with self._lock:
+            self._entries[index] = replace(self._entries[index], cost=cost, cost_source="lookup")
+
+    @property
+    def entries(self) -> list[LedgerEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def total_cost(self) -> float:
+        return sum(entry.cost for entry in self.entries)
+
+    def totals(self) -> dict[str, Any]:
+        entries = self.entries
+        return {
+            "runs": len(entries),
+            "prompt_tokens": sum(e.prompt_tokens or 0 for e in entries),
+            "completion_tokens": sum(e.completion_tokens for e in entries),
+            "cost": sum(e.cost for e in entries),
+            "unknown_cost_runs": sum(e.cost_source == "unknown" for e in entries),
+            "cached_runs": sum(e.cached for e in entries),
+        }
+
+    def to_dataframe(self) -> Any:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("usage() needs pandas: pip install pandas (or read Ledger.entries)") from None
+        columns = list(LedgerEntry.__dataclass_fields__)
+        return pd.DataFrame([[getattr(e, c) for c in columns] for e in self.entries], columns=columns)
+
+    def summary(self, *, budget: float | None = None, last: int = 10) -> str:
+        totals = self.totals()
+        head = (f"{totals['runs']} runs · {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens"
+                f" · ${totals['cost']:.6f}")
+        if budget is not None:
+            head += f" of a ${budget:.2f} budget ({max(0.0, budget - totals['cost']):.6f} left)"
+        if totals["unknown_cost_runs"]:
+            head += f" · {totals['unknown_cost_runs']} runs without a reported cost"
+        rows = [f"  {e.time[11:19]}  cell {e.cell if e.cell is not None else '-':>4}  {e.kind:<6} {e.backend:<5} "
+                f"{(e.model or '?')[:40]:<40} {e.completion_tokens:>6} tok  ${e.cost:.6f}{' (cached)' if e.cached else ''}"
+                for e in self.entries[-last:]]
+        return "\n".join([head, *rows])
+
+
+def prompt_token_bound(messages: Sequence[Any]) -> int:
+    """At most this many prompt tokens: a byte-level tokenizer never makes more tokens than UTF-8 bytes,
+    plus what the chat template adds around each message.  Deliberately an upper bound, not a guess."""
+    size = sum(len(str(m.get("content", "")).encode()) for m in messages)
+    return size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+
+def worst_case_cost(prompt_tokens: int, max_tokens: int | None, prompt_price: float | None,
+                    completion_price: float | None, max_output: int | None) -> float | None:
+    """Prompt tokens x input price + max tokens x output price; None when a price or the output bound is unknown."""
+    output = max_tokens if max_tokens is not None else max_output
+    if prompt_price is None or completion_price is None or output is None:
+        return None
+    return prompt_tokens * prompt_price + output * completion_price
+
+
+def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1) -> None:
+    """Refuse (BudgetError, nothing sent) unless what was spent plus the worst case fits in the budget."""
+    if budget is None:
+        return
+    what = "this request" if runs == 1 else f"these {runs} runs"
+    if worst is None:
+        raise BudgetError(f"a budget of ${budget:.2f} is set, but the worst-case cost of {what} is unknown "
+                          "(the model's prices or its output limit are not listed): set --max-tokens, or lift the budget")
+    if spent + worst > budget:
+        raise BudgetError(f"the budget would not hold: ${spent:.6f} spent + ${worst:.6f} worst case for {what} "
+                          f"> ${budget:.2f} budget (%config GraniteMagics.budget_usd)")

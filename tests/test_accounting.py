@@ -1,0 +1,126 @@
+"""Honest accounting: the session ledger, worst-case estimates, and a budget that holds (against the local server)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from IPython.core.interactiveshell import InteractiveShell
+
+import granite_magic
+from granite_magic import Progress, Result, Sampling
+from granite_magic._comparison import plan_runs
+from granite_magic._session import Session, Turn
+from granite_magic._settings import Settings
+from granite_magic.testing import FakeOpenRouter
+
+from .conftest import TEST_KEY, magics_of, run
+
+
+@pytest.fixture
+def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    return Session(Settings.from_env(base_url=server.base_url))
+
+
+def test_the_ledger_total_is_what_the_server_billed(session: Session) -> None:
+    results: list[Result] = []
+    for seed in (1, 2):
+        job = session.start(Turn("Tell me about granite", sampling=Sampling({"seed": seed, "max_tokens": 30})))
+        results.append(session.run(job.turn, target=job.target)[0])
+    results += session.compare(Turn("Hi", sampling=Sampling({"max_tokens": 12})), plan_runs([1, 2, 3], repeat=2)).results
+    billed = [r.cost for r in results]
+    assert all(c is not None and c > 0 for c in billed)
+    # every single run and grid column once (the extra start() above was never streamed, so it is not billed)
+    assert len(session.ledger.entries) == len(results) == 8
+    assert session.ledger.total_cost == pytest.approx(sum(c for c in billed if c is not None), abs=1e-9)
+    assert {e.kind for e in session.ledger.entries} == {"single", "grid"}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.text(min_size=1, max_size=200).filter(str.strip), max_tokens=st.integers(1, 60),
+       seeds=st.lists(st.integers(0, 99), min_size=1, max_size=4, unique=True))
+def test_the_worst_case_is_never_below_what_a_grid_costs(session: Session, prompt: str, max_tokens: int, seeds: list[int]) -> None:
+    job = session.start_compare(Turn(prompt, sampling=Sampling({"max_tokens": max_tokens})), plan_runs(seeds))
+    worst = session.worst_case(job.target, [column.request for column in job.columns])
+    job.loop.run(job.stream(_Quiet()))
+    actual = sum(r.cost or 0 for r in session.finish_compare(job).results)
+    assert worst is not None and worst >= actual > 0
+
+
+def test_a_budget_refuses_what_it_cannot_hold_and_sends_nothing(session: Session, server: FakeOpenRouter) -> None:
+    session.run(Turn("Hi", sampling=Sampling({"max_tokens": 10})))
+    spent = session.ledger.total_cost
+    session.configure(budget_usd=spent + 1e-7)  # less than any further request can cost at worst
+    server.requests.clear()
+    with pytest.raises(granite_magic.InvalidParameterError, match=r"budget would not hold: \$0\.0000\d+ spent \+ \$"):
+        session.start(Turn("Hi again", sampling=Sampling({"max_tokens": 10})))
+    with pytest.raises(granite_magic.InvalidParameterError, match="these 3 runs"):
+        session.start_compare(Turn("Hi", sampling=Sampling({"max_tokens": 10})), plan_runs([1, 2, 3]))
+    assert server.chat_requests == []
+
+
+class _Quiet:
+    async def run(self, state: Sequence[Progress]) -> None:
+        import asyncio
+
+        await asyncio.Event().wait()
+
+    def column_done(self, index: int, result: Result) -> None:
+        pass
+
+
+class _SpendItAllAfterTheFirstColumn(_Quiet):
+    """Lowers the budget to what is spent once the first column is done, as another cell's spending would."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def column_done(self, index: int, result: Result) -> None:
+        if self.session.settings.budget_usd == 1.0:
+            self.session.configure(budget_usd=self.session.ledger.total_cost)
+
+
+def test_no_new_column_starts_once_the_budget_is_reached(session: Session, server: FakeOpenRouter) -> None:
+    session.configure(budget_usd=1.0)
+    concurrency = 2
+    job = session.start_compare(Turn("Hi", sampling=Sampling({"max_tokens": 8})), plan_runs([1, 2, 3, 4, 5, 6]),
+                                concurrency=concurrency)
+    job.loop.run(job.stream(_SpendItAllAfterTheFirstColumn(session)))
+    comparison = session.finish_compare(job)
+    started = len(server.chat_requests)
+    # the first column, plus at most the columns already in flight when the budget was reached
+    assert 1 <= started <= 1 + concurrency
+    skipped = [run for run in comparison.runs if run.error and run.error.startswith("Not started")]
+    assert len(skipped) == 6 - started and all(run.result.text == "" for run in skipped)
+    assert len(session.ledger.entries) == started
+
+
+def test_usage_in_a_cell(ip: InteractiveShell, server: FakeOpenRouter, capsys: Any) -> None:
+    ledger = magics_of(ip).session.ledger
+    before = len(ledger.entries)
+    run(ip, "--seed 1 --max-tokens 5", "Hi")
+    run(ip, "--seeds 1-2 --max-tokens 5", "Hi")
+    frame = granite_magic.usage()
+    assert len(frame) == before + 3 and frame["cost"].sum() == pytest.approx(ledger.total_cost, abs=1e-12)
+    assert list(frame["kind"][-3:]) == ["single", "grid", "grid"] and frame["cell"].notna().all()
+    ip.run_line_magic("granite", "usage")
+    assert f"{before + 3} runs" in capsys.readouterr().out
+
+
+def test_a_budget_in_a_cell_is_shown_and_holds(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    magics = magics_of(ip)
+    magics.budget_usd = magics.session.ledger.total_cost + 0.05
+    try:
+        out = run(ip, "--seed 1 --max-tokens 5", "Hi")
+        assert "budget spent" in out.stdout + str([o.data for o in out.outputs])
+        magics.budget_usd = magics.session.ledger.total_cost  # nothing left
+        server.requests.clear()
+        out = run(ip, "--seed 1 --max-tokens 5", "Hi")
+        assert "budget would not hold" in out.stderr and "nothing was sent" in out.stderr
+        assert server.chat_requests == []
+    finally:
+        magics.budget_usd = None

@@ -8,9 +8,10 @@ from typing import Any
 from . import _grid  # noqa: F401  (registers how a Comparison draws itself as HTML)
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
+from ._probe import ProbeReport
 from ._session import QuietGrid, new_turn, shared_session
 
-__all__ = ["acompare", "compare", "usage"]
+__all__ = ["acompare", "compare", "probe", "usage"]
 
 
 def _plan(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int) -> list[RunSpec]:
@@ -75,3 +76,14 @@ def usage() -> Any:
 
     magics = magics_for(get_ipython())
     return (magics.session if magics is not None else shared_session()).ledger.to_dataframe()
+
+
+def probe(model: str | None = None, *, base_url: str | None = None, backend: str | None = None) -> ProbeReport:
+    """Which parameters ``model`` really honours (as ``%granite probe``); the report is remembered for later warnings."""
+    from IPython import get_ipython
+
+    from ._magic import magics_for
+
+    magics = magics_for(get_ipython())
+    session = magics.session if magics is not None else shared_session()
+    return session.probe(session.resolve(new_turn("", {}, model=model, base_url=base_url, backend=backend)))

@@ -118,9 +118,12 @@ def build_help(parser: MagicArgumentParser | None = None) -> str:
         "  %granite history [NAME]     show a conversation (all if no name)",
         "  %granite reset [NAME]       forget a conversation (all if no name)",
         "  %granite key                ask for the API key (hidden; kept for this kernel only)",
-        "  %granite last               the last result", "",
+        "  %granite last               the last result",
+        "  %granite usage              what this kernel's runs cost (granite_magic.usage() for a DataFrame)",
+        "  %granite credits            the key's remaining credit and limit (OpenRouter)",
+        "  %granite probe [MODEL]      measure which parameters the provider really honours", "",
         "Defaults: %config GraniteMagics.<name> for model, base_url, backend, api, default_params, concurrency,",
-        "          updates_per_second, read_timeout, timeout, local_instances, live",
+        "          updates_per_second, read_timeout, timeout, local_instances, live, budget_usd",
     ])
 
 

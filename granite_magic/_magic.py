@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GraniteMagics", "magics_for", "register", "unregister"]
 
-SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits")
+SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits", "probe")
 
 # %config trait -> the Settings field it sets (an empty string or None means "the environment's default").
 TRAIT_SETTINGS = {
@@ -233,6 +233,27 @@ class GraniteMagics(Magics):
             print(self.session.ledger.summary(budget=self.session.settings.budget_usd))
         elif command == "credits":
             self._credits()
+        elif command == "probe":
+            return self._probe(name)
+        return None
+
+    def _probe(self, model: str | None) -> Any:
+        from ._advice import explain
+        from ._markdown import markdown_literal
+        from ._result import Result
+        from ._session import Turn
+
+        try:
+            target = self.session.resolve(Turn("", model=model))
+            estimate = self.session.probe_estimate(target)
+            cost = "unknown cost" if estimate is None else f"at most ${estimate:.6f}"
+            print(f"probing {target.label}: {len(_PROBED)} parameters with a few short requests ({cost}) ...", flush=True)
+            report = self.session.probe(target)
+        except errors.GraniteError as exc:
+            _error(explain(exc, Result()) or exc.message)
+            return None
+        table = report.table()
+        _display({"text/markdown": markdown_literal(table), "text/plain": table})
         return None
 
     def _credits(self) -> None:
@@ -261,15 +282,25 @@ class GraniteMagics(Magics):
             _error(explain(exc, Result()) or exc.message)
             return
         rows = [m for m in models.values() if m.id == target.model or "granite" in m.id.lower()]
-        lines = ["| model | context | USD / M input | USD / M output | supported parameters |", "|---|---|---|---|---|"]
+        lines = ["| model | context | USD / M input | USD / M output | declared parameters | observed (probe) |",
+                 "|---|---|---|---|---|---|"]
         for info in rows:
             context = f"{info.context_length:,}" if info.context_length else "?"
             lines.append(f"| {info.id} | {context} | {_money(info.per_million(info.prompt_price))} | "
-                         f"{_money(info.per_million(info.completion_price))} | {', '.join(info.supported_parameters)} |")
+                         f"{_money(info.per_million(info.completion_price))} | {', '.join(info.supported_parameters)} | "
+                         f"{self._observed(target, info.id)} |")
         table = "\n".join(lines)
         from ._markdown import markdown_literal
 
         _display({"text/markdown": markdown_literal(table), "text/plain": table})
+
+    def _observed(self, target: Target, model: str) -> str:
+        reports = self.session.probes.find(target.client.base_url, model) if target.backend == "http" else []
+        if not reports:
+            return "not probed (%granite probe)"
+        report = reports[0]
+        seen = ", ".join(f"{o.parameter} {o.observed}" for o in report.observations if o.observed != "not tested")
+        return f"{seen} ({report.provider}, {report.date})"
 
     def panel(self, prompt: str = "") -> Any:
         """A panel that starts from this kernel's settings and shares its session."""
@@ -335,6 +366,8 @@ def _error(message: str) -> None:
 def _warn(message: str) -> None:
     print(f"granite: warning: {message}", file=sys.stderr, flush=True)
 
+
+_PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs")
 
 _registered: dict[int, GraniteMagics] = {}
 

@@ -313,7 +313,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         rate = self.session.settings.updates_per_second
         specs = request.plan()
         if specs is None:
-            job = self.session.start(request.turn, target)
+            job = self.session.start(request.turn, target, kind="panel")
             view = WidgetView(describe_params(target.label, job.request.sampling), rate=rate, embedded=True)
             return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
         grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)

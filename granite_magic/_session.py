@@ -24,6 +24,7 @@ from ._comparison import Comparison, Run, RunSpec
 from ._events import Accumulator, Progress
 from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
 from ._params import Sampling
+from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._result import Result
 from ._runner import BackgroundLoop
 from ._settings import Backend, Settings, check_backend, check_base_url
@@ -108,6 +109,7 @@ class Session:
         self.conversations: dict[str, Conversation] = {}
         self.last: Result | Comparison | None = None
         self.ledger = Ledger(cell_number)
+        self.probes = ProbeStore()
         self._key: Secret | None = None
         self._lookups: set[asyncio.Task[None]] = set()
 
@@ -188,7 +190,7 @@ class Session:
         target = target or self.resolve(turn)
         request = self.request(turn, target)
         self.check_budget(target, [request])
-        return SingleJob(turn, target, request, on_done=self._recorder(kind))
+        return SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes)
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None) -> CompareJob:
@@ -206,6 +208,7 @@ class Session:
         record = self._recorder("grid")
         columns = [SingleJob(turn, target, request, on_done=record) for request in requests]
         job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
+        job.probes = self.probes
         job.budget_reached = self._budget_reached
         return job
 
@@ -226,6 +229,22 @@ class Session:
         budget = self.settings.budget_usd
         if budget is not None:
             check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests))
+
+    def probe_estimate(self, target: Target) -> float | None:
+        """The most a probe of ``target`` can cost (shown before it runs)."""
+        request = Request(target.model, build_messages("x" * 60), Sampling({"max_tokens": 12}))
+        one = self.worst_case(target, [request])
+        return None if one is None else one * probe_requests()
+
+    def probe(self, target: Target) -> ProbeReport:
+        """Measure which parameters ``target`` honours, record its runs, and remember the report."""
+        supported = target.client.loop.run(target.client.supported_parameters(target.model))
+        def record(result: Result) -> None:
+            self.ledger.record(result, backend=target.backend, kind="probe")
+
+        report = target.client.loop.run(probe(target.client, target.model, supported, record))
+        self.probes.save(report)
+        return report
 
     def _budget_reached(self) -> bool:
         budget = self.settings.budget_usd
@@ -313,8 +332,9 @@ class SingleJob:
     """
 
     def __init__(self, turn: Turn, target: Target, request: Request, *,
-                 on_done: Callable[[SingleJob], None] | None = None) -> None:
+                 on_done: Callable[[SingleJob], None] | None = None, probes: ProbeStore | None = None) -> None:
         self.turn, self.target, self.request = turn, target, request
+        self.probes = probes
         self.on_done = on_done  # called once the stream has ended, however it ended (the ledger records it)
         self.acc = Accumulator(request.sampling)
         self.warnings: list[str] = []
@@ -327,7 +347,7 @@ class SingleJob:
 
     async def stream(self, view: LiveLike | None = None, *, check_support: bool = True) -> None:
         companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
-        lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling)) if check_support else None
+        lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling, probes=self.probes)) if check_support else None
         try:
             self._result = await self.target.client.stream(self.request, self.acc)
         except errors.GraniteError as exc:
@@ -353,15 +373,31 @@ class SingleJob:
         return self._result, self._error
 
 
-async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = ()) -> list[str]:
-    """One line per parameter set (or swept) that the model's listing does not name as supported."""
+async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = (),
+                           probes: ProbeStore | None = None) -> list[str]:
+    """One line per parameter set (or swept) that the listing does not name, or that a probe saw ignored."""
     names = list(dict.fromkeys([*sampling, *also]))
     if not names:
         return []
+    warnings = _observed_ignored(target, names, probes)
     supported = await target.client.supported_parameters(target.model)
-    if supported is None:
+    if supported is not None:
+        warnings += [f"{name} is not in this model's supported parameters: the provider may ignore it."
+                     for name in names if name not in supported]
+    return warnings
+
+
+def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore | None) -> list[str]:
+    if probes is None or target.backend != "http":
         return []
-    return [f"{name} is not in this model's supported parameters: the provider may ignore it." for name in names if name not in supported]
+    warnings = []
+    for report in probes.find(target.client.base_url, target.model):
+        for name in names:
+            seen = report.get(name)
+            if seen is not None and seen.observed == "ignored":
+                warnings.append(f"{name} was observed ignored by {report.provider or 'the provider'} on {report.date} "
+                                f"({seen.evidence}); --strict asks for providers that honour every parameter.")
+    return warnings
 
 
 class CompareJob:
@@ -372,6 +408,7 @@ class CompareJob:
         self.columns, self.concurrency = columns, concurrency
         self.warnings: list[str] = []
         self.budget_reached: Callable[[], bool] = lambda: False
+        self.probes: ProbeStore | None = None
         self.skipped: set[int] = set()  # columns never started because the budget was reached
         self._started: float | None = None
         self._ended: float | None = None
@@ -389,7 +426,7 @@ class CompareJob:
         gate = asyncio.Semaphore(self.concurrency)
         companion = asyncio.ensure_future(grid.run(self.accumulators))
         swept = [name for spec in self.specs for name in spec.params]
-        lookup = asyncio.ensure_future(support_warnings(self.target, self.base, swept))
+        lookup = asyncio.ensure_future(support_warnings(self.target, self.base, swept, probes=self.probes))
 
         async def column(index: int) -> None:
             job = self.columns[index]

@@ -124,3 +124,49 @@ def test_a_budget_in_a_cell_is_shown_and_holds(ip: InteractiveShell, server: Fak
         assert server.chat_requests == []
     finally:
         magics.budget_usd = None
+
+
+# --- which parameters a provider honours -----------------------------------------------------------
+
+
+@pytest.fixture
+def probes(tmp_path: Any, session: Session) -> Session:
+    from granite_magic._probe import ProbeStore
+
+    session.probes = ProbeStore(tmp_path / "probes.json")
+    return session
+
+
+def test_the_probe_finds_a_correct_provider_honours_everything_it_tests(probes: Session, server: FakeOpenRouter) -> None:
+    target = probes.resolve(Turn(""))
+    estimate = probes.probe_estimate(target)
+    report = probes.probe(target)
+    assert report.requests == len(server.chat_requests) <= 20
+    seen = {o.parameter: o.observed for o in report.observations}
+    assert {seen[name] for name in ("seed", "temperature", "top_k", "stop", "max_tokens")} == {"honoured"}
+    assert report.cost is not None and estimate is not None and 0 < report.cost <= estimate < 0.001
+    assert [e.kind for e in probes.ledger.entries] == ["probe"] * report.requests
+    assert TEST_KEY not in report.table() and TEST_KEY not in probes.probes.path.read_text()
+
+
+@pytest.mark.parametrize(("model", "parameter"), [("fake/ignores-seed", "seed"), ("fake/ignores-stop", "stop")])
+def test_the_probe_catches_a_provider_that_ignores_a_parameter(probes: Session, model: str, parameter: str) -> None:
+    for _ in range(3):  # every time, not by luck
+        report = probes.probe(probes.resolve(Turn("", model=model)))
+        seen = report.get(parameter)
+        assert seen is not None and seen.observed == "ignored" and seen.evidence
+        others = {o.parameter: o.observed for o in report.observations if o.parameter != parameter}
+        assert "ignored" not in others.values()
+
+
+def test_a_cell_setting_an_ignored_parameter_is_warned_with_the_evidence(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                          tmp_path: Any) -> None:
+    from granite_magic._probe import ProbeStore
+
+    magics = magics_of(ip)
+    magics.session.probes = ProbeStore(tmp_path / "probes.json")
+    ip.run_line_magic("granite", "probe fake/ignores-seed")
+    out = run(ip, "-m fake/ignores-seed --seed 3 --max-tokens 5", "Hi")
+    assert "seed was observed ignored by" in out.stderr and "seed 11 twice gave two different texts" in out.stderr
+    out = run(ip, "--seed 3 --max-tokens 5", "Hi")  # another model: nothing observed, nothing said
+    assert "observed ignored" not in out.stderr

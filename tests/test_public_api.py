@@ -13,7 +13,7 @@ PUBLIC = {
     "InvalidParameterError", "MissingKeyError", "ModelInfo", "ModelNotFoundError", "ModerationError", "PARAMETERS", "Panel",
     "Param", "Progress", "ProtocolError", "RateLimitError", "Result", "RetryPolicy", "Run", "RunSpec", "Sampling",
     "ServerError", "StallError", "StreamError", "ToolCall", "Usage", "__version__", "acompare", "compare",
-    "load_ipython_extension", "panel", "unload_ipython_extension", "usage",
+    "load_ipython_extension", "panel", "probe", "unload_ipython_extension", "usage",
 }
 
 

@@ -1,0 +1,251 @@
+"""Which parameters a provider really honours, measured with a handful of tiny requests.
+
+A model listing *declares* parameters; a provider may still ignore them.  ``probe``
+sends at most ``MAX_REQUESTS`` short requests that can only come out one way if
+a parameter is honoured (the same seed twice, temperature 0 twice, top-k 1 against
+greedy, a stop string taken from the greedy text, a small max_tokens, token
+probabilities), and reports each as honoured, ignored, rejected or not tested,
+with the evidence.  Reports are kept per (API host, model, provider) with their
+date in the user's cache directory, so later cells can warn about a parameter
+observed as ignored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ._client import BaseClient
+from ._errors import BadRequestError, GraniteError
+from ._events import Accumulator
+from ._params import Sampling
+from ._result import Result
+from ._shapes import Request, build_messages
+
+__all__ = ["MAX_REQUESTS", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests"]
+
+Observed = Literal["honoured", "ignored", "rejected", "not tested"]
+
+PROMPT = "Write one sentence about a river in autumn."
+PROBE_TOKENS = 12  # enough words to tell two texts apart, cheap enough to run on every new provider
+MAX_REQUESTS = 20
+
+
+@dataclass(frozen=True)
+class Observation:
+    parameter: str
+    declared: bool | None  # named by the model's listing (None: no listing)
+    observed: Observed
+    evidence: str
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    host: str
+    model: str
+    provider: str | None
+    date: str  # ISO date of the probe
+    observations: tuple[Observation, ...]
+    cost: float | None
+    requests: int
+
+    def get(self, parameter: str) -> Observation | None:
+        return next((o for o in self.observations if o.parameter == parameter), None)
+
+    def table(self) -> str:
+        rows = [f"| {o.parameter} | {_declared(o.declared)} | {o.observed} | {o.evidence} |" for o in self.observations]
+        cost = "unknown" if self.cost is None else f"${self.cost:.6f}"
+        head = f"{self.model} via {self.provider or 'an unnamed provider'} at {self.host}, {self.date}: {self.requests} requests, {cost}"
+        return "\n".join([head, "", "| parameter | declared | observed | evidence |", "|---|---|---|---|", *rows])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeReport:
+        observations = tuple(Observation(**o) for o in data["observations"])
+        return cls(**{**data, "observations": observations})
+
+
+def _declared(value: bool | None) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+# --- the requests ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Runner:
+    client: BaseClient
+    model: str
+    on_result: Callable[[Result], None]
+    results: list[Result] = field(default_factory=list)
+
+    def _keep(self, result: Result) -> None:
+        self.results.append(result)
+        self.on_result(result)
+
+    async def run(self, **params: Any) -> Result | GraniteError:
+        request = Request(self.model, build_messages(PROMPT), Sampling({"max_tokens": PROBE_TOKENS, **params}))
+        try:
+            result = await self.client.stream(request, Accumulator(request.sampling))
+        except GraniteError as exc:
+            if exc.result is not None:
+                self._keep(exc.result)
+            return exc
+        self._keep(result)
+        return result
+
+
+def probe_requests() -> int:
+    """How many requests a probe sends (shown with the cost estimate before it runs)."""
+    return 9
+
+
+async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | None,
+                on_result: Callable[[Result], None] = lambda result: None) -> ProbeReport:
+    """Measure what ``model`` at ``client`` honours; at most ``MAX_REQUESTS`` requests of ``PROBE_TOKENS`` tokens.
+    ``on_result`` sees every reply (the session's ledger records them)."""
+    runner = _Runner(client, model, on_result)
+    seeded = [await runner.run(seed=11, temperature=1.0), await runner.run(seed=11, temperature=1.0),
+              await runner.run(seed=12, temperature=1.0)]
+    greedy = [await runner.run(temperature=0.0), await runner.run(temperature=0.0)]
+    observations = [_seed(*seeded), _temperature(*greedy), _top_k(greedy[0], await runner.run(top_k=1, temperature=1.0, seed=13))]
+    observations.append(await _stop(runner, greedy[0]))
+    observations.append(_max_tokens(await runner.run(temperature=0.0, max_tokens=3)))
+    observations.append(_logprobs(await runner.run(temperature=0.0, logprobs=True, top_logprobs=2)))
+    observations += [Observation("logit_bias", None, "not tested", "needs the model's token ids, which an HTTP API does not give"),
+                     Observation("tools", None, "not tested", "tool calling is not probed yet"),
+                     Observation("response_format", None, "not tested", "structured output is not probed yet")]
+    declared = [Observation(o.parameter, None if supported is None else o.parameter in supported, o.observed, o.evidence)
+                for o in observations]
+    costs = [r.cost for r in runner.results]
+    provider = next((r.provider for r in runner.results if r.provider), None)
+    return ProbeReport(
+        host=_host(getattr(client, "base_url", "local")), model=model, provider=provider,
+        date=datetime.date.today().isoformat(), observations=tuple(declared),
+        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None), requests=len(runner.results),
+    )
+
+
+def _failed(name: str, outcome: Result | GraniteError) -> Observation | None:
+    if isinstance(outcome, BadRequestError):
+        return Observation(name, None, "rejected", f"the API refused it: {outcome.message}"[:160])
+    if isinstance(outcome, GraniteError):
+        return Observation(name, None, "not tested", f"the request failed: {outcome.message}"[:160])
+    return None
+
+
+def _seed(first: Result | GraniteError, again: Result | GraniteError, other: Result | GraniteError) -> Observation:
+    failed = _failed("seed", first) or _failed("seed", again) or _failed("seed", other)
+    if failed or not isinstance(first, Result) or not isinstance(again, Result) or not isinstance(other, Result):
+        return failed or Observation("seed", None, "not tested", "")
+    if first.text != again.text:
+        return Observation("seed", None, "ignored", f"seed 11 twice gave two different texts ({_quote(first)} / {_quote(again)})")
+    if first.text == other.text:
+        return Observation("seed", None, "ignored", "seeds 11 and 12 gave the same text at temperature 1")
+    return Observation("seed", None, "honoured", "seed 11 twice: identical; seed 12: different")
+
+
+def _temperature(first: Result | GraniteError, again: Result | GraniteError) -> Observation:
+    failed = _failed("temperature", first) or _failed("temperature", again)
+    if failed or not isinstance(first, Result) or not isinstance(again, Result):
+        return failed or Observation("temperature", None, "not tested", "")
+    if first.text != again.text:
+        return Observation("temperature", None, "ignored", "temperature 0 twice gave two different texts")
+    return Observation("temperature", None, "honoured", "temperature 0 twice: identical")
+
+
+def _top_k(greedy: Result | GraniteError, top1: Result | GraniteError) -> Observation:
+    failed = _failed("top_k", top1)
+    if failed or not isinstance(top1, Result) or not isinstance(greedy, Result):
+        return failed or Observation("top_k", None, "not tested", "no greedy text to compare with")
+    if top1.text != greedy.text:
+        return Observation("top_k", None, "ignored", "top_k 1 at temperature 1 differs from the greedy text")
+    return Observation("top_k", None, "honoured", "top_k 1 at temperature 1 equals the greedy text")
+
+
+async def _stop(runner: _Runner, greedy: Result | GraniteError) -> Observation:
+    words = greedy.text.split() if isinstance(greedy, Result) else []
+    if len(words) < 3:
+        return Observation("stop", None, "not tested", "the greedy text is too short to pick a stop word from")
+    word = words[2]
+    stopped = await runner.run(temperature=0.0, stop=[word])
+    failed = _failed("stop", stopped)
+    if failed or not isinstance(stopped, Result):
+        return failed or Observation("stop", None, "not tested", "")
+    if word in stopped.text:
+        return Observation("stop", None, "ignored", f"the text still holds the stop string {word!r}")
+    return Observation("stop", None, "honoured", f"the text ends before the stop string {word!r}")
+
+
+def _max_tokens(result: Result | GraniteError) -> Observation:
+    failed = _failed("max_tokens", result)
+    if failed or not isinstance(result, Result):
+        return failed or Observation("max_tokens", None, "not tested", "")
+    if result.completion_tokens > 3:
+        return Observation("max_tokens", None, "ignored", f"max_tokens 3 gave {result.completion_tokens} tokens")
+    return Observation("max_tokens", None, "honoured", f"max_tokens 3 gave {result.completion_tokens} tokens, finish {result.finish_reason}")
+
+
+def _logprobs(result: Result | GraniteError) -> Observation:
+    failed = _failed("logprobs", result)
+    if failed or not isinstance(result, Result):
+        return failed or Observation("logprobs", None, "not tested", "")
+    if not result.tokens:
+        return Observation("logprobs", None, "ignored", "no token probabilities came back")
+    return Observation("logprobs", None, "honoured", f"{len(result.tokens)} tokens with probabilities came back")
+
+
+def _quote(result: Result) -> str:
+    text = result.text.strip()
+    return repr(text if len(text) <= 24 else text[:21] + "...")
+
+
+def _host(base_url: str) -> str:
+    return urlsplit(base_url).netloc or base_url
+
+
+# --- remembering reports -----------------------------------------------------------------------
+
+
+class ProbeStore:
+    """Probe reports in one JSON file in the user's cache directory, keyed by host, model and provider."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or _default_path()
+
+    def save(self, report: ProbeReport) -> None:
+        reports = self._read()
+        reports[f"{report.host}|{report.model}|{report.provider}"] = report.to_dict()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(reports, indent=1))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass  # a cache that cannot be written only means the probe is not remembered
+
+    def find(self, base_url: str, model: str) -> list[ProbeReport]:
+        """Every provider's report for ``model`` at this API host, newest first."""
+        host = _host(base_url)
+        found = [ProbeReport.from_dict(r) for r in self._read().values() if r.get("host") == host and r.get("model") == model]
+        return sorted(found, key=lambda r: r.date, reverse=True)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _default_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "granite-magic" / "probes.json"

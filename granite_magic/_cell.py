@@ -15,6 +15,7 @@ import keyword
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -74,6 +75,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--probs",), "token probabilities: the K (1 to 20) most likely alternatives of every token, shaded in the reply, "
            "with a sampler lens under it (sets --logprobs and --top-logprobs)", "K", {"type": int}),
     Option(("--timeout",), "stop a reply that takes longer than S seconds in all (default: no limit)", "S", {"type": float}),
+    Option(("--context",), "describe these variables to the model (DataFrames, arrays, collections, text) in a context block",
+           "NAME[,NAME]"),
+    Option(("--docs",), "give the model these files as documents (text, Markdown, code, notebooks; globs allowed)", "PATH[,PATH]"),
+    Option(("--cell",), "include the source (and output) of cell In[N]; -1 is the cell before this one", "N", {"type": int}),
     Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
     Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),
 )
@@ -184,10 +189,12 @@ class CellRequest:
 
 
 def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: Sampling | None = None,
-               parser: MagicArgumentParser | None = None) -> CellRequest:
+               parser: MagicArgumentParser | None = None, cwd: Path | None = None,
+               history: Sequence[str] | None = None) -> CellRequest:
     """A cell's options and body as a ``CellRequest``; InvalidParameterError (one line) for anything wrong.
 
-    ``defaults`` (``%config GraniteMagics.default_params``) are sent unless the cell sets them.
+    ``defaults`` (``%config GraniteMagics.default_params``) are sent unless the cell sets them; ``cwd`` is where
+    ``--docs`` paths start, and ``history`` the cells as typed, this one last (for ``--cell``).
     """
     from ._comparison import parse_seeds, parse_sweeps
     from ._session import Turn
@@ -207,7 +214,8 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
         turn=Turn(prompt=prompt.strip("\n"), system=args.system, model=args.model, base_url=args.base_url,
                   sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS})
                   | _probs(args.probs),
-                  chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout)),
+                  chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout),
+                  context=_context(args, namespace, cwd or Path.cwd(), history)),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
         repeat=args.repeat, concurrency=args.concurrency, out=args.out, format=args.format,
@@ -215,6 +223,30 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     )
     _check_grid(request)
     return request
+
+
+def _context(args: Any, namespace: Mapping[str, Any], cwd: Path, history: Sequence[str] | None) -> str | None:
+    """The system-side block of what the cell points at: variables, documents, earlier cells."""
+    from ._context import cell_source, context_block, documents_block, load_documents
+
+    blocks = []
+    if args.context:
+        names = _names(args.context)
+        missing = [name for name in names if name not in namespace]
+        if missing:
+            raise InvalidParameterError(f"--context names {', '.join(missing)}, which this notebook does not define")
+        blocks.append(context_block([(name, namespace[name]) for name in names]))
+    if args.docs:
+        blocks.append(documents_block(load_documents(_names(args.docs), base=cwd)))
+    if args.cell is not None:
+        typed = history if history is not None else namespace.get("In") or []
+        blocks.append("The user points at this notebook cell:\n"
+                      + cell_source(typed, namespace.get("Out") or {}, args.cell))  # the running cell is the last entry
+    return "\n\n".join(b for b in blocks if b) or None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _probs(k: int | None) -> Sampling:

@@ -110,7 +110,8 @@ class GraniteMagics(Magics):
         from ._cell import parse_cell
 
         try:
-            request = parse_cell(line, cell, self._namespace(), defaults=self.session.settings.default_params, parser=self.parser)
+            request = parse_cell(line, cell, self._namespace(), defaults=self.session.settings.default_params, parser=self.parser,
+                                 history=self._typed_cells())
             target = self.session.resolve(request.turn)
             for warning in request.warnings:
                 _warn(warning)
@@ -124,14 +125,22 @@ class GraniteMagics(Magics):
             _error(f"{exc} (nothing was sent)")
         return None
 
+    def _typed_cells(self) -> list[str] | None:
+        manager = getattr(self.shell, "history_manager", None)
+        return list(manager.input_hist_raw) if manager is not None else None
+
     def _namespace(self) -> dict[str, Any]:
         return self.shell.user_ns if self.shell is not None else {}
 
     def _dry_run(self, request: CellRequest, target: Target) -> None:
+        from ._markdown import fenced, markdown_literal
+
         wire = self.session.request(request.turn, target)
         text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
         where = target.client.target
-        _display({"text/plain": f"{where}\n{text}", "text/markdown": f"`{where}` (dry run: nothing sent)\n```json\n{text}\n```"})
+        size = self.session.prompt_size(target, wire)
+        _display({"text/plain": f"{where}\n{size}\n{text}",
+                  "text/markdown": f"`{where}` (dry run: nothing sent)\n\n{markdown_literal(size)}\n\n{fenced(text, 'json')}"})
 
     def _start_grid(self, request: CellRequest, target: Target) -> CompareJob:
         specs = request.plan() or []

@@ -48,6 +48,7 @@ class Turn:
     backend: Backend | None = None
     api: Api | None = None
     timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
+    context: str | None = None  # what --context, --docs and --cell point at: sent on the system side, after the system prompt
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -175,10 +176,10 @@ class Session:
     # --- requests ----------------------------------------------------------------------
 
     def messages(self, turn: Turn) -> tuple[dict[str, Any], ...]:
-        if turn.chat is None:
-            return build_messages(turn.prompt, system=turn.system)
-        conversation = self.conversations.setdefault(turn.chat, Conversation())
+        conversation = self.conversations.setdefault(turn.chat, Conversation()) if turn.chat is not None else Conversation()
         system = turn.system if turn.system is not None else conversation.system
+        # the context is data about this turn, not an instruction: it follows the system prompt and is not remembered
+        system = "\n\n".join(part for part in (system, turn.context) if part) or None
         return build_messages(turn.prompt, system=system, history=conversation.messages)
 
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
@@ -224,6 +225,14 @@ class Session:
         costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
                                  info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+    def prompt_size(self, target: Target, request: Request) -> str:
+        """What a dry run says about size and cost: the prompt's tokens and the worst case."""
+        estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
+        size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
+        worst = self.worst_case(target, [request])
+        cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
+        return f"{size}; {cost} (prompt at most x input price + max tokens x output price)"
 
     def check_budget(self, target: Target, requests: Sequence[Request]) -> None:
         budget = self.settings.budget_usd

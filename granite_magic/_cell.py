@@ -15,8 +15,8 @@ import keyword
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from IPython.core.error import UsageError

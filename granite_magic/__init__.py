@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._params import PARAMETERS, Param, Sampling
     from ._result import Result, ToolCall, Usage
     from ._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
+    from ._tokens import Alternative, Token
 
 # module -> the public names it defines.  The one list of the public API.
 _PUBLIC: dict[str, tuple[str, ...]] = {
@@ -59,6 +60,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "_params": ("PARAMETERS", "Param", "Sampling"),
     "_result": ("Result", "ToolCall", "Usage"),
     "_settings": ("DEFAULT_BASE_URL", "DEFAULT_MODEL"),
+    "_tokens": ("Alternative", "Token"),
 }
 _HOME_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 

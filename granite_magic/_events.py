@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._result import Ended, ProbsKind, Result, Token, ToolCall, Usage
+from ._result import Ended, Result, ToolCall, Usage
+from ._tokens import ProbsKind, Token
 
 __all__ = [
     "Accumulator",

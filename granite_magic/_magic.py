@@ -173,9 +173,28 @@ class GraniteMagics(Magics):
             self._namespace()[request.out] = result
         for warning in job.warnings:
             _warn(warning)
+        if job.request.sampling.get("logprobs"):
+            self._show_lens(job, result)
         message = explain(error, result) or format_problem
         if message:
             _error(message)
+
+    def _show_lens(self, job: SingleJob, result: Result) -> None:
+        """Under a --probs reply: the sampler lens with branching, or one line if no probabilities came back."""
+        if not result.tokens:
+            if result.text:
+                _warn(NO_PROBS)
+            return
+        if not self._widgets():
+            return  # a terminal has the tokens in -o NAME's .tokens and .tokens_frame()
+        import ipywidgets as w
+        from IPython.display import display
+
+        from ._branch import Branches
+        from ._lens import lens_view
+
+        branches = Branches(self.session, job.turn, job.target, result)
+        display(w.VBox([lens_view(result.tokens, result.probs_kind, on_branch=branches.branch), branches.widget]))  # type: ignore[no-untyped-call]
 
     def _compare(self, request: CellRequest, job: CompareJob) -> None:
         from ._grid import GridView, TerminalGridView
@@ -375,6 +394,9 @@ def _error(message: str) -> None:
 def _warn(message: str) -> None:
     print(f"granite: warning: {message}", file=sys.stderr, flush=True)
 
+
+NO_PROBS = ("this provider returned no token probabilities; the local backend (--backend local) and servers such as "
+            "llama.cpp or vLLM do.")
 
 _PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs")
 

@@ -90,6 +90,10 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
     data: dict[str, Any] = {MIME_PLAIN: result.text}
     if fmt == "markdown":
         data[MIME_MARKDOWN] = safe_markdown(result.text)
+        if result.tokens:  # --probs: the reply shaded by probability, alternatives in each token's tooltip (escaped HTML)
+            from ._lens import shaded_html
+
+            data["text/html"] = shaded_html(result.tokens, kind=result.probs_kind)
     elif fmt == "code":
         code, language = extract_code(result.text)
         data[MIME_PLAIN] = code

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ._params import json_ready
+from ._tokens import Alternative, ProbsKind, Token
 
 __all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage"]
 
 # How a reply ended: every token arrived, the user stopped it, or something failed.
 Ended = Literal["complete", "interrupted", "failed"]
-
-# Where token probabilities come from: the model's own distribution before any sampler ("raw", the local
-# backend), or whatever the server reports ("server": llama.cpp's server after its samplers, vLLM and OpenAI raw).
-ProbsKind = Literal["raw", "server"]
-
-
-@dataclass(frozen=True, slots=True)
-class Alternative:
-    """A token the model considered at one step, with its log probability."""
-
-    text: str
-    logprob: float
-
-    @property
-    def prob(self) -> float:
-        return math.exp(self.logprob)
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One generated token: its text, its log probability, and the alternatives (most likely first)."""
-
-    text: str
-    logprob: float
-    top: tuple[Alternative, ...] = ()
-
-    @property
-    def prob(self) -> float:
-        return math.exp(self.logprob)
-
 
 @dataclass
 class Usage:
@@ -129,6 +99,28 @@ class Result:
 
     def __str__(self) -> str:
         return self.text
+
+    # --- the sampling lens (with --probs) ------------------------------------------------
+
+    def resample(self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 min_p: float | None = None) -> list[dict[str, float]]:
+        """Per step, ``{token: probability}`` over that step's alternatives after these samplers, applied
+        in llama.cpp's order (top-k, top-p, min-p, then temperature); no request is sent."""
+        from ._lens import resample
+
+        return resample(self.tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+
+    def tokens_frame(self) -> Any:
+        """One row per generated token (step, token, logprob, prob, rank, entropy, alternatives): a pandas DataFrame."""
+        from ._lens import tokens_frame
+
+        return tokens_frame(self.tokens)
+
+    def lens(self) -> Any:
+        """The interactive view: the shaded reply, sampler sliders, the entropy strip and each step's distribution."""
+        from ._lens import lens_view
+
+        return lens_view(self.tokens, self.probs_kind)
 
     def _repr_markdown_(self) -> str:
         from ._markdown import safe_markdown

@@ -49,6 +49,7 @@ class Turn:
     api: Api | None = None
     timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
     context: str | None = None  # what --context, --docs and --cell point at: sent on the system side, after the system prompt
+    prefix: str | None = None  # the start of the assistant's reply, to be continued (a branch of the sampling lens)
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -180,7 +181,10 @@ class Session:
         system = turn.system if turn.system is not None else conversation.system
         # the context is data about this turn, not an instruction: it follows the system prompt and is not remembered
         system = "\n\n".join(part for part in (system, turn.context) if part) or None
-        return build_messages(turn.prompt, system=system, history=conversation.messages)
+        messages = build_messages(turn.prompt, system=system, history=conversation.messages)
+        if turn.prefix:  # an assistant message last: the model continues it rather than starting a new reply
+            messages = (*messages, {"role": "assistant", "content": turn.prefix})
+        return messages
 
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
         sampling = turn.sampling | extra if extra is not None else turn.sampling

@@ -8,11 +8,11 @@ import sys
 import granite_magic
 
 PUBLIC = {
-    "APIError", "AuthenticationError", "BadRequestError", "Comparison", "ConnectionDroppedError", "DEFAULT_BASE_URL",
+    "APIError", "Alternative", "AuthenticationError", "BadRequestError", "Comparison", "ConnectionDroppedError", "DEFAULT_BASE_URL",
     "DEFAULT_MODEL", "DeadlineError", "GenerationInterrupted", "GraniteClient", "GraniteError", "InsufficientCreditsError",
     "InvalidParameterError", "MissingKeyError", "ModelInfo", "ModelNotFoundError", "ModerationError", "PARAMETERS", "Panel",
     "Param", "Progress", "ProtocolError", "RateLimitError", "Result", "RetryPolicy", "Run", "RunSpec", "Sampling",
-    "ServerError", "StallError", "StreamError", "ToolCall", "Usage", "__version__", "acompare", "compare",
+    "ServerError", "StallError", "StreamError", "Token", "ToolCall", "Usage", "__version__", "acompare", "compare",
     "load_ipython_extension", "panel", "probe", "unload_ipython_extension", "usage",
 }
 

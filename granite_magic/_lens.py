@@ -635,6 +635,7 @@ def lens_view_class() -> type[Any]:
 
         def _branch_button(self, j: int) -> Any:
             button = w.Button(disabled=self.on_branch is None, layout=w.Layout(width="auto"))
+            button.add_class("gm-lens-branch")  # for people's CSS and the browser test
             button.on_click(lambda _: self._branch(j))
             return button
 

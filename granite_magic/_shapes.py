@@ -15,15 +15,17 @@ raises ``ProtocolError``, never anything else.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from ._errors import InvalidParameterError, ProtocolError, is_transient
-from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, ToolCallDelta, UsageReport
+from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
 from ._params import Sampling
 from ._result import Usage
 from ._sse import ServerSentEvent, SSEStreamDecoder
+from ._tokens import Alternative, Token
 
 __all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "Api", "Request", "Shape", "StreamDecoder", "build_messages",
            "chunk_events", "shape"]
@@ -172,6 +174,7 @@ def _choice_events(choice: Mapping[str, Any]) -> list[Event]:
         raise _wrong("content", content)
     if content:
         events.append(TextDelta(content))
+    events.extend(_token_logprobs(_obj(choice.get("logprobs")).get("content"), content or ""))
     calls = delta.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         call = _obj(call)
@@ -182,6 +185,88 @@ def _choice_events(choice: Mapping[str, Any]) -> list[Event]:
     if reason:
         events.append(Finish(str(reason), _str(choice.get("native_finish_reason"))))
     return events
+
+
+# --- token probabilities (chat and Responses) ----------------------------------------------------
+
+
+def _token_logprobs(entries: Any, text: str) -> list[Event]:
+    """A ``TokenLogprobs`` event for the probability entries that came with ``text``, or nothing.
+
+    Entries are ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob"}, ...]}`` in
+    chat's ``logprobs.content`` and in the Responses API's ``logprobs``.  Probabilities are an
+    extra: an entry of the wrong shape is skipped rather than failing the reply.
+    """
+    if not isinstance(entries, list):
+        return []
+    tokens = [token for token in map(_token, entries) if token is not None]
+    return [TokenLogprobs(_fitted(tokens, text), "server")] if tokens else []
+
+
+def _token(entry: Any) -> Token | None:
+    entry = _obj(entry)
+    logprob = _logprob(entry.get("logprob"))
+    if logprob is None:
+        return None
+    return Token(_token_text(entry), logprob, _alternatives(entry.get("top_logprobs")))
+
+
+def _token_text(entry: Mapping[str, Any]) -> str:
+    """``token``, else the UTF-8 ``bytes`` some servers send beside it (OpenAI, vLLM), else nothing."""
+    text = _str(entry.get("token"))
+    if text is not None:
+        return text
+    raw = entry.get("bytes")
+    if isinstance(raw, list) and all(_int(b) is not None and 0 <= b < 256 for b in raw):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return ""
+
+
+def _alternatives(entries: Any) -> tuple[Alternative, ...]:
+    """Most likely first, one per token text.
+
+    llama.cpp's server appends the chosen token when it is not among the top K, and two token ids
+    can share a text; the first (most likely) entry of a text is kept.  The appended chosen token
+    stays, last: it is a real alternative with a true log probability.
+    """
+    seen: dict[str, Alternative] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        entry = _obj(entry)
+        logprob = _logprob(entry.get("logprob"))
+        text = _token_text(entry)
+        if logprob is not None and text not in seen:
+            seen[text] = Alternative(text, logprob)
+    return tuple(sorted(seen.values(), key=lambda a: -a.logprob))  # stable: ties keep the server's order
+
+
+def _logprob(value: Any) -> float | None:
+    """A finite log probability; a hair above 0 (rounding on the server) counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return None
+    return min(number, 0.0) if math.isfinite(number) and number <= 1e-6 else None
+
+
+def _fitted(tokens: list[Token], text: str) -> tuple[Token, ...]:
+    """The tokens with texts that join to exactly ``text``, the content they came with.
+
+    A server's token text can differ from its content: a token that is part of a UTF-8
+    character ("bytes:\\xe2\\x80" on OpenAI), a special token.  Each token keeps its text
+    while it matches what is left; the first one that does not takes the rest, and the
+    last always takes whatever remains, so ``"".join(texts) == Result.text``.
+    """
+    if "".join(t.text for t in tokens) == text:
+        return tuple(tokens)
+    fitted: list[Token] = []
+    rest = text
+    for i, token in enumerate(tokens):
+        piece = token.text if i < len(tokens) - 1 and rest.startswith(token.text) else rest
+        rest = rest[len(piece):]
+        fitted.append(replace(token, text=piece))
+    return tuple(fitted)
 
 
 def _chat_usage(raw: Mapping[str, Any]) -> Usage:
@@ -258,7 +343,7 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
             delta = data.get("delta")
             if delta is not None and not isinstance(delta, str):
                 raise _wrong("delta", delta)
-            return [TextDelta(delta)] if delta else []
+            return [*([TextDelta(delta)] if delta else []), *_token_logprobs(data.get("logprobs"), delta or "")]
         if kind == "response.function_call_arguments.delta":
             return [ToolCallDelta(_int(data.get("output_index")) or 0, _str(data.get("item_id")), None, _str(data.get("delta")))]
         if kind == "response.created":

@@ -7,6 +7,17 @@ error statuses, 429 with Retry-After, mid-stream error events, dropped
 connections, stalls, slow tokens, odd chunk boundaries and CRLF line ends.
 Every request's headers and JSON body are recorded for assertions.
 
+Token probabilities: a chat request with ``"logprobs": true`` (and
+``"top_logprobs": K``), or a Responses request whose ``include`` names
+``message.output_text.logprobs``, gets an entry for every streamed token with K
+alternatives, deterministic like the text (``fake_logprobs``); asking for them
+does not change the text.  ``Scenario(logprobs=False)`` plays a provider that
+ignores the request and returns none, as most providers on OpenRouter do.
+
+A provider that ignores a parameter: the model ``fake/ignores-NAME`` (``seed``,
+``stop``, ``logprobs``, ``max_tokens``, any sampling field) is served without
+being listed, and answers as if ``NAME`` had not been sent.
+
 In-process::
 
     with FakeOpenRouter() as server:
@@ -25,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import socket
 import threading
@@ -34,7 +46,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_reply"]
+__all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_logprobs", "fake_reply"]
 
 GRANITE_ID = "ibm-granite/granite-4.0-h-micro"
 PROMPT_PRICE = 0.000000017  # USD per token, as listed
@@ -91,6 +103,7 @@ class Scenario:
     usage: bool = True
     finish: bool = True  # send the finish_reason chunk
     done: bool = True  # end with data: [DONE]
+    logprobs: bool = True  # answer a request for token probabilities (False: a provider that ignores it)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -122,13 +135,15 @@ def fake_reply(messages: Sequence[dict[str, Any]], params: dict[str, Any], *, to
     """The deterministic reply as a list of tokens (words with their leading space).
 
     Seeded by the messages and every sampling field; the seed only counts when
-    temperature is not 0 (greedy decoding has nothing to draw), and a request
-    without a seed draws from ``nonce``, as a real sampler would differ each time.
+    decoding is not greedy (temperature 0 or top_k 1: there is nothing to draw,
+    and both give the same text), and a request without a seed draws from
+    ``nonce``, as a real sampler would differ each time.
     """
-    greedy = params.get("temperature") == 0
-    sampling = {k: v for k, v in params.items() if k not in ("seed", "stop", "max_tokens")}
+    greedy = params.get("temperature") == 0 or params.get("top_k") == 1
+    sampling = {k: v for k, v in params.items() if k not in ("seed", "stop", "max_tokens", *_PROBS_FIELDS)}
     if greedy:
         sampling.pop("temperature", None)
+        sampling.pop("top_k", None)
     seed_part = None if greedy else params.get("seed", f"nonce-{nonce}")
     key = json.dumps([messages, sampling, seed_part], sort_keys=True, default=str)
     rng = random.Random(hashlib.sha256(key.encode()).digest())
@@ -141,6 +156,61 @@ def fake_reply(messages: Sequence[dict[str, Any]], params: dict[str, Any], *, to
         capital = i % 9 == 8
         words.append((" " if i else "") + word + ("." if capital or i == count - 1 else ""))
     return words
+
+
+# Asking for probabilities changes what is reported, never which text is drawn (as on a real server).
+_PROBS_FIELDS = ("logprobs", "top_logprobs", "include")
+_RESPONSES_LOGPROBS = "message.output_text.logprobs"
+
+
+def fake_logprobs(messages: Sequence[dict[str, Any]], params: dict[str, Any], index: int, token: str, k: int) -> dict[str, Any]:
+    """The probability entry of the ``index``-th streamed token, in the chat ``logprobs.content`` shape.
+
+    Each step has a distribution over 20 words spelled like the token (the rest of the
+    vocabulary keeps 2-20 % of the mass), drawn from the messages, the seed, the position and
+    the token; the token takes a rank drawn from that distribution, as a sampler would pick it,
+    so it is usually but not always the most likely.  ``top_logprobs`` are the first ``k`` ranks:
+    the same numbers whatever ``k`` is, and the token is among them only when its rank is.
+    """
+    key = json.dumps([messages, params.get("seed"), index, token], sort_keys=True, default=str)
+    rng = random.Random(hashlib.sha256(key.encode()).digest())
+    weights = sorted((rng.uniform(0.5, 1.5) / rank**1.3 for rank in range(1, _FAKE_TOP + 1)), reverse=True)
+    total = sum(weights) / rng.uniform(0.8, 0.98)
+    chosen = rng.choices(range(_FAKE_TOP), weights=weights)[0]
+    spelled = dict.fromkeys(_spelled_like(token, word) for word in rng.sample(_VOCABULARY, len(_VOCABULARY)))
+    others = [word for word in spelled if word != token]
+    words = [*others[:chosen], token, *others[chosen : _FAKE_TOP - 1]]
+    entries: list[dict[str, Any]] = [{"token": w, "logprob": math.log(p / total), "bytes": list(w.encode())}
+                                     for w, p in zip(words, weights, strict=True)]
+    return {**entries[chosen], "top_logprobs": [dict(e) for e in entries[:k]]}
+
+
+_FAKE_TOP = 20  # the most alternatives an OpenAI-compatible server returns
+_VOCABULARY = sorted(set(_WORDS))
+
+
+def _spelled_like(token: str, word: str) -> str:
+    """``word`` with ``token``'s leading space, capital and full stop."""
+    core = token.strip(" .")
+    word = word.capitalize() if core[:1].isupper() else word
+    return (" " if token.startswith(" ") else "") + word + ("." if token.endswith(".") else "")
+
+
+_IGNORING_PREFIX = "fake/ignores-"
+
+
+def _ignored(model: Any) -> str | None:
+    """The parameter a ``fake/ignores-NAME`` model ignores."""
+    return model.removeprefix(_IGNORING_PREFIX) if isinstance(model, str) and model.startswith(_IGNORING_PREFIX) else None
+
+
+def _probs_asked(request: dict[str, Any]) -> int | None:
+    """How many alternatives a request asks for with each token (0: none), or None: no probabilities."""
+    include = request.get("include")
+    if request.get("logprobs") is not True and not (isinstance(include, list) and _RESPONSES_LOGPROBS in include):
+        return None
+    k = request.get("top_logprobs")
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
 
 
 class FakeOpenRouter:
@@ -328,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         if scenario.status != 200:
             return scenario.status, scenario.error_message or _ERROR_TEXT.get(scenario.status, "error")
         model = body.get("model")
-        if not self.fake.accept_any_model and model not in self.fake.models:
+        if not self.fake.accept_any_model and model not in self.fake.models and _ignored(model) is None:
             return 404, f"No endpoints found for {model}."
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return 400, "messages must be a non-empty list"
@@ -343,6 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.sleep(scenario.ttft_s)
         writer.events(fmt.start(prompt_tokens))
         delay = 1 / scenario.tokens_per_s if scenario.tokens_per_s else 0.0
+        k = _probs_asked(request) if scenario.logprobs and _ignored(request.get("model")) != "logprobs" else None
         for i, token in enumerate(tokens):
             if i == scenario.drop_after:
                 writer.drop()
@@ -355,7 +426,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.fake.sleep(scenario.stall_s)
             if scenario.keepalive_every and i and i % scenario.keepalive_every == 0:
                 writer.comment()
-            writer.events(fmt.text(token))
+            probs = None if k is None else fake_logprobs(request["messages"], request, i, token, k)
+            writer.events(fmt.text(token, probs))
             if delay:
                 self.fake.sleep(delay)
         usage = _usage(prompt_tokens, len(tokens)) if scenario.usage else None
@@ -368,6 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v for k, v in body.items() if k not in ("model", "messages", "stream", "stream_options")}
         if not self.fake.honour_seed:
             params.pop("seed", None)
+        params.pop(_ignored(body.get("model")) or "", None)
         if scenario.text is not None:
             tokens = [w if i == 0 else " " + w for i, w in enumerate(scenario.text.split(" "))]
         else:
@@ -434,7 +507,8 @@ class _Format:
     def start(self, prompt_tokens: int) -> list[SSE]:
         return []
 
-    def text(self, token: str) -> list[SSE]:
+    def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
+        """One token's event(s); ``probs`` is its probability entry when the request asked for them."""
         raise NotImplementedError
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
@@ -452,9 +526,10 @@ class _ChatFormat(_Format):
         return (None, {"id": self.generation_id, "provider": "FakeProvider", "model": self.model,
                        "object": "chat.completion.chunk", "created": self.created, "choices": choices, **extra})
 
-    def text(self, token: str) -> list[SSE]:
+    def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
         delta = {"role": "assistant", "content": token}
-        return [self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": None}])]
+        logprobs = None if probs is None else {"content": [probs], "refusal": None}
+        return [self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": logprobs}])]
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
         events = []
@@ -478,8 +553,12 @@ class _ResponsesFormat(_Format):
     def start(self, prompt_tokens: int) -> list[SSE]:
         return [(None, {"type": "response.created", "response": self._response("in_progress")})]
 
-    def text(self, token: str) -> list[SSE]:
-        return [(None, {"type": "response.output_text.delta", "item_id": "msg_0", "output_index": 0, "content_index": 0, "delta": token})]
+    def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
+        event = {"type": "response.output_text.delta", "item_id": "msg_0", "output_index": 0, "content_index": 0, "delta": token}
+        if probs is not None:  # the Responses API spells an entry without bytes
+            event["logprobs"] = [{"token": probs["token"], "logprob": probs["logprob"],
+                                  "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in probs["top_logprobs"]]}]
+        return [(None, event)]
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
         if reason is None:
@@ -509,7 +588,7 @@ class _MessagesFormat(_Format):
         return [("message_start", {"type": "message_start", "message": message}), ("content_block_start", block),
                 ("ping", {"type": "ping"})]
 
-    def text(self, token: str) -> list[SSE]:
+    def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
         return [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}})]
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:

@@ -46,6 +46,7 @@ pytestmark = pytest.mark.slow
 STREAM_CELL = "%%granite --seed 1\nTell me about granite"
 PANEL_CELL = "%granite panel Tell me about granite"
 UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
+LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the sentence: The oldest rocks on Earth are"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -68,7 +69,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
-    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL]):
+    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -229,6 +230,37 @@ def test_an_unsafe_reply_is_shown_as_text_and_runs_nothing(page: Page, fake: Fak
     assert output.locator("img").count() == 0 and output.locator("script").count() == 0
     assert page.evaluate("() => window.__xss === undefined && window.__xss2 === undefined")
     shot(page, "05-unsafe-escaped")
+
+
+def test_the_sampling_lens_shades_explains_resamples_and_branches(page: Page, fake: FakeOpenRouter) -> None:
+    fake.push(Scenario(text="Granite is <b>old</b> and <img src=x onerror=\"window.__lens=1\"> deep"))
+    target = run_cell(page, LENS_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    # the reply, shaded token by token, each with its alternatives in a tooltip
+    shaded = output.locator(".jp-RenderedHTMLCommon span.gm-lens-t")
+    assert shaded.count() >= 5
+    tooltip = shaded.nth(1).get_attribute("title") or ""
+    assert "%" in tooltip and "▶" in tooltip
+    # model text is never markup, here either
+    assert output.locator("img").count() == 0 and page.evaluate("() => window.__lens === undefined")
+    # the lens under it: moving the temperature slider changes the shown distribution, with no request
+    table = output.locator(".gm-lens-table").last
+    table.wait_for(timeout=30_000)
+    before, requests = table.inner_text(), len(fake.chat_requests)
+    slider = output.locator(".widget-slider", has_text="temperature").locator(".noUi-handle")
+    slider.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")
+    page.wait_for_function("([el, before]) => el.innerText !== before", arg=[table.element_handle(), before], timeout=10_000)
+    assert len(fake.chat_requests) == requests
+    shot(page, "06-lens")
+    # clicking an alternative continues the reply from there, in a new column beside the original
+    output.locator("button.gm-lens-branch").last.click()
+    page.wait_for_function("el => el.querySelectorAll('.gm-col').length === 2 && el.textContent.includes('identical groups')",
+                           arg=output.element_handle(), timeout=30_000)
+    assert fake.chat_requests[-1].body["messages"][-1]["role"] == "assistant"
+    shot(page, "07-lens-branch")
 
 
 def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: Path) -> None:

@@ -101,6 +101,8 @@ def _value_control(param: Param, tip: str) -> w.Widget:
             value = w.IntText(value=start, layout=layout)
     elif param.kind == "bool":
         value = w.Checkbox(value=True, indent=False, description="on", layout=layout)
+    elif param.kind == "choice":
+        value = w.Text(value="auto", placeholder="auto, none, required or a function", layout=layout)
     elif param.kind == "stop":
         value = w.Textarea(placeholder="one stop sequence per line (or a JSON list)", rows=2, layout=layout)
     else:

@@ -43,7 +43,7 @@ class Param:
     """
 
     name: str
-    kind: str  # "float" | "int" | "bool" | "stop" | "logit_bias"
+    kind: str  # "float" | "int" | "bool" | "choice" | "stop" | "logit_bias"
     help: str
     default: Any = None
     minimum: float | None = None
@@ -68,6 +68,8 @@ class Param:
     def range_text(self) -> str:
         if self.kind == "bool":
             return "true or false"
+        if self.kind == "choice":
+            return "auto, none, required, or a function's name"
         if self.kind == "stop":
             return "up to 4 strings"
         if self.kind == "logit_bias":
@@ -86,7 +88,7 @@ class Param:
     @property
     def short_range(self) -> str:
         """The range in a few characters, for a control's label: ``0 to 2``, ``>= 1``."""
-        if self.kind in ("stop", "logit_bias", "bool") or self.minimum is None:
+        if self.kind in ("stop", "logit_bias", "bool", "choice") or self.minimum is None:
             return self.range_text
         low = ("over " if self.exclusive_minimum else "") + _fmt(self.minimum)
         return f"{low} to {_fmt(self.maximum)}" if self.maximum is not None else f"{'>' if self.exclusive_minimum else '>='} {_fmt(self.minimum)}"
@@ -126,6 +128,10 @@ PARAMETERS: tuple[Param, ...] = (
           wire={"responses": None, "messages": None, "llama_cpp": None}),
     Param("top_logprobs", "int", "How many most likely alternatives to return for each token (needs logprobs).", None, 0, 20,
           step=1, start=10, absent="none", wire={"messages": None, "llama_cpp": None}),
+    # Which tool the model must call; each shape spells the value differently, so the body builders
+    # write it (only when tools are offered) rather than a wire name.
+    Param("tool_choice", "choice", "Whether the model may, must or must not call a tool, or which one.", absent="auto",
+          wire={"chat": None, "responses": None, "messages": None, "llama_cpp": None}),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
@@ -145,6 +151,8 @@ def validate(name: str, value: Any) -> Any:
     param = get_param(name)
     if param.kind == "bool":
         return _validate_bool(name, value)
+    if param.kind == "choice":
+        return _validate_choice(name, value)
     if param.kind == "stop":
         return _validate_stop(value)
     if param.kind == "logit_bias":
@@ -245,6 +253,13 @@ def _validate_bool(name: str, value: Any) -> bool:
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
     raise InvalidParameterError(f"{name}={value!r} is invalid: must be true or false")
+
+
+def _validate_choice(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if not text or not (text in ("auto", "none", "required") or text.replace("_", "a").isalnum()):
+        raise InvalidParameterError(f"{name}={value!r} is invalid: must be auto, none, required, or a function's name")
+    return text
 
 
 def _validate_stop(value: Any) -> list[str]:

@@ -25,6 +25,7 @@ from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, Toke
 from ._params import Sampling
 from ._result import Usage
 from ._sse import ServerSentEvent, SSEStreamDecoder
+from ._tools import Tool
 from ._tokens import Alternative, Token
 
 __all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "Api", "Request", "Shape", "StreamDecoder", "build_messages",
@@ -38,11 +39,21 @@ MESSAGES_DEFAULT_MAX_TOKENS = 4096
 
 @dataclass(frozen=True)
 class Request:
-    """What is asked, independent of where it goes: model, messages, validated sampling."""
+    """What is asked, independent of where it goes: model, messages, validated sampling.
+
+    ``messages`` are in the chat-completions form (system, user, assistant, with ``tool_calls`` and
+    ``role: "tool"`` results); each shape converts them.  ``documents`` are for a chat template that takes
+    them (the local backend; over HTTP they travel in the system message).  ``tools`` are offered natively;
+    in prompted mode they are already in the system message instead.  ``extra`` holds top-level body fields
+    of the HTTP API that are not sampling parameters (OpenRouter's ``provider`` routing for ``--strict``).
+    """
 
     model: str
     messages: tuple[Mapping[str, Any], ...]
     sampling: Sampling = field(default_factory=Sampling)
+    documents: tuple[Mapping[str, str], ...] = ()
+    tools: tuple[Tool, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def build_messages(prompt: str, *, system: str | None = None, history: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], ...]:

@@ -38,7 +38,7 @@ def click_run(panel: Panel) -> None:
 
 def test_controls_come_from_the_table_with_ranges(panel: Panel) -> None:
     assert list(panel.controls) == ["temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
-                                    "repetition_penalty", "seed", "max_tokens", "stop", "logit_bias", "logprobs", "top_logprobs"]
+                                    "repetition_penalty", "seed", "max_tokens", "stop", "logit_bias", "logprobs", "top_logprobs", "tool_choice"]
     temperature = panel.controls["temperature"].value
     assert (temperature.min, temperature.max, temperature.value) == (0, 2, 1)
     assert panel.controls["top_p"].value.min > 0  # 0 is outside top_p's range

@@ -7,7 +7,7 @@ from granite_magic._params import Sampling, get_param, validate
 
 PROTOCOL_FIELDS = {
     "temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
-    "repetition_penalty", "seed", "max_tokens", "stop", "logit_bias", "logprobs", "top_logprobs",
+    "repetition_penalty", "seed", "max_tokens", "stop", "logit_bias", "logprobs", "top_logprobs", "tool_choice",
 }
 
 

@@ -29,6 +29,7 @@ from ._params import Param, Sampling, get_param
 if TYPE_CHECKING:
     from ._comparison import RunSpec
     from ._session import Turn
+    from ._tools import Tool
 
 # Loading the extension builds the parser and its help from this module: the session,
 # the client and asyncio are imported by the first cell, not here.
@@ -79,6 +80,12 @@ OPTIONS: tuple[Option, ...] = (
            "NAME[,NAME]"),
     Option(("--docs",), "give the model these files as documents (text, Markdown, code, notebooks; globs allowed)", "PATH[,PATH]"),
     Option(("--cell",), "include the source (and output) of cell In[N]; -1 is the cell before this one", "N", {"type": int}),
+    Option(("--tools",), "let the model call these functions of the notebook (their schemas come from signatures and "
+           "docstrings); the calls run here and their results go back to the model", "NAME[,NAME]"),
+    Option(("--tool-mode",), "native (the API's tools), prompted (Granite's <tool_call> convention in the system message), "
+           "or auto (default: native when the model's listing names tools)", None, {"choices": ("native", "prompted", "auto")}),
+    Option(("--approve",), "ask before running each tool call (Run / Skip)", None, {"action": "store_true"}),
+    Option(("--max-steps",), "at most N requests in a tool-using turn (default 5)", "N", {"type": int}),
     Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
     Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),
 )
@@ -176,6 +183,10 @@ class CellRequest:
     dry_run: bool = False
     literal: bool = False  # --no-interpolate: the prompt is sent as written
     warnings: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_mode: str = "auto"
+    approve: bool = False
+    max_steps: int | None = None
 
     @property
     def is_grid(self) -> bool:
@@ -198,6 +209,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     """
     from ._comparison import parse_seeds, parse_sweeps
     from ._session import Turn
+    from ._tools import resolve_tools
 
     try:
         words = shlex.split(line)
@@ -220,6 +232,8 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
         sweeps=parse_sweeps(args.sweep or ()),
         repeat=args.repeat, concurrency=args.concurrency, out=args.out, format=args.format,
         dry_run=args.dry_run, literal=args.no_interpolate, warnings=_out_warnings(args.out),
+        tools=tuple(resolve_tools(_names(args.tools), namespace)) if args.tools else (),
+        tool_mode=args.tool_mode or "auto", approve=args.approve, max_steps=args.max_steps,
     )
     _check_grid(request)
     return request
@@ -269,6 +283,8 @@ def _check_grid(request: CellRequest) -> None:
     if request.is_grid:
         if request.turn.chat is not None:
             raise InvalidParameterError("--chat cannot be combined with --seeds, --sweep or --repeat")
+        if request.tools:
+            raise InvalidParameterError("--tools cannot be combined with --seeds, --sweep or --repeat")
         request.plan()  # refuses grids that are too large or name a seed twice, before anything is sent
 
 
@@ -310,6 +326,11 @@ def to_cell(request: CellRequest) -> str:
         words += ["--timeout", repr(turn.timeout_s)]
     if request.format != "markdown":
         words += ["-f", request.format]
+    if request.tools:
+        words += ["--tools", ",".join(tool.name for tool in request.tools)]
+        words += ["--tool-mode", request.tool_mode] if request.tool_mode != "auto" else []
+        words += ["--approve"] if request.approve else []
+        words += ["--max-steps", str(request.max_steps)] if request.max_steps is not None else []
     if "{" in turn.prompt:
         words.append("--no-interpolate")
     return " ".join(["%%granite", *(shlex.quote(w) for w in words)]) + "\n" + turn.prompt

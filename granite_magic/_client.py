@@ -31,6 +31,8 @@ from ._version import __version__
 if TYPE_CHECKING:
     import httpx
 
+    from ._toolrun import ToolLoop
+
 __all__ = ["BaseClient", "GraniteClient", "ModelInfo", "RetryPolicy", "Secret", "UpdateCallback"]
 
 APP_URL = "https://github.com/granite-magic/granite-magic"
@@ -192,13 +194,18 @@ class BaseClient:
         """Exactly what this backend would send for ``request`` (shown by ``--dry-run``)."""
         raise NotImplementedError
 
-    def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
+    def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
+             tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = 5, **kwargs: Any) -> Result:
         """Send one chat turn and block until the reply is complete.
 
-        Ctrl-C (a kernel interrupt) cancels the request at once and raises
+        ``tools``: functions (or ``(json_schema_tool, function)`` pairs, or ``Tool`` objects) the model may
+        call; the calls run here, their results go back, until the model answers (``result.tool_calls``
+        lists them).  Ctrl-C (a kernel interrupt) cancels the request at once and raises
         ``GenerationInterrupted`` whose ``result`` holds the partial reply.
         """
         request = self.request(prompt, **kwargs)
+        if tools:
+            return self._chat_with_tools(request, tools, tool_mode, approve, max_steps, on_update)
         acc = Accumulator(request.sampling)
         try:
             return self.loop.run(self.stream(request, acc, on_update))
@@ -207,10 +214,42 @@ class BaseClient:
         except KeyboardInterrupt:
             raise errors.GenerationInterrupted(acc.result(ended="interrupted")) from None
 
-    async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, **kwargs: Any) -> Result:
-        """Awaitable twin of ``chat()``, usable from any event loop."""
+    async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
+                    tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = 5,
+                    **kwargs: Any) -> Result:
+        """Awaitable twin of ``chat()``, usable from any event loop (tool functions run in the awaiting thread)."""
         request = self.request(prompt, **kwargs)
-        return await self.loop.run_async(self.stream(request, Accumulator(request.sampling), on_update))
+        if not tools:
+            return await self.loop.run_async(self.stream(request, Accumulator(request.sampling), on_update))
+        loop = await self._tool_loop(request, tools, tool_mode, approve, max_steps)
+        step: Request | None = loop.request
+        while step is not None:
+            result = await self.loop.run_async(self.stream(step, Accumulator(step.sampling), on_update))
+            step = loop.after(result)
+        return loop.final()
+
+    def _chat_with_tools(self, request: Request, tools: Sequence[Any], mode: str, approve: Callable[[Any], bool] | None,
+                         max_steps: int, on_update: UpdateCallback | None) -> Result:
+        loop = self.loop.run(self._tool_loop(request, tools, mode, approve, max_steps))
+        step: Request | None = loop.request
+        while step is not None:
+            acc = Accumulator(step.sampling)
+            try:
+                result = self.loop.run(self.stream(step, acc, on_update))
+            except KeyboardInterrupt:
+                raise errors.GenerationInterrupted(acc.result(ended="interrupted")) from None
+            step = loop.after(result)
+        return loop.final()
+
+    async def _tool_loop(self, request: Request, tools: Sequence[Any], mode: str, approve: Callable[[Any], bool] | None,
+                         max_steps: int) -> ToolLoop:
+        from ._toolrun import ToolLoop, ToolPlan, check_mode, pick_mode
+        from ._tools import as_tools
+
+        chosen = check_mode(mode)
+        supported = await self.supported_parameters(request.model) if chosen == "auto" else None
+        plan = ToolPlan(tuple(as_tools(tools)), pick_mode(chosen, supported, local=self.base_url == "local"), approve, max_steps)
+        return ToolLoop(plan, request)
 
     async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         """Run one request on the background loop; raises GraniteError carrying the partial result."""

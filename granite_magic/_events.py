@@ -7,6 +7,7 @@ clock is injected, so accumulation can be fed arbitrary events in tests.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from ._result import Ended, Result, ToolCall, Usage
 from ._tokens import ProbsKind, Token
+from ._tools import ToolCallAssembler
 
 __all__ = [
     "Accumulator",
@@ -129,7 +131,7 @@ class Accumulator:
         self._parts: list[str] = []
         self._joined = ""
         self._joined_parts = 0
-        self._tool_calls: dict[int, ToolCall] = {}
+        self._tool_calls = ToolCallAssembler()
         self.tokens: list[Token] = []
         self.probs_kind: ProbsKind | None = None
 
@@ -192,10 +194,12 @@ class Accumulator:
     def _tool_call(self, delta: ToolCallDelta) -> None:
         if self.first_token_at is None:
             self.first_token_at = self._clock()
-        call = self._tool_calls.setdefault(delta.index, ToolCall(delta.index))
-        call.id = delta.id or call.id
-        call.name += delta.name or ""
-        call.arguments += delta.arguments or ""
+        self._tool_calls.add(delta.index, delta.id, delta.name, delta.arguments)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls the model asked for so far, in order (not run: the tool loop runs them)."""
+        return [ToolCall(c.name, _arguments(c.arguments), c.id, c.arguments) for c in self._tool_calls.calls()]
 
     def result(self, *, error: str | None = None, ended: Ended | None = None) -> Result:
         finish = self.finish
@@ -214,8 +218,16 @@ class Accumulator:
             params=dict(self.params),
             error=error,
             ended=ended,
-            tool_calls=[self._tool_calls[i] for i in sorted(self._tool_calls)],
+            tool_calls=self.tool_calls,
             chunks=self.chunks,
             tokens=list(self.tokens),
             probs_kind=self.probs_kind,
         )
+
+
+def _arguments(raw: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

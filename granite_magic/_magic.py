@@ -117,6 +117,8 @@ class GraniteMagics(Magics):
                 _warn(warning)
             if request.dry_run:
                 self._dry_run(request, target)
+            elif request.tools:
+                self._run_tools(request, target)
             elif request.is_grid:
                 self._compare(request, self._start_grid(request, target))
             else:
@@ -178,6 +180,33 @@ class GraniteMagics(Magics):
         message = explain(error, result) or format_problem
         if message:
             _error(message)
+
+    def _run_tools(self, request: CellRequest, target: Target) -> None:
+        """A tool-using turn: every call shown as it happens, a block per call above the answer."""
+        from ._advice import explain
+        from ._render import describe_params
+        from ._toolrun import ToolPlan, check_mode, pick_mode
+
+        mode = check_mode(request.tool_mode)
+        supported = target.client.loop.run(target.client.supported_parameters(target.model)) if mode == "auto" else None
+        plan = ToolPlan(request.tools, pick_mode(mode, supported, local=target.backend == "local"),
+                        approve=self._approver() if request.approve else None, max_steps=request.max_steps or 5)
+        title = describe_params(target.label, request.turn.sampling) + f" · tools: {', '.join(t.name for t in plan.tools)} ({plan.mode})"
+        view = self._view(title)
+        view.show()
+        result, error, tools = self.session.run_tools(request.turn, target, plan, view)
+        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
+        if request.out:
+            self._namespace()[request.out] = result
+        message = explain(error, result) or tools.stopped
+        if message:
+            _error(message)
+
+    def _approver(self) -> Any:
+        """Ask before each call: Run / Skip buttons in a notebook, a question in a terminal."""
+        from ._approve import ask_in_terminal, ask_with_buttons
+
+        return ask_with_buttons if self._widgets() else ask_in_terminal
 
     def _show_lens(self, job: SingleJob, result: Result) -> None:
         """Under a --probs reply: the sampler lens with branching, or one line if no probabilities came back."""

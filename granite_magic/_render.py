@@ -27,6 +27,7 @@ __all__ = [
     "WidgetView",
     "reply_bundle",
     "status_line",
+    "tool_calls_bundle",
 ]
 
 MIME_MARKDOWN = "text/markdown"
@@ -109,6 +110,32 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
     return data, metadata
 
 
+def tool_calls_bundle(result: Result) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One collapsible block per call (name, arguments, result or error, time): escaped HTML, Markdown and text."""
+    import html as html_module
+
+    blocks, markdown, plain = [], [], []
+    for call in result.tool_calls:
+        arguments = json.dumps(call.arguments if call.arguments is not None else call.raw_arguments, ensure_ascii=False)
+        outcome = f"error: {call.error}" if call.error else _result_text(call.result)
+        took = f" · {call.duration_s * 1000:.0f} ms" if call.duration_s else ""
+        head = f"{'⚠ ' if call.error else ''}Ran {call.name}{took}" if call.ran else f"⚠ Did not run {call.name}"
+        e = html_module.escape
+        blocks.append(f'<details class="gm-tool"><summary><code>{e(head)}</code></summary><div>arguments: <code>{e(arguments)}</code>'
+                      f'</div><pre style="white-space:pre-wrap">{e(outcome)}</pre></details>')
+        markdown.append(f"**{markdown_literal(head)}** · arguments `{markdown_literal(arguments)}`\n\n{fenced(outcome, 'text')}")
+        plain.append(f"{head}({arguments}) -> {outcome}")
+    data = {"text/html": "".join(blocks), MIME_MARKDOWN: "\n\n".join(markdown), MIME_PLAIN: "\n".join(plain)}
+    return data, {}  # the reply's own output below carries the metadata, calls included
+
+
+def _result_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def status_bundle(text: str) -> dict[str, Any]:
     return {MIME_PLAIN: text, MIME_MARKDOWN: f"<sub>{markdown_literal(text)}</sub>"}
 
@@ -177,7 +204,8 @@ class ThrottledOutput:
     def replace_with(self, data: dict[str, Any], metadata: dict[str, Any], *after: dict[str, Any]) -> None:
         """Swap the widget for static outputs, so the result survives without widget state.
 
-        Embedded in the panel, the widget stays and shows the static outputs instead.
+        The first output takes the widget's place; the others follow it.  Embedded in the panel,
+        the widget stays and shows the static outputs instead.
         """
         if self.embedded:
             self.widget.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata}, *after)
@@ -196,14 +224,19 @@ class ThrottledOutput:
 
 
 class WidgetView(ThrottledOutput):
-    """One reply streaming as Markdown (made safe), with a status line."""
+    """One reply streaming as Markdown (made safe), with a status line (and, with tools, a line per call)."""
 
     def __init__(self, title: str, *, rate: float = 15.0, embedded: bool = False) -> None:
         super().__init__(rate=rate, embedded=embedded)
         self.title = title
+        self.lines: list[str] = []  # what the tool loop did so far: "calling convert(amount=120)", "  → 14400.0"
 
     def show(self) -> None:
         self.show_widget((self._header(), _markdown_output(""), _plain_output("▌ sending…")))
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+        self._sent_progress = -1  # show it at the next refresh
 
     def _header(self) -> dict[str, Any]:
         return _markdown_output(f"**{markdown_literal(self.title)}**")
@@ -212,12 +245,18 @@ class WidgetView(ThrottledOutput):
         return state.chunks
 
     def outputs(self, state: Progress) -> tuple[dict[str, Any], ...]:
-        return (self._header(), _markdown_output(safe_markdown(live_text(state))), _plain_output(live_status(state)))
+        calls = (_plain_output("\n".join(self.lines)),) if self.lines else ()
+        return (self._header(), *calls, _markdown_output(safe_markdown(live_text(state))), _plain_output(live_status(state)))
 
     def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
         line = f"{self.title} · {status_line(result)}" + (f" · {note}" if note else "")
         status = {"output_type": "display_data", "data": status_bundle(line), "metadata": {}}
-        self.replace_with(*reply_bundle(result, fmt, extra), status)
+        data, metadata = reply_bundle(result, fmt, extra)
+        reply: dict[str, Any] = {"output_type": "display_data", "data": data, "metadata": metadata}
+        if result.tool_calls:  # the calls, collapsible, above the answer they led to
+            self.replace_with(*tool_calls_bundle(result), reply, status)
+        else:
+            self.replace_with(reply["data"], reply["metadata"], status)
 
 
 class TerminalView:
@@ -242,6 +281,9 @@ class TerminalView:
             self.stream.write(text[self._printed :])
             self.stream.flush()
             self._printed = len(text)
+
+    def log(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
 
     def finish(self, result: Result, fmt: str, extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
         rest = result.text[self._printed :]

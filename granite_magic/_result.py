@@ -25,10 +25,16 @@ class Usage:
 
 @dataclass
 class ToolCall:
-    index: int
+    """A tool call the model asked for and, once the tool loop ran it, what became of it."""
+
+    name: str
+    arguments: dict[str, Any] | None  # as the model sent them; None when they were not a JSON object
     id: str | None = None
-    name: str = ""
-    arguments: str = ""  # JSON text, concatenated from the streamed fragments
+    raw_arguments: str = ""  # the JSON text, joined from the streamed fragments
+    result: Any = None  # the function's return value
+    error: str | None = None  # why the call was refused, declined, or what it raised
+    duration_s: float | None = None
+    ran: bool = False
 
 
 @dataclass
@@ -87,6 +93,8 @@ class Result:
         """Plain JSON-ready data: what the notebook stores as output metadata."""
         data = asdict(self)
         data["params"] = json_ready(self.params)
+        for call, saved in zip(self.tool_calls, data["tool_calls"], strict=True):
+            saved["result"] = _json_safe(call.result)  # a tool may return anything; the notebook stores JSON
         data["partial"] = self.partial
         data["tokens_per_s"] = self.tokens_per_s
         data["cost"] = self.cost
@@ -126,3 +134,14 @@ class Result:
         from ._markdown import safe_markdown
 
         return safe_markdown(self.text)
+
+
+def _json_safe(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+        return text if len(text) <= 2000 else text[:1997] + "..."
+    return value

@@ -29,6 +29,7 @@ from ._result import Result
 from ._runner import BackgroundLoop
 from ._settings import Backend, Settings, check_backend, check_base_url
 from ._shapes import Api, Request, build_messages, shape
+from ._toolrun import ToolLoop, ToolPlan
 
 __all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "SingleJob", "Target", "Turn", "new_turn", "shared_session"]
 
@@ -287,7 +288,7 @@ class Session:
         """The job's result and error; a complete chat turn joins its conversation."""
         result, error = job.outcome()
         if not result.partial and job.turn.chat is not None:
-            self._remember(job.turn, job.request, result)
+            self._remember(job.turn, result)
         self.last = result
         return result, error
 
@@ -297,6 +298,35 @@ class Session:
         with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
             job.loop.run(job.stream(view))
         return self.finish(job)
+
+    def run_tools(self, turn: Turn, target: Target, plan: ToolPlan, view: Any = None) -> tuple[Result, errors.GraniteError | None, ToolLoop]:
+        """A tool-using turn: stream, run the calls (in this thread), send the results, until the model answers.
+
+        Every step is one request in the ledger; a failure, an interrupt or ``max_steps`` ends the loop
+        with what arrived kept.
+        """
+        tools = ToolLoop(plan, self.request(turn, target), on_call=getattr(view, "log", lambda line: None))
+        self.check_budget(target, [tools.request])
+        request: Request | None = tools.request
+        error: errors.GraniteError | None = None
+        while request is not None:
+            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes)
+            with contextlib.suppress(KeyboardInterrupt):
+                job.loop.run(job.stream(_Showing(view, tools) if view is not None else None, check_support=tools.steps == 0))
+            result, error = job.outcome()
+            if error is not None or result.partial:
+                tools.stop_at(result)
+                break
+            try:
+                request = tools.after(result)
+            except KeyboardInterrupt:  # in a tool function: the turn stops, what was done is kept
+                request = None
+                error = errors.GraniteError("Interrupted while a tool ran; the calls made so far are kept.")
+        final = tools.final()
+        if error is None and not final.partial and turn.chat is not None:
+            self._remember(turn, final, added=tools.history())
+        self.last = final
+        return final, error, tools
 
     def finish_compare(self, job: CompareJob) -> Comparison:
         comparison = job.outcome()
@@ -314,14 +344,15 @@ class Session:
             job.loop.run(job.stream(view or QuietGrid()))
         return self.finish_compare(job)
 
-    def _remember(self, turn: Turn, request: Request, result: Result) -> None:
-        """Only a complete turn joins the history, so a failed one cannot corrupt it."""
+    def _remember(self, turn: Turn, result: Result, *, added: Sequence[dict[str, Any]] | None = None) -> None:
+        """Only a complete turn joins the history, so a failed one cannot corrupt it.  ``added``: what a
+        tool-using turn said after the user's message (its calls, their results, the answer)."""
         assert turn.chat is not None
         conversation = self.conversations.setdefault(turn.chat, Conversation())
         if turn.system is not None:
             conversation.system = turn.system
         conversation.messages.append({"role": "user", "content": turn.prompt})
-        conversation.messages.append({"role": "assistant", "content": result.text})
+        conversation.messages.extend(added if added is not None else [{"role": "assistant", "content": result.text}])
 
     def reset(self, name: str | None = None) -> list[str]:
         names = list(self.conversations) if name is None else [name]
@@ -472,6 +503,17 @@ class CompareJob:
         runs = [Run(spec, *self._column_outcome(i)) for i, spec in enumerate(self.specs)]
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base))
+
+
+class _Showing:
+    """A live view shown a tool step's visible progress (prompted mode hides the ``<tool_call>`` blocks)."""
+
+    def __init__(self, view: Any, tools: ToolLoop) -> None:
+        self.view, self.tools = view, tools
+
+    async def run(self, acc: Progress) -> None:
+        assert isinstance(acc, Accumulator)
+        await self.view.run(self.tools.visible(acc))
 
 
 def new_turn(prompt: str, params: Mapping[str, Any], **target: Any) -> Turn:

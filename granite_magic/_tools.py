@@ -1139,3 +1139,21 @@ class ToolCallScanner:
 def _partial_tag(text: str, tag: str) -> int:
     """The length of the longest end of ``text`` that could be the start of ``tag``."""
     return next((n for n in range(min(len(text), len(tag) - 1), 0, -1) if text.endswith(tag[:n])), 0)
+
+
+def as_tools(items: Sequence[Any]) -> list[Tool]:
+    """``chat(tools=...)``'s items as tools: a ``Tool``, a function, or a ``(json_schema_definition, function)`` pair."""
+    tools: list[Tool] = []
+    for item in items:
+        if isinstance(item, Tool):
+            tools.append(item)
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Mapping) and callable(item[1]):
+            tools.append(tool_from_spec(item[0], item[1]))
+        elif callable(item):
+            tools.append(tool_from_function(item))
+        else:
+            raise InvalidParameterError(f"tools= takes functions, Tool objects or (definition, function) pairs, not {item!r}")
+    names = [tool.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"tools= names a tool twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return tools

@@ -135,7 +135,8 @@ def test_tool_call_fragments_are_joined_per_index() -> None:
         acc.feed(delta)
     acc.feed(Finish("tool_calls"))
     result = acc.result()
-    assert [(c.name, json.loads(c.arguments)) for c in result.tool_calls] == [("get_weather", {"city": "Paris"}), ("get_time", {})]
+    assert [(c.name, c.arguments, c.id) for c in result.tool_calls] == [("get_weather", {"city": "Paris"}, "call_1"),
+                                                                         ("get_time", {}, "call_2")]
     assert result.finish_reason == "tool_calls" and not result.partial
 
 

@@ -1,0 +1,729 @@
+"""Record and replay runs: a content-addressed cache of streamed replies, one small file per run.
+
+A run is keyed on everything that decides its reply (``request_fields`` -> ``cache_key``), recorded as
+the events it streamed with their times (``Recorder`` -> ``Recording``), kept as one gzipped JSON file
+(``RunCache``), and replayed into the same ``Accumulator`` a live run feeds (``replay``), so a hit is the
+same ``Result`` as the original.  The session decides when to look up, record and replay (``CACHE_MODES``);
+nothing here touches the network or a model.
+
+"The same Result" has two documented tolerances: **log probabilities are kept to 1e-4** (every
+probability to 0.005 % of itself) and **times to 0.1 ms**.  Texts, tool calls, usage, cost, finish
+reasons and errors are exact.
+
+The file (format 1) is ``{"format", "key", "created", "fields", "events": [[dt, EVENT], ...]}`` where
+``dt`` is the time since the previous event in units of 0.1 ms and ``EVENT`` is ``encode_event``'s
+dictionary.  Token probabilities, which are nearly all of a file's bytes with ``--probs``, are written
+compactly:
+
+* a token is ``[i, TEXTS, STEPS]`` when it is its own alternative ``top[i]`` (the usual case: the server
+  repeats the chosen token among the alternatives), else ``[text, LOGPROB, TEXTS, STEPS]``;
+* ``TEXTS`` are the alternatives' texts; ``STEPS`` their log probabilities in units of 1e-4 as a chain of
+  differences (the first is the value, each next one is how much lower it is than the one before: small
+  positive integers, since alternatives come most likely first);
+* a value with no integer form (``-inf``, ``nan``, beyond 1e304) is its float spelling as a string, and
+  the chain restarts after it.
+
+That keeps a 500-token reply with 20 alternatives per token near 50 KB, a third of plain JSON objects of
+floats gzipped; what is left is the information itself (``benchmarks/bench_cache.py`` prints the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gzip
+import hashlib
+import json
+import math
+import operator
+import os
+import re
+import threading
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
+from datetime import datetime, timezone
+from itertools import accumulate, pairwise
+from pathlib import Path
+from secrets import token_hex
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ._errors import GraniteError, InvalidParameterError, redact
+from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
+from ._result import Usage
+from ._tokens import Alternative, ProbsKind, Token
+
+__all__ = [
+    "CACHE_MODES",
+    "FORMAT_VERSION",
+    "PACES",
+    "CacheCorruptError",
+    "CacheMissError",
+    "CacheMode",
+    "CacheStats",
+    "Pace",
+    "RecordedClock",
+    "Recorder",
+    "Recording",
+    "RunCache",
+    "cache_key",
+    "check_mode",
+    "decode_event",
+    "describe_fields",
+    "encode_event",
+    "model_fingerprint",
+    "replay",
+    "request_fields",
+]
+
+CacheMode = Literal["off", "auto", "record", "replay"]
+CACHE_MODES: tuple[CacheMode, ...] = ("off", "auto", "record", "replay")
+Pace = Literal["instant", "original"]
+PACES: tuple[Pace, ...] = ("instant", "original")
+
+FORMAT_VERSION = 1
+# Part of every key: bump it only when what a key means changes (every recording shipped with the demo
+# notebooks becomes a miss), never for a new file format, which ``FORMAT_VERSION`` covers.
+KEY_VERSION = 1
+_SCALE = 10_000  # log probabilities (nats) and times (seconds) are kept to 1 / _SCALE
+_HEADER_BYTES = 1 << 20
+_MAX_INFLATED = 256 << 20  # a 100,000-token reply with 20 alternatives per token is ~40 MB of JSON
+_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+_SUFFIX = ".json.gz"
+
+
+class CacheCorruptError(GraniteError):
+    """A cache file could not be read back: truncated, damaged, or from another format."""
+
+    kind = "cache_corrupt"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cache file {path} is unusable: {reason}")
+        self.path = path
+
+
+class CacheMissError(GraniteError):
+    """``replay`` mode found no recording of a request: the message says which request."""
+
+    kind = "cache_miss"
+
+    def __init__(self, fields: Mapping[str, Any], directory: Path) -> None:
+        super().__init__(f"no recording in {directory} for {describe_fields(fields)}")
+        self.fields = dict(fields)
+        self.directory = directory
+
+
+def check_mode(value: str) -> CacheMode:
+    """A cache mode from a cell, ``%config`` or ``GRANITE_CACHE``, or an error listing the valid ones."""
+    text = str(value).strip().lower()
+    for mode in CACHE_MODES:
+        if text == mode:
+            return mode
+    raise InvalidParameterError(f"cache={value!r} is invalid: must be one of {', '.join(CACHE_MODES)}")
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def request_fields(
+    *,
+    backend: str,
+    base_url: str,
+    model: str,
+    api: str,
+    messages: Sequence[Mapping[str, Any]],
+    sampling: Mapping[str, Any],
+    repeat: int = 0,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """What decides a run's reply, as plain JSON data: ``cache_key``'s input and a recording's description.
+
+    Only the base URL's host is kept: credentials, port and path never reach a file, and a local test
+    server's random port does not split the cache.  ``sampling`` is every parameter sent (``--probs`` is
+    ``logprobs``/``top_logprobs`` there); ``tools`` are JSON schemas, not functions; ``fingerprint`` is
+    ``model_fingerprint`` for the local backend.  Absent optional fields are left out, so adding one later
+    keeps today's keys.
+    """
+    found: dict[str, Any] = {"backend": backend, "host": _host(base_url), "model": model, "api": api,
+                             "messages": list(messages), "sampling": sampling, "repeat": repeat}
+    if tools:
+        found["tools"] = list(tools)
+    if fingerprint is not None:
+        found["fingerprint"] = fingerprint
+    canonical: dict[str, Any] = _canonical(found)
+    return canonical
+
+
+def cache_key(fields: Mapping[str, Any]) -> str:
+    """The sha256 (64 hex digits) of a canonical JSON of ``fields``: equal requests give equal keys."""
+    text = json.dumps({"cache": KEY_VERSION, "request": _canonical(fields)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_fingerprint(path: Path | str) -> str:
+    """``size:sha256-of-the-first-MB`` of a model file: its identity wherever it lies, never its path.
+
+    A GGUF file starts with its architecture, quantisation, tokenizer and metadata, so a copy elsewhere
+    fingerprints the same and another build of the model does not, without hashing gigabytes.
+    """
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        header = file.read(_HEADER_BYTES)
+    return f"{size}:{hashlib.sha256(header).hexdigest()}"
+
+
+def describe_fields(fields: Mapping[str, Any]) -> str:
+    """One line a person recognises a request by: "chat to openrouter.ai, model m, seed 3: 'Tell me…'".
+
+    Never fails: it also describes whatever a damaged file holds.
+    """
+    host, backend = fields.get("host"), fields.get("backend") or "?"
+    parts = [f"{fields.get('api') or 'chat'} to {host}" if host else f"{backend} backend", f"model {fields.get('model')}"]
+    parts += _describe_sampling(fields.get("sampling"))
+    if fields.get("repeat"):
+        parts.append(f"repeat {fields['repeat']}")
+    if isinstance(fields.get("tools"), list) and fields["tools"]:
+        parts.append("tools " + ", ".join(_tool_name(tool) for tool in fields["tools"]))
+    prompt = _last_user_text(fields.get("messages"))
+    return ", ".join(parts) + (f": '{_shorten(prompt, 40)}'" if prompt else "")
+
+
+def _host(base_url: str) -> str:
+    # urlsplit only finds a host after "//"; "openrouter.ai/api/v1" is still a host and a path.
+    return urlsplit(base_url if "//" in base_url else f"//{base_url}").hostname or ""
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as plain JSON data that compares by meaning: string keys, lists, numbers by value."""
+    if isinstance(value, Mapping):
+        # Token ids are ints in ``Sampling`` and strings in JSON: {50256: -100} and {"50256": -100} are one request.
+        canonical = {str(k): _canonical(v) for k, v in value.items()}
+        if len(canonical) != len(value):
+            raise ValueError(f"keys that differ only in type: {list(value)!r}")
+        return canonical
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # 1.0 and 1 are sent as the same number; this also folds -0.0 into 0
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise TypeError(f"cannot key a {type(value).__name__} ({value!r}): pass JSON data")
+
+
+def _describe_sampling(sampling: Any) -> list[str]:
+    if not isinstance(sampling, Mapping):
+        return []
+    names = sorted(sampling, key=lambda name: (name != "seed", str(name)))  # the seed first: it tells runs apart
+    return [f"{name} {json.dumps(sampling[name], separators=(',', ':'), default=str)}" for name in names]
+
+
+def _tool_name(tool: Any) -> str:
+    if not isinstance(tool, Mapping):
+        return "?"
+    function = tool.get("function")
+    return str((function.get("name") if isinstance(function, Mapping) else None) or tool.get("name") or "?")
+
+
+def _last_user_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep their text
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+            return str(content or "")
+    return ""
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# --- events <-> JSON ---------------------------------------------------------------------------
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    """``event`` as JSON data; ``decode_event`` gives it back (log probabilities to 1e-4)."""
+    if isinstance(event, TextDelta):
+        return {"type": "text", "text": event.text}
+    if isinstance(event, TokenLogprobs):
+        return {"type": "logprobs", "kind": event.kind, "tokens": [_encode_token(t) for t in event.tokens]}
+    if isinstance(event, ToolCallDelta):
+        return _present(type="tool", index=event.index, id=event.id, name=event.name, arguments=event.arguments)
+    if isinstance(event, UsageReport):
+        return {"type": "usage", "usage": _present(**asdict(event.usage))}
+    if isinstance(event, Finish):
+        return _present(type="finish", reason=event.reason, native_reason=event.native_reason)
+    if isinstance(event, ErrorEvent):
+        return {"type": "error", "message": event.message, "code": event.code, "metadata": event.metadata,
+                "transient": event.transient}
+    if isinstance(event, ChunkMeta):
+        return _present(type="meta", model=event.model, provider=event.provider, id=event.id)
+    return {"type": "done"}
+
+
+def decode_event(data: Mapping[str, Any]) -> Event:
+    """The event ``encode_event`` made ``data`` from; ``ValueError`` for anything else."""
+    try:
+        return _DECODERS[data["type"]](data)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"not a recorded event ({type(exc).__name__}: {exc}): {str(data)[:100]}") from None
+
+
+def _present(**values: Any) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _encode_token(token: Token) -> list[Any]:
+    texts = [alt.text for alt in token.top]
+    steps = _chain(alt.logprob for alt in token.top)
+    logprob = _quantise(token.logprob)
+    for i, alt in enumerate(token.top):
+        if alt.text == token.text and _quantise(alt.logprob) == logprob:
+            return [i, texts, steps]
+    return [token.text, logprob, texts, steps]
+
+
+def _decode_token(data: list[Any]) -> Token:
+    *chosen, texts, steps = _list(data)
+    texts, logprobs = _list(texts), _unchain(_list(steps))
+    # Checked as whole lists, and built with map: a sweep with --probs holds 10,000 alternatives per file.
+    if len(texts) != len(logprobs) or not all(type(text) is str for text in texts):
+        raise TypeError(f"{len(texts)} alternatives' texts for {len(logprobs)} log probabilities, or not strings")
+    top = tuple(map(Alternative, texts, logprobs))
+    if len(chosen) == 1:
+        alt = top[_index(chosen[0], len(top))]
+        return Token(alt.text, alt.logprob, top)
+    text, logprob = chosen
+    return Token(_str(text), _unquantise(logprob), top)
+
+
+def _quantise(value: float) -> int | str:
+    scaled = value * _SCALE
+    # inf, nan and magnitudes past ~1e304 have no integer form: keep the float's own spelling.
+    return round(scaled) if math.isfinite(scaled) else repr(value)
+
+
+def _unquantise(value: Any) -> float:
+    return float(value) if isinstance(value, str) else _int(value) / _SCALE
+
+
+def _chain(values: Iterable[float]) -> list[int | str]:
+    steps: list[int | str] = []
+    previous: int | None = None
+    for value in values:
+        quantised = _quantise(value)
+        steps.append(previous - quantised if isinstance(quantised, int) and previous is not None else quantised)
+        previous = quantised if isinstance(quantised, int) else None
+    return steps
+
+
+def _unchain(steps: list[Any]) -> list[float]:
+    if all(type(step) is int for step in steps):  # the usual case: one chain of whole numbers
+        return [value / _SCALE for value in accumulate(steps, operator.sub)]
+    values: list[float] = []
+    previous: int | None = None
+    for step in steps:
+        if isinstance(step, str):
+            values.append(float(step))
+            previous = None
+            continue
+        previous = _int(step) if previous is None else previous - _int(step)
+        values.append(previous / _SCALE)
+    return values
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _index(value: Any, length: int) -> int:
+    if not 0 <= _int(value) < length:
+        raise IndexError(f"alternative {value} of {length}")
+    return _int(value)
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _usage(data: Any) -> Usage:
+    values = _dict(data)
+    known = {f.name for f in dataclass_fields(Usage)}
+    if not set(values) <= known or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
+        raise TypeError(f"not usage: {values!r}")
+    return Usage(**values)
+
+
+def _kind(value: Any) -> ProbsKind:
+    if value == "raw":
+        return "raw"
+    if value == "server":
+        return "server"
+    raise TypeError(f"unknown probabilities kind {value!r}")
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+_DECODERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
+    "text": lambda d: TextDelta(_str(d["text"])),
+    "logprobs": lambda d: TokenLogprobs(tuple(_decode_token(t) for t in _list(d["tokens"])), _kind(d["kind"])),
+    "tool": lambda d: ToolCallDelta(_int(d["index"]), _opt_str(d.get("id")), _opt_str(d.get("name")),
+                                    _opt_str(d.get("arguments"))),
+    "usage": lambda d: UsageReport(_usage(d["usage"])),
+    "finish": lambda d: Finish(_str(d["reason"]), _opt_str(d.get("native_reason"))),
+    "error": lambda d: ErrorEvent(_str(d["message"]), d["code"], _dict(d["metadata"]), _bool(d["transient"])),
+    "meta": lambda d: ChunkMeta(_opt_str(d.get("model")), _opt_str(d.get("provider")), _opt_str(d.get("id"))),
+    "done": lambda d: Done(),
+}
+
+
+# --- recordings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A run's events with their times in seconds from its start, and the request they answer."""
+
+    events: tuple[tuple[float, Event], ...]
+    fields: Mapping[str, Any] = field(default_factory=dict)  # request_fields(): what was asked, never a key
+    created: str = ""  # ISO 8601, UTC
+    version: int = FORMAT_VERSION
+
+    @property
+    def duration_s(self) -> float:
+        return self.events[-1][0] if self.events else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """The reply ended normally: worth keeping (a failed run would replay its failure forever)."""
+        events = [event for _, event in self.events]
+        finished = any(isinstance(e, Finish) and e.reason != "error" for e in events)
+        return finished and not any(isinstance(e, ErrorEvent) for e in events)
+
+    def describe(self) -> str:
+        return describe_fields(self.fields)
+
+
+class Recorder:
+    """Collects a live run's events as they arrive; ``recording()`` makes them a ``Recording``.
+
+    Start it (or ``restart_clock``) with the run's ``Accumulator`` and ``add`` each event where the
+    accumulator is fed, so the replayed times (first token, duration) are the original's.
+    """
+
+    def __init__(self, fields: Mapping[str, Any], *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.fields = dict(fields)
+        self._clock = clock
+        self._started = clock()
+        self._events: list[tuple[float, Event]] = []
+
+    def restart_clock(self) -> None:
+        """Time from now: a queued comparison column starts when it may send."""
+        self._started = self._clock()
+
+    def add(self, event: Event) -> None:
+        self._events.append((self._clock() - self._started, event))
+
+    def recording(self, *, created: str | None = None) -> Recording:
+        created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return Recording(tuple(self._events), self.fields, created)
+
+
+def _encode_recording(key: str, recording: Recording) -> dict[str, Any]:
+    # Times as differences of whole ticks: no rounding error piles up, and most steps are a few digits.
+    ticks = [round(at * _SCALE) for at, _ in recording.events]
+    steps = [now - before for before, now in pairwise([0, *ticks])]
+    events = [[step, encode_event(event)] for step, (_, event) in zip(steps, recording.events, strict=True)]
+    return {"format": FORMAT_VERSION, "key": key, "created": recording.created, "fields": dict(recording.fields),
+            "events": events}
+
+
+def _decode_recording(key: str, data: Any) -> Recording:
+    try:
+        document = _dict(data)
+        if document.get("format") != FORMAT_VERSION:
+            raise ValueError(f"it has format {document.get('format')!r} and this version reads format {FORMAT_VERSION}")
+        if document.get("key") != key:
+            raise ValueError("it holds the recording of another request")
+        return Recording(tuple(_decode_events(_list(document["events"]))), _dict(document["fields"]), _str(document["created"]))
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"unexpected content ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_events(items: list[Any]) -> Iterator[tuple[float, Event]]:
+    tick = 0
+    for step, event in items:
+        tick += _int(step)
+        yield tick / _SCALE, decode_event(_dict(event))
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    hits: int  # this RunCache's lookups (the session's), not the directory's history
+    misses: int  # a corrupt file counts as a miss
+
+
+class RunCache:
+    """One directory of recordings, one gzipped JSON file per run, ``<key[:2]>/<key>.json.gz``.
+
+    Safe for a comparison grid writing at once, from threads or processes: a file is written under a
+    temporary name in its own folder, then renamed over the old one, so a reader sees one whole file or
+    the other.  The file is not fsynced: it is a cache, and a file torn by a power cut reads as corrupt.
+    """
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        # Why recording stopped (the one warning to show), or None while it works.
+        self.recording_off: str | None = None
+        self._hits = 0
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        if not _KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"not a cache key: {key!r}")
+        return self.directory / key[:2] / f"{key}{_SUFFIX}"
+
+    def load(self, key: str) -> Recording | None:
+        """The recording of ``key``, or None; ``CacheCorruptError`` naming the file if it cannot be read."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            self._count(hit=False)
+            return None
+        except OSError as exc:
+            self._count(hit=False)
+            raise CacheCorruptError(path, f"it cannot be read ({exc.strerror or exc})") from None
+        try:
+            recording = _decode_recording(key, json.loads(_gunzip(raw).decode("utf-8", "surrogatepass")))
+        except (EOFError, OSError, zlib.error, ValueError, RecursionError) as exc:
+            self._count(hit=False)
+            raise CacheCorruptError(path, _why_unreadable(exc)) from None
+        self._count(hit=True)
+        return recording
+
+    def store(self, key: str, recording: Recording, *, secrets: Iterable[str] = ()) -> bool:
+        """Write ``recording`` under ``key``; False if nothing was written.
+
+        Every string is scrubbed of ``secrets`` (pass the API key) and of anything shaped like a key or a
+        bearer token.  Nothing is written when a secret survives that, e.g. spread over two text deltas.
+        When the directory cannot be written, ``recording_off`` says why and later calls return False
+        at once.
+        """
+        if self.recording_off is not None:
+            return False
+        known = tuple(s for s in secrets if s)
+        if _holds_secret(_streamed_text(recording, known), known):
+            return False
+        text = _dumps(_scrub(_encode_recording(key, recording), known))
+        if _holds_secret(text, known):
+            return False
+        path = self.path(key)
+        try:
+            temporary = _write_beside(path, gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0))
+        except OSError as exc:
+            self.recording_off = self._why_off(exc)
+            return False
+        return _move(temporary, path)
+
+    def stats(self) -> CacheStats:
+        entries = size = 0
+        for path in self._entries():
+            try:
+                size += path.stat().st_size
+            except FileNotFoundError:  # cleared by another session meanwhile
+                continue
+            entries += 1
+        return CacheStats(entries, size, self._hits, self._misses)
+
+    def clear(self) -> int:
+        """Remove this cache's recordings (nothing else in the directory); how many were removed.
+
+        ``OSError`` if they cannot be removed (a read-only directory).
+        """
+        removed = 0
+        for path in list(self._entries()):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            _remove_if_empty(path.parent)
+        return removed
+
+    def _entries(self) -> Iterator[Path]:
+        for path in self.directory.glob(f"??/*{_SUFFIX}"):
+            key = path.name[: -len(_SUFFIX)]
+            if _KEY_PATTERN.fullmatch(key) and path.parent.name == key[:2]:
+                yield path
+
+    def _count(self, *, hit: bool) -> None:
+        with self._lock:  # grid columns may look up from several threads
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+
+    def _why_off(self, exc: OSError) -> str:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"recording is off: {self.directory} is read-only"
+        return f"recording is off: cannot write to {self.directory} ({exc.strerror or exc})"
+
+
+def _gunzip(raw: bytes) -> bytes:
+    # Recordings travel with notebooks from other people: a small file must not inflate to fill the memory.
+    inflater = zlib.decompressobj(wbits=31)  # a gzip member; zlib checks its CRC and length
+    data = inflater.decompress(raw, _MAX_INFLATED)
+    if not inflater.eof:
+        if len(data) >= _MAX_INFLATED:
+            raise ValueError(f"it inflates to more than {_MAX_INFLATED >> 20} MB")
+        raise EOFError
+    if inflater.unused_data:
+        raise ValueError("it has data after its end")
+    return data
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "it is truncated"
+    if isinstance(exc, (OSError, zlib.error)):
+        return f"it is not a whole gzip file ({exc})"
+    return f"it is not a recording: {exc}"
+
+
+def _dumps(document: dict[str, Any]) -> str:
+    # default=str: an error's metadata from a server is JSON already; anything else must not stop a store.
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): _scrub(v, secrets) for k, v in value.items()}
+    return value
+
+
+def _streamed_text(recording: Recording, secrets: tuple[str, ...]) -> str:
+    """The reply's text and tool arguments, each delta scrubbed, joined: a secret left in it spans deltas."""
+    parts = [e.text if isinstance(e, TextDelta) else e.arguments or "" for _, e in recording.events
+             if isinstance(e, (TextDelta, ToolCallDelta))]
+    return "".join(redact(part, secrets) for part in parts)
+
+
+def _holds_secret(text: str, secrets: tuple[str, ...]) -> bool:
+    return any(secret in text for secret in secrets)
+
+
+def _write_beside(path: Path, payload: bytes) -> Path:
+    """``payload`` in a new file in ``path``'s folder (so that renaming it to ``path`` is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{token_hex(8)}.tmp")
+    try:
+        with open(temporary, "xb") as file:  # "x": a name of its own, with the umask's permissions
+            file.write(payload)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def _move(temporary: Path, path: Path) -> bool:
+    try:
+        os.replace(temporary, path)
+    except OSError:
+        # The folder is writable (the file was made), so this is one write's conflict, e.g. Windows refusing
+        # to replace a file another kernel is reading: this run stays unrecorded, recording stays on.
+        temporary.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+
+class RecordedClock:
+    """The clock of a replay's ``Accumulator``: the recorded time of the event being replayed.
+
+    ``Accumulator(params, clock=c)`` with ``replay(..., clock=c)`` gives the original's first-token time,
+    duration and tokens/s, however fast the replay runs.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def replay(
+    recording: Recording,
+    feed: Callable[[Event], None],
+    *,
+    pace: Pace = "instant",
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    timer: Callable[[], float] | None = None,
+    clock: RecordedClock | None = None,
+) -> None:
+    """Feed ``recording``'s events in order: at once, or at their recorded times (``pace="original"``).
+
+    ``sleep`` and ``timer`` (default: the running loop's clock) are injectable for tests; ``clock`` is
+    set to each event's recorded time before it is fed.
+    """
+    if pace not in PACES:
+        raise InvalidParameterError(f"pace={pace!r} is invalid: must be one of {', '.join(PACES)}")
+    now = timer or asyncio.get_running_loop().time
+    started = now()
+    for at, event in recording.events:
+        if pace == "original":
+            delay = at - (now() - started)  # measured from the start, so oversleeping does not pile up
+            if delay > 0:
+                await sleep(delay)
+        if clock is not None:
+            clock.now = at
+        feed(event)

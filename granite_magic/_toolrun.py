@@ -1,0 +1,201 @@
+"""The tool loop: ask, run the calls the model makes, send their results back, until it answers.
+
+Shape-neutral: the conversation is kept in the chat-completions form (an assistant message with
+``tool_calls``, then ``role: "tool"`` results) and each API shape converts it on the wire.  In
+prompted mode (for providers that do not honour ``tools``) the tools are described in the system
+message in Granite's own convention, calls are read from the reply's ``<tool_call>`` blocks, and
+results go back as a user turn of ``<tool_response>`` blocks.
+
+Tool functions run in the caller's thread (the kernel's, for a cell), between two requests: the
+user's code runs where it would in a cell, and Ctrl-C interrupts it as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import InvalidParameterError
+from ._events import Accumulator
+from ._result import Result, ToolCall, Usage
+from ._shapes import Request
+from ._tools import (
+    Approve,
+    CallRecord,
+    ParsedCall,
+    Tool,
+    ToolCallScanner,
+    describe_call,
+    prompted_assistant,
+    prompted_results,
+    prompted_system,
+    result_text,
+    run_requested,
+)
+
+__all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "pick_mode"]
+
+ToolMode = Literal["native", "prompted", "auto"]
+TOOL_MODES: tuple[ToolMode, ...] = ("native", "prompted", "auto")
+MAX_STEPS = 5
+
+
+def check_mode(value: str) -> ToolMode:
+    for mode in TOOL_MODES:
+        if value == mode:
+            return mode
+    raise InvalidParameterError(f"--tool-mode {value!r} is invalid: must be one of {', '.join(TOOL_MODES)}")
+
+
+def pick_mode(mode: ToolMode, supported: Sequence[str] | None, *, local: bool) -> Literal["native", "prompted"]:
+    """``auto``: native when the model's listing names ``tools``; prompted otherwise (and on the local
+    backend, whose model reads Granite's convention from its system message)."""
+    if mode != "auto":
+        return mode
+    if local:
+        return "prompted"
+    return "native" if supported is not None and "tools" in supported else "prompted"
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a tool-using turn offers and how."""
+
+    tools: tuple[Tool, ...]
+    mode: Literal["native", "prompted"]
+    approve: Approve | None = None
+    max_steps: int = MAX_STEPS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_steps <= 50:
+            raise InvalidParameterError(f"--max-steps {self.max_steps} is out of range: must be an integer from 1 to 50")
+
+    def first_request(self, request: Request) -> Request:
+        """The request of the first step: tools offered natively, or described in the system message."""
+        if self.mode == "native":
+            return dataclasses.replace(request, tools=self.tools)
+        return dataclasses.replace(request, messages=_with_system(request.messages, prompted_system(self.tools)))
+
+
+@dataclass
+class ToolLoop:
+    """One tool-using turn, stepped by a driver that streams each request (``step`` / ``record``)."""
+
+    plan: ToolPlan
+    request: Request
+    on_call: Callable[[str], None] = lambda line: None  # "calling convert(amount=120)" / "→ 14400.0" for the live view
+    records: list[CallRecord] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
+    steps: int = 0
+    stopped: str | None = None  # why the loop ended before the model answered (max steps)
+
+    def __post_init__(self) -> None:
+        self.request = self.plan.first_request(self.request)
+        self._asked = len(self.request.messages)  # the messages before this turn's calls and results
+
+    def visible(self, acc: Accumulator) -> Any:
+        """What the live view should show of a step: the text without ``<tool_call>`` blocks in prompted mode."""
+        return acc if self.plan.mode == "native" else _Visible(acc)
+
+    def after(self, result: Result) -> Request | None:
+        """Run the calls ``result`` asked for (in this thread) and return the next request; None when done."""
+        self.steps += 1
+        self.results.append(result)
+        text, calls = self._calls(result)
+        if not calls or result.partial:
+            return None
+        if self.steps >= self.plan.max_steps:
+            self.stopped = (f"stopped after {self.steps} steps (--max-steps {self.plan.max_steps}): the model was still "
+                            f"calling tools; the last calls were not run")
+            return None
+        records = [self._run(call) for call in calls]
+        self.records += records
+        return dataclasses.replace(self.request, messages=(*self.request.messages, *self._history(text, calls, records)))
+
+    def stop_at(self, result: Result) -> None:
+        """The turn ended at this step without asking for more (a failure or an interrupt)."""
+        self.steps += 1
+        self.results.append(result)
+
+    def _calls(self, result: Result) -> tuple[str, list[ParsedCall]]:
+        if self.plan.mode == "native":
+            calls = [ParsedCall(i, c.name, c.raw_arguments, c.id) for i, c in enumerate(result.tool_calls)]
+            return result.text, calls
+        scanner = ToolCallScanner()
+        shown, calls = scanner.feed(result.text)
+        rest, more = scanner.close()
+        return shown + rest, calls + more
+
+    def _run(self, call: ParsedCall) -> CallRecord:
+        self.on_call(f"calling {describe_call(call.name, call.arguments)}")
+        record = run_requested(self.plan.tools, call, approve=self.plan.approve)
+        self.on_call(f"  → {record.error}" if record.error else f"  → {_short(result_text(record))}")
+        return record
+
+    def _history(self, text: str, calls: Sequence[ParsedCall], records: Sequence[CallRecord]) -> list[dict[str, Any]]:
+        """The assistant's calls and the results, in the chat-completions form (or Granite's, prompted)."""
+        if self.plan.mode == "prompted":
+            return [{"role": "assistant", "content": prompted_assistant(text.strip(), calls)},
+                    {"role": "user", "content": prompted_results(records)}]
+        assistant = {"role": "assistant", "content": text or None, "tool_calls": [
+            {"id": r.id, "type": "function", "function": {"name": r.name, "arguments": r.raw_arguments or "{}"}} for r in records]}
+        results = [{"role": "tool", "tool_call_id": r.id, "content": result_text(r), **({"is_error": True} if r.error else {})}
+                   for r in records]
+        return [assistant, *results]
+
+    def final(self) -> Result:
+        """The last step's reply, with every call of every step and the usage and cost of all of them."""
+        last = self.results[-1]
+        text, _ = self._calls(last) if self.plan.mode == "prompted" else (last.text, [])
+        calls = [ToolCall(r.name, r.arguments, r.id, r.raw_arguments, r.result, r.error, r.duration_s, r.ran) for r in self.records]
+        return dataclasses.replace(last, text=text.strip() if self.plan.mode == "prompted" else text, tool_calls=calls,
+                                   usage=_total_usage(self.results), duration_s=sum(r.duration_s or 0 for r in self.results))
+
+    def history(self) -> list[dict[str, Any]]:
+        """What a ``--chat`` conversation keeps of this turn after the user's message: calls, results, answer."""
+        added = [dict(m) for m in self.request.messages[self._asked :]]
+        return [*added, {"role": "assistant", "content": self.final().text}]
+
+
+class _Visible:
+    """A step's progress as the live view shows it in prompted mode: ``<tool_call>`` blocks hidden."""
+
+    def __init__(self, acc: Accumulator) -> None:
+        self.acc = acc
+        self._scanner = ToolCallScanner()
+        self._seen = 0
+        self._shown = ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.acc, name)
+
+    @property
+    def text(self) -> str:
+        text = self.acc.text
+        if len(text) > self._seen:
+            shown, _ = self._scanner.feed(text[self._seen :])
+            self._shown += shown
+            self._seen = len(text)
+        return self._shown
+
+
+def _with_system(messages: Sequence[Mapping[str, Any]], addition: str) -> tuple[Mapping[str, Any], ...]:
+    if messages and messages[0].get("role") == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{addition}"}
+        return (first, *messages[1:])
+    return ({"role": "system", "content": addition}, *messages)
+
+
+def _total_usage(results: Sequence[Result]) -> Usage:
+    def total(name: str) -> Any:
+        values = [getattr(r.usage, name) for r in results]
+        return None if all(v is None for v in values) else sum(v or 0 for v in values)
+
+    return Usage(**{f.name: total(f.name) for f in dataclasses.fields(Usage)})
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -32,16 +32,17 @@ def compare(
     base_url: str | None = None,
     backend: str | None = None,
     api: str | None = None,
+    verify: bool = False,
     **params: Any,
 ) -> Comparison:
     """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
 
     ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
     takes the same target arguments as a single turn (``model``, ``base_url``,
-    ``backend``, ``api``, ``system``).
+    ``backend``, ``api``, ``system``).  ``verify=True`` runs live and compares each run with its recording.
     """
     specs = _plan(seeds, sweep, repeat)
-    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api)
+    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api, verify=verify)
     return shared_session(concurrency=concurrency).compare(turn, specs)
 
 
@@ -57,11 +58,12 @@ async def acompare(
     base_url: str | None = None,
     backend: str | None = None,
     api: str | None = None,
+    verify: bool = False,
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
     specs = _plan(seeds, sweep, repeat)
-    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api)
+    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api, verify=verify)
     session = shared_session(concurrency=concurrency)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))

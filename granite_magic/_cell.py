@@ -86,6 +86,12 @@ OPTIONS: tuple[Option, ...] = (
            "or auto (default: native when the model's listing names tools)", None, {"choices": ("native", "prompted", "auto")}),
     Option(("--approve",), "ask before running each tool call (Run / Skip)", None, {"action": "store_true"}),
     Option(("--max-steps",), "at most N requests in a tool-using turn (default 5)", "N", {"type": int}),
+    Option(("--cache",), "record and replay: off, auto (serve recordings, record the rest), record, replay (never send)",
+           None, {"choices": ("off", "auto", "record", "replay")}),
+    Option(("--pace",), "a replay streams instantly (default) or at the recorded pace (original)", None,
+           {"choices": ("instant", "original")}),
+    Option(("--verify",), "run live and compare each reply with its recording (drift across days and machines)", None,
+           {"action": "store_true"}),
     Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
     Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),
 )
@@ -227,7 +233,8 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
                   sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS})
                   | _probs(args.probs),
                   chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout),
-                  context=_context(args, namespace, cwd or Path.cwd(), history)),
+                  context=_context(args, namespace, cwd or Path.cwd(), history),
+                  cache=args.cache, pace=args.pace or "instant", verify=args.verify),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
         repeat=args.repeat, concurrency=args.concurrency, out=args.out, format=args.format,
@@ -324,6 +331,9 @@ def to_cell(request: CellRequest) -> str:
         words += ["--concurrency", str(request.concurrency)]
     if turn.timeout_s is not None:
         words += ["--timeout", repr(turn.timeout_s)]
+    words += ["--cache", turn.cache] if turn.cache else []
+    words += ["--pace", turn.pace] if turn.pace != "instant" else []
+    words += ["--verify"] if turn.verify else []
     if request.format != "markdown":
         words += ["-f", request.format]
     if request.tools:

@@ -165,6 +165,10 @@ class BaseClient:
     def set_api_key(self, key: str | None) -> None:
         pass
 
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be written anywhere (the API key), for stores that scrub what they keep."""
+        return ()
+
     def request(
         self,
         prompt: str | None = None,
@@ -364,6 +368,9 @@ class GraniteClient(BaseClient):
 
     def set_api_key(self, key: str | None) -> None:
         self._key = Secret(key) if key else None
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._key.reveal(),) if self._key else ()
 
     @property
     def requires_key(self) -> bool:

@@ -198,6 +198,7 @@ class Run:
     spec: RunSpec
     result: Result
     error: str | None = None
+    verified: str | None = None  # with --verify: how the live text compares with its recording
 
 
 @dataclass
@@ -298,6 +299,9 @@ class Comparison:
             div = self.divergences[i]
             if div is not None:
                 lines.append(f"first divergence: {self.labels[i]} at word {div.word} ({div.reference!r} -> {div.other!r})")
+        verified = [f"{run.spec.label} {run.verified}" for run in self.runs if run.verified]
+        if verified:
+            lines.append("verified: " + " · ".join(verified))
         lines.append(self._totals_line())
         return "\n".join(lines)
 
@@ -354,7 +358,8 @@ class Comparison:
             "wall_s": self.wall_s,
             "total_tokens": self.total_tokens,
             "total_cost": self.total_cost,
-            "runs": [{"label": run.spec.label, **run.result.to_dict(), "run_error": run.error} for run in self.runs],
+            "runs": [{"label": run.spec.label, **run.result.to_dict(), "run_error": run.error, "verified": run.verified}
+                     for run in self.runs],
         }
 
     def _repr_html_(self) -> str | None:

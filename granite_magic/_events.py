@@ -147,6 +147,11 @@ class Accumulator:
         return self._joined
 
     @property
+    def parts(self) -> list[str]:
+        """The text deltas as they arrived (one per token, for most servers)."""
+        return list(self._parts)
+
+    @property
     def elapsed_s(self) -> float:
         return self._clock() - self.started
 

@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = ["GraniteMagics", "magics_for", "register", "unregister"]
 
-SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits", "probe")
+SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits", "probe", "cache")
 
 # %config trait -> the Settings field it sets (an empty string or None means "the environment's default").
 TRAIT_SETTINGS = {
     "model": "model", "base_url": "base_url", "backend": "backend", "api": "api", "read_timeout": "read_timeout_s",
     "timeout": "timeout_s", "concurrency": "concurrency", "updates_per_second": "updates_per_second",
     "local_instances": "local_instances", "default_params": "default_params", "budget_usd": "budget_usd",
+    "cache": "cache", "cache_dir": "cache_dir",
 }
 
 # A grid whose worst case is above this says so before it starts, so a large sweep never surprises.
@@ -58,6 +59,8 @@ class GraniteMagics(Magics):
     read_timeout = Float(60.0, help="Seconds without a new event before a stream counts as stalled.").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds a whole reply may take (None: no limit).").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
+    cache = Unicode("", help="Record and replay: off, auto, record or replay (empty: GRANITE_CACHE or off).").tag(config=True)
+    cache_dir = Unicode("", help="Where recordings live (empty: GRANITE_CACHE_DIR or .granite-cache).").tag(config=True)
     budget_usd = Float(None, allow_none=True, help="What this kernel may spend in all, in USD (None: GRANITE_BUDGET_USD or no limit).").tag(config=True)
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
@@ -175,6 +178,8 @@ class GraniteMagics(Magics):
             self._namespace()[request.out] = result
         for warning in job.warnings:
             _warn(warning)
+        if job.verified:
+            print(f"granite: {job.verified}", file=sys.stderr, flush=True)
         if job.request.sampling.get("logprobs"):
             self._show_lens(job, result)
         message = explain(error, result) or format_problem
@@ -292,7 +297,21 @@ class GraniteMagics(Magics):
             self._credits()
         elif command == "probe":
             return self._probe(name)
+        elif command == "cache":
+            self._cache(name)
         return None
+
+    def _cache(self, action: str | None) -> None:
+        cache = self.session.cache_for()
+        if action == "clear":
+            print(f"removed {cache.clear()} recordings from {cache.directory}")
+            return
+        if action is not None:
+            _error(f"unknown cache action {action!r}: use %granite cache or %granite cache clear")
+            return
+        stats = cache.stats()
+        print(f"{cache.directory}: {stats.entries} recordings, {stats.bytes / 1024:.1f} KB; this session: "
+              f"{stats.hits} hits, {stats.misses} misses · mode {self.session.settings.cache}")
 
     def _probe(self, model: str | None) -> Any:
         from ._advice import explain

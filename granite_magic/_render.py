@@ -74,7 +74,9 @@ def status_line(result: Result) -> str:
     parts.append(f"{result.completion_tokens} tokens")
     if result.tokens_per_s:
         parts.append(f"{result.tokens_per_s:.0f} tok/s")
-    if result.cost is not None:
+    if result.cached:
+        parts.append("cached" + (f" (first run ${result.cost:.6f})" if result.cost else ""))
+    elif result.cost is not None:
         parts.append(f"${result.cost:.6f}")
     if result.partial:
         parts.append(f"partial reply ({result.ended})")

@@ -57,6 +57,7 @@ class Result:
     chunks: int = 0  # text deltas received: a token estimate when usage is missing
     tokens: list[Token] = field(default_factory=list)  # with --probs: one per generated token, "".join(texts) == text
     probs_kind: ProbsKind | None = None
+    cached: bool = False  # replayed from a recording: nothing was sent, nothing billed
     value: Any = None  # what a format extracted: the code for -f code, the parsed object for -f json
 
     @property

@@ -11,19 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from . import _errors as errors
+from ._cache import (
+    CacheCorruptError,
+    CacheMissError,
+    RecordedClock,
+    Recorder,
+    Recording,
+    RunCache,
+    cache_key,
+    check_mode,
+    model_fingerprint,
+    replay,
+    request_fields,
+)
 from ._client import BaseClient, GraniteClient, Secret
-from ._comparison import Comparison, Run, RunSpec
+from ._comparison import Comparison, Run, RunSpec, first_divergence
 from ._events import Accumulator, Progress
 from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
-from ._params import Sampling
+from ._params import Sampling, json_ready
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._result import Result
 from ._runner import BackgroundLoop
@@ -51,6 +67,9 @@ class Turn:
     timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
     context: str | None = None  # what --context, --docs and --cell point at: sent on the system side, after the system prompt
     prefix: str | None = None  # the start of the assistant's reply, to be continued (a branch of the sampling lens)
+    cache: str | None = None  # --cache: off, auto, record or replay (None: the session's setting)
+    pace: str = "instant"  # --pace original: a replay streams at the recorded pace
+    verify: bool = False  # --verify: run live and compare with the recording
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -59,6 +78,10 @@ class Turn:
             shape(self.api)
         if self.base_url is not None:
             object.__setattr__(self, "base_url", check_base_url(self.base_url))
+        if self.cache is not None:
+            check_mode(self.cache)
+        if self.pace not in ("instant", "original"):
+            raise errors.InvalidParameterError(f"--pace {self.pace!r} is invalid: must be instant or original")
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,7 @@ class Session:
         self.last: Result | Comparison | None = None
         self.ledger = Ledger(cell_number)
         self.probes = ProbeStore()
+        self.caches: dict[Path, RunCache] = {}  # one per directory: hits and misses are counted per session
         self._key: Secret | None = None
         self._lookups: set[asyncio.Task[None]] = set()
 
@@ -195,8 +219,10 @@ class Session:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""
         target = target or self.resolve(turn)
         request = self.request(turn, target)
-        self.check_budget(target, [request])
-        return SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes)
+        use = self.cache_use(turn, target, request)
+        if use is None or use.mode != "replay":
+            self.check_budget(target, [request])
+        return SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None) -> CompareJob:
@@ -210,13 +236,58 @@ class Session:
             raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
         target = target or self.resolve(turn)
         requests = [self.request(turn, target, spec.params) for spec in specs]
-        self.check_budget(target, requests)
+        uses = [self.cache_use(turn, target, request, repeat=spec.repeat) for request, spec in zip(requests, specs, strict=True)]
+        if not all(use is not None and use.mode == "replay" for use in uses):
+            self.check_budget(target, requests)
         record = self._recorder("grid")
-        columns = [SingleJob(turn, target, request, on_done=record) for request in requests]
+        columns = [SingleJob(turn, target, request, on_done=record, cache=use) for request, use in zip(requests, uses, strict=True)]
         job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
         job.probes = self.probes
         job.budget_reached = self._budget_reached
         return job
+
+    # --- record and replay -------------------------------------------------------------------
+
+    def cache_for(self, directory: str | Path | None = None) -> RunCache:
+        path = Path(directory or self.settings.cache_dir).expanduser().resolve()
+        if path not in self.caches:
+            self.caches[path] = RunCache(path)
+        return self.caches[path]
+
+    def cache_use(self, turn: Turn, target: Target, request: Request, *, repeat: int = 0) -> CacheUse | None:
+        """How this request meets the cache (None: it does not)."""
+        mode = turn.cache or self.settings.cache
+        if mode == "off" and not turn.verify:
+            return None
+        cache = self.cache_for()
+        from ._tools import chat_tools
+
+        fields = request_fields(
+            backend=target.backend, base_url=target.client.base_url, model=request.model, api=target.api,
+            messages=request.messages, sampling=json_ready(request.sampling), repeat=repeat,
+            tools=chat_tools(request.tools) if request.tools else None,
+            fingerprint=self._fingerprint(target, cache) if target.backend == "local" else None,
+        )
+        return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, target.client.secrets(), turn.verify)
+
+    def _fingerprint(self, target: Target, cache: RunCache) -> str | None:
+        """The local model file's fingerprint, or the one recorded for its name when the file is not here
+        (a classroom replaying a teacher's recordings has no model)."""
+        known = cache.directory / "models.json"
+        try:
+            names = json.loads(known.read_text())
+        except (OSError, ValueError):
+            names = {}
+        path = getattr(target.client, "model_path", lambda: None)()
+        if path is None:
+            value = names.get(target.model) if isinstance(names, dict) else None
+            return value if isinstance(value, str) else None
+        fingerprint = model_fingerprint(path)
+        if isinstance(names, dict) and names.get(target.model) != fingerprint:
+            with contextlib.suppress(OSError):
+                known.parent.mkdir(parents=True, exist_ok=True)
+                known.write_text(json.dumps({**names, target.model: fingerprint}, indent=1))
+        return fingerprint
 
     # --- what it costs ----------------------------------------------------------------------
 
@@ -267,8 +338,8 @@ class Session:
     def _recorder(self, kind: RunKind) -> Callable[[SingleJob], None]:
         def record(job: SingleJob) -> None:
             result = job.outcome()[0]
-            index = self.ledger.record(result, backend=job.target.backend, kind=kind)
-            if result.cost is None and job.target.backend == "http" and result.generation_id:
+            index = self.ledger.record(result, backend=job.target.backend, kind=kind, cached=result.cached)
+            if result.cost is None and not result.cached and job.target.backend == "http" and result.generation_id:
                 self._look_up_cost(job.target, result.generation_id, index)
 
         return record
@@ -376,9 +447,12 @@ class SingleJob:
     """
 
     def __init__(self, turn: Turn, target: Target, request: Request, *,
-                 on_done: Callable[[SingleJob], None] | None = None, probes: ProbeStore | None = None) -> None:
+                 on_done: Callable[[SingleJob], None] | None = None, probes: ProbeStore | None = None,
+                 cache: CacheUse | None = None) -> None:
         self.turn, self.target, self.request = turn, target, request
         self.probes = probes
+        self.cache = cache
+        self.verified: str | None = None  # with --verify: how the live reply compares with the recording
         self.on_done = on_done  # called once the stream has ended, however it ended (the ledger records it)
         self.acc = Accumulator(request.sampling)
         self.warnings: list[str] = []
@@ -390,10 +464,23 @@ class SingleJob:
         return self.target.client.loop
 
     async def stream(self, view: LiveLike | None = None, *, check_support: bool = True) -> None:
+        try:
+            recording = self._look_up()
+        except errors.GraniteError as exc:  # replay mode and nothing recorded (or a corrupt file): nothing is sent
+            self._error, self._result = exc, self.acc.result(error=exc.message)
+            if self.on_done is not None:
+                self.on_done(self)
+            return
+        if recording is not None and not (self.cache and self.cache.verify):
+            await self._replay(recording, view)
+            return
+        if (self.cache is not None and self.cache.mode in ("auto", "record", "replay")) or self._baseline_missing(recording):
+            self.acc = _RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields if self.cache else {}))
         companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
         lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling, probes=self.probes)) if check_support else None
         try:
             self._result = await self.target.client.stream(self.request, self.acc)
+            await self._keep(recording)
         except errors.GraniteError as exc:
             self._result = exc.result or self.acc.result(error=exc.message)
             self._error = exc
@@ -409,12 +496,62 @@ class SingleJob:
             if self.on_done is not None:
                 self.on_done(self)
         if lookup is not None:
-            self.warnings = await lookup
+            self.warnings += await lookup
 
     def outcome(self) -> tuple[Result, errors.GraniteError | None]:
         if self._result is None:  # cancelled before it ended
             return self.acc.result(ended="interrupted"), None
         return self._result, self._error
+
+    # --- record and replay --------------------------------------------------------------
+
+    def _look_up(self) -> Recording | None:
+        use = self.cache
+        if use is None or use.mode == "record":
+            return None
+        try:
+            recording = use.cache.load(use.key)
+        except CacheCorruptError as exc:
+            if use.mode == "replay":
+                raise
+            self.warnings.append(f"{exc.message}; running live instead")
+            return None
+        if recording is None and use.mode == "replay" and not use.verify:
+            raise CacheMissError(use.fields, use.cache.directory)
+        return recording
+
+    def _baseline_missing(self, recording: Recording | None) -> bool:
+        return self.cache is not None and self.cache.verify and recording is None
+
+    async def _replay(self, recording: Recording, view: LiveLike | None) -> None:
+        """A hit: the recorded events into a fresh accumulator, at once or at the recorded pace; nothing is sent."""
+        clock = RecordedClock()
+        self.acc = Accumulator(self.request.sampling, clock=clock)
+        companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
+        try:
+            await replay(recording, self.acc.feed, pace="original" if self.cache and self.cache.pace == "original" else "instant",
+                         clock=clock)
+            ended_well = recording.complete
+            self._result = dataclasses.replace(self.acc.result(), cached=True) if ended_well else self.acc.result(error="the recording is incomplete")
+        finally:
+            if companion is not None:
+                companion.cancel()
+            if self.on_done is not None:
+                self.on_done(self)
+
+    async def _keep(self, recording: Recording | None) -> None:
+        """After a live reply: store it (auto, record, or a first --verify), and compare it (--verify)."""
+        use, result = self.cache, self._result
+        if use is None or result is None or result.partial:
+            return
+        if use.verify and recording is not None:
+            self.verified = verification(recording, self.acc)
+        if isinstance(self.acc, _RecordingAccumulator) and (use.mode in ("auto", "record") or recording is None):
+            stored = await asyncio.to_thread(use.cache.store, use.key, self.acc.recorder.recording(), secrets=use.secrets)
+            if not stored and use.cache.recording_off:
+                self.warnings.append(use.cache.recording_off)
+            if use.verify and recording is None:
+                self.verified = "no recording yet: this run is now the recording"
 
 
 async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = (),
@@ -442,6 +579,48 @@ def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore |
                 warnings.append(f"{name} was observed ignored by {report.provider or 'the provider'} on {report.date} "
                                 f"({seen.evidence}); --strict asks for providers that honour every parameter.")
     return warnings
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """How one request meets the record/replay cache."""
+
+    mode: str
+    cache: RunCache
+    fields: dict[str, Any]
+    key: str
+    pace: str
+    secrets: tuple[str, ...]
+    verify: bool = False
+
+
+class _RecordingAccumulator(Accumulator):
+    """An accumulator that also records every event with its time, for the cache."""
+
+    def __init__(self, params: Mapping[str, Any], recorder: Recorder) -> None:
+        super().__init__(params)
+        self.recorder = recorder
+
+    def feed(self, event: Any) -> None:
+        self.recorder.add(event)
+        super().feed(event)
+
+    def restart_clock(self) -> None:
+        super().restart_clock()
+        self.recorder.restart_clock()
+
+
+def verification(recording: Recording, live: Accumulator) -> str:
+    """Whether a live reply repeats its recording, and if not, the word and the token where it first parts."""
+    from ._events import TextDelta
+
+    recorded = [event.text for _, event in recording.events if isinstance(event, TextDelta)]
+    if "".join(recorded) == live.text:
+        return "identical to the recording"
+    token = next((i for i, (a, b) in enumerate(zip(recorded, live.parts, strict=False)) if a != b), min(len(recorded), len(live.parts)))
+    word = first_divergence("".join(recorded), live.text)
+    where = f"word {word.word} ({word.reference!r} -> {word.other!r})" if word is not None else "the spacing"
+    return f"differs from the recording at {where}, token {token}"
 
 
 class CompareJob:
@@ -485,7 +664,7 @@ class CompareJob:
         tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
         try:
             await asyncio.gather(*tasks)
-            self.warnings = await lookup
+            self.warnings += await lookup
         finally:
             for task in (*tasks, companion, lookup):
                 task.cancel()  # whatever ended the grid, no column outlives it
@@ -500,7 +679,7 @@ class CompareJob:
         return result, error.message if error is not None else None
 
     def outcome(self) -> Comparison:
-        runs = [Run(spec, *self._column_outcome(i)) for i, spec in enumerate(self.specs)]
+        runs = [Run(spec, *self._column_outcome(i), verified=self.columns[i].verified) for i, spec in enumerate(self.specs)]
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base))
 

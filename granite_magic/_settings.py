@@ -40,6 +40,8 @@ class Settings:
     local_instances: int = 1  # llama.cpp copies loaded to serve comparison columns at once
     default_params: Sampling = field(default_factory=Sampling)
     budget_usd: float | None = None  # what the session may spend in all (None: no limit)
+    cache: str = "off"  # record and replay: off, auto (serve hits, record misses), record, replay
+    cache_dir: str = ".granite-cache"  # beside the notebook: the kernel's working directory
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
@@ -49,6 +51,9 @@ class Settings:
             _positive(name, getattr(self, name))
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
+        from ._cache import check_mode
+
+        check_mode(self.cache)
         if self.budget_usd is not None and not self.budget_usd >= 0:
             raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a number >= 0")
         for name in ("concurrency", "local_instances"):
@@ -57,13 +62,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``GRANITE_BASE_URL``, ``GRANITE_MODEL``, ``GRANITE_BACKEND``, ``GRANITE_BUDGET_USD``, then ``overrides``."""
+        """Defaults, then the ``GRANITE_*`` environment (base URL, model, backend, budget, cache, cache dir), then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "base_url": env.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL,
             "model": env.get("GRANITE_MODEL") or DEFAULT_MODEL,
             "backend": env.get("GRANITE_BACKEND") or "auto",
             "budget_usd": _number("GRANITE_BUDGET_USD", env.get("GRANITE_BUDGET_USD")),
+            "cache": env.get("GRANITE_CACHE") or "off",
+            "cache_dir": env.get("GRANITE_CACHE_DIR") or ".granite-cache",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

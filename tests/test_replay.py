@@ -1,0 +1,100 @@
+"""Record and replay from cells: hits, misses, modes, drift checks, and what is (never) written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from granite_magic import Comparison, Result
+from granite_magic.testing import FakeOpenRouter
+
+from .conftest import TEST_KEY, magics_of, run, shown
+
+
+@pytest.fixture
+def cached(ip: InteractiveShell, tmp_path: Path) -> Any:
+    magics = magics_of(ip)
+    magics.cache_dir = str(tmp_path / "recordings")
+    magics.cache = "auto"
+    yield magics
+    magics.cache = ""
+    magics.cache_dir = ""
+
+
+def test_auto_records_a_miss_and_serves_the_hit_without_sending(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    run(ip, "--seed 4 --max-tokens 12 -o first", "Tell me about granite")
+    out = run(ip, "--seed 4 --max-tokens 12 -o again", "Tell me about granite")
+    first, again = ip.user_ns["first"], ip.user_ns["again"]
+    assert len(server.chat_requests) == 1  # the second cell sent nothing
+    assert again.cached and not first.cached and again.text == first.text and again.usage == first.usage
+    assert again.ttft_s == pytest.approx(first.ttft_s, abs=2e-4)  # the recorded timings, not the replay's
+    assert "cached" in shown(out)
+    entries = cached.session.ledger.entries
+    assert entries[-1].cached and entries[-1].cost == 0 and entries[-2].cost > 0
+    files = list(Path(cached.cache_dir).rglob("*.json.gz"))
+    assert len(files) == 1 and TEST_KEY.encode() not in files[0].read_bytes()
+
+
+def test_replay_never_sends_and_names_a_missing_request(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    run(ip, "--seed 1 --max-tokens 8 -o live", "Hi")
+    requests = len(server.chat_requests)
+    out = run(ip, "--cache replay --seed 1 --max-tokens 8 -o back", "Hi")
+    assert ip.user_ns["back"].text == ip.user_ns["live"].text and len(server.chat_requests) == requests
+    out = run(ip, "--cache replay --seed 2 --max-tokens 8", "Hi")
+    assert "No recording in" in out.stderr and "seed 2" in out.stderr and "Traceback" not in out.stderr
+    assert len(server.chat_requests) == requests
+
+
+def test_record_always_calls_and_overwrites(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    run(ip, "--seed 1 --max-tokens 8", "Hi")
+    run(ip, "--cache record --seed 1 --max-tokens 8", "Hi")
+    assert len(server.chat_requests) == 2 and len(list(Path(cached.cache_dir).rglob("*.json.gz"))) == 1
+
+
+def test_repeats_are_recorded_apart_and_verify_reports_drift(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    run(ip, "--seeds 1-2 --repeat 2 --max-tokens 10", "Tell a story")
+    assert len(list(Path(cached.cache_dir).rglob("*.json.gz"))) == 4  # the repeat index is part of the key
+    out = run(ip, "--seeds 1-2 --max-tokens 10 --verify -o same", "Tell a story")
+    same: Comparison = ip.user_ns["same"]
+    assert [run_.verified for run_ in same.runs] == ["identical to the recording"] * 2
+    server.honour_seed = False  # the provider drifts: the same seed no longer gives the same text
+    out = run(ip, "--seeds 1-2 --max-tokens 10 --verify -o drift", "Tell a story")
+    drift: Comparison = ip.user_ns["drift"]
+    assert all(r.verified and r.verified.startswith("differs from the recording at word") for r in drift.runs)
+    assert "token" in (drift.runs[0].verified or "") and "verified:" in shown(out)
+
+
+def test_a_corrupt_recording_is_a_miss_in_auto_and_an_error_in_replay(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                      cached: Any) -> None:
+    run(ip, "--seed 3 --max-tokens 8 -o r", "Hi")
+    (path,) = Path(cached.cache_dir).rglob("*.json.gz")
+    path.write_bytes(path.read_bytes()[:20])  # truncated
+    out = run(ip, "--cache replay --seed 3 --max-tokens 8", "Hi")
+    assert str(path) in out.stderr and "unusable" in out.stderr and "Traceback" not in out.stderr
+    out = run(ip, "--seed 3 --max-tokens 8 -o again", "Hi")
+    assert "running live instead" in out.stderr and ip.user_ns["again"].text == ip.user_ns["r"].text
+
+
+def test_cache_subcommand_counts_and_clears(ip: InteractiveShell, server: FakeOpenRouter, cached: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run(ip, "--seed 1 --max-tokens 5", "Hi")
+    run(ip, "--seed 1 --max-tokens 5", "Hi")
+    ip.run_line_magic("granite", "cache")
+    report = capsys.readouterr().out
+    assert "1 recordings" in report and "1 hits, 1 misses" in report
+    ip.run_line_magic("granite", "cache clear")
+    assert "removed 1 recordings" in capsys.readouterr().out and not list(Path(cached.cache_dir).rglob("*.json.gz"))
+
+
+def test_pace_original_replays_the_recorded_timings(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    from granite_magic.testing import Scenario
+
+    server.push(Scenario(tokens=6, tokens_per_s=60))
+    run(ip, "--seed 9 -o live", "Hi")
+    run(ip, "--seed 9 --pace original -o paced", "Hi")
+    live, paced = ip.user_ns["live"], ip.user_ns["paced"]
+    assert isinstance(paced, Result) and paced.cached and paced.text == live.text
+    assert paced.ttft_s == pytest.approx(live.ttft_s, abs=2e-4)

@@ -30,6 +30,8 @@ ADVICE: dict[str, str] = {
     "deadline": "Raise --timeout (or %config GraniteMagics.timeout), or ask for fewer tokens with --max-tokens.",
     "protocol": "Check --base-url: it should be an OpenAI-compatible API such as https://openrouter.ai/api/v1.",
     "local_model": "Check GRANITE_LOCAL_MODEL, or use the HTTP backend (--backend http).",
+    "cache_miss": "(nothing was sent) Record it once where the API or the model is at hand: --cache auto, or %config GraniteMagics.cache = 'auto'.",
+    "cache_corrupt": "(nothing was sent) Delete that file, or record it again with --cache record.",
 }
 
 

@@ -81,3 +81,31 @@ def test_saved_copy_shows_real_outputs_and_says_which_model(path: Path) -> None:
     text = path.read_text()
     assert not re.search(r"sk-or-v1-[A-Za-z0-9]{20,}", text) and TEST_KEY not in text
     json.loads(text)
+
+
+def test_every_demo_notebook_replays_offline_from_its_recordings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRANITE_CACHE=replay with no key, no reachable API and no model file: every reply comes back from the
+    recordings shipped in demo_notebooks/.granite-cache, identical to the saved output."""
+    demo = Path(__file__).parent.parent / "demo_notebooks"
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("GRANITE_BASE_URL", raising=False)
+    monkeypatch.setenv("GRANITE_CACHE", "replay")
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(demo / ".granite-cache"))
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", str(tmp_path / "gemma-3-270m-q4_k_m.gguf"))  # its name, but no file to load
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for path in NOTEBOOKS:
+        saved = [_reply_texts(c) for c in granite_cells(nbformat.read(path, as_version=4))]
+        replayed = [_reply_texts(c) for c in granite_cells(execute(path, tmp_path))]
+        for (source, before), (_, after) in zip(saved, replayed, strict=True):
+            if "--verify" not in source:  # a drift check runs live by design
+                assert after == before, f"{path.name}: {source[:60]!r} replayed differently"
+
+
+def _reply_texts(cell: nbformat.NotebookNode) -> tuple[str, list[str]]:
+    texts: list[str] = []
+    for output in cell.outputs:
+        meta = output.get("metadata", {}).get("granite_magic")
+        if meta is None:
+            continue
+        texts += [run["text"] for run in meta["comparison"]["runs"]] if "comparison" in meta else [output.data["text/plain"]]
+    return cell.source, texts

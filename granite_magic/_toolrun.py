@@ -112,7 +112,8 @@ class ToolLoop:
             return None
         records = [self._run(call) for call in calls]
         self.records += records
-        return dataclasses.replace(self.request, messages=(*self.request.messages, *self._history(text, calls, records)))
+        self.request = dataclasses.replace(self.request, messages=(*self.request.messages, *self._history(text, calls, records)))
+        return self.request
 
     def stop_at(self, result: Result) -> None:
         """The turn ended at this step without asking for more (a failure or an interrupt)."""

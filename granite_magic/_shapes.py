@@ -8,6 +8,13 @@ events (``_events``), so everything above the client is shape-blind:
 * ``responses``: OpenAI Responses, ``POST /responses`` (stateless);
 * ``messages``: Anthropic Messages, ``POST /messages`` (named SSE events).
 
+Tools: ``Request.tools`` are offered in each shape's spelling, and the calls and
+results of the conversation (kept in the chat form) become Responses
+``function_call`` / ``function_call_output`` items or Messages ``tool_use`` /
+``tool_result`` blocks.  Every decoder reads tool calls as ``ToolCallDelta``
+events (the id and the name once, then argument fragments, keyed by an index)
+and a reply that asked for calls finishes with ``tool_calls``.
+
 Decoding is total: whatever JSON a server sends, a decoder returns events or
 raises ``ProtocolError``, never anything else.
 """
@@ -25,8 +32,8 @@ from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, Toke
 from ._params import Sampling
 from ._result import Usage
 from ._sse import ServerSentEvent, SSEStreamDecoder
-from ._tools import Tool
 from ._tokens import Alternative, Token
+from ._tools import Tool, tool_choice_for, tools_for
 
 __all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "Api", "Request", "Shape", "StreamDecoder", "build_messages",
            "chunk_events", "shape"]
@@ -90,6 +97,10 @@ def shape(name: str) -> Shape:
 # --- reading JSON of unknown shape ----------------------------------------------------------
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def parse_data(data: str) -> dict[str, Any] | list[Event]:
     """A ``data:`` payload as a JSON object, or the events it stands for on its own:
     ``[Done()]`` for the terminator, nothing for JSON that is not an object."""
@@ -140,19 +151,68 @@ def _error_event(error: Any, *, fallback_code: Any = None) -> ErrorEvent:
                       transient=is_transient(code))
 
 
+# --- what every shape's body shares: tools, extras, the conversation's calls --------------------
+
+
+def _finished(body: dict[str, Any], request: Request, api: Api) -> dict[str, Any]:
+    """The tools (when offered) in ``api``'s spelling, and the top-level extras that do not clash."""
+    if request.tools:
+        body["tools"] = tools_for(api, request.tools)
+        choice = request.sampling.get("tool_choice")
+        if choice is not None:  # the table gives it no wire name: each shape spells the value differently
+            body["tool_choice"] = tool_choice_for(api, choice, request.tools)
+    for name, value in request.extra.items():
+        body.setdefault(name, value)  # extras never replace what the request itself says
+    return body
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One entry of an assistant message's ``tool_calls`` (chat form), read leniently."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+def _calls_of(message: Mapping[str, Any]) -> list[_Call]:
+    calls = message.get("tool_calls")
+    found: list[_Call] = []
+    for call in calls if isinstance(calls, (list, tuple)) else ():
+        function = _map(_map(call).get("function"))
+        arguments = function.get("arguments")
+        found.append(_Call(str(_map(call).get("id") or ""), str(function.get("name") or ""),
+                           arguments if isinstance(arguments, str) else json.dumps(arguments or {})))
+    return found
+
+
+def _content_text(content: Any) -> str:
+    """A tool result's content as text (the tool loop sends text; anything else is written as JSON)."""
+    if isinstance(content, str):
+        return content
+    return "" if content is None else json.dumps(content, ensure_ascii=False, default=str)
+
+
 # --- OpenAI chat completions -------------------------------------------------------------------
 
 
 def chat_body(request: Request) -> dict[str, Any]:
     """The chat-completions request body: only the sampling fields that were set."""
-    return {
+    body = {
         "model": request.model,
-        "messages": [dict(m) for m in request.messages],
+        "messages": [_chat_message(m) for m in request.messages],
         "stream": True,
         # A no-op on OpenRouter (usage is always sent) but Ollama and vLLM need it.
         "stream_options": {"include_usage": True},
         **request.sampling.for_target("chat"),
     }
+    return _finished(body, request, "chat")
+
+
+def _chat_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Messages are already in the chat form; only ``is_error`` (the Messages API's flag) is left out:
+    chat has no such field (the error is the content) and strict servers refuse fields they do not know."""
+    return {k: v for k, v in message.items() if not (k == "is_error" and message.get("role") == "tool")}
 
 
 def chunk_events(chunk: Mapping[str, Any]) -> list[Event]:
@@ -187,11 +247,14 @@ def _choice_events(choice: Mapping[str, Any]) -> list[Event]:
         events.append(TextDelta(content))
     events.extend(_token_logprobs(_obj(choice.get("logprobs")).get("content"), content or ""))
     calls = delta.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
+    for position, call in enumerate(calls if isinstance(calls, list) else ()):
         call = _obj(call)
         function = _obj(call.get("function"))
-        events.append(ToolCallDelta(_int(call.get("index")) or 0, _str(call.get("id")), _str(function.get("name")),
-                                    _str(function.get("arguments"))))
+        index = _int(call.get("index"))
+        # Servers that send whole calls leave out the index: a call's place in the list keeps parallel calls apart.
+        # OpenAI opens a call with "arguments": "" (and some servers send "" ids later): nothing, not news.
+        events.append(ToolCallDelta(position if index is None else index, _str(call.get("id")) or None,
+                                    _str(function.get("name")) or None, _str(function.get("arguments")) or None))
     reason = choice.get("finish_reason")
     if reason:
         events.append(Finish(str(reason), _str(choice.get("native_finish_reason"))))
@@ -320,28 +383,55 @@ class ChatStreamDecoder(SSEStreamDecoder[Event]):
 # --- OpenAI Responses --------------------------------------------------------------------------
 
 
-def _split_system(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
+def _split_system(messages: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[Mapping[str, Any]]]:
+    """The system messages joined (Responses and Messages take the system prompt outside the turns), and the turns."""
     system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system") or None
-    return system, [{"role": m["role"], "content": m["content"]} for m in messages if m.get("role") != "system"]
+    return system, [m for m in messages if m.get("role") != "system"]
+
+
+def _plain(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {"role": message.get("role"), "content": message.get("content")}
 
 
 def responses_body(request: Request) -> dict[str, Any]:
     """``instructions`` carries the system prompt; the table renames ``max_tokens``."""
     instructions, turns = _split_system(request.messages)
-    body: dict[str, Any] = {"model": request.model, "input": turns, "stream": True}
+    body: dict[str, Any] = {"model": request.model, "input": [item for m in turns for item in _responses_items(m)], "stream": True}
     if instructions:
         body["instructions"] = instructions
     body.update(request.sampling.for_target("responses"))
     if request.sampling.get("top_logprobs"):
         body["include"] = ["message.output_text.logprobs"]  # Responses returns token probabilities only when asked to include them
-    return body
+    return _finished(body, request, "responses")
+
+
+def _responses_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One chat message as Responses input items: calls and results are items of their own, not messages."""
+    if message.get("role") == "tool":
+        return [{"type": "function_call_output", "call_id": str(message.get("tool_call_id") or ""),
+                 "output": _content_text(message.get("content"))}]
+    calls = _calls_of(message) if message.get("role") == "assistant" else []
+    if not calls:
+        return [_plain(message)]
+    said = [_plain(message)] if message.get("content") else []  # the text the model wrote before its calls
+    return [*said, *({"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.arguments} for c in calls)]
 
 
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
 class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
-    """``data:`` events with a ``type``: output text deltas, then completed, incomplete or failed."""
+    """``data:`` events with a ``type``: output text deltas and function calls, then completed, incomplete or failed.
+
+    A function call is an output item: ``response.output_item.added`` names it (its ``call_id`` is the id
+    the result must echo; the item's own ``id`` is only the stream's), then ``response.function_call_arguments.delta``
+    events carry its arguments, keyed by ``output_index``.  A server that sends a call only whole (in
+    ``response.output_item.done`` or the completed response's ``output``) is read from there, once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: dict[int, bool] = {}  # output_index of each call seen → whether argument text arrived for it
 
     def events(self, sse: ServerSentEvent) -> list[Event]:
         data = parse_data(sse.data)
@@ -356,11 +446,15 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
                 raise _wrong("delta", delta)
             return [*([TextDelta(delta)] if delta else []), *_token_logprobs(data.get("logprobs"), delta or "")]
         if kind == "response.function_call_arguments.delta":
-            return [ToolCallDelta(_int(data.get("output_index")) or 0, _str(data.get("item_id")), None, _str(data.get("delta")))]
+            return self._arguments(_int(data.get("output_index")) or 0, _str(data.get("delta")))
+        if kind == "response.output_item.added":
+            return self._call_start(_int(data.get("output_index")) or 0, _obj(data.get("item")))
+        if kind == "response.output_item.done":
+            return self._whole_call(_int(data.get("output_index")) or 0, _obj(data.get("item")))
         if kind == "response.created":
             return [ChunkMeta(_str(response.get("model")), _str(response.get("provider")), _str(response.get("id")))]
         if kind == "response.completed":
-            return [*_responses_usage(response), Finish("stop", _str(response.get("status")))]
+            return self._completed(response)
         if kind == "response.incomplete":
             reason = _obj(response.get("incomplete_details")).get("reason")
             return [*_responses_usage(response), Finish(_INCOMPLETE_REASONS.get(str(reason), "length"), _str(reason))]
@@ -370,6 +464,34 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
         if kind == "error":
             return [_error_event(data.get("error") if isinstance(data.get("error"), dict) else data)]
         return []
+
+    def _call_start(self, index: int, item: Mapping[str, Any]) -> list[Event]:
+        if item.get("type") != "function_call":
+            return []  # a message or reasoning item: its text comes in its own events
+        arguments = _str(item.get("arguments")) or None  # "" when the arguments will stream
+        self._calls[index] = self._calls.get(index, False) or arguments is not None
+        return [ToolCallDelta(index, _str(item.get("call_id")), _str(item.get("name")), arguments)]
+
+    def _arguments(self, index: int, fragment: str | None) -> list[Event]:
+        if not fragment:
+            return []
+        self._calls[index] = True
+        return [ToolCallDelta(index, None, None, fragment)]
+
+    def _whole_call(self, index: int, item: Mapping[str, Any]) -> list[Event]:
+        """A finished call item: only what did not stream (a call never announced, or arguments never streamed)."""
+        if item.get("type") != "function_call" or self._calls.get(index):
+            return []
+        if index not in self._calls:
+            return self._call_start(index, item)
+        return self._arguments(index, _str(item.get("arguments")))
+
+    def _completed(self, response: Mapping[str, Any]) -> list[Event]:
+        output = response.get("output")
+        calls = [e for i, item in enumerate(output if isinstance(output, list) else ()) for e in self._whole_call(i, _obj(item))]
+        # Responses has no finish reason of its own: a reply that asked for calls ends like chat's "tool_calls".
+        reason = "tool_calls" if self._calls else "stop"
+        return [*calls, *_responses_usage(response), Finish(reason, _str(response.get("status")))]
 
 
 def _responses_usage(response: Mapping[str, Any]) -> list[Event]:
@@ -390,11 +512,56 @@ def _responses_usage(response: Mapping[str, Any]) -> list[Event]:
 def messages_body(request: Request) -> dict[str, Any]:
     """A top-level ``system`` and a required ``max_tokens``; the table renames ``stop``."""
     system, turns = _split_system(request.messages)
-    body: dict[str, Any] = {"model": request.model, "messages": turns, "max_tokens": MESSAGES_DEFAULT_MAX_TOKENS, "stream": True}
+    body: dict[str, Any] = {"model": request.model, "messages": _messages_turns(turns), "max_tokens": MESSAGES_DEFAULT_MAX_TOKENS,
+                            "stream": True}
     if system:
         body["system"] = system
     body.update(request.sampling.for_target("messages"))
-    return body
+    return _finished(body, request, "messages")
+
+
+def _messages_turns(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages as Messages turns: calls become ``tool_use`` blocks of the assistant's turn, and results
+    ``tool_result`` blocks of the next user turn (one turn for consecutive results, as Anthropic requires)."""
+    turns: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] | None = None  # the blocks of the user turn that consecutive results go into
+    for message in messages:
+        if message.get("role") == "tool":
+            if results is None:
+                results = []
+                turns.append({"role": "user", "content": results})
+            results.append(_tool_result(message))
+            continue
+        results = None
+        calls = _calls_of(message) if message.get("role") == "assistant" else []
+        turns.append({"role": "assistant", "content": _assistant_blocks(message, calls)} if calls else _plain(message))
+    return turns
+
+
+def _assistant_blocks(message: Mapping[str, Any], calls: Sequence[_Call]) -> list[dict[str, Any]]:
+    text = message.get("content")
+    said = [{"type": "text", "text": text}] if isinstance(text, str) and text else []  # Anthropic refuses empty text blocks
+    return [*said, *({"type": "tool_use", "id": c.id, "name": c.name, "input": _input_object(c.arguments)} for c in calls)]
+
+
+def _tool_result(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": str(message.get("tool_call_id") or ""),
+            "content": _content_text(message.get("content")), "is_error": message.get("is_error") is True}
+
+
+def _input_object(arguments: str) -> dict[str, Any]:
+    """The arguments as the object Messages wants.
+
+    Text that is not an object (a malformed call, which the tool loop has answered with an error result
+    the model can read) goes as ``{}``: the request must stay valid for the model to see that error.
+    """
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+        if isinstance(value, str):  # arguments encoded once more as a JSON string, as the tool loop accepts them
+            value = json.loads(value)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",

@@ -15,8 +15,36 @@ does not change the text.  ``Scenario(logprobs=False)`` plays a provider that
 ignores the request and returns none, as most providers on OpenRouter do.
 
 A provider that ignores a parameter: the model ``fake/ignores-NAME`` (``seed``,
-``stop``, ``logprobs``, ``max_tokens``, any sampling field) is served without
-being listed, and answers as if ``NAME`` had not been sent.
+``stop``, ``logprobs``, ``max_tokens``, ``tools``, any sampling field) is served
+without being listed, and answers as if ``NAME`` had not been sent.
+
+Tool calls, in all three API shapes, driven by the request's ``tools``.  When tools
+are offered (and ``tool_choice`` is not ``"none"``) and the model has not called
+them yet since the last user message, the reply calls the first tool (or the one
+``tool_choice`` names) and finishes with ``tool_calls`` (``tool_use`` in Messages).
+Its arguments fill the ``required`` properties of the tool's JSON Schema (optional
+ones are left to the function's defaults): an ``enum`` or ``const`` gives its first
+value; a number or integer takes the prompt's numbers in order ("How much is 120
+dollars in yen?" → ``{"amount": 120}``), counting on from the last one (or from 1)
+when they run out; a string takes the prompt's words from the last one backwards
+("... in yen?" → ``"yen"``); a boolean is ``true``, an array holds one item, an
+object is filled the same way.  The prompt is the last user message.  When the
+conversation ends with tool results the reply quotes them: ``The tool said: R``
+(``The tools said: R1; R2`` for several).  ``tool_choice`` ``"required"`` or a
+function's name always calls, as real models do.  Call ids are deterministic
+(``call_<hex>`` in chat, ``call_<hex>``/``fc_<hex>`` in Responses,
+``toolu_<hex>`` in Messages).  A second step must answer every call of the
+assistant message before it, by id, or gets a 400 as from the real APIs; every
+body is recorded as it was sent (``requests``).  Scenario switches: ``tool_calls``
+(parallel calls), ``tool_split`` (argument fragment size), ``tool_name`` (a call to
+an unknown tool), ``tool_arguments`` (exact, e.g. malformed, argument text),
+``tool_steps`` (replies that call before the answer).
+
+Prompted mode, Granite's own convention: a request without native ``tools`` whose
+system message holds a ``<tools>`` block is played the same way in text:
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (streamed in
+``tool_split``-character pieces), then, after a user turn of ``<tool_response>``
+blocks, the quoting answer.
 
 In-process::
 
@@ -38,6 +66,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import socket
 import threading
 import time
@@ -104,6 +133,13 @@ class Scenario:
     finish: bool = True  # send the finish_reason chunk
     done: bool = True  # end with data: [DONE]
     logprobs: bool = True  # answer a request for token probabilities (False: a provider that ignores it)
+    # Tool calls (when the request offers tools; see the module docstring).  ``text`` is then what the model
+    # writes before its calls.
+    tool_calls: int = 1  # calls in one reply (parallel calls): the offered tools in turn, or the one tool again; 0: answer in text
+    tool_split: int = 4  # stream each call's arguments in fragments of this many characters (0: in one piece)
+    tool_name: str | None = None  # the first call names this tool instead (e.g. "nope", one that was not offered)
+    tool_arguments: str | None = None  # the first call's arguments are exactly this text (e.g. "{not json")
+    tool_steps: int = 1  # replies that call tools, after the last user message, before the model answers from the results
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -402,11 +438,16 @@ class _Handler(BaseHTTPRequestHandler):
             return 404, f"No endpoints found for {model}."
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return 400, "messages must be a non-empty list"
-        return None
+        problem = _tool_problem(body)
+        return None if problem is None else (400, problem)
 
     def _stream(self, request: dict[str, Any], scenario: Scenario, fmt: _Format) -> None:
-        """One scenario, written in any API shape: the shapes differ only in how events look."""
-        tokens, finish = self._reply_tokens(request, scenario)
+        """One scenario, written in any API shape: the shapes differ only in how events look.
+
+        A reply is a list of steps (a token, or a tool call's start, argument fragment or end), each written
+        as one or more events; the scenario's drops, errors, stalls and keep-alives count steps.
+        """
+        tokens, calls, finish = self._reply(request, scenario)
         prompt_tokens = _prompt_tokens(request)
         writer = _EventWriter(self, scenario)
         writer.comment()
@@ -414,7 +455,10 @@ class _Handler(BaseHTTPRequestHandler):
         writer.events(fmt.start(prompt_tokens))
         delay = 1 / scenario.tokens_per_s if scenario.tokens_per_s else 0.0
         k = _probs_asked(request) if scenario.logprobs and _ignored(request.get("model")) != "logprobs" else None
-        for i, token in enumerate(tokens):
+        steps = [fmt.text(token, None if k is None else fake_logprobs(request["messages"], request, i, token, k))
+                 for i, token in enumerate(tokens)]
+        steps += _call_steps(fmt, calls, scenario.tool_split)
+        for i, events in enumerate(steps):
             if i == scenario.drop_after:
                 writer.drop()
                 return
@@ -426,23 +470,37 @@ class _Handler(BaseHTTPRequestHandler):
                 self.fake.sleep(scenario.stall_s)
             if scenario.keepalive_every and i and i % scenario.keepalive_every == 0:
                 writer.comment()
-            probs = None if k is None else fake_logprobs(request["messages"], request, i, token, k)
-            writer.events(fmt.text(token, probs))
+            writer.events(events)
             if delay:
                 self.fake.sleep(delay)
-        usage = _usage(prompt_tokens, len(tokens)) if scenario.usage else None
+        usage = _usage(prompt_tokens, len(steps)) if scenario.usage else None
         writer.events(fmt.finish(finish if scenario.finish else None, usage))
         if scenario.done:
             writer.events(fmt.done())
         writer.end()
 
-    def _reply_tokens(self, body: dict[str, Any], scenario: Scenario) -> tuple[list[str], str]:
-        params = {k: v for k, v in body.items() if k not in ("model", "messages", "stream", "stream_options")}
+    def _reply(self, request: dict[str, Any], scenario: Scenario) -> tuple[list[str], list[_FakeCall], str]:
+        """The reply's text tokens, its native tool calls, and its finish reason."""
+        view = _tool_view(request)
+        calls = _planned_calls(view, scenario)
+        said = [scenario.text] if scenario.text else []  # what the model writes before its calls
+        if calls and not view.prompted:
+            return (_words(said[0]) if said else []), calls, "tool_calls"  # limits are not applied to native calls
+        if calls:  # Granite's convention is plain text, limits and all
+            tokens, finish = _apply_limits(list(_text_pieces("\n".join([*said, *map(_prompted_call, calls)]), scenario.tool_split)),
+                                           _params(request))
+            return tokens, [], finish
+        text = scenario.text if scenario.text is not None else _answer(view.messages)
+        tokens, finish = self._reply_tokens(request, scenario, text)
+        return tokens, [], finish
+
+    def _reply_tokens(self, body: dict[str, Any], scenario: Scenario, text: str | None) -> tuple[list[str], str]:
+        params = _params(body)
         if not self.fake.honour_seed:
             params.pop("seed", None)
         params.pop(_ignored(body.get("model")) or "", None)
-        if scenario.text is not None:
-            tokens = [w if i == 0 else " " + w for i, w in enumerate(scenario.text.split(" "))]
+        if text is not None:
+            tokens = _words(text)
         else:
             nonce = self.fake._next_nonce() if "seed" not in params else None
             tokens = fake_reply(body["messages"], params, tokens=scenario.tokens, nonce=nonce)
@@ -495,11 +553,242 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens, "cost": round(cost, 12)}
 
 
+def _params(body: dict[str, Any]) -> dict[str, Any]:
+    """Everything a body asks for but the model, the messages and the streaming switches."""
+    return {k: v for k, v in body.items() if k not in ("model", "messages", "stream", "stream_options")}
+
+
+def _words(text: str) -> list[str]:
+    return [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+
+
+def _text_pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of ``size`` characters (0: whole); nothing for no text."""
+    step = size if size > 0 else max(len(text), 1)
+    for start in range(0, len(text), step):
+        yield text[start : start + step]
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or the ``text`` of its parts (chat, Responses and Messages all have such lists)."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    return "".join(str(part.get("text", "")) for part in parts if isinstance(part, dict))
+
+
+# --- tool calls (chat form; every shape's request is seen in it) ------------------------------------
+
+
+@dataclass(frozen=True)
+class _FakeCall:
+    key: str  # the hex every shape's ids are made from
+    name: str
+    arguments: str  # the JSON text streamed as the arguments
+
+
+@dataclass(frozen=True)
+class _ToolView:
+    """What the model sees of tools: the offered functions, the conversation with its calls and results, the choice."""
+
+    tools: list[dict[str, Any]]  # function definitions: {"name", "description", "parameters"}
+    messages: list[dict[str, Any]]  # chat form; in prompted mode <tool_call> and <tool_response> text read as calls and results
+    choice: Any = "auto"
+    prompted: bool = False
+
+
+_TOOLS_BLOCK = re.compile(r"<tools>\n(.*?)\n</tools>", re.S)
+_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+_RESULT_BLOCK = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.S)
+
+
+def _tool_view(request: dict[str, Any]) -> _ToolView:
+    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+    tools = _functions(request.get("tools"))
+    if _ignored(request.get("model")) == "tools":
+        tools = []
+    if tools:
+        return _ToolView(tools, messages, request.get("tool_choice") or "auto")
+    system = next((m for m in messages if m.get("role") == "system"), {})
+    block = _TOOLS_BLOCK.search(_text_of(system.get("content")))
+    if block is None:
+        return _ToolView([], messages)
+    lines = [_json_or_none(line) for line in block[1].splitlines() if line.strip()]
+    return _ToolView(_functions(lines), [native for m in messages for native in _prompted_as_native(m)], prompted=True)
+
+
+def _functions(tools: Any) -> list[dict[str, Any]]:
+    found = [t.get("function") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+    return [f for f in found if isinstance(f, dict) and isinstance(f.get("name"), str)]
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _prompted_as_native(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Granite's convention read back: ``<tool_call>`` blocks as ``tool_calls``, a ``<tool_response>`` turn as results."""
+    text = _text_of(message.get("content"))
+    if message.get("role") == "assistant" and _CALL_BLOCK.search(text):
+        calls = [{"id": f"prompted_{i}", "type": "function", "function": {"name": "", "arguments": block}}
+                 for i, block in enumerate(_CALL_BLOCK.findall(text))]
+        return [{"role": "assistant", "content": _CALL_BLOCK.sub("", text).strip() or None, "tool_calls": calls}]
+    results = _RESULT_BLOCK.findall(text)
+    if message.get("role") == "user" and results and not _RESULT_BLOCK.sub("", text).strip():
+        return [{"role": "tool", "tool_call_id": f"prompted_{i}", "content": result} for i, result in enumerate(results)]
+    return [message]
+
+
+def _planned_calls(view: _ToolView, scenario: Scenario) -> list[_FakeCall]:
+    """The calls this reply makes: none when no tools are offered, the choice is "none", or the model has
+    called ``tool_steps`` times since the last user message (``required`` or a function's name always calls)."""
+    named = _named(view.choice)
+    tools = [t for t in view.tools if named is None or t["name"] == named]
+    if not tools or view.choice == "none":
+        return []
+    forced = view.choice == "required" or named is not None
+    if not forced and _calls_since_user(view.messages) >= scenario.tool_steps:
+        return []
+    filler = _Filler(_text_of(next((m.get("content") for m in reversed(view.messages) if m.get("role") == "user"), "")))
+    calls = []
+    for k in range(scenario.tool_calls):
+        tool = tools[k % len(tools)]
+        arguments = json.dumps(filler.object(tool.get("parameters")))  # arguments are an object, whatever the schema says
+        if k == 0:
+            arguments = arguments if scenario.tool_arguments is None else scenario.tool_arguments
+        key = hashlib.sha256(json.dumps([view.messages, k], sort_keys=True, default=str).encode()).hexdigest()[:24]
+        calls.append(_FakeCall(key, (scenario.tool_name or tool["name"]) if k == 0 else tool["name"], arguments))
+    return calls
+
+
+def _calls_since_user(messages: Sequence[dict[str, Any]]) -> int:
+    count = 0
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        count += message.get("role") == "assistant" and bool(message.get("tool_calls"))
+    return count
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+class _Filler:
+    """Arguments from a JSON Schema and the prompt; its numbers and words are used up across the calls of a
+    reply, so two calls of the same tool get different arguments."""
+
+    def __init__(self, prompt: str) -> None:
+        self.numbers: list[int | float] = [float(n) if "." in n else int(n) for n in _NUMBER.findall(prompt)]
+        self.words = _WORD.findall(prompt)
+        self.numbers_used = 0
+        self.words_used = 0
+
+    def value(self, schema: Any) -> Any:
+        schema = schema if isinstance(schema, dict) else {}
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][0]
+        branches = schema.get("anyOf") or schema.get("oneOf")
+        if isinstance(branches, list) and branches:  # the first branch that is not null (Optional[X] is X)
+            return self.value(next((b for b in branches if isinstance(b, dict) and b.get("type") != "null"), branches[0]))
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        return self._of_type(kind, schema)
+
+    def _of_type(self, kind: Any, schema: dict[str, Any]) -> Any:
+        if kind == "object":
+            return self.object(schema)
+        if kind == "array":
+            return [self.value(schema["items"])] if isinstance(schema.get("items"), dict) else []
+        if kind in ("number", "integer"):
+            return self.number(integer=kind == "integer")
+        if kind in ("boolean", "null"):
+            return True if kind == "boolean" else None
+        return self.word()  # a string, or a schema that says nothing
+
+    def object(self, schema: Any) -> dict[str, Any]:
+        """The ``required`` properties only: optional ones are left to the function's defaults."""
+        schema = schema if isinstance(schema, dict) else {}
+        properties = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
+        required = schema["required"] if isinstance(schema.get("required"), list) else []
+        return {name: self.value(properties.get(name)) for name in required if isinstance(name, str)}
+
+    def number(self, *, integer: bool) -> int | float:
+        """The prompt's next number; when they have run out, counting on from the last one (or from 1)."""
+        i = self.numbers_used
+        self.numbers_used += 1
+        value = self.numbers[i] if i < len(self.numbers) else (self.numbers[-1] if self.numbers else 0) + i - len(self.numbers) + 1
+        return int(value) if integer else value
+
+    def word(self) -> str:
+        """The prompt's words from the last one backwards (the last word of a question is often its subject)."""
+        self.words_used += 1
+        return self.words[-self.words_used % len(self.words)] if self.words else "text"
+
+
+def _answer(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The reply to a conversation that ends with tool results: it quotes them; None otherwise."""
+    results = _trailing_results(messages)
+    if not results:
+        return None
+    return f"The tool said: {results[0]}" if len(results) == 1 else f"The tools said: {'; '.join(results)}"
+
+
+def _trailing_results(messages: Sequence[dict[str, Any]]) -> list[str]:
+    results: list[str] = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, _text_of(message.get("content")))
+    return results
+
+
+def _prompted_call(call: _FakeCall) -> str:
+    """A call in Granite's convention; arguments that are not JSON go in as they are (a malformed block)."""
+    return f'<tool_call>\n{{"name": {json.dumps(call.name)}, "arguments": {call.arguments}}}\n</tool_call>'
+
+
+def _tool_problem(request: dict[str, Any]) -> str | None:
+    """What the real APIs refuse: a named ``tool_choice`` that is not offered, results that do not answer the
+    calls of the assistant message just before them (each call, by id, once), calls left unanswered."""
+    named = _named(request.get("tool_choice"))
+    if named is not None and named not in {f["name"] for f in _functions(request.get("tools"))}:
+        return f"tool_choice names {named!r}, which is not one of the tools offered"
+    waiting: set[Any] | None = None  # ids of the last assistant message's calls that still need a result
+    for message in (m for m in request.get("messages") or [] if isinstance(m, dict)):
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if waiting is None or call_id not in waiting:
+                return f"a tool result (tool_call_id {call_id!r}) must answer a call of the assistant message just before it"
+            waiting.discard(call_id)
+            continue
+        if waiting:
+            return f"an assistant message with tool_calls must be followed by a result for each call; missing: {sorted(map(str, waiting))}"
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        waiting = {c.get("id") if isinstance(c, dict) else None for c in calls} if isinstance(calls, list) and calls else None
+        if waiting is not None and not all(isinstance(i, str) and i for i in waiting):
+            return "every tool call in the conversation needs an id"
+    return f"the conversation ends with tool calls that have no results: {sorted(map(str, waiting))}" if waiting else None
+
+
+def _named(choice: Any) -> str | None:
+    """The function a chat-form ``tool_choice`` names (``{"type": "function", "function": {"name": ...}}``), if any."""
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
 SSE = tuple[str | None, Any]  # (event name or None, JSON payload or the literal "[DONE]")
 
 
 class _Format:
-    """How one API shape spells the events of a reply."""
+    """How one API shape spells the events of a reply (one object per reply: Messages and Responses count blocks)."""
 
     def __init__(self, generation_id: str, model: str) -> None:
         self.generation_id, self.model, self.created = generation_id, model, int(time.time())
@@ -511,6 +800,16 @@ class _Format:
         """One token's event(s); ``probs`` is its probability entry when the request asked for them."""
         raise NotImplementedError
 
+    def call_start(self, n: int, call: _FakeCall) -> list[SSE]:
+        """The ``n``-th tool call of the reply begins: its id and name, no arguments yet."""
+        raise NotImplementedError
+
+    def call_arguments(self, n: int, call: _FakeCall, fragment: str) -> list[SSE]:
+        raise NotImplementedError
+
+    def call_end(self, n: int, call: _FakeCall) -> list[SSE]:
+        return []
+
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
         raise NotImplementedError
 
@@ -521,15 +820,36 @@ class _Format:
         return [(None, "[DONE]")]
 
 
+def _call_steps(fmt: _Format, calls: Sequence[_FakeCall], split: int) -> list[list[SSE]]:
+    """Each call as steps: its start, its argument fragments, its end (steps without events left out)."""
+    steps: list[list[SSE]] = []
+    for n, call in enumerate(calls):
+        steps.append(fmt.call_start(n, call))
+        steps += [fmt.call_arguments(n, call, piece) for piece in _text_pieces(call.arguments, split)]
+        steps.append(fmt.call_end(n, call))
+    return [step for step in steps if step]
+
+
 class _ChatFormat(_Format):
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> SSE:
         return (None, {"id": self.generation_id, "provider": "FakeProvider", "model": self.model,
                        "object": "chat.completion.chunk", "created": self.created, "choices": choices, **extra})
 
+    def _delta(self, delta: dict[str, Any]) -> SSE:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": None}])
+
     def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
         delta = {"role": "assistant", "content": token}
         logprobs = None if probs is None else {"content": [probs], "refusal": None}
         return [self._chunk([{"index": 0, "delta": delta, "finish_reason": None, "native_finish_reason": None, "logprobs": logprobs}])]
+
+    def call_start(self, n: int, call: _FakeCall) -> list[SSE]:
+        # OpenAI sends the id, type and name once, with empty arguments, then only argument fragments.
+        entry = {"index": n, "id": f"call_{call.key}", "type": "function", "function": {"name": call.name, "arguments": ""}}
+        return [self._delta({"role": "assistant", "content": None, "tool_calls": [entry]})]
+
+    def call_arguments(self, n: int, call: _FakeCall, fragment: str) -> list[SSE]:
+        return [self._delta({"tool_calls": [{"index": n, "function": {"arguments": fragment}}]})]
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
         events = []
@@ -547,6 +867,13 @@ class _ChatFormat(_Format):
 
 
 class _ResponsesFormat(_Format):
+    """Text is output item 0 (when there is text); each function call is an output item after it."""
+
+    def __init__(self, generation_id: str, model: str) -> None:
+        super().__init__(generation_id, model)
+        self._said: list[str] = []
+        self._calls: list[dict[str, Any]] = []  # the finished function_call items
+
     def _response(self, status: str, **extra: Any) -> dict[str, Any]:
         return {"id": self.generation_id, "object": "response", "model": self.model, "status": status, **extra}
 
@@ -554,16 +881,42 @@ class _ResponsesFormat(_Format):
         return [(None, {"type": "response.created", "response": self._response("in_progress")})]
 
     def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
+        self._said.append(token)
         event = {"type": "response.output_text.delta", "item_id": "msg_0", "output_index": 0, "content_index": 0, "delta": token}
         if probs is not None:  # the Responses API spells an entry without bytes
             event["logprobs"] = [{"token": probs["token"], "logprob": probs["logprob"],
                                   "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in probs["top_logprobs"]]}]
         return [(None, event)]
 
+    def _item(self, n: int, call: _FakeCall, arguments: str, status: str) -> tuple[int, dict[str, Any]]:
+        item = {"type": "function_call", "id": f"fc_{call.key}", "call_id": f"call_{call.key}", "name": call.name,
+                "arguments": arguments, "status": status}
+        return (1 if self._said else 0) + n, item
+
+    def call_start(self, n: int, call: _FakeCall) -> list[SSE]:
+        index, item = self._item(n, call, "", "in_progress")
+        return [(None, {"type": "response.output_item.added", "output_index": index, "item": item})]
+
+    def call_arguments(self, n: int, call: _FakeCall, fragment: str) -> list[SSE]:
+        index, item = self._item(n, call, "", "in_progress")
+        return [(None, {"type": "response.function_call_arguments.delta", "item_id": item["id"], "output_index": index, "delta": fragment})]
+
+    def call_end(self, n: int, call: _FakeCall) -> list[SSE]:
+        index, item = self._item(n, call, call.arguments, "completed")
+        self._calls.append(item)
+        return [(None, {"type": "response.function_call_arguments.done", "item_id": item["id"], "output_index": index,
+                        "arguments": call.arguments}),
+                (None, {"type": "response.output_item.done", "output_index": index, "item": item})]
+
+    def _output(self) -> list[dict[str, Any]]:
+        message = {"type": "message", "id": "msg_0", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": "".join(self._said), "annotations": []}]}
+        return [*([message] if self._said else []), *self._calls]
+
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
         if reason is None:
             return []
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"output": self._output()}
         if usage:
             extra["usage"] = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
                               "total_tokens": usage["total_tokens"], "cost": usage["cost"]}
@@ -577,22 +930,53 @@ class _ResponsesFormat(_Format):
         return [(None, {"type": "response.failed", "response": self._response("failed", error=error)})]
 
 
-_MESSAGES_STOP = {"stop": "end_turn", "length": "max_tokens"}
+_MESSAGES_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
 class _MessagesFormat(_Format):
+    """Content blocks, numbered from 0: the text (when there is text), then one ``tool_use`` block per call."""
+
+    def __init__(self, generation_id: str, model: str) -> None:
+        super().__init__(generation_id, model)
+        self._blocks = 0  # blocks started so far
+        self._open: str | None = None  # the type of the block being written
+
     def start(self, prompt_tokens: int) -> list[SSE]:
         message: dict[str, Any] = {"id": self.generation_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                   "stop_reason": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        return [("message_start", {"type": "message_start", "message": message}), ("content_block_start", block),
-                ("ping", {"type": "ping"})]
+                                   "stop_reason": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}
+        return [("message_start", {"type": "message_start", "message": message})]
+
+    def _begin(self, block: dict[str, Any]) -> list[SSE]:
+        events = [*self._end(), ("content_block_start", {"type": "content_block_start", "index": self._blocks, "content_block": block})]
+        if self._blocks == 0:
+            events.append(("ping", {"type": "ping"}))  # where Anthropic sends its first ping
+        self._blocks += 1
+        self._open = str(block["type"])
+        return events
+
+    def _end(self) -> list[SSE]:
+        if self._open is None:
+            return []
+        self._open = None
+        return [("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]
 
     def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
-        return [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}})]
+        begin = self._begin({"type": "text", "text": ""}) if self._open != "text" else []
+        return [*begin, ("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1,
+                                                 "delta": {"type": "text_delta", "text": token}})]
+
+    def call_start(self, n: int, call: _FakeCall) -> list[SSE]:
+        return self._begin({"type": "tool_use", "id": f"toolu_{call.key}", "name": call.name, "input": {}})
+
+    def call_arguments(self, n: int, call: _FakeCall, fragment: str) -> list[SSE]:
+        return [("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1,
+                                         "delta": {"type": "input_json_delta", "partial_json": fragment}})]
+
+    def call_end(self, n: int, call: _FakeCall) -> list[SSE]:
+        return self._end()
 
     def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
-        events: list[SSE] = [("content_block_stop", {"type": "content_block_stop", "index": 0})]
+        events = self._end()
         if reason:
             delta = {"type": "message_delta", "delta": {"stop_reason": _MESSAGES_STOP.get(reason, reason), "stop_sequence": None}}
             if usage:
@@ -612,23 +996,93 @@ _FORMATS: dict[str, type[_Format]] = {"chat": _ChatFormat, "responses": _Respons
 _API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
 
 
+# --- every shape's request as a chat-completions body -----------------------------------------------
+
+
 def _as_chat(api: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Any shape's request as a chat-completions body, so every shape gets the same reply."""
+    """Any shape's request as a chat-completions body, so every shape gets the same reply.
+
+    Function calls and their results become chat's assistant ``tool_calls`` and ``role: "tool"``
+    messages, and the tools and ``tool_choice`` chat's spelling of them.
+    """
     if api == "chat":
         return body
-    fixed = {"model", "stream", "stream_options", "input", "instructions", "system", "messages"}
+    fixed = {"model", "stream", "stream_options", "input", "instructions", "system", "messages", "tools", "tool_choice"}
     params = {k: v for k, v in body.items() if k not in fixed}
     if api == "responses":
-        turns = body.get("input") or []
-        turns = [{"role": "user", "content": turns}] if isinstance(turns, str) else list(turns)
+        turns = _from_responses(body.get("input"))
         system = body.get("instructions")
         params["max_tokens"] = params.pop("max_output_tokens", None)
     else:
-        turns = list(body.get("messages") or [])
+        turns = _from_messages(body.get("messages"))
         system = body.get("system")
         params["stop"] = params.pop("stop_sequences", None)
+    tools = body.get("tools")
+    params["tools"] = [_chat_tool(tool) for tool in tools] if isinstance(tools, list) else tools
+    params["tool_choice"] = _chat_choice(body.get("tool_choice"))
     messages = ([{"role": "system", "content": system}] if system else []) + turns
     return {"model": body.get("model"), "messages": messages, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _from_responses(items: Any) -> list[dict[str, Any]]:
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    messages: list[dict[str, Any]] = []
+    for item in items if isinstance(items, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function", "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+            last = messages[-1] if messages else {}
+            if last.get("role") == "assistant":  # the text the model wrote before its calls
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": item.get("output")})
+        else:
+            messages.append(dict(item) if isinstance(item, dict) else item)  # a copy: the recorded body stays as it was sent
+    return messages
+
+
+def _from_messages(turns: Any) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for turn in turns if isinstance(turns, list) else ():
+        content = turn.get("content") if isinstance(turn, dict) else None
+        blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+        if not any(b.get("type") in ("tool_use", "tool_result") for b in blocks):
+            messages.append(turn)
+        elif turn.get("role") == "assistant":
+            text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+            calls = [{"id": b.get("id"), "type": "function", "function": {"name": b.get("name"), "arguments": json.dumps(b.get("input"))}}
+                     for b in blocks if b.get("type") == "tool_use"]
+            messages.append({"role": "assistant", "content": text or None, "tool_calls": calls})
+        else:
+            messages += [{"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _text_of(b.get("content")),
+                          **({"is_error": True} if b.get("is_error") is True else {})} for b in blocks if b.get("type") == "tool_result"]
+            rest = [b for b in blocks if b.get("type") != "tool_result"]
+            if rest:
+                messages.append({"role": turn.get("role"), "content": rest})
+    return messages
+
+
+def _chat_tool(tool: Any) -> Any:
+    """A Responses (``{type, name, ...}``) or Messages (``{name, input_schema, ...}``) tool in chat's form."""
+    if not isinstance(tool, dict) or "function" in tool:
+        return tool
+    if "input_schema" in tool:
+        function = {"name": tool.get("name"), **({"description": tool["description"]} if "description" in tool else {}),
+                    "parameters": tool.get("input_schema")}
+        return {"type": "function", "function": function}
+    return {"type": tool.get("type", "function"), "function": {k: v for k, v in tool.items() if k != "type"}}
+
+
+def _chat_choice(choice: Any) -> Any:
+    """``tool_choice`` in chat's form: Messages' ``{type: auto|any|none|tool}``, Responses' ``{type: function, name}``."""
+    if not isinstance(choice, dict) or "function" in choice:
+        return choice
+    if choice.get("type") in ("function", "tool"):
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return {"auto": "auto", "any": "required", "none": "none"}.get(str(choice.get("type")), choice)
 
 
 class _EventWriter:

@@ -1,0 +1,140 @@
+"""Tool calling from cells and from Python: the loop, each API shape's second step, failures, approval, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from granite_magic import GraniteClient, Result
+from granite_magic.testing import FakeOpenRouter, Scenario
+
+from .conftest import FAST_RETRY, TEST_KEY, magics_of, run, shown
+
+RATES = {"EUR": 0.92, "JPY": 150.0, "yen": 150.0}
+CALLS: list[tuple[float, str]] = []
+
+
+def convert(amount: float, currency: str) -> float:
+    """Convert an amount of US dollars into another currency.
+
+    Args:
+        amount: dollars to convert.
+        currency: the currency to convert into.
+    """
+    CALLS.append((amount, currency))
+    return round(amount * RATES[currency], 2)
+
+
+def broken(amount: float) -> float:
+    """A tool that always fails."""
+    raise ValueError("the rates service is down")
+
+
+@pytest.fixture
+def tools_ns(ip: InteractiveShell) -> InteractiveShell:
+    CALLS.clear()
+    ip.user_ns.update(convert=convert, broken=broken, not_a_function=42)
+    return ip
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_native_calls_run_here_and_the_answer_follows_in_every_shape(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                                      api: str) -> None:
+    out = run(tools_ns, f"--api {api} --tools convert --tool-mode native -o r", "How much is 120 dollars in yen?")
+    r: Result = tools_ns.user_ns["r"]
+    assert CALLS == [(120.0, "yen")] and r.tool_calls[0].name == "convert" and r.tool_calls[0].arguments == {"amount": 120, "currency": "yen"}
+    assert r.tool_calls[0].result == 18000.0 and r.tool_calls[0].error is None and r.tool_calls[0].ran
+    assert r.text.startswith("The tool said: 18000.0") and "calling convert(amount=120, currency='yen')" in shown(out) + out.stderr
+    first, second = (req.body for req in server.chat_requests)
+    if api == "chat":
+        assert first["tools"][0]["function"]["name"] == "convert"
+        call = second["messages"][-2]["tool_calls"][0]
+        assert second["messages"][-1] == {"role": "tool", "tool_call_id": call["id"], "content": "18000.0"}
+    elif api == "responses":
+        call, output = second["input"][-2], second["input"][-1]
+        assert call["type"] == "function_call" and output == {"type": "function_call_output", "call_id": call["call_id"],
+                                                               "output": "18000.0"}
+    else:
+        use = second["messages"][-2]["content"][-1]
+        assert use["type"] == "tool_use" and use["input"] == {"amount": 120, "currency": "yen"}
+        result = second["messages"][-1]["content"][0]
+        assert result["type"] == "tool_result" and result["tool_use_id"] == use["id"] and result["content"] == "18000.0"
+
+
+def test_prompted_mode_uses_granites_convention_and_hides_the_call_blocks(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(tools_ns, "--tools convert --tool-mode prompted -o r", "How much is 120 dollars in yen?")
+    r: Result = tools_ns.user_ns["r"]
+    first, second = (req.body for req in server.chat_requests)
+    assert "tools" not in first and "<tools>" in first["messages"][0]["content"]
+    assert "<tool_response>" in second["messages"][-1]["content"] and second["messages"][-1]["role"] == "user"
+    assert CALLS == [(120.0, "yen")] and "<tool_call>" not in r.text and r.text.startswith("The tool said")
+
+
+def test_failures_go_back_to_the_model_and_nothing_runs_uninvited(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(tools_ns, "--tools broken --tool-mode native -o r", "Convert 5 dollars")
+    r: Result = tools_ns.user_ns["r"]
+    assert r.tool_calls[0].error is not None and "the rates service is down" in r.tool_calls[0].error
+    assert "the rates service is down" in str(server.chat_requests[-1].body["messages"][-1]["content"])
+    server.push(Scenario(tool_name="nope"))
+    run(tools_ns, "--tools convert --tool-mode native -o r", "How much is 3 dollars in yen?")
+    assert CALLS == [] and tools_ns.user_ns["r"].tool_calls[0].error  # an unknown tool is reported, nothing runs
+    server.push(Scenario(tool_arguments="{not json"))
+    run(tools_ns, "--tools convert --tool-mode native -o r", "How much is 3 dollars in yen?")
+    assert CALLS == [] and "not valid JSON" in (tools_ns.user_ns["r"].tool_calls[0].error or "")
+
+
+def test_names_that_are_not_functions_are_refused_before_sending(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    for name in ("not_a_function", "missing_one"):
+        out = run(tools_ns, f"--tools {name}", "Hi")
+        assert name in out.stderr and "nothing was sent" in out.stderr
+    assert server.chat_requests == []
+
+
+def test_approve_asks_before_each_call(tools_ns: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["n"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    run(tools_ns, "--tools convert --tool-mode native --approve -o r", "How much is 7 dollars in yen?")
+    r: Result = tools_ns.user_ns["r"]
+    assert CALLS == [] and r.tool_calls[0].error == "the user declined to run this call" and not r.tool_calls[0].ran
+
+
+def test_max_steps_bounds_the_loop_and_says_so(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    server.push(*[Scenario(tool_steps=9)] * 5)
+    out = run(tools_ns, "--tools convert --tool-mode native --max-steps 2", "How much is 1 dollar in yen?")
+    assert len(server.chat_requests) == 2 and "stopped after 2 steps (--max-steps 2)" in out.stderr
+
+
+def test_a_conversation_keeps_its_tool_calls(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(tools_ns, "--chat money --tools convert --tool-mode native", "How much is 10 dollars in yen?")
+    run(tools_ns, "--chat money", "And in words?")
+    messages = server.chat_requests[-1].body["messages"]
+    roles = [m["role"] for m in messages]
+    assert roles == ["user", "assistant", "tool", "assistant", "user"] and messages[1]["tool_calls"]
+    magics_of(tools_ns).session.reset("money")
+
+
+def test_the_python_api_runs_the_same_loop(server: FakeOpenRouter) -> None:
+    CALLS.clear()
+    client = GraniteClient(base_url=server.base_url, api_key=TEST_KEY, retry=FAST_RETRY)
+    result = client.chat("How much is 120 dollars in yen?", tools=[convert], tool_mode="native")
+    assert CALLS == [(120.0, "yen")] and result.text.startswith("The tool said") and result.tool_calls[0].result == 18000.0
+    spec = {"type": "function", "function": {"name": "convert", "description": "Convert dollars.",
+                                             "parameters": {"type": "object", "properties": {"amount": {"type": "number"}},
+                                                            "required": ["amount"]}}}
+    result = client.chat("How much is 4 dollars?", tools=[(spec, lambda amount: amount * 2)], tool_mode="native")
+    assert result.tool_calls[0].result == 8 and result.text == "The tool said: 8"
+    client.close()
+
+
+def test_the_saved_output_has_a_block_per_call_above_the_answer(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                                recorded_comms: list[Any]) -> None:
+    magics_of(tools_ns).live = "widget"
+    out = run(tools_ns, "--tools convert --tool-mode native", "How much is 120 dollars in yen?")
+    blocks = [i for i, o in enumerate(out.outputs) if "<details" in str(o.data.get("text/html", ""))]
+    replies = [i for i, o in enumerate(out.outputs) if "granite_magic" in (o.metadata or {})]
+    assert blocks and replies and blocks[0] < replies[-1]  # the calls come above the answer they led to
+    html = out.outputs[blocks[0]].data["text/html"]
+    assert "Ran convert" in html and "18000.0" in html
+    assert out.outputs[replies[-1]].metadata["granite_magic"]["tool_calls"][0]["result"] == 18000.0

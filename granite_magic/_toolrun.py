@@ -13,12 +13,14 @@ user's code runs where it would in a cell, and Ctrl-C interrupts it as usual.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator
+from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
 from ._tools import (
@@ -94,6 +96,18 @@ class ToolLoop:
     def __post_init__(self) -> None:
         self.request = self.plan.first_request(self.request)
         self._asked = len(self.request.messages)  # the messages before this turn's calls and results
+        self._prefix = self._forced_prefix()
+        if self._prefix:
+            self.request = dataclasses.replace(self.request, messages=(*self.request.messages, {"role": "assistant", "content": self._prefix}))
+
+    def _forced_prefix(self) -> str:
+        """In prompted mode, a ``tool_choice`` that forces a call is kept by starting the reply with the call
+        (the model only writes the arguments); natively, the API's own ``tool_choice`` does it."""
+        choice = self.request.sampling.get("tool_choice")
+        if self.plan.mode != "prompted" or choice in (None, "auto", "none"):
+            return ""
+        name = self.plan.tools[0].name if choice == "required" else choice
+        return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": '
 
     def visible(self, acc: Accumulator) -> Any:
         """What the live view should show of a step: the text without ``<tool_call>`` blocks in prompted mode."""
@@ -112,7 +126,12 @@ class ToolLoop:
             return None
         records = [self._run(call) for call in calls]
         self.records += records
-        self.request = dataclasses.replace(self.request, messages=(*self.request.messages, *self._history(text, calls, records)))
+        asked = self.request.messages[:-1] if self._prefix else self.request.messages
+        self._prefix = ""  # the call was forced once; after it the model chooses
+        sampling = self.request.sampling
+        if sampling.get("tool_choice") not in (None, "auto", "none"):
+            sampling = sampling | Sampling._trusted({"tool_choice": "auto"})  # a forced call every step would never end
+        self.request = dataclasses.replace(self.request, messages=(*asked, *self._history(text, calls, records)), sampling=sampling)
         return self.request
 
     def stop_at(self, result: Result) -> None:
@@ -125,7 +144,7 @@ class ToolLoop:
             calls = [ParsedCall(i, c.name, c.raw_arguments, c.id) for i, c in enumerate(result.tool_calls)]
             return result.text, calls
         scanner = ToolCallScanner()
-        shown, calls = scanner.feed(result.text)
+        shown, calls = scanner.feed(self._prefix + result.text)
         rest, more = scanner.close()
         return shown + rest, calls + more
 

@@ -487,8 +487,8 @@ class _Handler(BaseHTTPRequestHandler):
         if calls and not view.prompted:
             return (_words(said[0]) if said else []), calls, "tool_calls"  # limits are not applied to native calls
         if calls:  # Granite's convention is plain text, limits and all
-            tokens, finish = _apply_limits(list(_text_pieces("\n".join([*said, *map(_prompted_call, calls)]), scenario.tool_split)),
-                                           _params(request))
+            text = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
+            tokens, finish = _apply_limits(list(_text_pieces(text, scenario.tool_split)), _params(request))
             return tokens, [], finish
         text = scenario.text if scenario.text is not None else _answer(view.messages)
         tokens, finish = self._reply_tokens(request, scenario, text)
@@ -747,6 +747,14 @@ def _trailing_results(messages: Sequence[dict[str, Any]]) -> list[str]:
             break
         results.insert(0, _text_of(message.get("content")))
     return results
+
+
+def _continued(request: dict[str, Any], text: str) -> str:
+    """A reply that an assistant message last has already begun continues it: only the rest is sent."""
+    messages = request.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    begun = last.get("content") if last.get("role") == "assistant" else None
+    return text[len(begun):] if isinstance(begun, str) and begun and text.startswith(begun) else text
 
 
 def _prompted_call(call: _FakeCall) -> str:

@@ -138,3 +138,18 @@ def test_the_saved_output_has_a_block_per_call_above_the_answer(tools_ns: Intera
     html = out.outputs[blocks[0]].data["text/html"]
     assert "Ran convert" in html and "18000.0" in html
     assert out.outputs[replies[-1]].metadata["granite_magic"]["tool_calls"][0]["result"] == 18000.0
+
+
+@pytest.mark.parametrize("mode", ["native", "prompted"])
+def test_a_forced_tool_choice_calls_once_then_lets_the_model_answer(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                                     mode: str) -> None:
+    run(tools_ns, f"--tools convert --tool-mode {mode} --tool-choice convert -o r", "How much is 120 dollars in yen?")
+    r: Result = tools_ns.user_ns["r"]
+    assert CALLS == [(120.0, "yen")] and r.text.startswith("The tool said") and len(server.chat_requests) == 2
+    second = server.chat_requests[1].body
+    if mode == "native":
+        assert server.chat_requests[0].body["tool_choice"] == {"type": "function", "function": {"name": "convert"}}
+        assert second["tool_choice"] == "auto"
+    else:  # prompted: the first reply was started with the call, so the model only wrote its arguments
+        first = server.chat_requests[0].body["messages"][-1]
+        assert first["role"] == "assistant" and first["content"].startswith('<tool_call>\n{"name": "convert"')

@@ -141,6 +141,8 @@ class GraniteMagics(Magics):
         from ._markdown import fenced, markdown_literal
 
         wire = self.session.request(request.turn, target)
+        if request.tools:  # what the first step of the tool loop sends: tools offered, or described in the system message
+            wire = self._tool_loop_for(request, target, wire).request
         text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
         where = target.client.target
         size = self.session.prompt_size(target, wire)
@@ -206,6 +208,13 @@ class GraniteMagics(Magics):
         message = explain(error, result) or tools.stopped
         if message:
             _error(message)
+
+    def _tool_loop_for(self, request: CellRequest, target: Target, wire: Any) -> Any:
+        from ._toolrun import ToolLoop, ToolPlan, check_mode, pick_mode
+
+        mode = check_mode(request.tool_mode)
+        supported = target.client.loop.run(target.client.supported_parameters(target.model)) if mode == "auto" else None
+        return ToolLoop(ToolPlan(request.tools, pick_mode(mode, supported, local=target.backend == "local")), wire)
 
     def _approver(self) -> Any:
         """Ask before each call: Run / Skip buttons in a notebook, a question in a terminal."""

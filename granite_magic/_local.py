@@ -649,6 +649,14 @@ class LocalClient(BaseClient):
             described["tools"] = chat_tools(request.tools)
         return {**described, **request.sampling.for_target("llama_cpp")}
 
+    def model_path(self) -> Path | None:
+        """The GGUF file when it is here already (for the record/replay key), without loading or downloading it."""
+        ref = self.reference or os.environ.get("GRANITE_LOCAL_MODEL")
+        if ref is None:
+            return None
+        path = Path(ref).expanduser()
+        return path if path.is_file() else None
+
     def prompt_preview(self, request: Request) -> tuple[str, int]:
         """The exact text the model reads for ``request`` after its chat template (any default system prompt
         the template adds included, an assistant prefix at the end) and its exact token count.

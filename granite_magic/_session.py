@@ -37,6 +37,7 @@ from ._cache import (
 )
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec, first_divergence
+from ._context import Document, documents_block, granite_documents
 from ._events import Accumulator, Progress
 from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
 from ._params import Sampling, json_ready
@@ -65,7 +66,8 @@ class Turn:
     backend: Backend | None = None
     api: Api | None = None
     timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
-    context: str | None = None  # what --context, --docs and --cell point at: sent on the system side, after the system prompt
+    context: str | None = None  # what --context and --cell point at: sent on the system side, after the system prompt
+    documents: tuple[Document, ...] = ()  # --docs: in the chat template's documents slot (local) or the system message
     prefix: str | None = None  # the start of the assistant's reply, to be continued (a branch of the sampling lens)
     cache: str | None = None  # --cache: off, auto, record or replay (None: the session's setting)
     pace: str = "instant"  # --pace original: a replay streams at the recorded pace
@@ -201,19 +203,23 @@ class Session:
 
     # --- requests ----------------------------------------------------------------------
 
-    def messages(self, turn: Turn) -> tuple[dict[str, Any], ...]:
+    def messages(self, turn: Turn, *, documents_apart: bool = False) -> tuple[dict[str, Any], ...]:
         conversation = self.conversations.setdefault(turn.chat, Conversation()) if turn.chat is not None else Conversation()
         system = turn.system if turn.system is not None else conversation.system
         # the context is data about this turn, not an instruction: it follows the system prompt and is not remembered
-        system = "\n\n".join(part for part in (system, turn.context) if part) or None
+        documents = documents_block(turn.documents) if turn.documents and not documents_apart else None
+        system = "\n\n".join(part for part in (system, turn.context, documents) if part) or None
         messages = build_messages(turn.prompt, system=system, history=conversation.messages)
         if turn.prefix:  # an assistant message last: the model continues it rather than starting a new reply
             messages = (*messages, {"role": "assistant", "content": turn.prefix})
         return messages
 
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
+        """What goes to ``target``: documents in the local model's template slot, else in the system message."""
         sampling = turn.sampling | extra if extra is not None else turn.sampling
-        return Request(target.model, self.messages(turn), sampling)
+        apart = target.backend == "local"
+        documents = tuple(granite_documents(turn.documents)) if apart else ()
+        return Request(target.model, self.messages(turn, documents_apart=apart), sampling, documents=documents)
 
     def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> SingleJob:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""
@@ -303,7 +309,12 @@ class Session:
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
     def prompt_size(self, target: Target, request: Request) -> str:
-        """What a dry run says about size and cost: the prompt's tokens and the worst case."""
+        """What a dry run says about size and cost: the prompt's tokens (exact on the local backend) and the worst case."""
+        preview = getattr(target.client, "prompt_preview", None)
+        if preview is not None:
+            text, tokens = preview(request)
+            return (f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat "
+                    f"template applied:\n{text}")
         estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
         size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
         worst = self.worst_case(target, [request])

@@ -20,7 +20,8 @@ ADVICE: dict[str, str] = {
     "auth": _NO_KEY,
     "credits": "Add credits at https://openrouter.ai/settings/credits or raise the key's limit.",
     "moderation": "Rephrase the prompt.",
-    "model_not_found": "Check the id with `%granite models`, or pass another with -m.",
+    "model_not_found": "Check the id with `%granite models`, or pass another with -m (with --strict: drop it, or the "
+                       "parameters `%granite probe` saw ignored).",
     "bad_request": "Check the parameters and the prompt length (`--dry-run` shows what is sent).",
     "rate_limit": "Wait a minute and {again}, or use a paid model variant or your own key.",
     "server": "Try again in a minute, or pass another model with -m.",

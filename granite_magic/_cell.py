@@ -86,6 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            "or auto (default: native when the model's listing names tools)", None, {"choices": ("native", "prompted", "auto")}),
     Option(("--approve",), "ask before running each tool call (Run / Skip)", None, {"action": "store_true"}),
     Option(("--max-steps",), "at most N requests in a tool-using turn (default 5)", "N", {"type": int}),
+    Option(("--strict",), "OpenRouter: route only to providers that honour every parameter sent (none found: a clear error)",
+           None, {"action": "store_true"}),
     Option(("--cache",), "record and replay: off, auto (serve recordings, record the rest), record, replay (never send)",
            None, {"choices": ("off", "auto", "record", "replay")}),
     Option(("--pace",), "a replay streams instantly (default) or at the recorded pace (original)", None,
@@ -236,7 +238,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
                   chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout),
                   context=_context(args, namespace, cwd or Path.cwd(), history),
                   documents=tuple(load_documents(_names(args.docs), base=cwd or Path.cwd())) if args.docs else (),
-                  cache=args.cache, pace=args.pace or "instant", verify=args.verify),
+                  cache=args.cache, pace=args.pace or "instant", verify=args.verify, strict=True if args.strict else None),
         seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
         sweeps=parse_sweeps(args.sweep or ()),
         repeat=args.repeat, concurrency=args.concurrency, out=args.out, format=args.format,
@@ -335,6 +337,7 @@ def to_cell(request: CellRequest) -> str:
     words += ["--cache", turn.cache] if turn.cache else []
     words += ["--pace", turn.pace] if turn.pace != "instant" else []
     words += ["--verify"] if turn.verify else []
+    words += ["--strict"] if turn.strict else []
     if request.format != "markdown":
         words += ["-f", request.format]
     if request.tools:

@@ -425,7 +425,7 @@ class GraniteClient(BaseClient):
             async with http.stream("POST", self.endpoint, json=body, headers=self._headers(), timeout=timeout) as response:
                 acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
                 if response.status_code != 200:
-                    await self._raise_for_status(response, str(body.get("model")))
+                    await self._raise_for_status(response, str(body.get("model")), _sent_parameters(body))
                 _check_content_type(response.headers.get("content-type", ""))
                 watch.saw_event()
                 await self._read_stream(response, acc, on_update, watch)
@@ -468,9 +468,13 @@ class GraniteClient(BaseClient):
             raise _Retry(error)
         raise error
 
-    async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+    async def _raise_for_status(self, response: httpx.Response, model: str, sent: Sequence[str] = ()) -> None:
         body = await response.aread()
         error = error_for_status(response.status_code, body, model=model, secrets=[self._key.reveal()] if self._key else [])
+        if response.status_code == 404 and "requested parameters" in error.message:
+            error = errors.ModelNotFoundError(
+                f"No provider of {model!r} honours every parameter sent ({', '.join(sent) or 'none'}), and --strict asked "
+                "for that (HTTP 404).", status=404, code=error.code, model=model)
         if response.status_code in RETRYABLE_STATUS:
             raise _Retry(error, parse_retry_after(response.headers.get("retry-after")))
         raise error
@@ -639,6 +643,14 @@ class _Watch:
             raise errors.DeadlineError(f"The reply took longer than the time limit of {self.timeout_s:g} s, so it was stopped.")
         if self.last_event is not None and now - self.last_event >= self.read_timeout_s:
             raise errors.StallError(f"No new data arrived for {self.read_timeout_s:g} s, so the request was stopped.")
+
+
+def _sent_parameters(body: Mapping[str, Any]) -> list[str]:
+    """The sampling parameters in a body, by the table's names (for a --strict refusal)."""
+    from ._params import PARAMETERS
+
+    names = {p.wire_name(target) or p.name: p.name for p in PARAMETERS for target in ("chat", "responses", "messages")}
+    return sorted({names[key] for key in body if key in names})
 
 
 def _check_content_type(content_type: str) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Dict, Enum, Float, Integer, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, Unicode
 
 from . import _errors as errors
 from ._cell import build_help, build_parser
@@ -39,7 +39,7 @@ TRAIT_SETTINGS = {
     "model": "model", "base_url": "base_url", "backend": "backend", "api": "api", "read_timeout": "read_timeout_s",
     "timeout": "timeout_s", "concurrency": "concurrency", "updates_per_second": "updates_per_second",
     "local_instances": "local_instances", "default_params": "default_params", "budget_usd": "budget_usd",
-    "cache": "cache", "cache_dir": "cache_dir",
+    "cache": "cache", "cache_dir": "cache_dir", "strict": "strict",
 }
 
 # A grid whose worst case is above this says so before it starts, so a large sweep never surprises.
@@ -59,6 +59,7 @@ class GraniteMagics(Magics):
     read_timeout = Float(60.0, help="Seconds without a new event before a stream counts as stalled.").tag(config=True)
     timeout = Float(None, allow_none=True, help="Seconds a whole reply may take (None: no limit).").tag(config=True)
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
+    strict = Bool(False, help="OpenRouter: only providers that honour every parameter sent (provider.require_parameters).").tag(config=True)
     cache = Unicode("", help="Record and replay: off, auto, record or replay (empty: GRANITE_CACHE or off).").tag(config=True)
     cache_dir = Unicode("", help="Where recordings live (empty: GRANITE_CACHE_DIR or .granite-cache).").tag(config=True)
     budget_usd = Float(None, allow_none=True, help="What this kernel may spend in all, in USD (None: GRANITE_BUDGET_USD or no limit).").tag(config=True)

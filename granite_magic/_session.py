@@ -72,6 +72,7 @@ class Turn:
     cache: str | None = None  # --cache: off, auto, record or replay (None: the session's setting)
     pace: str = "instant"  # --pace original: a replay streams at the recorded pace
     verify: bool = False  # --verify: run live and compare with the recording
+    strict: bool | None = None  # --strict: only providers that honour every parameter (None: the session's setting)
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -219,7 +220,9 @@ class Session:
         sampling = turn.sampling | extra if extra is not None else turn.sampling
         apart = target.backend == "local"
         documents = tuple(granite_documents(turn.documents)) if apart else ()
-        return Request(target.model, self.messages(turn, documents_apart=apart), sampling, documents=documents)
+        strict = turn.strict if turn.strict is not None else self.settings.strict
+        routing = {"provider": {"require_parameters": True}} if strict and target.backend == "http" else {}
+        return Request(target.model, self.messages(turn, documents_apart=apart), sampling, documents=documents, extra=routing)
 
     def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> SingleJob:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""

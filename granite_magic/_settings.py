@@ -40,6 +40,7 @@ class Settings:
     local_instances: int = 1  # llama.cpp copies loaded to serve comparison columns at once
     default_params: Sampling = field(default_factory=Sampling)
     budget_usd: float | None = None  # what the session may spend in all (None: no limit)
+    strict: bool = False  # OpenRouter: use only providers that honour every parameter sent (provider.require_parameters)
     cache: str = "off"  # record and replay: off, auto (serve hits, record misses), record, replay
     cache_dir: str = ".granite-cache"  # beside the notebook: the kernel's working directory
 

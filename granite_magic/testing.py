@@ -436,6 +436,10 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model")
         if not self.fake.accept_any_model and model not in self.fake.models and _ignored(model) is None:
             return 404, f"No endpoints found for {model}."
+        ignored = _ignored(model)
+        provider = body.get("provider")
+        if isinstance(provider, dict) and provider.get("require_parameters") and ignored is not None and ignored in body:
+            return 404, "No endpoints found that can handle the requested parameters."  # OpenRouter's words
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return 400, "messages must be a non-empty list"
         problem = _tool_problem(body)

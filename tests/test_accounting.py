@@ -170,3 +170,13 @@ def test_a_cell_setting_an_ignored_parameter_is_warned_with_the_evidence(ip: Int
     assert "seed was observed ignored by" in out.stderr and "seed 11 twice gave two different texts" in out.stderr
     out = run(ip, "--seed 3 --max-tokens 5", "Hi")  # another model: nothing observed, nothing said
     assert "observed ignored" not in out.stderr
+
+
+def test_strict_sends_require_parameters_and_explains_a_refusal(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(ip, "--strict --seed 1 --max-tokens 5", "Hi")
+    assert server.chat_requests[-1].body["provider"] == {"require_parameters": True}
+    out = run(ip, "--strict -m fake/ignores-seed --seed 1 --max-tokens 5", "Hi")
+    assert "No provider of 'fake/ignores-seed' honours every parameter sent (max_tokens, seed)" in out.stderr
+    assert "--strict" in out.stderr and "Traceback" not in out.stderr
+    run(ip, "--seed 1 --max-tokens 5", "Hi")
+    assert "provider" not in server.chat_requests[-1].body  # off unless asked for

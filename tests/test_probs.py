@@ -22,6 +22,8 @@ from granite_magic._shapes import chunk_events, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY
+from .json_fuzz import paths as _paths
+from .json_fuzz import replaced as _replaced
 
 
 def sse(*payloads: object) -> bytes:
@@ -150,24 +152,6 @@ LOGPROBS_TEMPLATES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _paths(value: object, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        paths += [p for k, v in value.items() for p in _paths(v, (*prefix, k))]
-    elif isinstance(value, list):
-        paths += [p for i, v in enumerate(value) for p in _paths(v, (*prefix, i))]
-    return paths
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: object) -> Any:
-    if not path:
-        return new
-    copy = json.loads(json.dumps(value))
-    node = copy
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = new
-    return copy
 
 
 CASES = [(api, template, path) for api, template in LOGPROBS_TEMPLATES for path in _paths(template) if "logprobs" in path]

@@ -16,6 +16,8 @@ from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY, run, shown
+from .json_fuzz import paths as _paths
+from .json_fuzz import replaced as _replaced
 
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 APIS = ["chat", "responses", "messages"]
@@ -185,24 +187,6 @@ TEMPLATES: dict[str, list[dict[str, object]]] = {
 }
 
 
-def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        paths += [p for k, v in value.items() for p in _paths(v, (*prefix, k))]
-    elif isinstance(value, list):
-        paths += [p for i, v in enumerate(value) for p in _paths(v, (*prefix, i))]
-    return paths
-
-
-def _replaced(value: object, path: tuple[object, ...], new: object) -> object:
-    if not path:
-        return new
-    copy = json.loads(json.dumps(value))
-    node = copy
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = new
-    return copy
 
 
 CASES = [(api, template, path) for api, templates in TEMPLATES.items() for template in templates for path in _paths(template)]

@@ -34,6 +34,8 @@ from granite_magic._tools import (
 from granite_magic.testing import GRANITE_ID, FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY
+from .json_fuzz import paths as _paths
+from .json_fuzz import replaced as _replaced
 
 APIS = ["chat", "responses", "messages"]
 PROMPT = "How much is 120 dollars in yen?"
@@ -295,22 +297,6 @@ NEW_EVENTS: list[dict[str, Any]] = [
 ]
 
 
-def _paths(value: object, prefix: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
-    yield prefix
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, inner in items:
-        yield from _paths(inner, (*prefix, key))
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: object) -> Any:
-    if not path:
-        return new
-    copy = json.loads(json.dumps(value))
-    node = copy
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = new
-    return copy
 
 
 @given(st.sampled_from([(event, path) for event in NEW_EVENTS for path in _paths(event)]), JSON)

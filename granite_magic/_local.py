@@ -89,9 +89,14 @@ class LocalModelError(errors.GraniteError):
     kind = "local_model"
 
 
+# Parameters the local backend honours itself rather than passing to llama.cpp: token probabilities are read
+# from the logits, and a tool choice is kept by the tool loop.
+HANDLED_HERE = ("logprobs", "top_logprobs", "tool_choice")
+
+
 def local_parameters() -> tuple[str, ...]:
-    """What llama.cpp can be given: every parameter of the table that has a llama.cpp name."""
-    return tuple(p.name for p in _params.PARAMETERS if p.wire_name("llama_cpp") is not None)
+    """What the local backend honours: every parameter with a llama.cpp name, and those it handles itself."""
+    return tuple(p.name for p in _params.PARAMETERS if p.wire_name("llama_cpp") is not None or p.name in HANDLED_HERE)
 
 
 def local_available() -> bool:

@@ -149,10 +149,26 @@ class ToolLoop:
         return shown + rest, calls + more
 
     def _run(self, call: ParsedCall) -> CallRecord:
+        call = self._lenient(call)
         self.on_call(f"calling {describe_call(call.name, call.arguments)}")
         record = run_requested(self.plan.tools, call, approve=self.plan.approve)
         self.on_call(f"  → {record.error}" if record.error else f"  → {_short(result_text(record))}")
         return record
+
+    def _lenient(self, call: ParsedCall) -> ParsedCall:
+        """A bare value for a tool of one parameter (``"arguments": 12`` for ``square(n)``) is read as that
+        parameter: small models write it, and its meaning is not in doubt.  Anything else is left as sent."""
+        tool = next((t for t in self.plan.tools if t.name == call.name), None)
+        properties = tool.parameters.get("properties", {}) if tool is not None else {}
+        if call.problem or len(properties) != 1:
+            return call
+        try:
+            value = json.loads(call.arguments)
+        except ValueError:
+            return call
+        if isinstance(value, dict):
+            return call
+        return dataclasses.replace(call, arguments=json.dumps({next(iter(properties)): value}))
 
     def _history(self, text: str, calls: Sequence[ParsedCall], records: Sequence[CallRecord]) -> list[dict[str, Any]]:
         """The assistant's calls and the results, in the chat-completions form (or Granite's, prompted)."""

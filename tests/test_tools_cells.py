@@ -153,3 +153,19 @@ def test_a_forced_tool_choice_calls_once_then_lets_the_model_answer(tools_ns: In
     else:  # prompted: the first reply was started with the call, so the model only wrote its arguments
         first = server.chat_requests[0].body["messages"][-1]
         assert first["role"] == "assistant" and first["content"].startswith('<tool_call>\n{"name": "convert"')
+
+
+def square(n: int) -> int:
+    """The square of a whole number."""
+    return n * n
+
+
+def test_a_bare_value_for_a_one_parameter_tool_is_read_as_that_parameter(tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    tools_ns.user_ns["square"] = square
+    server.push(Scenario(tool_arguments="12"))
+    run(tools_ns, "--tools square --tool-mode native -o r", "What is 12 squared?")
+    r: Result = tools_ns.user_ns["r"]
+    assert r.tool_calls[0].arguments == {"n": 12} and r.tool_calls[0].result == 144
+    server.push(Scenario(tool_arguments="12"))
+    run(tools_ns, "--tools convert --tool-mode native -o r", "How much is 12 dollars in yen?")
+    assert tools_ns.user_ns["r"].tool_calls[0].error and CALLS == []  # two parameters: a bare value is not guessed at

@@ -52,6 +52,9 @@ __all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "Sin
 
 logger = logging.getLogger("granite_magic")
 
+# Prompts shorter than this (about 8k tokens) fit every context there is: their size is not checked against a listing.
+LONG_PROMPT_CHARS = 32_000
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -230,6 +233,7 @@ class Session:
         request = self.request(turn, target)
         use = self.cache_use(turn, target, request)
         if use is None or use.mode != "replay":
+            self.check_context(target, request)
             self.check_budget(target, [request])
         return SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
 
@@ -323,6 +327,24 @@ class Session:
         worst = self.worst_case(target, [request])
         cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
         return f"{size}; {cost} (prompt at most x input price + max tokens x output price)"
+
+    def check_context(self, target: Target, request: Request) -> None:
+        """Refuse, with the numbers, a prompt that cannot fit the model's listed context (HTTP; the local backend
+        counts exactly and refuses on its own).  Only long prompts ask the listing, so short ones never wait for it."""
+        if target.backend != "http":
+            return
+        characters = sum(len(str(m.get("content", ""))) for m in request.messages)
+        if characters < LONG_PROMPT_CHARS:
+            return
+        info = target.client.loop.run(target.client.listing(target.model))
+        if info is None or not info.context_length:
+            return
+        estimate = characters // 4
+        output = request.sampling.get("max_tokens") or 0
+        if estimate + output > info.context_length:
+            raise errors.InvalidParameterError(
+                f"the prompt is about {estimate:,} tokens (an estimate: 4 characters a token) and max_tokens {output:,}: "
+                f"more than {target.model}'s {info.context_length:,}-token context")
 
     def check_budget(self, target: Target, requests: Sequence[Request]) -> None:
         budget = self.settings.budget_usd

@@ -61,3 +61,13 @@ def test_dry_run_shows_the_context_the_size_and_the_worst_case(ip: InteractiveSh
     text = shown(out)
     assert "### rain (pandas.DataFrame)" in text and "prompt: about" in text and "worst-case cost $" in text
     assert server.chat_requests == []
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    ip.user_ns["book"] = "granite " * 70_000  # 560,000 characters: about 140,000 tokens, more than 131,000
+    out = run(ip, "--max-tokens 100 --no-interpolate", "{book}")
+    assert len(server.chat_requests) == 1  # sent literally, "{book}" is short: it goes
+    server.requests.clear()
+    out = run(ip, "--max-tokens 100", "Summarise: {book}")
+    assert "the prompt is about 140,0" in out.stderr and "131,000-token context" in out.stderr
+    assert "nothing was sent" in out.stderr and server.chat_requests == []

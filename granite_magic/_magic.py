@@ -456,7 +456,7 @@ def _warn(message: str) -> None:
 NO_PROBS = ("this provider returned no token probabilities; the local backend (--backend local) and servers such as "
             "llama.cpp or vLLM do.")
 
-_PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs")
+_PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "tools")
 
 _registered: dict[int, GraniteMagics] = {}
 

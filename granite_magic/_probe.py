@@ -27,6 +27,7 @@ from ._events import Accumulator
 from ._params import Sampling
 from ._result import Result
 from ._shapes import Request, build_messages
+from ._tools import Tool, tool_from_function
 
 __all__ = ["MAX_REQUESTS", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests"]
 
@@ -91,8 +92,8 @@ class _Runner:
         self.results.append(result)
         self.on_result(result)
 
-    async def run(self, **params: Any) -> Result | GraniteError:
-        request = Request(self.model, build_messages(PROMPT), Sampling({"max_tokens": PROBE_TOKENS, **params}))
+    async def run(self, *, prompt: str = PROMPT, tools: tuple[Tool, ...] = (), **params: Any) -> Result | GraniteError:
+        request = Request(self.model, build_messages(prompt), Sampling({"max_tokens": PROBE_TOKENS, **params}), tools=tools)
         try:
             result = await self.client.stream(request, Accumulator(request.sampling))
         except GraniteError as exc:
@@ -105,7 +106,7 @@ class _Runner:
 
 def probe_requests() -> int:
     """How many requests a probe sends (shown with the cost estimate before it runs)."""
-    return 9
+    return 10
 
 
 async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | None,
@@ -120,9 +121,9 @@ async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | Non
     observations.append(await _stop(runner, greedy[0]))
     observations.append(_max_tokens(await runner.run(temperature=0.0, max_tokens=3)))
     observations.append(_logprobs(await runner.run(temperature=0.0, logprobs=True, top_logprobs=2)))
+    observations.append(_tools(await runner.run(prompt="What is 2 plus 3?", tools=(_ADD,), tool_choice="required")))
     observations += [Observation("logit_bias", None, "not tested", "needs the model's token ids, which an HTTP API does not give"),
-                     Observation("tools", None, "not tested", "tool calling is not probed yet"),
-                     Observation("response_format", None, "not tested", "structured output is not probed yet")]
+                     Observation("response_format", None, "not tested", "structured output is not in the parameter table")]
     declared = [Observation(o.parameter, None if supported is None else o.parameter in supported, o.observed, o.evidence)
                 for o in observations]
     costs = [r.cost for r in runner.results]
@@ -201,6 +202,23 @@ def _logprobs(result: Result | GraniteError) -> Observation:
     if not result.tokens:
         return Observation("logprobs", None, "ignored", "no token probabilities came back")
     return Observation("logprobs", None, "honoured", f"{len(result.tokens)} tokens with probabilities came back")
+
+
+def _add(a: int, b: int) -> int:
+    """Add two whole numbers."""
+    return a + b
+
+
+_ADD = tool_from_function(_add, name="add")
+
+
+def _tools(result: Result | GraniteError) -> Observation:
+    failed = _failed("tools", result)
+    if failed or not isinstance(result, Result):
+        return failed or Observation("tools", None, "not tested", "")
+    if not result.tool_calls:
+        return Observation("tools", None, "ignored", "a required call to a tool came back as text")
+    return Observation("tools", None, "honoured", f"a required call came back: {result.tool_calls[0].name}")
 
 
 def _quote(result: Result) -> str:

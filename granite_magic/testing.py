@@ -74,6 +74,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_logprobs", "fake_reply"]
 
@@ -259,6 +260,8 @@ class FakeOpenRouter:
         self.models: dict[str, dict[str, Any]] = {GRANITE_ID: GRANITE_LISTING}
         self.accept_any_model = False
         self.requests: list[RecordedRequest] = []
+        self.costs: dict[str, float] = {}  # generation id -> what it cost, for GET /generation and GET /key
+        self.credit_limit = 10.0  # USD: GET /key reports this limit and what is left of it
         self.in_flight = 0
         self.max_in_flight = 0  # the most streams served at the same moment
         self._queue: list[Scenario] = []
@@ -298,6 +301,7 @@ class FakeOpenRouter:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.costs.clear()
             self.default = Scenario()
             self.max_in_flight = self.in_flight
 
@@ -358,8 +362,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"data": list(self.fake.models.values())})
         elif self.path.startswith("/_requests"):
             self._json(200, {"requests": [asdict(r) for r in self.fake.requests if r is not record]})
+        elif self.path.split("?")[0].rstrip("/").endswith(("/key", "/generation")):
+            self._account(self.path)
         else:
             self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
+
+    def _account(self, path: str) -> None:
+        """OpenRouter's ``GET /key`` (credit used and left, its label shaped like a key) and ``GET /generation?id=``."""
+        if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            self._json(401, {"error": {"code": 401, "message": _ERROR_TEXT[401]}})
+            return
+        with self.fake._lock:
+            costs = dict(self.fake.costs)
+        if path.split("?")[0].rstrip("/").endswith("/key"):
+            used = round(sum(costs.values()), 12)
+            label = (self.fake.api_key or "sk-or-v1-unset")[:12] + "..."  # OpenRouter shows the start of the key
+            self._json(200, {"data": {"label": label, "limit": self.fake.credit_limit, "usage": used,
+                                      "limit_remaining": round(self.fake.credit_limit - used, 12)}})
+            return
+        wanted = parse_qs(urlsplit(path).query).get("id", [""])[0]
+        if wanted not in costs:
+            self._json(404, {"error": {"code": 404, "message": f"Generation {wanted} not found"}})
+            return
+        self._json(200, {"data": {"id": wanted, "total_cost": costs[wanted]}})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -477,7 +502,10 @@ class _Handler(BaseHTTPRequestHandler):
             writer.events(events)
             if delay:
                 self.fake.sleep(delay)
-        usage = _usage(prompt_tokens, len(steps)) if scenario.usage else None
+        billed = _usage(prompt_tokens, len(steps))
+        with self.fake._lock:
+            self.fake.costs[fmt.generation_id] = billed["cost"]
+        usage = billed if scenario.usage else None  # without usage in the stream, GET /generation still knows the cost
         writer.events(fmt.finish(finish if scenario.finish else None, usage))
         if scenario.done:
             writer.events(fmt.done())

@@ -143,13 +143,14 @@ def test_the_probe_finds_a_correct_provider_honours_everything_it_tests(probes: 
     report = probes.probe(target)
     assert report.requests == len(server.chat_requests) <= 20
     seen = {o.parameter: o.observed for o in report.observations}
-    assert {seen[name] for name in ("seed", "temperature", "top_k", "stop", "max_tokens")} == {"honoured"}
+    assert {seen[name] for name in ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "tools")} == {"honoured"}
     assert report.cost is not None and estimate is not None and 0 < report.cost <= estimate < 0.001
     assert [e.kind for e in probes.ledger.entries] == ["probe"] * report.requests
     assert TEST_KEY not in report.table() and TEST_KEY not in probes.probes.path.read_text()
 
 
-@pytest.mark.parametrize(("model", "parameter"), [("fake/ignores-seed", "seed"), ("fake/ignores-stop", "stop")])
+@pytest.mark.parametrize(("model", "parameter"), [("fake/ignores-seed", "seed"), ("fake/ignores-stop", "stop"),
+                                                  ("fake/ignores-tools", "tools")])
 def test_the_probe_catches_a_provider_that_ignores_a_parameter(probes: Session, model: str, parameter: str) -> None:
     for _ in range(3):  # every time, not by luck
         report = probes.probe(probes.resolve(Turn("", model=model)))
@@ -180,3 +181,24 @@ def test_strict_sends_require_parameters_and_explains_a_refusal(ip: InteractiveS
     assert "--strict" in out.stderr and "Traceback" not in out.stderr
     run(ip, "--seed 1 --max-tokens 5", "Hi")
     assert "provider" not in server.chat_requests[-1].body  # off unless asked for
+
+
+def test_a_cost_the_stream_did_not_carry_is_looked_up_after_the_run(session: Session, server: FakeOpenRouter) -> None:
+    from granite_magic.testing import Scenario
+
+    from .conftest import wait_until
+
+    server.push(Scenario(usage=False))
+    result, _ = session.run(Turn("Hi", sampling=Sampling({"max_tokens": 6})))
+    assert result.cost is None
+    assert wait_until(lambda: session.ledger.entries[-1].cost_source == "lookup")
+    assert session.ledger.entries[-1].cost == pytest.approx(server.costs[result.generation_id or ""], abs=1e-12)
+
+
+def test_credits_show_what_is_left_and_never_the_key(ip: InteractiveShell, server: FakeOpenRouter,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run(ip, "--seed 1 --max-tokens 5", "Hi")
+    ip.run_line_magic("granite", "credits")
+    shown_text = capsys.readouterr().out
+    used = sum(server.costs.values())
+    assert f"used ${used:.6f} of a $10.00 limit" in shown_text and TEST_KEY not in shown_text

@@ -47,6 +47,8 @@ STREAM_CELL = "%%granite --seed 1\nTell me about granite"
 PANEL_CELL = "%granite panel Tell me about granite"
 UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
 LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the sentence: The oldest rocks on Earth are"
+TOOL_DEF_CELL = "def convert(amount: float, currency: str) -> float:\n    return round(amount * 150.0, 2)"
+TOOLS_CELL = "%%granite --tools convert --tool-mode native\nHow much is 120 dollars in yen?"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -69,7 +71,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
-    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL]):
+    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -261,6 +263,21 @@ def test_the_sampling_lens_shades_explains_resamples_and_branches(page: Page, fa
                            arg=output.element_handle(), timeout=30_000)
     assert fake.chat_requests[-1].body["messages"][-1]["role"] == "assistant"
     shot(page, "07-lens-branch")
+
+
+def test_a_tool_call_shows_as_a_block_above_the_answer(page: Page, fake: FakeOpenRouter) -> None:
+    run_cell(page, TOOL_DEF_CELL)
+    target = run_cell(page, TOOLS_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    block = output.locator("details.gm-tool")
+    assert block.count() == 1 and "Ran convert" in block.locator("summary").inner_text()
+    block.locator("summary").click()  # collapsible: opening it shows the arguments and the result
+    assert "18000.0" in block.inner_text() and '"amount": 120' in block.inner_text()
+    answer = output.get_by_text("The tool said: 18000.0")
+    assert answer.count() >= 1
+    assert block.bounding_box()["y"] < answer.first.bounding_box()["y"]  # the call comes above the answer
+    shot(page, "08-tools")
 
 
 def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: Path) -> None:

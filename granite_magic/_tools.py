@@ -1112,9 +1112,10 @@ class ToolCallScanner:
 
     def _read(self, block: str) -> list[ParsedCall]:
         try:
-            value = json.loads(block)
+            value, _ = json.JSONDecoder().raw_decode(block.strip())
         except ValueError as exc:
             return [self._malformed(block, f"the tool call is not valid JSON: {exc}")]
+        # a whole call followed by stray characters (a small model's extra "}") is still that call
         items = value if isinstance(value, list) and value else [value]
         return [self._call(item, block) for item in items]
 

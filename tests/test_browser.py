@@ -49,6 +49,7 @@ UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
 LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the sentence: The oldest rocks on Earth are"
 TOOL_DEF_CELL = "def convert(amount: float, currency: str) -> float:\n    return round(amount * 150.0, 2)"
 TOOLS_CELL = "%%granite --tools convert --tool-mode native\nHow much is 120 dollars in yen?"
+APPROVE_CELL = "%%granite --tools convert --tool-mode native --approve\nHow much is 7 dollars in yen?"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -71,7 +72,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
-    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL]):
+    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -278,6 +279,18 @@ def test_a_tool_call_shows_as_a_block_above_the_answer(page: Page, fake: FakeOpe
     assert answer.count() >= 1
     assert block.bounding_box()["y"] < answer.first.bounding_box()["y"]  # the call comes above the answer
     shot(page, "08-tools")
+
+
+def test_approve_waits_for_the_run_button_while_the_cell_runs(page: Page, fake: FakeOpenRouter) -> None:
+    target = run_cell(page, APPROVE_CELL, wait=False)
+    output = target.locator(".jp-Cell-outputArea")
+    run_button = output.locator("button.gm-approve-run")
+    run_button.wait_for(timeout=30_000)
+    assert "convert(amount=7" in output.inner_text() and len(fake.chat_requests) >= 1
+    run_button.click()  # answered while the cell is still running
+    output.get_by_text("The tool said: 1050.0").first.wait_for(timeout=30_000)
+    assert output.locator("details.gm-tool").count() == 1
+    shot(page, "09-approve")
 
 
 def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: Path) -> None:

@@ -84,7 +84,7 @@ OPTIONS: tuple[Option, ...] = (
            "docstrings); the calls run here and their results go back to the model", "NAME[,NAME]"),
     Option(("--tool-mode",), "native (the API's tools), prompted (Granite's <tool_call> convention in the system message), "
            "or auto (default: native when the model's listing names tools)", None, {"choices": ("native", "prompted", "auto")}),
-    Option(("--approve",), "ask before running each tool call (Run / Skip)", None, {"action": "store_true"}),
+    Option(("--approve",), "ask before running each tool call (y/N in the input prompt under the cell)", None, {"action": "store_true"}),
     Option(("--max-steps",), "at most N requests in a tool-using turn (default 5)", "N", {"type": int}),
     Option(("--strict",), "OpenRouter: route only to providers that honour every parameter sent (none found: a clear error)",
            None, {"action": "store_true"}),

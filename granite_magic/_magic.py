@@ -218,10 +218,10 @@ class GraniteMagics(Magics):
         return ToolLoop(ToolPlan(request.tools, pick_mode(mode, supported, local=target.backend == "local")), wire)
 
     def _approver(self) -> Any:
-        """Ask before each call: Run / Skip buttons in a notebook, a question in a terminal."""
-        from ._approve import ask_in_terminal, ask_with_buttons
+        """Ask before each call, through the notebook's (or the terminal's) input prompt."""
+        from ._approve import ask
 
-        return ask_with_buttons if self._widgets() else ask_in_terminal
+        return ask
 
     def _show_lens(self, job: SingleJob, result: Result) -> None:
         """Under a --probs reply: the sampler lens with branching, or one line if no probabilities came back."""

@@ -281,13 +281,14 @@ def test_a_tool_call_shows_as_a_block_above_the_answer(page: Page, fake: FakeOpe
     shot(page, "08-tools")
 
 
-def test_approve_waits_for_the_run_button_while_the_cell_runs(page: Page, fake: FakeOpenRouter) -> None:
+def test_approve_asks_under_the_cell_while_it_runs(page: Page, fake: FakeOpenRouter) -> None:
     target = run_cell(page, APPROVE_CELL, wait=False)
     output = target.locator(".jp-Cell-outputArea")
-    run_button = output.locator("button.gm-approve-run")
-    run_button.wait_for(timeout=30_000)
-    assert "convert(amount=7" in output.inner_text() and len(fake.chat_requests) >= 1
-    run_button.click()  # answered while the cell is still running
+    box = output.locator(".jp-Stdin-input")
+    box.wait_for(timeout=30_000)
+    assert "Run convert(amount=7, currency='yen')? [y/N]" in output.inner_text()
+    box.fill("y")
+    box.press("Enter")  # answered while the cell is still running
     output.get_by_text("The tool said: 1050.0").first.wait_for(timeout=30_000)
     assert output.locator("details.gm-tool").count() == 1
     shot(page, "09-approve")

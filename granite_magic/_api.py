@@ -74,18 +74,16 @@ def usage() -> Any:
     """What this kernel's runs have cost, one row per run (a pandas DataFrame), as ``%granite usage`` sums it up."""
     from IPython import get_ipython
 
-    from ._magic import magics_for
+    from ._kernel import session_for
 
-    magics = magics_for(get_ipython())
-    return (magics.session if magics is not None else shared_session()).ledger.to_dataframe()
+    return (session_for(get_ipython()) or shared_session()).ledger.to_dataframe()
 
 
 def probe(model: str | None = None, *, base_url: str | None = None, backend: str | None = None) -> ProbeReport:
     """Which parameters ``model`` really honours (as ``%granite probe``); the report is remembered for later warnings."""
     from IPython import get_ipython
 
-    from ._magic import magics_for
+    from ._kernel import session_for
 
-    magics = magics_for(get_ipython())
-    session = magics.session if magics is not None else shared_session()
+    session = session_for(get_ipython()) or shared_session()
     return session.probe(session.resolve(new_turn("", {}, model=model, base_url=base_url, backend=backend)))

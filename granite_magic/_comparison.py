@@ -17,8 +17,8 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from ._errors import InvalidParameterError
-from ._params import Sampling, get_param, json_ready, validate
-from ._result import Result
+from ._params import Sampling, get_param, validate
+from ._result import Result, json_ready
 
 __all__ = [
     "Comparison",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # Loading the extension imports only this module, the grammar, the parameter table
 # and the errors: the client, asyncio, httpx and ipywidgets wait for the first cell.
 
-__all__ = ["GraniteMagics", "magics_for", "register", "unregister"]
+__all__ = ["GraniteMagics", "register", "unregister"]
 
 SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits", "probe", "cache")
 
@@ -461,18 +461,19 @@ _PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "to
 _registered: dict[int, GraniteMagics] = {}
 
 
-def magics_for(shell: InteractiveShell | None) -> GraniteMagics | None:
-    """The magics registered in ``shell`` (the panel shares their session)."""
-    return None if shell is None else _registered.get(id(shell))
-
-
 def register(ipython: InteractiveShell) -> None:
+    from . import _kernel
+
     magics = GraniteMagics(shell=ipython)
     ipython.register_magics(magics)
     _registered[id(ipython)] = magics
+    _kernel.remember(ipython, lambda: magics.session)
 
 
 def unregister(ipython: InteractiveShell) -> None:
+    from . import _kernel
+
+    _kernel.forget(ipython)
     magics = _registered.pop(id(ipython), None)
     if magics is not None:
         configurables: list[Any] = ipython.configurables

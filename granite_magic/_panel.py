@@ -408,8 +408,7 @@ def panel(prompt: str = "", **kwargs: Any) -> Panel:
     """Show a parameter panel (the same as ``%granite panel``), sharing the magic's session if loaded."""
     from IPython import get_ipython
 
-    from ._magic import magics_for
+    from ._kernel import session_for
 
-    magics = magics_for(get_ipython())
-    session = magics.session if magics is not None else shared_session()
+    session = session_for(get_ipython()) or shared_session()
     return Panel(session, prompt=prompt, **kwargs)

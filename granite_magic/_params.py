@@ -24,7 +24,6 @@ __all__ = [
     "Sampling",
     "WireTarget",
     "get_param",
-    "json_ready",
     "validate",
 ]
 
@@ -291,8 +290,3 @@ def _validate_logit_bias(value: Any) -> dict[int, float]:
             raise InvalidParameterError(f"logit_bias[{token!r}]={weight!r} is out of range: must be -100..100")
         bias[int(str(token).strip())] = weight
     return bias
-
-
-def json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as JSON holds them: ``logit_bias`` keys are token ids (ints) here and strings in JSON."""
-    return {name: ({str(k): v for k, v in value.items()} if isinstance(value, Mapping) else value) for name, value in values.items()}

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import Progress
 from ._markdown import extract_code, fenced, markdown_literal, safe_markdown
-from ._params import json_ready
-from ._result import Result
+from ._result import Result, json_ready
 
 if TYPE_CHECKING:
     import ipywidgets

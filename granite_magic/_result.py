@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ._params import json_ready
 from ._tokens import Alternative, ProbsKind, Token
 
-__all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage"]
+__all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage", "json_ready"]
 
 # How a reply ended: every token arrived, the user stopped it, or something failed.
 Ended = Literal["complete", "interrupted", "failed"]
@@ -146,3 +146,8 @@ def _json_safe(value: Any) -> Any:
         text = repr(value)
         return text if len(text) <= 2000 else text[:1997] + "..."
     return value
+
+
+def json_ready(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as JSON holds them: ``logit_bias`` keys are token ids (ints) here and strings in JSON."""
+    return {name: ({str(k): v for k, v in value.items()} if isinstance(value, Mapping) else value) for name, value in values.items()}

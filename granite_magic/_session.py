@@ -40,9 +40,9 @@ from ._comparison import Comparison, Run, RunSpec, first_divergence
 from ._context import Document, documents_block, granite_documents
 from ._events import Accumulator, Progress
 from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
-from ._params import Sampling, json_ready
+from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
-from ._result import Result
+from ._result import Result, json_ready
 from ._runner import BackgroundLoop
 from ._settings import Backend, Settings, check_backend, check_base_url
 from ._shapes import Api, Request, build_messages, shape

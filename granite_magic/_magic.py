@@ -129,6 +129,11 @@ class GraniteMagics(Magics):
                 self._stream(request, self.session.start(request.turn, target))
         except errors.InvalidParameterError as exc:  # budget refusals too: nothing was sent
             _error(f"{exc} (nothing was sent)")
+        except errors.GraniteError as exc:  # e.g. the local model could not be loaded before anything was sent
+            from ._advice import explain
+            from ._result import Result
+
+            _error(explain(exc, Result()) or exc.message)
         return None
 
     def _typed_cells(self) -> list[str] | None:

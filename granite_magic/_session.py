@@ -319,7 +319,10 @@ class Session:
         """What a dry run says about size and cost: the prompt's tokens (exact on the local backend) and the worst case."""
         preview = getattr(target.client, "prompt_preview", None)
         if preview is not None:
-            text, tokens = preview(request)
+            try:
+                text, tokens = preview(request)
+            except errors.GraniteError as exc:  # no model to count with (not downloaded, or replaying without it)
+                return f"prompt: not counted ({exc.message})"
             return (f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat "
                     f"template applied:\n{text}")
         estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)

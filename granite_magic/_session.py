@@ -235,7 +235,10 @@ class Session:
         if use is None or use.mode != "replay":
             self.check_context(target, request)
             self.check_budget(target, [request])
-        return SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
+        job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
+        if use is not None and use.mode == "replay" and not use.verify:
+            job.preload()  # a request never recorded is refused here, before any view is shown
+        return job
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None) -> CompareJob:
@@ -420,7 +423,8 @@ class Session:
         request: Request | None = tools.request
         error: errors.GraniteError | None = None
         while request is not None:
-            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes)
+            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes,
+                            cache=self.cache_use(turn, target, request, repeat=tools.steps))
             with contextlib.suppress(KeyboardInterrupt):
                 job.loop.run(job.stream(_Showing(view, tools) if view is not None else None, check_support=tools.steps == 0))
             result, error = job.outcome()
@@ -492,6 +496,7 @@ class SingleJob:
         self.probes = probes
         self.cache = cache
         self.verified: str | None = None  # with --verify: how the live reply compares with the recording
+        self._preloaded: Recording | None = None
         self.on_done = on_done  # called once the stream has ended, however it ended (the ledger records it)
         self.acc = Accumulator(request.sampling)
         self.warnings: list[str] = []
@@ -544,7 +549,13 @@ class SingleJob:
 
     # --- record and replay --------------------------------------------------------------
 
+    def preload(self) -> None:
+        """Look the recording up now (replay mode): a miss or a corrupt file raises before anything is shown."""
+        self._preloaded = self._look_up()
+
     def _look_up(self) -> Recording | None:
+        if self._preloaded is not None:
+            return self._preloaded
         use = self.cache
         if use is None or use.mode == "record":
             return None

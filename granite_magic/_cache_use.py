@@ -1,0 +1,127 @@
+"""How one run meets the record/replay cache: look its recording up, record it as it streams, keep it
+afterwards, and compare a live reply with it (``--verify``).
+
+The session decides the mode and the key (``Session.cache_use``); a job asks ``look_up`` before it
+sends anything and hands its live reply to ``keep`` at the end.  The store itself is ``_cache``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._cache import CacheCorruptError, CacheMissError, Recorder, Recording, RunCache, model_fingerprint
+from ._comparison import first_divergence
+from ._events import Accumulator, Event, TextDelta
+
+__all__ = ["CacheUse", "RecordingAccumulator", "local_fingerprint", "verification"]
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """How one request meets the cache: its mode, its key, and what a live run must do with the recording."""
+
+    mode: str
+    cache: RunCache
+    fields: dict[str, Any]
+    key: str
+    pace: str
+    secrets: tuple[str, ...]
+    verify: bool = False
+    unverified: bool = False  # --verify asked for in replay mode: nothing runs live, so nothing is checked
+
+    def look_up(self) -> tuple[Recording | None, str | None]:
+        """(the recording to serve or compare with, a warning to show).
+
+        In replay mode, where nothing may run live, a miss raises ``CacheMissError`` and a damaged file
+        ``CacheCorruptError`` (naming it); elsewhere a damaged file is a miss with a warning.
+        """
+        if self.mode == "record":
+            return None, None
+        try:
+            recording = self.cache.load(self.key)
+        except CacheCorruptError as exc:
+            if self.mode == "replay":
+                raise
+            return None, f"{exc.message}; running live instead"
+        if recording is None and self.mode == "replay":
+            raise CacheMissError(self.fields, self.cache.directory)
+        return recording, None
+
+    def serves(self, recording: Recording | None) -> bool:
+        """Whether the run is the recording, replayed: a hit, unless --verify wants a live run beside it."""
+        return recording is not None and not self.verify
+
+    def records(self, recording: Recording | None) -> bool:
+        """Whether a live run is kept: always in record mode; otherwise only when there is no recording yet,
+        so a recording stays the baseline that later --verify runs are compared with."""
+        return self.mode == "record" or (recording is None and (self.mode == "auto" or self.verify))
+
+    async def keep(self, live: Accumulator, recording: Recording | None) -> tuple[str | None, list[str]]:
+        """After a whole live reply: store it if it ``records``, and compare it with ``recording`` (--verify).
+
+        Returns how it compares (None without --verify) and the warnings to show.
+        """
+        verified = verification(recording, live) if self.verify and recording is not None else None
+        warnings: list[str] = []
+        if self.records(recording) and isinstance(live, RecordingAccumulator):
+            stored = await asyncio.to_thread(self.cache.store, self.key, live.recorder.recording(), secrets=self.secrets)
+            if not stored and self.cache.recording_off:
+                warnings.append(self.cache.recording_off)
+            if self.verify and recording is None:
+                verified = "no recording yet: this run is now the recording"
+        return verified, warnings
+
+
+class RecordingAccumulator(Accumulator):
+    """An accumulator that also records every event with its time, for the cache."""
+
+    def __init__(self, params: Mapping[str, Any], recorder: Recorder) -> None:
+        super().__init__(params)
+        self.recorder = recorder
+
+    def feed(self, event: Event) -> None:
+        self.recorder.add(event)
+        super().feed(event)
+
+    def restart_clock(self) -> None:
+        super().restart_clock()
+        self.recorder.restart_clock()
+
+
+def verification(recording: Recording, live: Accumulator) -> str:
+    """Whether a live reply repeats its recording, and if not, the word and the token where it first parts."""
+    recorded = [event.text for _, event in recording.events if isinstance(event, TextDelta)]
+    if "".join(recorded) == live.text:
+        return "identical to the recording"
+    token = next((i for i, (a, b) in enumerate(zip(recorded, live.parts, strict=False)) if a != b), min(len(recorded), len(live.parts)))
+    word = first_divergence("".join(recorded), live.text)
+    where = f"word {word.word} ({word.reference!r} -> {word.other!r})" if word is not None else "the spacing"
+    return f"differs from the recording at {where}, token {token}"
+
+
+def local_fingerprint(model: str, path: Path | str | None, cache: RunCache) -> str | None:
+    """The local model file's fingerprint (remembered for its name in the cache's ``models.json``), or, when
+    the file is not here, the one remembered for its name: a classroom replaying a teacher's recordings
+    has no model."""
+    known = cache.directory / "models.json"
+    try:
+        names = json.loads(known.read_text())
+    except (OSError, ValueError):
+        names = {}
+    if not isinstance(names, dict):
+        names = {}
+    if path is None:
+        value = names.get(model)
+        return value if isinstance(value, str) else None
+    fingerprint = model_fingerprint(path)
+    if names.get(model) != fingerprint:
+        with contextlib.suppress(OSError):  # a read-only cache: the recordings' own warning says so
+            known.parent.mkdir(parents=True, exist_ok=True)
+            known.write_text(json.dumps({**names, model: fingerprint}, indent=1))
+    return fingerprint

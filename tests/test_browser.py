@@ -50,6 +50,8 @@ LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the senten
 TOOL_DEF_CELL = "def convert(amount: float, currency: str) -> float:\n    return round(amount * 150.0, 2)"
 TOOLS_CELL = "%%granite --tools convert --tool-mode native\nHow much is 120 dollars in yen?"
 APPROVE_CELL = "%%granite --tools convert --tool-mode native --approve\nHow much is 7 dollars in yen?"
+CACHE_CELL = "%%granite --cache auto --seed 9 --max-tokens 30\nName a mineral found in granite"
+VERIFY_CELL = "%%granite --cache auto --seeds 4-5 --max-tokens 12 --verify\nName a rock"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -72,7 +74,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
-    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL]):
+    for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL,
+                                   CACHE_CELL, VERIFY_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -292,6 +295,30 @@ def test_approve_asks_under_the_cell_while_it_runs(page: Page, fake: FakeOpenRou
     output.get_by_text("The tool said: 1050.0").first.wait_for(timeout=30_000)
     assert output.locator("details.gm-tool").count() == 1
     shot(page, "09-approve")
+
+
+def test_a_rerun_from_the_cache_says_cached_and_sends_nothing(page: Page, fake: FakeOpenRouter) -> None:
+    target = run_cell(page, CACHE_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    live, requests = output.locator(".jp-RenderedMarkdown").first.inner_text(), len(fake.chat_requests)
+    assert "cached" not in output.inner_text()
+    run_cell(page, CACHE_CELL)  # the same cell again: served from its recording
+    output.get_by_text("cached").first.wait_for(timeout=30_000)
+    assert output.locator(".jp-RenderedMarkdown").first.inner_text() == live
+    assert len(fake.chat_requests) == requests
+    shot(page, "10-cached")
+
+
+def test_a_drift_check_says_per_seed_whether_the_text_repeats(page: Page, fake: FakeOpenRouter) -> None:
+    target = run_cell(page, VERIFY_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text("this run is now the recording").first.wait_for(timeout=30_000)
+    requests = len(fake.chat_requests)
+    run_cell(page, VERIFY_CELL)  # live again, compared with the recordings the first run made
+    output.get_by_text("seed 4 identical to the recording · seed 5 identical to the recording").wait_for(timeout=30_000)
+    assert len(fake.chat_requests) == requests + 2
+    shot(page, "11-verified")
 
 
 def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: Path) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._codec import decode_events, encode_events
-from ._errors import GraniteError, InvalidParameterError, redact
+from ._errors import GraniteError, InvalidParameterError, redact, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
 
 __all__ = [
@@ -80,7 +80,7 @@ class CacheCorruptError(GraniteError):
     kind = "cache_corrupt"
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cache file {path} is unusable: {reason}")
+        super().__init__(f"cache file {shown_path(path)} is unusable: {reason}")
         self.path = path
 
 
@@ -90,7 +90,7 @@ class CacheMissError(GraniteError):
     kind = "cache_miss"
 
     def __init__(self, fields: Mapping[str, Any], directory: Path) -> None:
-        super().__init__(f"no recording in {directory} for {describe_fields(fields)}")
+        super().__init__(f"no recording in {shown_path(directory)} for {describe_fields(fields)}")
         self.fields = dict(fields)
         self.directory = directory
 
@@ -409,8 +409,8 @@ class RunCache:
 
     def _why_off(self, exc: OSError) -> str:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return f"recording is off: {self.directory} is read-only"
-        return f"recording is off: cannot write to {self.directory} ({exc.strerror or exc})"
+            return f"recording is off: {shown_path(self.directory)} is read-only"
+        return f"recording is off: cannot write to {shown_path(self.directory)} ({exc.strerror or exc})"
 
 
 def _gunzip(raw: bytes) -> bytes:

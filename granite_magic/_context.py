@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import InvalidParameterError
+from ._errors import InvalidParameterError, shown_path
 
 __all__ = [
     "CELL_OUTPUT_MAX_CHARS",
@@ -546,11 +546,11 @@ def _matching(pattern: str, base: Path) -> list[Path]:
         files = [base / m for m in sorted(glob.glob(expanded, root_dir=base, recursive=True))]
         files = [path for path in files if path.is_file()]
         if not files:
-            raise _refusal(pattern, f"no file matches this pattern (in {base}).")
+            raise _refusal(pattern, f"no file matches this pattern (in {shown_path(base)}).")
         return files
     path = base / expanded  # an absolute path stays as it is
     if not path.exists():
-        raise _refusal(pattern, f"no such file (in {base}).")
+        raise _refusal(pattern, f"no such file (in {shown_path(base)}).")
     if not path.is_file():
         raise _refusal(pattern, "it is a directory; name its files, or a pattern such as dir/*.md.")
     return [path]

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -190,6 +191,20 @@ def is_transient(code: Any) -> bool:
 
 REDACTED = "[redacted]"
 _KEY_SHAPES = re.compile(r"(?i)\bbearer\s+\S+|\bsk-or-[\w-]+|\bsk-[A-Za-z0-9_-]{16,}")
+
+
+def shown_path(path: Path | str) -> str:
+    """``path`` as a message shows it: relative to the working directory when inside it, so that a saved
+    notebook does not carry its author's directories; else with ``~`` for the home directory."""
+    path = Path(path)
+    try:
+        relative = path.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        try:
+            return str(Path("~") / path.relative_to(Path.home()))
+        except (ValueError, RuntimeError):  # RuntimeError: no home directory to be found
+            return str(path)
+    return "the working directory" if relative == Path() else str(relative)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -319,13 +319,13 @@ class GraniteMagics(Magics):
     def _cache(self, action: str | None) -> None:
         cache = self.session.cache_for()
         if action == "clear":
-            print(f"removed {cache.clear()} recordings from {cache.directory}")
+            print(f"removed {cache.clear()} recordings from {errors.shown_path(cache.directory)}")
             return
         if action is not None:
             _error(f"unknown cache action {action!r}: use %granite cache or %granite cache clear")
             return
         stats = cache.stats()
-        print(f"{cache.directory}: {stats.entries} recordings, {stats.bytes / 1024:.1f} KB; this session: "
+        print(f"{errors.shown_path(cache.directory)}: {stats.entries} recordings, {stats.bytes / 1024:.1f} KB; this session: "
               f"{stats.hits} hits, {stats.misses} misses · mode {self.session.settings.cache}")
 
     def _probe(self, model: str | None) -> Any:

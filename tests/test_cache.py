@@ -39,7 +39,7 @@ from granite_magic._cache import (
     request_fields,
 )
 from granite_magic._codec import decode_events, encode_events
-from granite_magic._errors import GraniteError, InvalidParameterError
+from granite_magic._errors import GraniteError, InvalidParameterError, shown_path
 from granite_magic._events import (
     Accumulator,
     ChunkMeta,
@@ -170,6 +170,18 @@ def test_a_miss_in_replay_mode_says_which_request(tmp_path: Path) -> None:
     error = CacheMissError(fields(), tmp_path)
     assert isinstance(error, GraniteError) and error.kind == "cache_miss"
     assert str(error) == f"no recording in {tmp_path} for {describe_fields(fields())}"
+
+
+def test_messages_show_paths_inside_the_working_directory_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A saved notebook's messages must not carry its author's directories."""
+    monkeypatch.chdir(tmp_path)
+    assert str(CacheMissError(fields(), tmp_path / ".granite-cache")).startswith("no recording in .granite-cache for ")
+    assert shown_path(tmp_path / "a" / "b.md") == str(Path("a") / "b.md") and shown_path(tmp_path) == "the working directory"
+    assert shown_path("/elsewhere/x") == "/elsewhere/x"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert shown_path(tmp_path / "home" / "notes" / "x.md") == str(Path("~", "notes", "x.md"))
 
 
 def test_model_fingerprint_is_size_and_header_never_the_path(tmp_path: Path) -> None:

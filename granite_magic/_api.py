@@ -42,7 +42,8 @@ def compare(
 
     ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
     takes the same target arguments as a single turn (``model``, ``base_url``,
-    ``backend``, ``api``, ``system``).  ``verify=True`` runs live and compares each run with its recording.
+    ``backend``, ``api``, ``system``).  ``verify=True`` runs live and compares each run with its recording
+    (when the cache is in replay mode, nothing runs live: the recordings are shown, marked not checked).
     """
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
                                     base_url=base_url, backend=backend, api=api, verify=verify)

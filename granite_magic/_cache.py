@@ -6,7 +6,7 @@ the events it streamed with their times (``Recorder`` -> ``Recording``), kept as
 same ``Result`` as the original.  The session decides when to look up, record and replay (``CACHE_MODES``);
 nothing here touches the network or a model.
 
-A hit is "the same Result" within ``_codec``'s documented tolerances: every probability within 0.005
+A hit is "the same Result" within ``_codec``'s documented tolerances: every probability within 0.00502
 percentage points, times to 0.1 ms; texts, tool calls, usage, cost, finish reasons and errors are exact.
 The file is ``{"format", "key", "created", "fields", "events", "tokens"}``: the request it answers
 (``fields``, never a key) and ``_codec``'s compact JSON of the events.
@@ -283,7 +283,7 @@ def _encode_recording(key: str, recording: Recording) -> dict[str, Any]:
 def _decode_recording(key: str, data: Any) -> Recording:
     if not isinstance(data, dict):
         raise ValueError(f"it is not a recording: it holds a {type(data).__name__}")
-    if data.get("format") not in READABLE_FORMATS:
+    if type(data.get("format")) is not int or data["format"] not in READABLE_FORMATS:  # not true, nor 2.0
         raise ValueError(f"it has format {data.get('format')!r} and this version reads formats "
                          f"{', '.join(map(str, READABLE_FORMATS))}")
     if data.get("key") != key:

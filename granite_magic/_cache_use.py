@@ -41,7 +41,7 @@ class CacheUse:
         In replay mode, where nothing may run live, a miss raises ``CacheMissError`` and a damaged file
         ``CacheCorruptError`` (naming it); elsewhere a damaged file is a miss with a warning.
         """
-        if self.mode == "record":
+        if self.mode == "record" and not self.verify:  # --cache record --verify compares before it replaces
             return None, None
         try:
             recording = self.cache.load(self.key)

@@ -92,7 +92,7 @@ OPTIONS: tuple[Option, ...] = (
            None, {"choices": ("off", "auto", "record", "replay")}),
     Option(("--pace",), "a replay streams instantly (default) or at the recorded pace (original)", None,
            {"choices": ("instant", "original")}),
-    Option(("--verify",), "run live and compare each reply with its recording (drift across days and machines)", None,
+    Option(("--verify",), "run live and compare each reply with its recording (drift across days and machines; replay mode: not checked)", None,
            {"action": "store_true"}),
     Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
     Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),

@@ -19,10 +19,12 @@ the whole run rather than per token, which lets gzip see like beside like:
   that does not sort) always counts 1 tick.  A value that is not a real log probability (``-inf``, ``nan``,
   beyond 1e9) is its float spelling as a string, and the chain starts again after it.
 
-So every probability comes back within 0.005 percentage points of the original (the lens shows 0.1), and
-within 0.005 % of itself above 10 %, 0.05 % between 1 and 10 %, 0.5 % below 1 %.  Texts, tool calls,
-usage, finish reasons and errors are exact; times are kept to 0.1 ms.  That keeps an 8-seed x 500-token
-sweep with 20 alternatives per token under 300 KB (``benchmarks/bench_cache.py``).
+So every log probability comes back within 0.00005 nats of the original where the alternative before it
+is above 10 %, 0.0005 nats where it is 1-10 % and 0.005 nats below: a probability is kept to 0.005 %,
+0.05 % or 0.5 % of itself, and never more than 0.00502 percentage points off (the lens shows 0.1).  A pick
+is its alternative's value when that is the very number the server sent, else its own to 0.00005 nats.
+Texts, tool calls, usage, finish reasons and errors are exact; times are kept to 0.1 ms.  That keeps an
+8-seed x 500-token sweep with 20 alternatives per token under 300 KB (``benchmarks/bench_cache.py``).
 
 Format 1 files (tokens written inside their events, every log probability to 1e-4) are still read.
 """
@@ -47,7 +49,7 @@ _TICKS = 10_000  # per nat (log probabilities) and per second (times)
 # Steps below an alternative at or under these log probabilities (in ticks) count 10 and 100 ticks.
 _TEN_PERCENT = math.log(0.1) * _TICKS
 _ONE_PERCENT = math.log(0.01) * _TICKS
-_LARGEST = 1e9  # nats
+_LARGEST_TICKS = 10**13  # 1e9 nats: beyond any real log probability
 
 TimedEvents = Sequence[tuple[float, Event]]
 
@@ -72,7 +74,7 @@ def decode_events(document: Mapping[str, Any], *, format: int = 2) -> tuple[tupl
         if not tokens.finished:
             raise ValueError(f"{tokens.left} token probabilities that no event uses")
         return events
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:  # OverflowError: a 400-digit number
         raise ValueError(f"unexpected content ({type(exc).__name__}: {exc})") from None
 
 
@@ -166,15 +168,24 @@ class _TokenColumns:
         for token in self.tokens:
             top.append(len(token.top))
             alt.extend(index[a.text] for a in token.top)
-            pick.append(_pick(token, index))
-            logprob.extend(_chain(a.logprob for a in token.top))
+            chain = _chain(a.logprob for a in token.top)
+            pick.append(_pick(token, chain, index))
+            logprob.extend(chain)
         return {"kind": self.kind, "texts": texts, "top": top, "alt": alt, "pick": pick, "logprob": logprob}
 
 
-def _pick(token: Token, index: Mapping[str, int]) -> int | list[Any]:
+def _pick(token: Token, chain: list[int | str], index: Mapping[str, int]) -> int | list[Any]:
+    """The pick as its alternative's index when the reader gets the same value either way: it is that very
+    number, or its own value to 1e-4 equals what the reader gives the alternative.  Else ``[text, LOGPROB]``."""
     own = _quantise(token.logprob)
+    read: list[float] | None = None
     for i, alt in enumerate(token.top):
-        if alt.text == token.text and _quantise(alt.logprob) == own:
+        if alt.text != token.text:
+            continue
+        if alt.logprob == token.logprob:
+            return i
+        read = _unchain(chain) if read is None else read  # only for a pick reported apart from its alternative
+        if read[i] == _unquantise(own):
             return i
     return [index[token.text], own]
 
@@ -238,13 +249,10 @@ def _token(chosen: Any, top: tuple[Alternative, ...], texts: list[str]) -> Token
 
 
 def _quantise(value: float) -> int | str:
-    return round(value * _TICKS) if _whole(value) else repr(value)
-
-
-def _whole(value: float) -> bool:
-    """Whether ``value`` is kept in ticks: not inf, nan, or beyond any real log probability (a masked token's
-    -3.4e38), which are kept as their float spelling, exactly: float rounding there is coarser than a tick."""
-    return abs(value) <= _LARGEST
+    """``value`` in ticks; inf, nan and values beyond any real log probability (a masked token's -3.4e38) as
+    their float spelling, exactly: float rounding there is coarser than a tick."""
+    exact = value * _TICKS
+    return round(exact) if math.isfinite(exact) and abs(round(exact)) <= _LARGEST_TICKS else repr(value)
 
 
 def _unquantise(value: Any) -> float:
@@ -257,21 +265,25 @@ def _chain(values: Iterable[float]) -> list[int | str]:
     previous: int | None = None
     for value in values:
         exact = value * _TICKS
-        if not _whole(value):
+        if not math.isfinite(exact):
             steps.append(repr(value))
             previous = None
-        elif previous is None:
-            previous = round(exact)
-            steps.append(previous)
+            continue
+        if previous is None:
+            step = now = round(exact)
         elif exact > previous or _unit(previous) == 1:
             step = previous - round(exact)  # whole ticks in integers: exact at any magnitude
-            previous -= step
-            steps.append(step)
+            now = previous - step
         else:
             unit = _unit(previous)
             step = round((previous - exact) / unit)
-            previous -= step * unit  # from the value the reader will have: errors do not pile up
-            steps.append(step)
+            now = previous - step * unit  # from the value the reader will have: errors do not pile up
+        if abs(now) > _LARGEST_TICKS:  # decided on what the reader gets, so that writing it again changes nothing
+            steps.append(repr(value))
+            previous = None
+            continue
+        steps.append(step)
+        previous = now
     return steps
 
 
@@ -373,7 +385,8 @@ def _dict(value: Any) -> dict[str, Any]:
 def _usage(data: Any) -> Usage:
     values = _dict(data)
     known = {f.name for f in dataclass_fields(Usage)}
-    if not set(values) <= known or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
+    if not set(values) <= known or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                       for v in values.values()):
         raise TypeError(f"not usage: {values!r}")
     return Usage(**values)
 

@@ -305,6 +305,22 @@ def test_unsorted_alternatives_keep_full_precision_going_up() -> None:
     assert back.text == "b" and back.logprob == back.top[1].logprob
 
 
+def test_a_pick_reported_apart_from_its_alternative_keeps_its_own_value() -> None:
+    """A server may report the pick a little differently from its own entry among the alternatives: the pick
+    then keeps its own value to 1e-4, not its alternative's coarser one."""
+    for chosen, top in [(-2.303149, (Alternative("a", -2.3026), Alternative("b", -2.3031))),
+                        (-4.610249, (Alternative("a", -4.6052), Alternative("b", -4.6102)))]:
+        (back,) = through_json(TokenLogprobs((Token("b", chosen, top),))).tokens  # type: ignore[union-attr]
+        assert abs(back.logprob - chosen) <= 0.5e-4 and back.text == "b"
+
+
+@pytest.mark.parametrize("value", [-999_999_999.9995, -1e9, -1_000_000_000.0004, 1e9])
+def test_values_near_the_largest_in_ticks_encode_the_same_twice(value: float) -> None:
+    top = (Alternative("a", -2.3125), Alternative("b", value), Alternative("c", value - 0.003))
+    once = through_json(TokenLogprobs((Token("a", -2.3125, top),)))
+    assert encode_events([(0.0, once)]) == encode_events([(0.0, through_json(once))])
+
+
 def test_non_finite_log_probabilities_survive() -> None:
     top = (Alternative("a", -1.0), Alternative("b", -math.inf), Alternative("c", -2.0), Alternative("d", math.nan))
     (token,) = through_json(TokenLogprobs((Token("z", math.nan, top),))).tokens  # type: ignore[union-attr]
@@ -360,6 +376,19 @@ def test_anything_else_is_refused_with_value_error(document: dict[str, Any]) -> 
 def test_damaged_format_1_tokens_are_refused_with_value_error(token: list[Any]) -> None:
     with pytest.raises(ValueError):
         decode_events({"events": [[0, {"type": "logprobs", "kind": "raw", "tokens": [token]}]]}, format=1)
+
+
+@pytest.mark.parametrize("document", [
+    {"events": [[10**400, "x"]]},
+    {"events": [[0, 1]], "tokens": {**COLUMNS, "logprob": [-100, 10**400]}},
+    {"events": [[0, 1]], "tokens": {**COLUMNS, "logprob": [10**400, 5]}},
+    {"events": [[0, 1]], "tokens": {**COLUMNS, "pick": [[0, 10**400]]}},
+], ids=["time", "step", "first", "pick"])
+def test_numbers_too_large_for_a_float_are_refused_with_value_error(document: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        decode_events(document)
+    with pytest.raises(ValueError):
+        decode_events({"events": [[0, {"type": "logprobs", "kind": "raw", "tokens": [["a", 10**400, [], []]]}]]}, format=1)
 
 
 def test_the_columns_decode_to_the_tokens() -> None:
@@ -507,6 +536,8 @@ DAMAGE: dict[str, Callable[[bytes], bytes]] = {
     "trailing data": lambda raw: raw + b"more",
     "two members": lambda raw: raw + raw,
     "other format": _document(format=3),
+    "format true": _document(format=True),
+    "huge time": _document(events=[[10**400, "x"]]),
     "tokens no event holds": _document(tokens=COLUMNS),
     "no date": _document(created=None),
     "other key": _document(key="0" * 64),

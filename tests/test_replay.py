@@ -136,3 +136,12 @@ def test_a_recording_stays_the_baseline_until_record_mode_replaces_it(ip: Intera
     run(ip, "--cache record --seed 5 --max-tokens 10 -o replaced", "Tell a story")
     run(ip, "--cache replay --seed 5 --max-tokens 10 -o back", "Tell a story")
     assert ip.user_ns["back"].text == ip.user_ns["replaced"].text != ip.user_ns["original"].text
+
+
+def test_record_mode_with_verify_compares_before_it_replaces(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
+    run(ip, "--seed 6 --max-tokens 10 -o original", "Tell a story")
+    server.honour_seed = False
+    out = run(ip, "--cache record --verify --seed 6 --max-tokens 10 -o drifted", "Tell a story")
+    assert "differs from the recording" in out.stderr
+    run(ip, "--cache replay --seed 6 --max-tokens 10 -o back", "Tell a story")
+    assert ip.user_ns["back"].text == ip.user_ns["drifted"].text != ip.user_ns["original"].text

@@ -229,8 +229,7 @@ def _read_columns(values: Mapping[str, Any]) -> list[Token]:
         raise TypeError(f"{sum(top)} alternatives, {len(alt)} texts and {len(chains)} log probabilities")
     if alt and not (all(type(i) is int for i in alt) and min(alt) >= 0 and max(alt) < len(texts)):
         raise IndexError(f"alternatives' texts outside the {len(texts)} texts")
-    if not all(type(step) is int or type(step) is str for step in chains):
-        raise TypeError("log probabilities that are neither whole numbers nor float spellings")
+    _check_steps(chains)
     tokens, start = [], 0
     for count, chosen in zip(top, pick, strict=True):
         end = start + count
@@ -287,8 +286,9 @@ def _chain(values: Iterable[float]) -> list[int | str]:
     return steps
 
 
-def _unchain(steps: list[Any]) -> list[float]:
-    """The values ``_chain`` made ``steps`` from; the steps are ints and strings (``_read_columns`` checks)."""
+def _unchain(steps: list[Any], *, tiered: bool = True) -> list[float]:
+    """The values ``_chain`` made ``steps`` from (format 1: ``tiered=False``, every step one tick); the steps
+    are ints and strings (``_check_steps``)."""
     values: list[float] = []
     previous: int | None = None
     for step in steps:
@@ -299,7 +299,7 @@ def _unchain(steps: list[Any]) -> list[float]:
         # _unit(previous), inline: this loop runs for every alternative of every token of a replay.
         if previous is None:
             previous = step
-        elif step < 0 or previous > _TEN_PERCENT:
+        elif step < 0 or previous > _TEN_PERCENT or not tiered:
             previous -= step
         else:
             previous -= step * (10 if previous > _ONE_PERCENT else 100)
@@ -318,7 +318,7 @@ def _unit(previous: int) -> int:
 def _decode_v1_token(data: Any) -> Token:
     """``[i, TEXTS, STEPS]`` (the token is ``top[i]``) or ``[text, LOGPROB, TEXTS, STEPS]``, every step 1 tick."""
     *chosen, texts, steps = _list(data)
-    texts, logprobs = _list(texts), _unchain_v1(_list(steps))
+    texts, logprobs = _list(texts), _unchain(_check_steps(_list(steps)), tiered=False)
     if len(texts) != len(logprobs) or not all(type(text) is str for text in texts):
         raise TypeError(f"{len(texts)} alternatives' texts for {len(logprobs)} log probabilities, or not strings")
     return _token_v1(chosen, tuple(map(Alternative, texts, logprobs)))
@@ -332,20 +332,13 @@ def _token_v1(chosen: list[Any], top: tuple[Alternative, ...]) -> Token:
     return Token(_str(text), _unquantise(logprob), top)
 
 
-def _unchain_v1(steps: list[Any]) -> list[float]:
-    values: list[float] = []
-    previous: int | None = None
-    for step in steps:
-        if isinstance(step, str):
-            values.append(float(step))
-            previous = None
-            continue
-        previous = _int(step) if previous is None else previous - _int(step)
-        values.append(previous / _TICKS)
-    return values
-
-
 # --- checked reading -----------------------------------------------------------------------------
+
+
+def _check_steps(steps: list[Any]) -> list[Any]:
+    if not all(type(step) is int or type(step) is str for step in steps):
+        raise TypeError("log probabilities that are neither whole numbers nor float spellings")
+    return steps
 
 
 def _str(value: Any) -> str:

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from ._result import Ended, Result, ToolCall, Usage
 from ._tokens import ProbsKind, Token
-from ._tools import ToolCallAssembler
 
 __all__ = [
     "Accumulator",
@@ -24,9 +23,11 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "Finish",
+    "ParsedCall",
     "Progress",
     "TextDelta",
     "TokenLogprobs",
+    "ToolCallAssembler",
     "ToolCallDelta",
     "UsageReport",
 ]
@@ -85,6 +86,53 @@ class Done:
 
 
 Event = TextDelta | TokenLogprobs | ToolCallDelta | UsageReport | Finish | ErrorEvent | ChunkMeta | Done
+
+
+# --- calls as they come from a stream ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParsedCall:
+    """A call the model asked for, not yet run: from native deltas (``ToolCallAssembler``) or prompted text."""
+
+    index: int  # the position in the reply (native: the stream's own index)
+    name: str
+    arguments: str  # raw JSON text of the arguments object
+    id: str | None = None  # the provider's call id; prompted calls have none
+    problem: str | None = None  # a malformed <tool_call> block: why it could not be read (arguments hold its text)
+
+
+@dataclass
+class _Parts:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class ToolCallAssembler:
+    """Folds streamed tool-call deltas ``(index, id, name, arguments fragment)`` into whole calls.
+
+    The argument fragments are joined in arrival order whatever the split; the id and the name are taken
+    from the first delta that has them, since all three shapes send them whole (and some providers repeat
+    them on every chunk, which concatenating would double).
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _Parts] = {}
+
+    def add(self, index: int, call_id: str | None = None, name: str | None = None, arguments: str | None = None) -> None:
+        parts = self._calls.setdefault(index, _Parts())
+        parts.id = parts.id or call_id or None
+        parts.name = parts.name or name or ""
+        if arguments:
+            parts.arguments.append(arguments)
+
+    def calls(self) -> list[ParsedCall]:
+        """The calls so far, in index order."""
+        return [ParsedCall(index, p.name, "".join(p.arguments), p.id) for index, p in sorted(self._calls.items())]
+
+    def __len__(self) -> int:
+        return len(self._calls)
 
 
 class Progress(Protocol):

@@ -57,9 +57,8 @@ from ._client import BaseClient, ModelInfo, UpdateCallback
 from ._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, TokenLogprobs, UsageReport
 from ._result import Result, Usage
 from ._runner import BackgroundLoop
-from ._shapes import Request
+from ._shapes import Request, chat_tools
 from ._tokens import Alternative, Token
-from ._tools import chat_tools
 
 if TYPE_CHECKING:
     import numpy as np

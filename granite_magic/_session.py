@@ -268,7 +268,7 @@ class Session:
         verify = turn.verify and mode != "replay"
 
         cache = self.cache_for()
-        from ._tools import chat_tools
+        from ._shapes import chat_tools
 
         fields = request_fields(
             backend=target.backend, base_url=target.client.base_url, model=request.model, api=target.api,

@@ -8,10 +8,11 @@ events (``_events``), so everything above the client is shape-blind:
 * ``responses``: OpenAI Responses, ``POST /responses`` (stateless);
 * ``messages``: Anthropic Messages, ``POST /messages`` (named SSE events).
 
-Tools: ``Request.tools`` are offered in each shape's spelling, and the calls and
-results of the conversation (kept in the chat form) become Responses
-``function_call`` / ``function_call_output`` items or Messages ``tool_use`` /
-``tool_result`` blocks.  Every decoder reads tool calls as ``ToolCallDelta``
+Tools: ``Request.tools`` are offered in each shape's spelling (``tools_for``,
+``tool_choice_for``; ``chat_tools`` is also the form the local chat template and
+Granite's prompted convention take), and the calls and results of the
+conversation (kept in the chat form) become Responses ``function_call`` /
+``function_call_output`` items or Messages ``tool_use`` / ``tool_result`` blocks.  Every decoder reads tool calls as ``ToolCallDelta``
 events (the id and the name once, then argument fragments, keyed by an index)
 and a reply that asked for calls finishes with ``tool_calls``.
 
@@ -21,6 +22,7 @@ raises ``ProtocolError``, never anything else.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -31,12 +33,14 @@ from ._errors import InvalidParameterError, ProtocolError, is_transient
 from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
 from ._params import Sampling
 from ._result import Usage
+from ._schema import JsonSchema
 from ._sse import ServerSentEvent, SSEStreamDecoder
 from ._tokens import Alternative, Token
-from ._tools import Tool, tool_choice_for, tools_for
+from ._tools import TOOL_NAME, Tool
 
-__all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "Api", "Request", "Shape", "StreamDecoder", "build_messages",
-           "chunk_events", "shape"]
+__all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
+           "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "tool_choice_for",
+           "tools_for"]
 
 Api = Literal["chat", "responses", "messages"]
 
@@ -149,6 +153,81 @@ def _error_event(error: Any, *, fallback_code: Any = None) -> ErrorEvent:
     metadata = error.get("metadata")
     return ErrorEvent(str(error.get("message") or "unknown error"), code, metadata if isinstance(metadata, dict) else {},
                       transient=is_transient(code))
+
+
+# --- each shape's spelling of the tools and of tool_choice ---------------------------------------
+
+
+def _definition(tool: Tool) -> JsonSchema:
+    # A copy, so a request body edited later never reaches back into the tool.
+    return {"name": tool.name, "description": tool.description, "parameters": copy.deepcopy(tool.parameters)}
+
+
+def chat_tools(tools: Sequence[Tool]) -> list[JsonSchema]:
+    """OpenAI chat completions: ``[{"type": "function", "function": {name, description, parameters}}]``."""
+    return [{"type": "function", "function": _definition(tool)} for tool in tools]
+
+
+def responses_tools(tools: Sequence[Tool]) -> list[JsonSchema]:
+    """OpenAI Responses: ``[{"type": "function", name, description, parameters}]``."""
+    return [{"type": "function", **_definition(tool)} for tool in tools]
+
+
+def messages_tools(tools: Sequence[Tool]) -> list[JsonSchema]:
+    """Anthropic Messages: ``[{name, description, input_schema}]``."""
+    definitions = map(_definition, tools)
+    return [{"name": d["name"], "description": d["description"], "input_schema": d["parameters"]} for d in definitions]
+
+
+_TOOL_LISTS: dict[str, Callable[[Sequence[Tool]], list[JsonSchema]]] = {
+    "chat": chat_tools,
+    "responses": responses_tools,
+    "messages": messages_tools,
+}
+
+TOOL_CHOICES = ("auto", "none", "required")  # or the name of one of the offered functions
+
+# Our tool_choice words → each shape's form.
+_CHOICES: dict[str, dict[str, Any]] = {
+    "chat": {"auto": "auto", "none": "none", "required": "required"},
+    "responses": {"auto": "auto", "none": "none", "required": "required"},
+    "messages": {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}},
+}
+
+# A function's name as tool_choice → each shape's form.
+_NAMED_CHOICE: dict[str, Callable[[str], Any]] = {
+    "chat": lambda name: {"type": "function", "function": {"name": name}},
+    "responses": lambda name: {"type": "function", "name": name},
+    "messages": lambda name: {"type": "tool", "name": name},
+}
+
+
+def tools_for(api: Api, tools: Sequence[Tool]) -> list[JsonSchema]:
+    """The tool list in ``api``'s form (one of ``chat_tools``, ``responses_tools``, ``messages_tools``)."""
+    return _TOOL_LISTS[_known_shape(api)](tools)
+
+
+def tool_choice_for(api: Api, choice: str, tools: Sequence[Tool] | None = None) -> Any:
+    """``choice`` ("auto", "none", "required" or a function's name) in ``api``'s form.
+
+    With ``tools``, a function's name must be one of them.
+    """
+    words = _CHOICES[_known_shape(api)]
+    if choice in words:
+        return copy.deepcopy(words[choice])
+    if not TOOL_NAME.match(choice) or (tools is not None and choice not in {t.name for t in tools}):
+        offered = ", ".join(t.name for t in tools or ())
+        raise InvalidParameterError(
+            f"tool_choice {choice!r}: use auto, none, required or the name of an offered function"
+            + (f" ({offered})" if offered else "")
+        )
+    return _NAMED_CHOICE[api](choice)
+
+
+def _known_shape(api: str) -> str:
+    if api not in _TOOL_LISTS:
+        raise InvalidParameterError(f"unknown API shape {api!r}: use chat, responses or messages")
+    return api
 
 
 # --- what every shape's body shares: tools, extras, the conversation's calls --------------------

@@ -19,23 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import InvalidParameterError
-from ._events import Accumulator
+from ._events import Accumulator, ParsedCall
+from ._granite_tools import ToolCallScanner, prompted_assistant, prompted_results, prompted_system
 from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
-from ._tools import (
-    Approve,
-    CallRecord,
-    ParsedCall,
-    Tool,
-    ToolCallScanner,
-    describe_call,
-    prompted_assistant,
-    prompted_results,
-    prompted_system,
-    result_text,
-    run_requested,
-)
+from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
 
 __all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "pick_mode"]
 

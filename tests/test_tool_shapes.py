@@ -13,24 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from granite_magic import BadRequestError, GraniteClient, InvalidParameterError, ProtocolError, Sampling
-from granite_magic._events import Accumulator, Event, Finish, TextDelta, ToolCallDelta
+from granite_magic._events import Accumulator, Event, Finish, ParsedCall, TextDelta, ToolCallAssembler, ToolCallDelta
+from granite_magic._granite_tools import ToolCallScanner, prompted_assistant, prompted_results, prompted_system
 from granite_magic._result import Result
-from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape
-from granite_magic._tools import (
-    CallRecord,
-    ParsedCall,
-    Tool,
-    ToolCallAssembler,
-    ToolCallScanner,
-    prompted_assistant,
-    prompted_results,
-    prompted_system,
-    result_text,
-    run_requested,
-    tool_from_function,
-    tool_from_spec,
-    tools_for,
-)
+from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape, tools_for
+from granite_magic._tools import CallRecord, Tool, result_text, run_requested, tool_from_function, tool_from_spec
 from granite_magic.testing import GRANITE_ID, FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY

@@ -18,32 +18,24 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from granite_magic._docstrings import parse_docstring
 from granite_magic._errors import InvalidParameterError
+from granite_magic._events import ParsedCall, ToolCallAssembler
+from granite_magic._granite_tools import ToolCallScanner, prompted_assistant, prompted_results, prompted_system
+from granite_magic._schema import schema_errors
+from granite_magic._shapes import chat_tools, messages_tools, responses_tools, tool_choice_for, tools_for
 from granite_magic._tools import (
     DECLINED,
     MAX_RESULT_CHARS,
     CallRecord,
-    ParsedCall,
     Tool,
-    ToolCallAssembler,
-    ToolCallScanner,
-    chat_tools,
     describe_call,
-    messages_tools,
-    parse_docstring,
-    prompted_assistant,
-    prompted_results,
-    prompted_system,
     resolve_tools,
-    responses_tools,
     result_text,
     run_call,
     run_requested,
-    schema_errors,
-    tool_choice_for,
     tool_from_function,
     tool_from_spec,
-    tools_for,
 )
 
 # --- type hints → JSON Schema -------------------------------------------------------------------------

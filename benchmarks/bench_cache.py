@@ -115,8 +115,9 @@ def sweep_recording(seed: int, *, tokens: int = TOKENS, alternatives: int = ALTE
     sampling = {"seed": seed, "temperature": 0.7, "max_tokens": tokens}
     if alternatives:
         sampling |= {"logprobs": True, "top_logprobs": alternatives}
-    fields = request_fields(backend="openrouter", base_url="https://openrouter.ai/api/v1", model="ibm-granite/granite-4.0-h-micro",
-                            api="chat", messages=[{"role": "user", "content": PROMPT}], sampling=sampling)
+    model = "ibm-granite/granite-4.0-h-micro"
+    fields = request_fields(backend="http", host="openrouter.ai", model=model, api="chat",
+                            sent={"model": model, "messages": [{"role": "user", "content": PROMPT}], **sampling})
     return Recording(tuple(events), fields, "2025-01-01T00:00:00+00:00")
 
 

@@ -25,17 +25,18 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from secrets import token_hex
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from ._codec import decode_events, encode_events
 from ._errors import GraniteError, InvalidParameterError, redact, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
+from ._params import PARAMETERS, WireTarget
 
 __all__ = [
     "CACHE_MODES",
@@ -53,6 +54,7 @@ __all__ = [
     "cache_key",
     "check_mode",
     "describe_fields",
+    "host_of",
     "model_fingerprint",
     "replay",
     "request_fields",
@@ -67,7 +69,7 @@ FORMAT_VERSION = 2  # what is written
 READABLE_FORMATS = (1, 2)
 # Part of every key: bump it only when what a key means changes (every recording shipped with the demo
 # notebooks becomes a miss), never for a new file format, which ``FORMAT_VERSION`` covers.
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: keyed on what is sent (``describe``), not on fields picked from the request
 _HEADER_BYTES = 1 << 20
 _MAX_INFLATED = 256 << 20  # a 100,000-token reply with 20 alternatives per token is ~40 MB of JSON
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -110,31 +112,36 @@ def check_mode(value: str) -> CacheMode:
 def request_fields(
     *,
     backend: str,
-    base_url: str,
+    host: str,
     model: str,
     api: str,
-    messages: Sequence[Mapping[str, Any]],
-    sampling: Mapping[str, Any],
+    sent: Mapping[str, Any],
     repeat: int = 0,
-    tools: Sequence[Mapping[str, Any]] | None = None,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """What decides a run's reply, as plain JSON data: ``cache_key``'s input and a recording's description.
 
-    Only the base URL's host is kept: credentials, port and path never reach a file, and a local test
-    server's random port does not split the cache.  ``sampling`` is every parameter sent (``--probs`` is
-    ``logprobs``/``top_logprobs`` there); ``tools`` are JSON schemas, not functions; ``fingerprint`` is
-    ``model_fingerprint`` for the local backend.  Absent optional fields are left out, so adding one later
-    keeps today's keys.
+    ``sent`` is what the client sends for the request, exactly as ``--dry-run`` shows it (``describe``), so every
+    field of a request is keyed, one added later included, without being listed here.  Beside it: the backend's
+    name, the host (never a port, a path or credentials: a local test server's random port does not split the
+    cache), the model, the request format, which repetition of the same request this is, and ``fingerprint``,
+    ``model_fingerprint`` of a local model file.  An absent fingerprint is left out.
     """
-    found: dict[str, Any] = {"backend": backend, "host": _host(base_url), "model": model, "api": api,
-                             "messages": list(messages), "sampling": sampling, "repeat": repeat}
-    if tools:
-        found["tools"] = list(tools)
+    found: dict[str, Any] = {"backend": backend, "host": host, "model": model, "api": api, "sent": dict(sent), "repeat": repeat}
     if fingerprint is not None:
         found["fingerprint"] = fingerprint
     canonical: dict[str, Any] = _canonical(found)
     return canonical
+
+
+# The sampling parameters of a sent request, under any target's names: what a recording's description lists.
+_SAMPLING_WIRE_NAMES = frozenset(name for p in PARAMETERS for target in get_args(WireTarget) if (name := p.wire_name(target)))
+
+
+def host_of(base_url: str) -> str:
+    """The host of a base URL, which is all a recording keeps of it."""
+    # urlsplit only finds a host after "//"; "openrouter.ai/api/v1" is still a host and a path.
+    return urlsplit(base_url if "//" in base_url else f"//{base_url}").hostname or ""
 
 
 def cache_key(fields: Mapping[str, Any]) -> str:
@@ -161,19 +168,17 @@ def describe_fields(fields: Mapping[str, Any]) -> str:
     Never fails: it also describes whatever a damaged file holds.
     """
     host, backend = fields.get("host"), fields.get("backend") or "?"
+    sent = fields.get("sent")
+    if not isinstance(sent, Mapping):
+        sent = {}
     parts = [f"{fields.get('api') or 'chat'} to {host}" if host else f"{backend} backend", f"model {fields.get('model')}"]
-    parts += _describe_sampling(fields.get("sampling"))
+    parts += _describe_sampling({name: value for name, value in sent.items() if name in _SAMPLING_WIRE_NAMES})
     if fields.get("repeat"):
         parts.append(f"repeat {fields['repeat']}")
-    if isinstance(fields.get("tools"), list) and fields["tools"]:
-        parts.append("tools " + ", ".join(_tool_name(tool) for tool in fields["tools"]))
-    prompt = _last_user_text(fields.get("messages"))
+    if isinstance(sent.get("tools"), list) and sent["tools"]:
+        parts.append("tools " + ", ".join(_tool_name(tool) for tool in sent["tools"]))
+    prompt = _last_user_text(sent.get("messages", sent.get("input")))
     return ", ".join(parts) + (f": '{_shorten(prompt, 40)}'" if prompt else "")
-
-
-def _host(base_url: str) -> str:
-    # urlsplit only finds a host after "//"; "openrouter.ai/api/v1" is still a host and a path.
-    return urlsplit(base_url if "//" in base_url else f"//{base_url}").hostname or ""
 
 
 def _canonical(value: Any) -> Any:

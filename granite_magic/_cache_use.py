@@ -1,8 +1,9 @@
 """How one run meets the record/replay cache: look its recording up, record it as it streams, keep it
 afterwards, and compare a live reply with it (``--verify``).
 
-The session decides the mode and the key (``Session.cache_use``); a job asks ``look_up`` before it
-sends anything and hands its live reply to ``keep`` at the end.  The store itself is ``_cache``.
+``cache_use`` decides a request's mode and key (the key is derived from what the client sends, so no field of
+a request can be left out of it); a job asks ``look_up`` before it sends anything and hands its live reply to
+``keep`` at the end.  The store itself is ``_cache``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,37 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._cache import CacheCorruptError, CacheMissError, Recorder, Recording, RunCache, model_fingerprint
+from ._cache import CacheCorruptError, CacheMissError, Recorder, Recording, RunCache, cache_key, model_fingerprint, request_fields
 from ._comparison import first_divergence
 from ._events import Accumulator, Event, TextDelta
 
-__all__ = ["CacheUse", "RecordingAccumulator", "local_fingerprint", "verification"]
+if TYPE_CHECKING:
+    from ._session import Target, Turn
+    from ._shapes import Request
+
+__all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint", "verification"]
+
+
+def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mode: str, *, repeat: int = 0) -> CacheUse | None:
+    """How ``request`` meets ``cache`` in ``mode`` (a turn's ``--cache`` wins), or None when it does not.
+
+    The key is what the client sends (``describe``, as ``--dry-run`` shows it) with the backend, the host, the
+    model, its fingerprint and the repetition: a field added to ``Request`` later is keyed without a change here.
+    """
+    mode = turn.cache or mode
+    if mode == "off" and not turn.verify:
+        return None
+    # Replay mode set for the kernel (a classroom's GRANITE_CACHE) wins over a cell's --verify: the recording is
+    # shown, and the run says it was not checked.
+    verify = turn.verify and mode != "replay"
+    client = target.client
+    model_file = client.model_file()
+    fingerprint = local_fingerprint(*model_file, cache) if model_file is not None else None
+    fields = request_fields(backend=client.kind, host=client.host, model=request.model, api=target.api,
+                            sent=client.describe(request), repeat=repeat, fingerprint=fingerprint)
+    return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, client.secrets(), verify, unverified=turn.verify and not verify)
 
 
 @dataclass(frozen=True)

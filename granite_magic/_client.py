@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import _errors as errors
 from ._errors import RETRYABLE_STATUS, error_for_status, parse_retry_after, redact
@@ -29,6 +29,8 @@ from ._shapes import Request, build_messages, shape
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from ._toolrun import ToolLoop
@@ -149,9 +151,50 @@ class BaseClient:
             self._loop = get_loop()
         return self._loop
 
+    # --- what this backend can do: the session and the front ends ask these, never which class it is ---
+
+    #: A name for records (the ledger's column, a recording's description); nothing branches on it.
+    kind: ClassVar[str] = "?"
+    #: Documents go in the chat template's own slot (else they travel in the system message).
+    documents_in_template: ClassVar[bool] = False
+    #: The backend counts a prompt exactly and refuses one too long for its context by itself.
+    counts_prompt_tokens: ClassVar[bool] = False
+    #: Runs cost nothing: the model runs on this machine.
+    free: ClassVar[bool] = False
+
     @property
     def requires_key(self) -> bool:
         return False
+
+    async def billed(self, model: str) -> bool:
+        """Whether runs of ``model`` are billed, so that a cost the stream did not carry is worth looking up."""
+        return False
+
+    @property
+    def host(self) -> str:
+        """Where the replies come from, as a recording names it: a host name, never a port, a path or credentials."""
+        return ""
+
+    def label(self, model: str) -> str:
+        """The model as a status line names it."""
+        return model
+
+    def routing(self, *, strict: bool) -> dict[str, Any]:
+        """Top-level request fields that choose who answers (OpenRouter's ``provider``); none by default."""
+        return {}
+
+    def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]:
+        """How tools are offered under ``--tool-mode auto``: natively when the listing names ``tools``."""
+        return "native" if supported is not None and "tools" in supported else "prompted"
+
+    def model_file(self) -> tuple[str, Path | None] | None:
+        """The model's weights as a file on this machine: its name, and its path when it is here; None when the
+        model runs elsewhere.  The cache keys a local run on the file's fingerprint, not its name."""
+        return None
+
+    def prompt_preview(self, request: Request) -> tuple[str, int] | None:
+        """The exact prompt text and its token count, when the backend can tell (it has the tokenizer)."""
+        return None
 
     @property
     def target(self) -> str:
@@ -247,13 +290,10 @@ class BaseClient:
 
     async def _tool_loop(self, request: Request, tools: Sequence[Any], mode: str, approve: Callable[[Any], bool] | None,
                          max_steps: int) -> ToolLoop:
-        from ._toolrun import ToolLoop, ToolPlan, check_mode, pick_mode
+        from ._toolrun import ToolLoop, plan_tools
         from ._tools import as_tools
 
-        chosen = check_mode(mode)
-        supported = await self.supported_parameters(request.model) if chosen == "auto" else None
-        plan = ToolPlan(tuple(as_tools(tools)), pick_mode(chosen, supported, local=self.base_url == "local"), approve, max_steps)
-        return ToolLoop(plan, request)
+        return ToolLoop(await plan_tools(self, request.model, as_tools(tools), mode, approve=approve, max_steps=max_steps), request)
 
     async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         """Run one request on the background loop; raises GraniteError carrying the partial result."""
@@ -347,6 +387,26 @@ class GraniteClient(BaseClient):
         key = "set" if self._key else "not set"
         return f"GraniteClient(base_url={self.base_url!r}, model={self.model!r}, api={self.shape.name!r}, api_key={key})"
 
+    kind: ClassVar[str] = "http"
+
+    async def billed(self, model: str) -> bool:
+        """Whether the model's listing has a price (OpenRouter's when the listing is unavailable): self-hosted servers
+        list none and have no ``/generation`` to ask, so they are never asked after a run."""
+        info = await self.listing(model)
+        if info is None or info.prompt_price is None or info.completion_price is None:
+            return self._is_openrouter
+        return info.prompt_price > 0 or info.completion_price > 0
+
+    @property
+    def host(self) -> str:
+        from ._cache import host_of
+
+        return host_of(self.base_url)
+
+    def routing(self, *, strict: bool) -> dict[str, Any]:
+        """``--strict``: only providers that honour every parameter sent (OpenRouter's ``require_parameters``)."""
+        return {"provider": {"require_parameters": True}} if strict else {}
+
     @property
     def api(self) -> str:
         return self.shape.name
@@ -375,9 +435,11 @@ class GraniteClient(BaseClient):
     @property
     def requires_key(self) -> bool:
         """OpenRouter needs a key; local servers (Ollama, vLLM, llama.cpp) usually do not."""
-        from urllib.parse import urlsplit
+        return self._is_openrouter
 
-        return (urlsplit(self.base_url).hostname or "").endswith("openrouter.ai")
+    @property
+    def _is_openrouter(self) -> bool:
+        return self.host.endswith("openrouter.ai")
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._key.reveal()] if self._key else [])

@@ -11,12 +11,16 @@ import datetime
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import InvalidParameterError
 from ._result import Result
 
-__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "prompt_token_bound", "worst_case_cost"]
+if TYPE_CHECKING:
+    from ._client import ModelInfo
+    from ._shapes import Request
+
+__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "prompt_token_bound", "worst_case", "worst_case_cost"]
 
 CostSource = Literal["stream", "lookup", "local", "unknown"]
 RunKind = Literal["single", "grid", "panel", "tools", "probe", "branch"]
@@ -56,10 +60,11 @@ class Ledger:
         self._lock = threading.Lock()
         self._cell_number = cell_number
 
-    def record(self, result: Result, *, backend: str, kind: RunKind, cached: bool = False) -> int:
-        """Add a finished run; returns its index (for a cost looked up later)."""
-        source: CostSource = "local" if backend == "local" else "stream" if result.cost is not None else "unknown"
-        cost = 0.0 if cached or backend == "local" else (result.cost or 0.0)
+    def record(self, result: Result, *, backend: str, kind: RunKind, cached: bool = False, free: bool = False) -> int:
+        """Add a finished run of ``backend`` (a name, as the table shows it; ``free``: it runs on this machine and
+        costs nothing); returns its index (for a cost looked up later)."""
+        source: CostSource = "local" if free else "stream" if result.cost is not None else "unknown"
+        cost = 0.0 if cached or free else (result.cost or 0.0)
         entry = LedgerEntry(
             time=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), model=result.model, backend=backend,
             provider=result.provider, prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.completion_tokens,
@@ -131,6 +136,15 @@ def worst_case_cost(prompt_tokens: int, max_tokens: int | None, prompt_price: fl
     if prompt_price is None or completion_price is None or output is None:
         return None
     return prompt_tokens * prompt_price + output * completion_price
+
+
+def worst_case(info: ModelInfo | None, requests: Sequence[Request]) -> float | None:
+    """The most ``requests`` can cost at the prices of the model's listing ``info``; None when unknown."""
+    if info is None:
+        return None
+    costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
+                             info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
+    return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
 
 def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1) -> None:

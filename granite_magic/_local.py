@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import _errors as errors
 from . import _params
@@ -600,7 +600,11 @@ class LocalClient(BaseClient):
     ``chat_template`` (Jinja) replaces the GGUF's own, for a GGUF that has none or a wrong one.
     """
 
-    base_url = "local"
+    base_url = "local"  # where probes of it are filed; nothing compares it
+    kind: ClassVar[str] = "local"
+    documents_in_template: ClassVar[bool] = True  # the GGUF's chat template has a documents slot
+    counts_prompt_tokens: ClassVar[bool] = True
+    free: ClassVar[bool] = True
 
     def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
                  prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, loop: BackgroundLoop | None = None) -> None:
@@ -627,6 +631,17 @@ class LocalClient(BaseClient):
     @property
     def target(self) -> str:
         return f"local llama.cpp: {self.model}"
+
+    def label(self, model: str) -> str:
+        return f"{model} · local llama.cpp"
+
+    def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]:
+        """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
+        return "prompted"
+
+    def model_file(self) -> tuple[str, Path | None]:
+        """The GGUF's name, and its path when the file is here already (without loading or downloading it)."""
+        return self.model, self.model_path()
 
     def __repr__(self) -> str:
         return f"LocalClient(model={self.model!r}, instances={self.instances})"

@@ -151,17 +151,35 @@ class GraniteMagics(Magics):
             wire = self._tool_loop_for(request, target, wire).request
         text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
         where = target.client.target
-        size = self.session.prompt_size(target, wire)
+        size = self._prompt_size(target, wire)
         _display({"text/plain": f"{where}\n{size}\n{text}",
                   "text/markdown": f"`{where}` (dry run: nothing sent)\n\n{markdown_literal(size)}\n\n{fenced(text, 'json')}"})
+
+    def _prompt_size(self, target: Target, request: Any) -> str:
+        """What a dry run says about size and cost: the prompt's tokens (exact where the client has the tokenizer)
+        and the worst case."""
+        from ._ledger import prompt_token_bound
+
+        try:
+            preview = target.client.prompt_preview(request)
+        except errors.GraniteError as exc:  # no model to count with (not downloaded, or replaying without it)
+            return f"prompt: not counted ({exc.message})"
+        if preview is not None:
+            text, tokens = preview
+            return (f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat "
+                    f"template applied:\n{text}")
+        estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
+        size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
+        worst = self.session.worst_case(target, [request])
+        cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
+        return f"{size}; {cost} (prompt at most x input price + max tokens x output price)"
 
     def _start_grid(self, request: CellRequest, target: Target) -> CompareJob:
         specs = request.plan() or []
         job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
-        if target.backend == "http":
-            worst = self.session.worst_case(target, [column.request for column in job.columns])
-            if worst is not None and worst > GRID_COST_NOTICE_USD:
-                _warn(f"these {len(specs)} runs cost at most ${worst:.4f} in all (worst case: every run to its token limit).")
+        worst = self.session.worst_case(target, [column.request for column in job.columns])
+        if worst is not None and worst > GRID_COST_NOTICE_USD:
+            _warn(f"these {len(specs)} runs cost at most ${worst:.4f} in all (worst case: every run to its token limit).")
         return job
 
     def _budget_note(self) -> str | None:
@@ -198,12 +216,11 @@ class GraniteMagics(Magics):
         """A tool-using turn: every call shown as it happens, a block per call above the answer."""
         from ._advice import explain
         from ._render import describe_params
-        from ._toolrun import ToolPlan, check_mode, pick_mode
+        from ._toolrun import MAX_STEPS, plan_tools
 
-        mode = check_mode(request.tool_mode)
-        supported = target.client.loop.run(target.client.supported_parameters(target.model)) if mode == "auto" else None
-        plan = ToolPlan(request.tools, pick_mode(mode, supported, local=target.backend == "local"),
-                        approve=self._approver() if request.approve else None, max_steps=request.max_steps or 5)
+        plan = target.client.loop.run(plan_tools(target.client, target.model, request.tools, request.tool_mode,
+                                                 approve=self._approver() if request.approve else None,
+                                                 max_steps=request.max_steps or MAX_STEPS))
         title = describe_params(target.label, request.turn.sampling) + f" · tools: {', '.join(t.name for t in plan.tools)} ({plan.mode})"
         view = self._view(title)
         view.show()
@@ -216,11 +233,9 @@ class GraniteMagics(Magics):
             _error(message)
 
     def _tool_loop_for(self, request: CellRequest, target: Target, wire: Any) -> Any:
-        from ._toolrun import ToolLoop, ToolPlan, check_mode, pick_mode
+        from ._toolrun import ToolLoop, plan_tools
 
-        mode = check_mode(request.tool_mode)
-        supported = target.client.loop.run(target.client.supported_parameters(target.model)) if mode == "auto" else None
-        return ToolLoop(ToolPlan(request.tools, pick_mode(mode, supported, local=target.backend == "local")), wire)
+        return ToolLoop(target.client.loop.run(plan_tools(target.client, target.model, request.tools, request.tool_mode)), wire)
 
     def _approver(self) -> Any:
         """Ask before each call, through the notebook's (or the terminal's) input prompt."""
@@ -386,7 +401,7 @@ class GraniteMagics(Magics):
         _display({"text/markdown": markdown_literal(table), "text/plain": table})
 
     def _observed(self, target: Target, model: str) -> str:
-        reports = self.session.probes.find(target.client.base_url, model) if target.backend == "http" else []
+        reports = self.session.probes.find(target.client.base_url, model)
         if not reports:
             return "not probed (%granite probe)"
         report = reports[0]

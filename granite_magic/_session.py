@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from . import _errors as errors
-from ._cache import RecordedClock, Recorder, Recording, RunCache, cache_key, check_mode, replay, request_fields
-from ._cache_use import CacheUse, RecordingAccumulator, local_fingerprint
+from ._cache import RecordedClock, Recorder, Recording, RunCache, check_mode, replay
+from ._cache_use import CacheUse, RecordingAccumulator, cache_use
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
-from ._context import Document, documents_block, granite_documents
+from ._context import Document
 from ._events import Accumulator, Progress
-from ._ledger import Ledger, RunKind, check_budget, prompt_token_bound, worst_case_cost
+from ._ledger import BudgetError, Ledger, RunKind, check_budget, worst_case
 from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
-from ._result import Result, json_ready
+from ._requests import Conversation, build_request, check_context
+from ._result import Result
 from ._runner import BackgroundLoop
 from ._settings import Backend, Settings, check_backend, check_base_url
 from ._shapes import Api, Request, build_messages, shape
@@ -39,10 +40,6 @@ from ._toolrun import ToolLoop, ToolPlan
 __all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "SingleJob", "Target", "Turn", "new_turn", "shared_session"]
 
 logger = logging.getLogger("granite_magic")
-
-# Prompts shorter than this (about 8k tokens) fit every context there is: their size is not checked against a listing.
-LONG_PROMPT_CHARS = 32_000
-
 
 @dataclass(frozen=True)
 class Turn:
@@ -80,17 +77,16 @@ class Turn:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a turn goes, decided once: the backend, its client, the model and the API shape."""
+    """Where a turn goes, decided once: the client (which says what its backend can do), the model and the API shape."""
 
-    backend: Literal["http", "local"]
     client: BaseClient
     model: str
     api: Api
 
     @property
     def label(self) -> str:
-        """The model as a status line names it; says "local" when llama.cpp answers."""
-        return f"{self.model} · local llama.cpp" if self.backend == "local" else self.model
+        """The model as a status line names it (the client says when it runs locally)."""
+        return self.client.label(self.model)
 
 
 class LiveLike(Protocol):
@@ -112,12 +108,6 @@ class QuietGrid:
 
     def column_done(self, index: int, result: Result) -> None:
         pass
-
-
-@dataclass
-class Conversation:
-    system: str | None = None
-    messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Session:
@@ -153,11 +143,11 @@ class Session:
         if self._backend(turn) == "http":
             base_url = turn.base_url or settings.base_url
             timeout_s = turn.timeout_s if turn.timeout_s is not None else settings.timeout_s
-            return Target("http", self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
+            return Target(self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
         if api != "chat":
             raise errors.InvalidParameterError(f"--api {api} needs the HTTP backend: the local model has no request format")
         client = self._local_client(turn.model)
-        return Target("local", client, client.model, "chat")
+        return Target(client, client.model, "chat")
 
     def _backend(self, turn: Turn) -> Literal["http", "local"]:
         """A turn's choice, else the setting; ``auto`` uses HTTP when a base URL or a key is given,
@@ -195,25 +185,14 @@ class Session:
 
     # --- requests ----------------------------------------------------------------------
 
-    def messages(self, turn: Turn, *, documents_apart: bool = False) -> tuple[dict[str, Any], ...]:
-        conversation = self.conversations.setdefault(turn.chat, Conversation()) if turn.chat is not None else Conversation()
-        system = turn.system if turn.system is not None else conversation.system
-        # the context is data about this turn, not an instruction: it follows the system prompt and is not remembered
-        documents = documents_block(turn.documents) if turn.documents and not documents_apart else None
-        system = "\n\n".join(part for part in (system, turn.context, documents) if part) or None
-        messages = build_messages(turn.prompt, system=system, history=conversation.messages)
-        if turn.prefix:  # an assistant message last: the model continues it rather than starting a new reply
-            messages = (*messages, {"role": "assistant", "content": turn.prefix})
-        return messages
+    def conversation(self, turn: Turn) -> Conversation:
+        """The conversation ``turn`` continues (a new, empty one for a stateless turn)."""
+        return self.conversations.setdefault(turn.chat, Conversation()) if turn.chat is not None else Conversation()
 
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
-        """What goes to ``target``: documents in the local model's template slot, else in the system message."""
-        sampling = turn.sampling | extra if extra is not None else turn.sampling
-        apart = target.backend == "local"
-        documents = tuple(granite_documents(turn.documents)) if apart else ()
+        """What goes to ``target`` for ``turn`` (with a column's ``extra`` sampling): sent, shown and keyed as it is."""
         strict = turn.strict if turn.strict is not None else self.settings.strict
-        routing = {"provider": {"require_parameters": True}} if strict and target.backend == "http" else {}
-        return Request(target.model, self.messages(turn, documents_apart=apart), sampling, documents=documents, extra=routing)
+        return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra)
 
     def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> SingleJob:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""
@@ -221,7 +200,7 @@ class Session:
         request = self.request(turn, target)
         use = self.cache_use(turn, target, request)
         if use is None or use.mode != "replay":
-            self.check_context(target, request)
+            check_context(target, request)
             self.check_budget(target, [request])
         job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
         if use is not None and use.mode == "replay":
@@ -259,77 +238,14 @@ class Session:
         return self.caches[path]
 
     def cache_use(self, turn: Turn, target: Target, request: Request, *, repeat: int = 0) -> CacheUse | None:
-        """How this request meets the cache (None: it does not)."""
-        mode = turn.cache or self.settings.cache
-        if mode == "off" and not turn.verify:
-            return None
-        # Replay mode set for the kernel (a classroom's GRANITE_CACHE) wins over a cell's --verify: the
-        # recording is shown, and the run says it was not checked.
-        verify = turn.verify and mode != "replay"
-
-        cache = self.cache_for()
-        from ._shapes import chat_tools
-
-        fields = request_fields(
-            backend=target.backend, base_url=target.client.base_url, model=request.model, api=target.api,
-            messages=request.messages, sampling=json_ready(request.sampling), repeat=repeat,
-            tools=chat_tools(request.tools) if request.tools else None,
-            fingerprint=self._fingerprint(target, cache),
-        )
-        return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, target.client.secrets(), verify,
-                        unverified=turn.verify and not verify)
-
-    def _fingerprint(self, target: Target, cache: RunCache) -> str | None:
-        if target.backend != "local":
-            return None
-        return local_fingerprint(target.model, getattr(target.client, "model_path", lambda: None)(), cache)
+        """How this request meets the session's cache (None: it does not)."""
+        return cache_use(turn, target, request, self.cache_for(), self.settings.cache, repeat=repeat)
 
     # --- what it costs ----------------------------------------------------------------------
 
     def worst_case(self, target: Target, requests: Sequence[Request]) -> float | None:
         """The most these requests can cost, from the model's listed prices; None when unknown."""
-        if target.backend == "local":
-            return 0.0
-        info = target.client.loop.run(target.client.listing(target.model))
-        if info is None:
-            return None
-        costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
-                                 info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
-        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
-
-    def prompt_size(self, target: Target, request: Request) -> str:
-        """What a dry run says about size and cost: the prompt's tokens (exact on the local backend) and the worst case."""
-        preview = getattr(target.client, "prompt_preview", None)
-        if preview is not None:
-            try:
-                text, tokens = preview(request)
-            except errors.GraniteError as exc:  # no model to count with (not downloaded, or replaying without it)
-                return f"prompt: not counted ({exc.message})"
-            return (f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat "
-                    f"template applied:\n{text}")
-        estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
-        size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
-        worst = self.worst_case(target, [request])
-        cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
-        return f"{size}; {cost} (prompt at most x input price + max tokens x output price)"
-
-    def check_context(self, target: Target, request: Request) -> None:
-        """Refuse, with the numbers, a prompt that cannot fit the model's listed context (HTTP; the local backend
-        counts exactly and refuses on its own).  Only long prompts ask the listing, so short ones never wait for it."""
-        if target.backend != "http":
-            return
-        characters = sum(len(str(m.get("content", ""))) for m in request.messages)
-        if characters < LONG_PROMPT_CHARS:
-            return
-        info = target.client.loop.run(target.client.listing(target.model))
-        if info is None or not info.context_length:
-            return
-        estimate = characters // 4
-        output = request.sampling.get("max_tokens") or 0
-        if estimate + output > info.context_length:
-            raise errors.InvalidParameterError(
-                f"the prompt is about {estimate:,} tokens (an estimate: 4 characters a token) and max_tokens {output:,}: "
-                f"more than {target.model}'s {info.context_length:,}-token context")
+        return worst_case(target.client.loop.run(target.client.listing(target.model)), requests)
 
     def check_budget(self, target: Target, requests: Sequence[Request]) -> None:
         budget = self.settings.budget_usd
@@ -346,7 +262,7 @@ class Session:
         """Measure which parameters ``target`` honours, record its runs, and remember the report."""
         supported = target.client.loop.run(target.client.supported_parameters(target.model))
         def record(result: Result) -> None:
-            self.ledger.record(result, backend=target.backend, kind="probe")
+            self.ledger.record(result, backend=target.client.kind, kind="probe", free=target.client.free)
 
         report = target.client.loop.run(probe(target.client, target.model, supported, record))
         self.probes.save(report)
@@ -359,8 +275,9 @@ class Session:
     def _recorder(self, kind: RunKind) -> Callable[[SingleJob], None]:
         def record(job: SingleJob) -> None:
             result = job.outcome()[0]
-            index = self.ledger.record(result, backend=job.target.backend, kind=kind, cached=result.cached)
-            if result.cost is None and not result.cached and job.target.backend == "http" and result.generation_id:
+            client = job.target.client
+            index = self.ledger.record(result, backend=client.kind, kind=kind, cached=result.cached, free=client.free)
+            if result.cost is None and not result.cached and result.generation_id:
                 self._look_up_cost(job.target, result.generation_id, index)
 
         return record
@@ -368,6 +285,8 @@ class Session:
     def _look_up_cost(self, target: Target, generation_id: str, index: int) -> None:
         """Ask for the billed cost after the run, on the loop, never blocking the cell."""
         async def look_up() -> None:
+            if not await target.client.billed(target.model):  # a self-hosted server: nothing to ask, nothing to interrupt
+                return
             cost = await target.client.generation_cost(generation_id)
             if cost is not None:
                 self.ledger.set_cost(index, cost)
@@ -398,12 +317,20 @@ class Session:
         with what arrived kept.
         """
         tools = ToolLoop(plan, self.request(turn, target), on_call=getattr(view, "log", lambda line: None))
-        self.check_budget(target, [tools.request])
         request: Request | None = tools.request
         error: errors.GraniteError | None = None
         while request is not None:
-            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes,
-                            cache=self.cache_use(turn, target, request, repeat=tools.steps))
+            use = self.cache_use(turn, target, request, repeat=tools.steps)
+            if use is None or use.mode != "replay":
+                try:  # before every request, as the budget promises, not only the first step's
+                    self.check_budget(target, [request])
+                except BudgetError as exc:
+                    if tools.steps == 0:
+                        raise
+                    error = BudgetError(f"{exc.message}; the tool loop stopped before step {tools.steps + 1}, "
+                                        "with the calls made so far kept")
+                    break
+            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes, cache=use)
             with contextlib.suppress(KeyboardInterrupt):
                 job.loop.run(job.stream(_Showing(view, tools) if view is not None else None, check_support=tools.steps == 0))
             result, error = job.outcome()
@@ -464,8 +391,9 @@ class SingleJob:
 
     Blocking callers (the magic) and non-blocking ones (the panel's Run button)
     drive the same job; cancelling ``stream`` leaves the partial reply in ``acc``.
-    While the reply streams, the model's listing is read beside it, only to warn
-    about parameters it does not name (``warnings``).
+    After the reply, the model's listing (cached, bounded in time) is read to warn about parameters it does not
+    name (``warnings``): never beside it, since some servers (llama-cpp-python's) cut a reply short when another
+    request arrives.
     """
 
     def __init__(self, turn: Turn, target: Target, request: Request, *,
@@ -500,7 +428,6 @@ class SingleJob:
         if self.cache is not None and self.cache.records(recording):
             self.acc = RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields))
         companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
-        lookup = asyncio.ensure_future(support_warnings(self.target, self.request.sampling, probes=self.probes)) if check_support else None
         try:
             self._result = await self.target.client.stream(self.request, self.acc)
             await self._keep(recording)
@@ -514,12 +441,10 @@ class SingleJob:
         finally:
             if companion is not None:
                 companion.cancel()
-            if lookup is not None and not lookup.done() and self._result is None:
-                lookup.cancel()
             if self.on_done is not None:
                 self.on_done(self)
-        if lookup is not None:
-            self.warnings += await lookup
+        if check_support:
+            self.warnings += await support_warnings(self.target, self.request.sampling, probes=self.probes)
 
     def outcome(self) -> tuple[Result, errors.GraniteError | None]:
         if self._result is None:  # cancelled before it ended
@@ -581,7 +506,7 @@ async def support_warnings(target: Target, sampling: Sampling, also: Sequence[st
 
 
 def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore | None) -> list[str]:
-    if probes is None or target.backend != "http":
+    if probes is None:
         return []
     warnings = []
     for report in probes.find(target.client.base_url, target.model):
@@ -619,7 +544,6 @@ class CompareJob:
         gate = asyncio.Semaphore(self.concurrency)
         companion = asyncio.ensure_future(grid.run(self.accumulators))
         swept = [name for spec in self.specs for name in spec.params]
-        lookup = asyncio.ensure_future(support_warnings(self.target, self.base, swept, probes=self.probes))
 
         async def column(index: int) -> None:
             job = self.columns[index]
@@ -634,9 +558,10 @@ class CompareJob:
         tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
         try:
             await asyncio.gather(*tasks)
-            self.warnings += await lookup
+            # after the columns, not beside them: some servers cut a reply short when another request arrives
+            self.warnings += await support_warnings(self.target, self.base, swept, probes=self.probes)
         finally:
-            for task in (*tasks, companion, lookup):
+            for task in (*tasks, companion):
                 task.cancel()  # whatever ended the grid, no column outlives it
             await asyncio.gather(*tasks, return_exceptions=True)
             self._ended = time.perf_counter()

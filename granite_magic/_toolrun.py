@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator, ParsedCall
@@ -26,7 +26,10 @@ from ._result import Result, ToolCall, Usage
 from ._shapes import Request
 from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
 
-__all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "pick_mode"]
+if TYPE_CHECKING:
+    from ._client import BaseClient
+
+__all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
 
 ToolMode = Literal["native", "prompted", "auto"]
 TOOL_MODES: tuple[ToolMode, ...] = ("native", "prompted", "auto")
@@ -40,14 +43,15 @@ def check_mode(value: str) -> ToolMode:
     raise InvalidParameterError(f"--tool-mode {value!r} is invalid: must be one of {', '.join(TOOL_MODES)}")
 
 
-def pick_mode(mode: ToolMode, supported: Sequence[str] | None, *, local: bool) -> Literal["native", "prompted"]:
-    """``auto``: native when the model's listing names ``tools``; prompted otherwise (and on the local
-    backend, whose model reads Granite's convention from its system message)."""
-    if mode != "auto":
-        return mode
-    if local:
-        return "prompted"
-    return "native" if supported is not None and "tools" in supported else "prompted"
+async def plan_tools(client: BaseClient, model: str, tools: Sequence[Tool], mode: str, *, approve: Approve | None = None,
+                     max_steps: int = MAX_STEPS) -> ToolPlan:
+    """How a tool-using turn offers ``tools`` to ``client``: in ``mode``, or under ``auto`` as the client prefers for
+    what the model's listing says (natively when it names ``tools``; the local model reads Granite's convention)."""
+    chosen = check_mode(mode)
+    if chosen != "auto":
+        return ToolPlan(tuple(tools), chosen, approve, max_steps)
+    supported = await client.supported_parameters(model)
+    return ToolPlan(tuple(tools), client.default_tool_mode(supported), approve, max_steps)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from granite_magic._cache import (
     cache_key,
     check_mode,
     describe_fields,
+    host_of,
     model_fingerprint,
     replay,
     request_fields,
@@ -70,7 +71,14 @@ BASE: dict[str, Any] = {
 
 
 def fields(**changes: Any) -> dict[str, Any]:
-    return request_fields(**{**BASE, **changes})
+    """A recording's fields for a chat request that differs from ``BASE`` by ``changes``, its body built as a client's
+    ``describe`` builds it (the key is derived from what is sent)."""
+    given = {**BASE, **changes}
+    sent = {"model": given["model"], "messages": list(given["messages"]), **given["sampling"]}
+    if given.get("tools"):
+        sent["tools"] = given["tools"]
+    return request_fields(backend=given["backend"], host=host_of(given["base_url"]), model=given["model"], api=given["api"],
+                          sent=sent, repeat=given.get("repeat", 0), fingerprint=given.get("fingerprint"))
 
 
 def key(**changes: Any) -> str:
@@ -83,7 +91,7 @@ def key(**changes: Any) -> str:
 def test_a_key_is_stable_across_versions() -> None:
     # Changing this value makes every recording ever made (the demo notebooks' too) a miss:
     # only on purpose, with KEY_VERSION bumped.
-    assert key() == "a06c0f6fd61eb378cae83bee74893558bf925e87104ed6478ee741f416a5383c"
+    assert key() == "1f7f440a15fc5003d8a4eb30e6d5e1fc1e898ec1a4f5ede0ff0cadb6085090be"
 
 
 CHANGES: dict[str, dict[str, Any]] = {
@@ -142,7 +150,7 @@ def test_fields_hold_the_host_only() -> None:
 def test_fields_are_plain_json() -> None:
     found = fields(sampling=Sampling({"logit_bias": {5: 1}, "stop": ("a", "b")}))
     assert json.loads(json.dumps(found)) == found
-    assert found["sampling"] == {"logit_bias": {"5": 1}, "stop": ["a", "b"]}
+    assert (found["sent"]["logit_bias"], found["sent"]["stop"]) == ({"5": 1}, ["a", "b"])
 
 
 def test_values_that_cannot_be_keyed_are_refused() -> None:
@@ -426,11 +434,13 @@ def test_a_recording_comes_back_whole(tmp_path: Path) -> None:
 def test_a_format_1_file_is_still_read(tmp_path: Path) -> None:
     """A recording written by the first release (tokens inside their events, every step one tick)."""
     cache = RunCache(tmp_path)
-    cache.path(key()).parent.mkdir(parents=True)
-    cache.path(key()).write_bytes((Path(__file__).parent / "data" / "format-1.json.gz").read_bytes())
+    data = (Path(__file__).parent / "data" / "format-1.json.gz").read_bytes()
+    old_key = json.loads(gzip.decompress(data))["key"]  # a key of that release's key version
+    cache.path(old_key).parent.mkdir(parents=True)
+    cache.path(old_key).write_bytes(data)
     top = (Alternative("a", -1.0), Alternative("b", -math.inf), Alternative("c", -2.0), Alternative("d", math.nan))
     made = (0.5, TokenLogprobs((Token("z", math.nan, top), Token("a", -1.0, top)), "raw"))
-    loaded = cache.load(key())
+    loaded = cache.load(old_key)
     assert loaded is not None and len(loaded.events) == len(EVENTS) + 1
     expected = [*EVENTS[:-1], made, EVENTS[-1]]
     assert [at for at, _ in loaded.events] == [at for at, _ in expected]

@@ -5,6 +5,7 @@ missing extra fails instead of skipping."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,6 +49,9 @@ TEMPLATE = """{{ bos_token }}
 {%- for doc in documents or [] %}
 <doc id="{{ doc['doc_id'] }}">{{ doc['text'] }}</doc>
 {%- endfor %}
+{%- if documents %}
+<documents_json>{{ documents | tojson }}</documents_json>
+{%- endif %}
 <end_of_turn>
 {% for m in turns %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}
 {{ m['content'] }}<end_of_turn>
@@ -129,6 +133,25 @@ def test_documents_reach_the_prompt_folded_or_through_the_template(model_path: s
         assert reply(templated, QUESTION, documents=(DOCUMENT,), seed=1, max_tokens=6).usage.prompt_tokens == count
     finally:
         templated.close()
+
+
+def test_every_document_reaches_the_template_verbatim(model_path: str) -> None:
+    """llama-cpp-python before 0.3.20 dropped the template's extra arguments (documents), and up to 0.3.23 its
+    ``tojson`` HTML-escaped them: each document's text, ``<``, ``&`` and quotes included, must be in the prompt."""
+    documents = ({"doc_id": "1", "title": "a.md", "text": 'R&D notes: "granite" <b>hard</b> & old'},
+                 {"doc_id": "2", "title": "b.md", "text": "Basalt cools fast; it's fine-grained."})
+    templated = LocalClient(model_path, chat_template=TEMPLATE)
+    try:
+        system = [{"role": "system", "content": "Answer from <docs> & quote them."}, *QUESTION]
+        text, _ = preview(templated, system, documents=documents)
+    finally:
+        templated.close()
+    assert "Answer from <docs> & quote them." in text
+    for document in documents:
+        assert f'<doc id="{document["doc_id"]}">{document["text"]}</doc>' in text
+    as_json = text[text.index("<documents_json>") + len("<documents_json>"):text.index("</documents_json>")]
+    assert json.loads(as_json) == [dict(d) for d in documents]
+    assert "\\u0026" not in as_json and "&amp;" not in as_json and "&#34;" not in as_json
 
 
 def test_the_context_grows_for_a_long_prompt_and_refuses_past_the_trained_one(model_path: str) -> None:

@@ -93,3 +93,72 @@ def test_a_grid_validates_each_value_once_and_resolves_its_target_once(ip: Inter
     assert len(server.chat_requests) == 6
     # temperature once, each swept top_p value once, seeds at most once each; one target for all six columns
     assert (counted["temperature"], counted["top_p"], counted["resolve"]) == (1, 2, 1) and counted["seed"] <= 3
+
+
+# --- the request is what is sent, shown and keyed ---------------------------------------------------------------
+
+
+def _lookup(river: str) -> str:
+    """Look a river up."""
+    return river
+
+
+# One different value for every field of ``Request``: a field added later fails the test until it is listed here.
+REQUEST_CHANGES: dict[str, Any] = {
+    "model": "ibm-granite/granite-4.0-h-small",
+    "messages": ({"role": "user", "content": "Tell me about basalt"},),
+    "sampling": {"seed": 2},
+    "documents": ({"doc_id": "1", "title": "notes.md", "text": "Granite is an igneous rock."},),
+    "tools": "lookup",
+    "extra": {"provider": {"require_parameters": True}},
+}
+
+
+def _changed(base: Request, name: str) -> Request:
+    from dataclasses import replace
+
+    from granite_magic._params import Sampling
+    from granite_magic._tools import as_tools
+
+    value = REQUEST_CHANGES[name]
+    if name == "sampling":
+        value = Sampling(value)
+    elif name == "tools":
+        value = tuple(as_tools([_lookup]))
+    return replace(base, **{name: value})
+
+
+@pytest.mark.parametrize("backend", ["http", "local"])
+def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: Any) -> None:
+    """The key is derived from what the client sends (``describe``, as ``--dry-run`` shows it): a new ``Request``
+    field is keyed without anyone listing it (the same prompt with another ``--docs`` file once replayed the first)."""
+    from dataclasses import fields, replace
+
+    from granite_magic._cache import RunCache
+    from granite_magic._cache_use import cache_use
+    from granite_magic._client import GraniteClient
+    from granite_magic._params import Sampling
+    from granite_magic._session import Target, Turn
+
+    assert set(REQUEST_CHANGES) == {f.name for f in fields(Request)}
+    client = GraniteClient(base_url="http://127.0.0.1:9/api/v1") if backend == "http" else LocalClient(str(tmp_path / "m.gguf"))
+    try:
+        target = Target(client, client.model, "chat")
+        base = Request(client.model, ({"role": "user", "content": "Tell me about granite"},), Sampling({"seed": 1}))
+        cache = RunCache(tmp_path / "cache")
+
+        def key(request: Request) -> str:
+            use = cache_use(Turn(""), target, request, cache, "auto")
+            assert use is not None
+            return use.key
+
+        # What a client never receives is not asked of it: routing where it has none (the local model), documents
+        # apart where its template has no slot for them (over HTTP they travel in the system message).
+        never_set = {"extra"} if not client.routing(strict=True) else set()
+        never_set |= {"documents"} if not client.documents_in_template else set()
+        changed = [name for name in REQUEST_CHANGES if name not in never_set]
+        keys = {name: key(_changed(base, name)) for name in changed}
+        assert key(base) not in keys.values() and len(set(keys.values())) == len(changed), keys
+        assert key(replace(base)) == key(base)
+    finally:
+        client.close()

@@ -118,6 +118,10 @@ class RecordingAccumulator(Accumulator):
         super().restart_clock()
         self.recorder.restart_clock()
 
+    def start_over(self, note: str) -> None:
+        super().start_over(note)
+        self.recorder = Recorder(self.recorder.fields)  # the recording is of the reply that is kept
+
 
 def verification(recording: Recording, live: Accumulator) -> str:
     """Whether a live reply repeats its recording, and if not, the word and the token where it first parts."""

@@ -36,6 +36,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StallError",
+    "StreamClosedError",
     "StreamError",
 ]
 
@@ -142,6 +143,10 @@ class ConnectionDroppedError(GraniteError):
     """The connection failed or closed before the reply was complete."""
 
     kind = "dropped"
+
+
+class StreamClosedError(ConnectionDroppedError):
+    """The server ended the stream (cleanly, perhaps with its end marker) before the reply's finish reason."""
 
 
 class StallError(GraniteError):

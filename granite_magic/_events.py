@@ -187,6 +187,22 @@ class Accumulator:
         """Start timing now: a queued comparison column starts when it may send, not when it was planned."""
         self.started = self._clock()
 
+    def start_over(self, note: str) -> None:
+        """Forget what arrived: the request is sent again from the beginning (``note`` says why, in the live view).
+        The clock keeps running, so the reply's time includes the attempt that was cut."""
+        self.first_token_at = None
+        self.chunks = 0
+        self.model = self.provider = self.generation_id = None
+        self.finish = None
+        self.usage = Usage()
+        self.error = None
+        self.done = False
+        self.note = note
+        self._parts, self._joined, self._joined_parts = [], "", 0
+        self._tool_calls = ToolCallAssembler()
+        self.tokens = []
+        self.probs_kind = None
+
     @property
     def text(self) -> str:
         if self._joined_parts != len(self._parts):

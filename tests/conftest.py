@@ -144,3 +144,42 @@ def local(model_path: str) -> Iterator[Any]:
     client = LocalClient(model_path)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def llama_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server (its ``[server]`` extra) serving the stand-in; yields its base
+    URL.  Started with its defaults, ``interrupt_requests`` included: a request that arrives while a reply streams
+    cuts that reply short, which is what a client must never cause by itself."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--chat_format", "gemma", "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048"]
+    with open(log, "wb") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120  # loading the model; the loop below ends as soon as the server answers
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"llama-cpp-python's server exited ({server.returncode}):\n{log.read_text()[-2000:]}")
+            try:
+                if httpx.get(base_url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama-cpp-python's server did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)  # a starting process's only readiness signal is that it answers
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

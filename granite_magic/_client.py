@@ -9,12 +9,13 @@ Jupyter cell and ``achat()`` works from any loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -382,6 +383,8 @@ class GraniteClient(BaseClient):
         self._http_client: httpx.AsyncClient | None = None
         self._models: dict[str, ModelInfo] | None = None
         self._models_failed_at: float | None = None
+        self._models_reading: asyncio.Future[dict[str, ModelInfo]] | None = None  # one listing request at a time
+        self._streams = _Streams()
 
     def __repr__(self) -> str:
         key = "set" if self._key else "not set"
@@ -449,16 +452,30 @@ class GraniteClient(BaseClient):
     async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         """Run one request on the current (background) loop; the core of every call."""
         body = self.shape.body(request)
-        watch = _Watch(self.read_timeout_s, self.timeout_s)
+        asked_again = False
         try:
-            await watch.run(self._with_retries(body, acc, on_update, watch))
+            while True:
+                async with self._streams.slot() as slot:
+                    try:
+                        watch = _Watch(self.read_timeout_s, self.timeout_s)
+                        await watch.run(self._with_retries(body, acc, on_update, watch, slot))
+                        break
+                    except errors.StreamClosedError:
+                        if asked_again or not slot.overlapped:
+                            raise
+                self._streams.one_at_a_time = True
+                asked_again = True
+                acc.start_over(ONE_AT_A_TIME_NOTE)  # sent again once the others have finished, from the beginning
+                if on_update is not None:
+                    on_update(acc)
         except errors.GraniteError as exc:
             exc.result = acc.result(error=exc.message)
             exc.model = exc.model or request.model
             raise
         return acc.result()
 
-    async def _with_retries(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+    async def _with_retries(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch,
+                            slot: _Slot) -> None:
         if self.requires_key and self._key is None:
             raise errors.MissingKeyError()
         attempt = 0
@@ -468,7 +485,9 @@ class GraniteClient(BaseClient):
                 await self._attempt(body, acc, on_update, watch)
                 return
             except _Retry as retry:
-                if acc.has_output or attempt >= self.retry.max_attempts:
+                # A reply cut short while another request was in flight is sent again one at a time, by ``stream``.
+                cut_by_another = isinstance(retry.error, errors.StreamClosedError) and slot.overlapped
+                if acc.has_output or attempt >= self.retry.max_attempts or cut_by_another:
                     raise retry.error from None
                 delay = self.retry.delay(attempt, retry.retry_after)
                 acc.note = _retry_note(retry, delay, attempt, self.retry.max_attempts)
@@ -510,8 +529,9 @@ class GraniteClient(BaseClient):
                 if on_update is not None and acc.chunks != seen:
                     on_update(acc)
         self._feed(decoder.close(), acc)
-        if not acc.ended:
-            raise _Retry(errors.ConnectionDroppedError("The stream ended before the reply was complete (no finish reason, no end marker)."))
+        if acc.finish is None:  # [DONE] alone is not a finish: llama-cpp-python's server sends it when it cuts a reply
+            raise _Retry(errors.StreamClosedError(
+                "The server closed the stream before the reply finished (no finish reason); the text so far is kept."))
 
     def _feed(self, events: Sequence[Any], acc: Accumulator) -> None:
         for event in events:
@@ -563,8 +583,10 @@ class GraniteClient(BaseClient):
         failed = self._models_failed_at
         if not refresh and failed is not None and time.monotonic() - failed < MODELS_FAILURE_TTL_S:
             raise errors.ConnectionDroppedError(f"The model listing at {self.base_url}/models failed recently; not asked again yet.")
-        try:
-            self._models = await self._read_models()
+        if self._models_reading is None or self._models_reading.done():
+            self._models_reading = asyncio.ensure_future(self._read_models())
+        try:  # shielded: a caller that stops waiting does not cancel the read that others wait for
+            self._models = await asyncio.shield(self._models_reading)
         except errors.GraniteError:
             self._models_failed_at = time.monotonic()
             raise
@@ -592,8 +614,9 @@ class GraniteClient(BaseClient):
         import httpx
 
         try:
-            response = await asyncio.wait_for(
-                self._http().get(self.base_url + path, params=dict(params), headers=self._headers()), MODELS_TIMEOUT_S)
+            async with self._streams.slot():
+                response = await asyncio.wait_for(
+                    self._http().get(self.base_url + path, params=dict(params), headers=self._headers()), MODELS_TIMEOUT_S)
             if response.status_code != 200:
                 raise error_for_status(response.status_code, response.content, model=self.model,
                                        secrets=[self._key.reveal()] if self._key else [])
@@ -609,7 +632,8 @@ class GraniteClient(BaseClient):
         import httpx
 
         try:
-            response = await self._http().get(self.base_url + "/models", headers=self._headers())
+            async with self._streams.slot():
+                response = await self._http().get(self.base_url + "/models", headers=self._headers())
             if response.status_code != 200:
                 raise error_for_status(response.status_code, response.content, model=self.model,
                                        secrets=[self._key.reveal()] if self._key else [])
@@ -654,6 +678,56 @@ class GraniteClient(BaseClient):
         client, self._http_client = self._http_client, None
         if client is not None:
             await self.loop.run_async(client.aclose())
+
+
+ONE_AT_A_TIME_NOTE = ("the server cut this reply short when another request arrived (llama-cpp-python's server does): "
+                      "asking again, one request at a time")
+
+
+class _Slot:
+    """One request in flight on a client: whether another was in flight at any moment of its life."""
+
+    def __init__(self, streams: _Streams) -> None:
+        self._streams = streams
+        self._others_at_start = streams.active
+        self._started_at = streams.started
+
+    @property
+    def overlapped(self) -> bool:
+        return self._others_at_start > 0 or self._streams.started > self._started_at + 1
+
+
+class _Streams:
+    """The requests a client has in flight to its server.
+
+    Some servers cut a streaming reply short whenever another request arrives (llama-cpp-python's server, by its
+    ``interrupt_requests`` setting, on by default): it ends the stream with ``[DONE]`` and no finish reason.  When
+    that is seen while another request was in flight, the client sends one request at a time from then on, and the
+    cut reply is asked again.  Every request of the client (streams, listings, lookups) takes a slot.
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.started = 0
+        self.one_at_a_time = False
+        self._changed: asyncio.Condition | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[_Slot]:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        changed = self._changed
+        async with changed:
+            await changed.wait_for(lambda: not self.one_at_a_time or self.active == 0)
+            slot = _Slot(self)
+            self.active += 1
+            self.started += 1
+        try:
+            yield slot
+        finally:
+            self.active -= 1
+            async with changed:
+                changed.notify_all()
 
 
 class _Watch:

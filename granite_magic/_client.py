@@ -529,6 +529,9 @@ class GraniteClient(BaseClient):
                 if on_update is not None and acc.chunks != seen:
                     on_update(acc)
         self._feed(decoder.close(), acc)
+        for error in decoder.recovered:  # the reply finished after it: kept whole, and the error said once
+            logger.warning("The provider reported an error but the reply finished, and it is kept: %s",
+                           self._redact(error.message.strip()))
         if acc.finish is None:  # [DONE] alone is not a finish: llama-cpp-python's server sends it when it cuts a reply
             raise _Retry(errors.StreamClosedError(
                 "The server closed the stream before the reply finished (no finish reason); the text so far is kept."))

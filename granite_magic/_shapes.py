@@ -80,6 +80,11 @@ class StreamDecoder(Protocol):
     def feed(self, chunk: bytes) -> list[Event]: ...
     def close(self) -> list[Event]: ...
 
+    @property
+    def recovered(self) -> Sequence[ErrorEvent]:
+        """Errors the server reported and then finished the reply anyway: not failures, but worth a word."""
+        ...
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -144,15 +149,23 @@ def _wrong(what: str, value: Any) -> ProtocolError:
 
 
 def _error_event(error: Any, *, fallback_code: Any = None) -> ErrorEvent:
-    """An error object (or a bare string) as an event; ``code`` falls back to ``type`` when null."""
+    """An error object (or a bare string) as an event; ``code`` falls back to ``type`` when null.
+
+    A status written as text (``"429"``) is read as the number it is, so it is transient exactly when the
+    same HTTP status would be retried.
+    """
     if not isinstance(error, dict):
         return ErrorEvent(str(error) if error not in (None, "") else "unknown error", fallback_code)
-    code = error.get("code")
+    code = _status_text(error.get("code"))
     if code is None:
         code = error.get("type", fallback_code)
     metadata = error.get("metadata")
     return ErrorEvent(str(error.get("message") or "unknown error"), code, metadata if isinstance(metadata, dict) else {},
                       transient=is_transient(code))
+
+
+def _status_text(code: Any) -> Any:
+    return int(code) if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit() else code
 
 
 # --- each shape's spelling of the tools and of tool_choice ---------------------------------------
@@ -440,6 +453,8 @@ class ChatStreamDecoder(SSEStreamDecoder[Event]):
     when they change, which keeps the per-token path short.
     """
 
+    recovered: tuple[ErrorEvent, ...] = ()  # an error chunk ends a chat reply: there is nothing to recover from
+
     def __init__(self) -> None:
         super().__init__()
         self._meta: tuple[Any, Any] | None = None
@@ -499,6 +514,15 @@ def _responses_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
+def _error_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A Responses `error` event's error object.  The reference puts ``code`` and ``message`` at the top;
+    OpenAI and OpenRouter also nest them under ``error`` (a rate limit does).  Each field is taken from the
+    nested object when it has it, else from the top (the event's own ``type``, "error", is not the error's)."""
+    nested = _obj(data.get("error"))
+    flat = {key: value for key, value in data.items() if key not in ("type", "error")}
+    return {**flat, **{key: value for key, value in nested.items() if value not in (None, "")}}
+
+
 class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
     """``data:`` events with a ``type``: output text deltas and function calls, then completed, incomplete or failed.
 
@@ -506,18 +530,51 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
     the result must echo; the item's own ``id`` is only the stream's), then ``response.function_call_arguments.delta``
     events carry its arguments, keyed by ``output_index``.  A server that sends a call only whole (in
     ``response.output_item.done`` or the completed response's ``output``) is read from there, once.
+
+    An ``error`` event is held: the reply fails with it when the stream ends (``[DONE]`` or the last byte)
+    without the response completing.  If ``response.completed`` (or ``incomplete``) follows, the reply is
+    whole and the error goes to ``recovered``, which the client reports as a warning.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._calls: dict[int, bool] = {}  # output_index of each call seen → whether argument text arrived for it
+        self._error: ErrorEvent | None = None  # an `error` event that no end of the response has followed yet
+        self._ended = False  # response.completed or response.incomplete arrived
+        self.recovered: list[ErrorEvent] = []
 
     def events(self, sse: ServerSentEvent) -> list[Event]:
         data = parse_data(sse.data)
-        return data if isinstance(data, list) else self._event(data)
+        if isinstance(data, list):  # [DONE]: an error still waiting for the response's end is the reply's failure
+            return [*self._unresolved(), *data]
+        # The type is in the JSON; a server that puts it only in the SSE `event:` field is read from there.
+        kind = _str(data.get("type")) or (sse.event if sse.event != "message" else "")
+        return self._event(kind, data)
 
-    def _event(self, data: Mapping[str, Any]) -> list[Event]:
-        kind = data.get("type", "")
+    def close(self) -> list[Event]:
+        return [*super().close(), *self._unresolved()]
+
+    def _unresolved(self) -> list[Event]:
+        error, self._error = self._error, None
+        return [error] if error is not None else []
+
+    def _error_reported(self, error: ErrorEvent) -> list[Event]:
+        """An `error` event fails the reply only when the stream ends without the response completing: OpenRouter
+        sends one and then carries on (its own SDK waits for the end), so it is held until then."""
+        if self._ended:
+            self.recovered.append(error)
+        else:
+            self._error = self._error or error
+        return []
+
+    def _response_ended(self, events: list[Event]) -> list[Event]:
+        self._ended = True
+        if self._error is not None:
+            self.recovered.append(self._error)
+            self._error = None
+        return events
+
+    def _event(self, kind: str, data: Mapping[str, Any]) -> list[Event]:
         response = _obj(data.get("response"))
         if kind == "response.output_text.delta":
             delta = data.get("delta")
@@ -533,15 +590,17 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
         if kind == "response.created":
             return [ChunkMeta(_str(response.get("model")), _str(response.get("provider")), _str(response.get("id")))]
         if kind == "response.completed":
-            return self._completed(response)
+            return self._response_ended(self._completed(response))
         if kind == "response.incomplete":
             reason = _obj(response.get("incomplete_details")).get("reason")
-            return [*_responses_usage(response), Finish(_INCOMPLETE_REASONS.get(str(reason), "length"), _str(reason))]
+            finish = Finish(_INCOMPLETE_REASONS.get(str(reason), "length"), _str(reason))
+            return self._response_ended([*_responses_usage(response), finish])
         if kind == "response.failed":
-            error = response.get("error") or "the response failed"
-            return [_error_event(error), Finish("error")]
+            held = self._unresolved()  # the failure's own error says why; else the error event before it does
+            error = response.get("error")
+            return [*([_error_event(error)] if error else held or [_error_event("the response failed")]), Finish("error")]
         if kind == "error":
-            return [_error_event(data.get("error") if isinstance(data.get("error"), dict) else data)]
+            return self._error_reported(_error_event(_error_fields(data)))
         return []
 
     def _call_start(self, index: int, item: Mapping[str, Any]) -> list[Event]:
@@ -649,6 +708,8 @@ _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "len
 
 class MessagesStreamDecoder(SSEStreamDecoder[Event]):
     """Named events: message_start, content_block_delta, message_delta (usage, stop reason), message_stop."""
+
+    recovered: tuple[ErrorEvent, ...] = ()  # Anthropic's `error` event ends the stream
 
     def __init__(self) -> None:
         super().__init__()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 
 import pytest
 from hypothesis import given
@@ -12,10 +13,11 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from granite_magic import ConnectionDroppedError, GraniteClient, ProtocolError, Sampling, StreamError
 from granite_magic._events import Accumulator, ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, ToolCallDelta, UsageReport
-from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape
+from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, StreamDecoder, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY, run, shown
+from .hostile import HostileServer, Reply
 from .json_fuzz import paths as _paths
 from .json_fuzz import replaced as _replaced
 
@@ -102,12 +104,15 @@ def test_messages_stop_reasons_map_onto_the_common_set(reason: str, finish: str)
 
 
 def test_responses_incomplete_failed_and_error_events() -> None:
-    decoder = shape("responses").decoder()
-    incomplete = decoder.feed(sse((None, {"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}})))
+    incomplete = shape("responses").decoder().feed(sse((None, {"type": "response.incomplete",
+                                                               "response": {"incomplete_details": {"reason": "max_output_tokens"}}})))
     assert Finish("length", "max_output_tokens") in incomplete
-    failed = decoder.feed(sse((None, {"type": "response.failed", "response": {"error": {"code": "server_error", "message": "boom"}}})))
+    failed = shape("responses").decoder().feed(sse((None, {"type": "response.failed",
+                                                           "response": {"error": {"code": "server_error", "message": "boom"}}})))
     assert ErrorEvent("boom", "server_error", transient=True) in failed and Finish("error") in failed
-    assert decoder.feed(sse((None, {"type": "error", "code": 429, "message": "slow down"}))) == [ErrorEvent("slow down", 429, transient=True)]
+    decoder = shape("responses").decoder()
+    assert decoder.feed(sse((None, {"type": "error", "code": 429, "message": "slow down"}))) == []  # held until the stream ends
+    assert decoder.close() == [ErrorEvent("slow down", 429, transient=True)]
 
 
 def test_messages_error_and_tool_use_events() -> None:
@@ -273,3 +278,132 @@ def test_magic_streams_through_every_shape(ip: InteractiveShell, server: FakeOpe
 def test_api_needs_the_http_backend(ip: InteractiveShell) -> None:
     out = run(ip, "--api messages --backend local", "Hi")
     assert "--api messages needs the HTTP backend" in out.stderr
+
+
+# --- Responses: an error event the response recovers from, and rate limits nested under "error" --------
+#
+# The streams below are the ones other projects test against.  OpenRouter's TypeScript SDK
+# (tests/unit/stream-failed-error.test.ts, "an error event followed by a successful completion does not
+# throw") holds an `error` event and fails the reply only when the stream ends without a completed
+# response.  OpenAI's live API nests a rate limit's fields under `error` (openai-dotnet#881, goai#88), and a
+# nested object may carry only some of them (goai#89: the flat message stays).
+
+RECOVERED = [  # OpenRouter's SDK test, event for event
+    {"type": "error", "code": "server_error", "message": "transient blip, recovered", "param": None, "sequence_number": 0},
+    {"type": "response.output_text.delta", "delta": "Hello world", "item_id": "msg_1", "content_index": 0, "output_index": 0,
+     "logprobs": [], "sequence_number": 1},
+    {"type": "response.completed", "sequence_number": 2, "response": {
+        "id": "resp_1", "object": "response", "status": "completed", "model": "test-model", "error": None,
+        "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "Hello world", "annotations": []}]}]}},
+]
+CREATED = {"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "model": "test-model", "status": "in_progress"}}
+OPENAI_RATE_LIMIT = "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used 25265, Requested 8020. Please try again in 6.57s."
+
+# (SSE event name, payload) → the error the reply fails with: its message and code.
+RATE_LIMITS = {
+    "openai nested": ((None, {"type": "error", "sequence_number": 2, "error": {
+        "type": "tokens", "code": "rate_limit_exceeded", "message": OPENAI_RATE_LIMIT, "param": None,
+        "headers": {"x-ratelimit-reset-tokens": "50.529s"}}}), OPENAI_RATE_LIMIT, "rate_limit_exceeded"),
+    "numeric 429": ((None, {"type": "error", "sequence_number": 1, "error": {"code": 429, "message": "Rate limit exceeded: free-models-per-min"}}),
+                    "Rate limit exceeded: free-models-per-min", 429),
+    "429 as text": ((None, {"type": "error", "error": {"code": "429", "message": "Too Many Requests"}}), "Too Many Requests", 429),
+    "partly nested": ((None, {"type": "error", "code": None, "message": "slow down, please", "error": {"code": "rate_limit_exceeded", "message": ""}}),
+                      "slow down, please", "rate_limit_exceeded"),
+    "named event only": (("error", {"error": {"code": "rate_limit_exceeded", "message": "busy"}}), "busy", "rate_limit_exceeded"),
+}
+
+
+def decoded(stream: bytes, api: str = "responses") -> tuple[list[Event], StreamDecoder]:
+    decoder = shape(api).decoder()
+    return decoder.feed(stream) + decoder.close(), decoder
+
+
+def test_an_error_followed_by_the_completed_response_is_recovered_not_a_failure() -> None:
+    events, decoder = decoded(sse(*((None, e) for e in RECOVERED), (None, "[DONE]")))
+    assert not any(isinstance(e, ErrorEvent) for e in events)
+    acc = Accumulator()
+    for event in events:
+        acc.feed(event)
+    result = acc.result()
+    assert (result.text, result.ended, result.error, result.finish_reason) == ("Hello world", "complete", None, "stop")
+    assert decoder.recovered == [ErrorEvent("transient blip, recovered", "server_error", transient=True)]
+
+
+@pytest.mark.parametrize("end", ["[DONE]", None])
+def test_an_error_the_stream_never_recovers_from_fails_the_reply_at_its_end(end: str | None) -> None:
+    events, decoder = decoded(sse((None, CREATED), (None, {"type": "response.output_text.delta", "delta": "Hel"}),
+                                  (None, {"type": "error", "code": "server_error", "message": "mid-stream failure"}),
+                                  *([(None, end)] if end else [])))
+    assert [type(e) for e in events] == [ChunkMeta, TextDelta, ErrorEvent, *([Done] if end else [])]
+    assert events[2] == ErrorEvent("mid-stream failure", "server_error", transient=True)
+    assert decoder.recovered == []
+
+
+def test_an_incomplete_response_also_ends_an_earlier_error_and_a_failed_one_keeps_its_message() -> None:
+    error = (None, {"type": "error", "code": "server_error", "message": "blip"})
+    events, decoder = decoded(sse(error, (None, {"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}})))
+    assert events == [Finish("length", "max_output_tokens")] and decoder.recovered == [ErrorEvent("blip", "server_error", transient=True)]
+    events, _ = decoded(sse(error, (None, {"type": "response.failed", "response": {"status": "failed", "error": None}})))
+    assert events == [ErrorEvent("blip", "server_error", transient=True), Finish("error")]  # the failure says why, not "the response failed"
+
+
+@pytest.mark.parametrize("case", RATE_LIMITS)
+def test_a_rate_limit_nested_under_error_is_read_from_there_and_transient(case: str) -> None:
+    payload, message, code = RATE_LIMITS[case]
+    events, _ = decoded(sse((None, CREATED), payload))
+    assert events[-1] == ErrorEvent(message, code, transient=True)
+
+
+def test_a_failed_response_named_only_by_its_sse_event_is_read() -> None:
+    payload = {"response": {"error": {"message": "rate limited", "code": "rate_limit_exceeded"}}}  # goai's test stream
+    events, _ = decoded(sse(("response.failed", payload)))
+    assert events == [ErrorEvent("rate limited", "rate_limit_exceeded", transient=True), Finish("error")]
+
+
+# ... and the same streams from a real HTTP server on 127.0.0.1, through the client
+
+
+def responses_reply(*events: tuple[str | None, object]) -> Reply:
+    return Reply(pieces=[sse(event) for event in events])
+
+
+def test_a_recovered_stream_ends_complete_with_its_text_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with HostileServer() as server, caplog.at_level(logging.WARNING, logger="granite_magic"):
+        server.script(responses_reply(*((None, e) for e in RECOVERED), (None, "[DONE]")))
+        result = GraniteClient(base_url=server.base_url, api_key=TEST_KEY, api="responses", retry=FAST_RETRY).chat("hi")
+        assert len(server.chat_requests) == 1  # nothing was sent again
+    assert (result.text, result.ended, result.error, result.partial) == ("Hello world", "complete", None, False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "The provider reported an error but the reply finished, and it is kept: transient blip, recovered"]
+
+
+def test_an_error_never_followed_by_completion_fails_with_the_text_so_far() -> None:
+    with HostileServer() as server:
+        server.script(responses_reply((None, CREATED), (None, {"type": "response.output_text.delta", "delta": "Hel"}),
+                                      (None, {"type": "error", "code": "server_error", "message": "mid-stream failure"}), (None, "[DONE]")))
+        with pytest.raises(StreamError, match="during the reply: mid-stream failure") as info:
+            GraniteClient(base_url=server.base_url, api_key=TEST_KEY, api="responses", retry=FAST_RETRY).chat("hi")
+        assert len(server.chat_requests) == 1  # text had arrived: never sent twice
+    assert info.value.result is not None and (info.value.result.text, info.value.result.ended) == ("Hel", "failed")
+
+
+@pytest.mark.parametrize("case", RATE_LIMITS)
+def test_a_nested_rate_limit_before_the_first_token_is_retried_like_a_429(case: str) -> None:
+    payload, _, _ = RATE_LIMITS[case]
+    with HostileServer() as server:
+        server.script(responses_reply((None, CREATED), payload, (None, "[DONE]")),
+                      responses_reply((None, CREATED), *((None, e) for e in RECOVERED[1:]), (None, "[DONE]")))
+        result = GraniteClient(base_url=server.base_url, api_key=TEST_KEY, api="responses", retry=FAST_RETRY).chat("hi")
+        assert len(server.chat_requests) == 2
+    assert (result.text, result.ended) == ("Hello world", "complete")
+
+
+def test_a_nested_rate_limit_after_text_fails_with_its_own_message() -> None:
+    payload, message, code = RATE_LIMITS["openai nested"]
+    with HostileServer() as server:
+        server.script(responses_reply((None, CREATED), (None, {"type": "response.output_text.delta", "delta": "Hel"}), payload))
+        with pytest.raises(StreamError) as info:
+            GraniteClient(base_url=server.base_url, api_key=TEST_KEY, api="responses", retry=FAST_RETRY).chat("hi")
+        assert len(server.chat_requests) == 1
+    assert message in info.value.message and info.value.code == code

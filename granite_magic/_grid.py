@@ -19,6 +19,7 @@ from ._events import Progress
 from ._markdown import fenced, markdown_literal
 from ._render import METADATA_KEY, ThrottledOutput, live_status, live_text, status_line
 from ._result import Result
+from ._settings import UPDATES_PER_SECOND
 
 __all__ = ["GridView", "TerminalGridView", "comparison_bundle", "comparison_html", "comparison_markdown"]
 
@@ -110,7 +111,7 @@ def comparison_bundle(comp: Comparison) -> tuple[dict[str, Any], dict[str, Any]]
 class GridView(ThrottledOutput):
     """Columns streaming side by side in one widget."""
 
-    def __init__(self, title: str, labels: Sequence[str], *, rate: float = 15.0, embedded: bool = False) -> None:
+    def __init__(self, title: str, labels: Sequence[str], *, rate: float = UPDATES_PER_SECOND, embedded: bool = False) -> None:
         super().__init__(rate=rate, embedded=embedded)
         self.title = title
         self.labels = list(labels)

@@ -13,13 +13,15 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ._errors import InvalidParameterError
 
 __all__ = [
+    "APIS",
     "PARAMETERS",
     "TARGETS",
+    "Api",
     "Param",
     "Sampling",
     "WireTarget",
@@ -28,8 +30,10 @@ __all__ = [
 ]
 
 # Where a request goes: the three HTTP API shapes and llama.cpp in this process.
-WireTarget = Literal["chat", "responses", "messages", "llama_cpp"]
-TARGETS: tuple[WireTarget, ...] = ("chat", "responses", "messages", "llama_cpp")
+Api = Literal["chat", "responses", "messages"]
+APIS: tuple[Api, ...] = get_args(Api)
+WireTarget = Literal[Api, "llama_cpp"]
+TARGETS: tuple[WireTarget, ...] = get_args(WireTarget)
 
 
 @dataclass(frozen=True)

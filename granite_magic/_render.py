@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._events import Progress
 from ._markdown import extract_code, fenced, markdown_literal, safe_markdown
 from ._result import Result, json_ready
+from ._settings import UPDATES_PER_SECOND
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -163,7 +164,7 @@ class ThrottledOutput:
 
     STATUS_EVERY_S = 0.25  # refresh for the clock alone this often when no text arrives
 
-    def __init__(self, *, rate: float = 15.0, embedded: bool = False) -> None:
+    def __init__(self, *, rate: float = UPDATES_PER_SECOND, embedded: bool = False) -> None:
         import ipywidgets
 
         self.interval = 1.0 / rate
@@ -227,7 +228,7 @@ class ThrottledOutput:
 class WidgetView(ThrottledOutput):
     """One reply streaming as Markdown (made safe), with a status line (and, with tools, a line per call)."""
 
-    def __init__(self, title: str, *, rate: float = 15.0, embedded: bool = False) -> None:
+    def __init__(self, title: str, *, rate: float = UPDATES_PER_SECOND, embedded: bool = False) -> None:
         super().__init__(rate=rate, embedded=embedded)
         self.title = title
         self.lines: list[str] = []  # what the tool loop did so far: "calling convert(amount=120)", "  → 14400.0"

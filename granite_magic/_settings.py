@@ -1,50 +1,78 @@
 """Defaults and the environment, read in one place.
 
-``Settings.from_env()`` is the only code that reads ``GRANITE_*`` variables (the
-API key is read where a client is made, and kept in a ``Secret``).  A session
-holds one ``Settings``; the magic's ``%config`` traits replace it when they
-change.  Every default a user can see is written here once.
+``Settings.from_env()`` is the only code that reads the ``GRANITE_*`` variables a
+setting names (the API key is read where a client is made, and kept in a
+``Secret``; the local backend reads its own ``GRANITE_LOCAL_*``).  A session
+holds one ``Settings``; the magic's ``%config`` traits are made from its fields
+(their help and environment variable are the fields' metadata) and replace it
+when they change.  Every default a user can see is written here once.
+
+Loading the extension imports this module (the traits), so it stays light: the
+API shapes and the cache are imported when a ``Settings`` is checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._errors import InvalidParameterError
-from ._params import Sampling
-from ._shapes import Api, shape
+from ._params import Api, Sampling
 
-__all__ = ["BACKENDS", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "Backend", "Settings"]
+if TYPE_CHECKING:
+    from ._cache import CacheMode
+
+__all__ = ["BACKENDS", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "UPDATES_PER_SECOND", "Backend", "Settings", "configurable"]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_MODEL = "ibm-granite/granite-4.0-h-micro"
+UPDATES_PER_SECOND = 15.0  # most widget refreshes a second while streaming
 
 Backend = Literal["auto", "http", "local"]
-BACKENDS: tuple[Backend, ...] = ("auto", "http", "local")
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+
+def _setting(help: str, *, env: str | None = None, config: bool = True) -> dict[str, Any]:
+    """A field's metadata: its ``%config`` help, the ``GRANITE_*`` variable that fills it when ``%config`` leaves
+    it unset, and whether it is a ``%config`` trait at all."""
+    return {"help": help, "env": env, "config": config}
 
 
 @dataclass(frozen=True)
 class Settings:
-    base_url: str = DEFAULT_BASE_URL
-    model: str = DEFAULT_MODEL
-    backend: Backend = "auto"
-    api: Api = "chat"
-    read_timeout_s: float = 60.0  # no new event for this long: the stream has stalled
-    connect_timeout_s: float = 10.0
-    timeout_s: float | None = None  # an overall limit on one reply (None: none)
-    concurrency: int = 4  # comparison columns streaming at once
-    updates_per_second: float = 15.0  # most widget refreshes while streaming
-    local_instances: int = 1  # llama.cpp copies loaded to serve comparison columns at once
-    default_params: Sampling = field(default_factory=Sampling)
-    budget_usd: float | None = None  # what the session may spend in all (None: no limit)
-    strict: bool = False  # OpenRouter: use only providers that honour every parameter sent (provider.require_parameters)
-    cache: str = "off"  # record and replay: off, auto (serve hits, record misses), record, replay
-    cache_dir: str = ".granite-cache"  # beside the notebook: the kernel's working directory
+    base_url: str = field(default=DEFAULT_BASE_URL, metadata=_setting("Default base URL", env="GRANITE_BASE_URL"))
+    model: str = field(default=DEFAULT_MODEL, metadata=_setting("Default model id", env="GRANITE_MODEL"))
+    backend: Backend = field(default="auto", metadata=_setting(
+        "auto (http with a key or a base URL, else local), http (OpenRouter or base_url) or local (llama.cpp)",
+        env="GRANITE_BACKEND"))
+    api: Api = field(default="chat", metadata=_setting("HTTP request format: chat, responses or messages"))
+    read_timeout_s: float = field(default=60.0, metadata=_setting(
+        "Seconds without a new event before a stream counts as stalled"))
+    connect_timeout_s: float = field(default=10.0, metadata=_setting("Seconds to connect", config=False))
+    timeout_s: float | None = field(default=None, metadata=_setting("Seconds a whole reply may take (None: no limit)"))
+    concurrency: int = field(default=4, metadata=_setting("Comparison columns streaming at once"))
+    updates_per_second: float = field(default=UPDATES_PER_SECOND, metadata=_setting(
+        "Most widget refreshes per second while streaming"))
+    local_instances: int = field(default=1, metadata=_setting(
+        "Local model copies loaded to serve comparison columns at once"))
+    default_params: Sampling = field(default_factory=Sampling, metadata=_setting(
+        "Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}"))
+    budget_usd: float | None = field(default=None, metadata=_setting(
+        "What this kernel may spend in all, in USD", env="GRANITE_BUDGET_USD"))
+    strict: bool = field(default=False, metadata=_setting(
+        "OpenRouter: only providers that honour every parameter sent (provider.require_parameters)"))
+    cache: CacheMode = field(default="off", metadata=_setting(
+        "Record and replay: off, auto (serve recordings, record the rest), record or replay", env="GRANITE_CACHE"))
+    cache_dir: str = field(default=".granite-cache", metadata=_setting(
+        "Where recordings live, beside the notebook (the kernel's working directory)", env="GRANITE_CACHE_DIR"))
 
     def __post_init__(self) -> None:
+        from ._cache import check_mode
+        from ._shapes import shape
+
         check_backend(self.backend)
         object.__setattr__(self, "base_url", check_base_url(self.base_url))
         shape(self.api)
@@ -52,8 +80,6 @@ class Settings:
             _positive(name, getattr(self, name))
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
-        from ._cache import check_mode
-
         check_mode(self.cache)
         if self.budget_usd is not None and not self.budget_usd >= 0:
             raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a number >= 0")
@@ -63,16 +89,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the ``GRANITE_*`` environment (base URL, model, backend, budget, cache, cache dir), then ``overrides``."""
+        """Defaults, then the ``GRANITE_*`` environment (each field's ``env``), then ``overrides``."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {
-            "base_url": env.get("GRANITE_BASE_URL") or DEFAULT_BASE_URL,
-            "model": env.get("GRANITE_MODEL") or DEFAULT_MODEL,
-            "backend": env.get("GRANITE_BACKEND") or "auto",
-            "budget_usd": _number("GRANITE_BUDGET_USD", env.get("GRANITE_BUDGET_USD")),
-            "cache": env.get("GRANITE_CACHE") or "off",
-            "cache_dir": env.get("GRANITE_CACHE_DIR") or ".granite-cache",
-        }
+        values: dict[str, Any] = {}
+        for each in dataclasses.fields(cls):
+            name = each.metadata.get("env")
+            if name and env.get(name):
+                values[each.name] = _number(name, env[name]) if each.type == "float | None" else env[name]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -115,3 +138,8 @@ def _number(name: str, text: str | None) -> float | None:
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise InvalidParameterError(f"{name}={value!r} is out of range: must be a number > 0")
+
+
+def configurable() -> list[dataclasses.Field[Any]]:
+    """The fields a ``%config`` trait sets, in order."""
+    return [each for each in dataclasses.fields(Settings) if each.metadata["config"]]

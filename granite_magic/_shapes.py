@@ -27,11 +27,11 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from ._errors import InvalidParameterError, ProtocolError, is_transient
 from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
-from ._params import Sampling
+from ._params import Api, Sampling
 from ._result import Usage
 from ._schema import JsonSchema
 from ._sse import ServerSentEvent, SSEStreamDecoder
@@ -41,8 +41,6 @@ from ._tools import TOOL_NAME, Tool
 __all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
            "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "tool_choice_for",
            "tools_for"]
-
-Api = Literal["chat", "responses", "messages"]
 
 # The Messages API requires max_tokens; this is sent when the user set none (and shown by --dry-run).
 MESSAGES_DEFAULT_MAX_TOKENS = 4096

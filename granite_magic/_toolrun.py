@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator, ParsedCall
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
 
 ToolMode = Literal["native", "prompted", "auto"]
-TOOL_MODES: tuple[ToolMode, ...] = ("native", "prompted", "auto")
+TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
 MAX_STEPS = 5
 
 

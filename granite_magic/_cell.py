@@ -1,125 +1,258 @@
-"""The ``%%granite`` grammar, in both directions.
+"""The ``%%granite`` grammar, in both directions, from one table.
 
-``parse_cell`` turns a cell's option line and body into a ``CellRequest`` (every
-value validated here, once); ``to_cell`` writes a ``CellRequest`` back as cell
-text, which is how the panel's "Copy as cell" spells exactly the request it
-would send.  The parser is built from two tables, ``OPTIONS`` and the
-parameter table, and ``%%granite?`` help is generated from the parser.
+Every option is an ``Option`` row: its flags and help, where its value goes in a
+``CellRequest`` (``into``), how a parsed value becomes that value (``read``) and
+how that value is written back as words (``spell``).  ``parse_cell`` walks the
+table to turn a cell into a ``CellRequest`` (every value validated here, once);
+``to_cell`` walks the same table to write a ``CellRequest`` back as cell text,
+which is how the panel's "Copy as cell" spells exactly the request it would
+send.  The sampling parameters are rows made from the parameter table, and the
+options of ``%%granite?`` help are written from the rows too.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import functools
 import json
 import keyword
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from IPython.core.error import UsageError
-from IPython.core.magic_arguments import MagicArgumentParser
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from . import _params
 from ._errors import InvalidParameterError
-from ._params import Param, Sampling, get_param
+from ._params import Param, Sampling
 
 if TYPE_CHECKING:
+    from IPython.core.magic_arguments import MagicArgumentParser
+
     from ._comparison import RunSpec
     from ._session import Turn
+    from ._toolrun import ToolMode
     from ._tools import Tool
 
-# Loading the extension builds the parser and its help from this module: the session,
-# the client and asyncio are imported by the first cell, not here.
+# Loading the extension imports this module and writes the help from its table: the argument parser is
+# built by the first cell, and the session, the client and asyncio are imported then (or by the warm-up).
 
-__all__ = ["FORMATS", "OPTIONS", "CellRequest", "Option", "build_help", "build_parser", "interpolate", "parse_cell", "to_cell"]
+__all__ = ["FORMATS", "CellRequest", "Option", "Reading", "build_help", "build_parser", "grammar", "interpolate", "options",
+           "parse_cell", "to_cell"]
 
 Format = Literal["markdown", "text", "code", "json"]
-FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "json")
+FORMATS: tuple[Format, ...] = get_args(Format)
+
+Spelled = Sequence[Sequence[str]]  # the words after the flag, once per occurrence of the option (none: left out)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What reading a cell's options may look at besides the options."""
+
+    namespace: Mapping[str, Any]
+    cwd: Path
+    history: Sequence[str] | None = None  # the cells as typed, this one last (for --cell)
+
+
+def _as_is(value: Any, reading: Reading) -> Any:
+    return value
+
+
+def _word(value: Any) -> Spelled:
+    return [[str(value)]]
+
+
+def _number(value: float) -> Spelled:
+    return [[repr(value)]]
+
+
+def _switch(value: bool) -> Spelled:
+    return [[]] if value else []
+
+
+def _joined(values: Sequence[Any]) -> Spelled:
+    return [[",".join(map(str, values))]]
 
 
 @dataclass(frozen=True)
 class Option:
-    """One option of ``%%granite`` besides the sampling parameters (those come from ``PARAMETERS``)."""
+    """One ``%%granite`` option.
+
+    ``into`` is where its value goes in a ``CellRequest``, a dotted path: ``"out"``, ``"turn.model"``,
+    ``"turn.sampling.top_p"``.  ``read`` turns the value argparse gives into that value; ``spell`` turns that
+    value back into the words after the flag (``to_cell`` leaves out a value equal to the path's default).
+    ``covers`` names the sampling parameters the option's words stand for, which are then not written twice.
+    """
 
     flags: tuple[str, ...]
+    into: str
     help: str
     metavar: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # argparse's action, choices, type, nargs, const, default
+    settings: Mapping[str, Any] = field(default_factory=dict)  # argparse's action, choices, type, nargs, const, default
+    read: Callable[[Any, Reading], Any] = _as_is
+    spell: Callable[[Any], Spelled] = _word
+    covers: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
         return self.flags[-1].lstrip("-").replace("-", "_")
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(("-m", "--model"), "model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)", "ID"),
-    Option(("-s", "--system"), "system prompt", "TEXT"),
-    Option(("--base-url",), "an OpenAI-compatible API (default OpenRouter, env GRANITE_BASE_URL)", "URL"),
-    Option(("--backend",), "http (OpenRouter or --base-url), local (llama.cpp here: pip install 'granite-magic[local]'), "
-           "or auto (default, env GRANITE_BACKEND): http with a key or base URL, else local", None,
-           {"choices": ("auto", "http", "local")}),
-    Option(("--api",), "HTTP request format: OpenAI chat completions (default), OpenAI Responses, or Anthropic Messages",
-           None, {"choices": ("chat", "responses", "messages")}),
-    Option(("-o", "--out"), "store the Result (or Comparison) in variable NAME", "NAME"),
-    Option(("-f", "--format"), "markdown (default), text, code (fences stripped), json (parsed)", None,
-           {"choices": FORMATS, "default": "markdown"}),
-    Option(("--chat",), 'continue conversation NAME (default "default"); otherwise every cell is stateless', "NAME",
-           {"nargs": "?", "const": "default"}),
-    Option(("--seeds",), "side by side over seeds: 1,2,3 or 1-4", "SEEDS"),
-    Option(("--sweep",), "side by side over a parameter's values, e.g. temperature=0,0.7,1.4 (repeatable, one per parameter; "
-           "combines with --seeds)", "NAME=V1,V2", {"action": "append"}),
-    Option(("--repeat",), "run every column N times and report whether repeats were identical", "N", {"type": int, "default": 1}),
-    Option(("--concurrency",), "columns streaming at once (default 4)", "N", {"type": int}),
-    Option(("--probs",), "token probabilities: the K (1 to 20) most likely alternatives of every token, shaded in the reply, "
-           "with a sampler lens under it (sets --logprobs and --top-logprobs)", "K", {"type": int}),
-    Option(("--timeout",), "stop a reply that takes longer than S seconds in all (default: no limit)", "S", {"type": float}),
-    Option(("--context",), "describe these variables to the model (DataFrames, arrays, collections, text) in a context block",
-           "NAME[,NAME]"),
-    Option(("--docs",), "give the model these files as documents (text, Markdown, code, notebooks; globs allowed)", "PATH[,PATH]"),
-    Option(("--cell",), "include the source (and output) of cell In[N]; -1 is the cell before this one", "N", {"type": int}),
-    Option(("--tools",), "let the model call these functions of the notebook (their schemas come from signatures and "
-           "docstrings); the calls run here and their results go back to the model", "NAME[,NAME]"),
-    Option(("--tool-mode",), "native (the API's tools), prompted (Granite's <tool_call> convention in the system message), "
-           "or auto (default: native when the model's listing names tools)", None, {"choices": ("native", "prompted", "auto")}),
-    Option(("--approve",), "ask before running each tool call (y/N in the input prompt under the cell)", None, {"action": "store_true"}),
-    Option(("--max-steps",), "at most N requests in a tool-using turn (default 5)", "N", {"type": int}),
-    Option(("--strict",), "OpenRouter: route only to providers that honour every parameter sent (none found: a clear error)",
-           None, {"action": "store_true"}),
-    Option(("--cache",), "record and replay: off, auto (serve recordings, record the rest), record, replay (never send)",
-           None, {"choices": ("off", "auto", "record", "replay")}),
-    Option(("--pace",), "a replay streams instantly (default) or at the recorded pace (original)", None,
-           {"choices": ("instant", "original")}),
-    Option(("--verify",), "run live and compare each reply with its recording (drift across days and machines; replay mode: not checked)", None,
-           {"action": "store_true"}),
-    Option(("--dry-run",), "show the exact request; send nothing", None, {"action": "store_true"}),
-    Option(("--no-interpolate",), "send {name} literally instead of the value of variable name", None, {"action": "store_true"}),
-)
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def build_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(  # type: ignore[no-untyped-call]
-        prog="%%granite", add_help=False, description="Send the cell to Granite and stream the reply."
+def _seeds(text: str, reading: Reading) -> tuple[int, ...]:
+    from ._comparison import parse_seeds
+
+    return tuple(parse_seeds(text))
+
+
+def _sweeps(texts: Sequence[str], reading: Reading) -> dict[str, list[Any]]:
+    from ._comparison import parse_sweeps
+
+    return parse_sweeps(texts)
+
+
+def _sweep_words(sweeps: Mapping[str, Sequence[Any]]) -> Spelled:
+    return [[f"{name}=" + ",".join(map(repr, values))] for name, values in sweeps.items()]
+
+
+def _probs(k: int, reading: Reading) -> Sampling:
+    if not 1 <= k <= 20:
+        raise InvalidParameterError(f"--probs {k} is out of range: must be an integer from 1 to 20")
+    return Sampling({"logprobs": True, "top_logprobs": k})
+
+
+def _probs_words(sampling: Mapping[str, Any]) -> Spelled:
+    k = sampling.get("top_logprobs")
+    return [[str(k)]] if sampling.get("logprobs") is True and k else []
+
+
+def _timeout(value: float, reading: Reading) -> float:
+    if not value > 0:
+        raise InvalidParameterError(f"--timeout {value:g} is out of range: must be a number of seconds > 0")
+    return value
+
+
+def _tools(text: str, reading: Reading) -> tuple[Tool, ...]:
+    from ._tools import resolve_tools
+
+    return tuple(resolve_tools(_names(text), reading.namespace))
+
+
+def _chat_words(name: str) -> Spelled:
+    return [[]] if name == "default" else [[name]]
+
+
+@functools.cache
+def options() -> tuple[Option, ...]:
+    """The options besides the sampling parameters (the first call imports the modules that name their choices)."""
+    from ._cache import CACHE_MODES, PACES
+    from ._settings import BACKENDS
+    from ._toolrun import MAX_STEPS, TOOL_MODES
+
+    return (
+        Option(("-m", "--model"), "turn.model", "model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)", "ID"),
+        Option(("-s", "--system"), "turn.system", "system prompt", "TEXT"),
+        Option(("--base-url",), "turn.base_url", "an OpenAI-compatible API (default OpenRouter, env GRANITE_BASE_URL)", "URL"),
+        Option(("--backend",), "turn.backend", "http (OpenRouter or --base-url), local (llama.cpp here: pip install "
+               "'granite-magic[local]'), or auto (default, env GRANITE_BACKEND): http with a key or base URL, else local", None,
+               {"choices": BACKENDS}),
+        Option(("--api",), "turn.api", "HTTP request format: OpenAI chat completions (default), OpenAI Responses, or "
+               "Anthropic Messages", None, {"choices": _params.APIS}),
+        Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
+        Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
+               {"choices": FORMATS, "default": "markdown"}),
+        Option(("--chat",), "turn.chat", 'continue conversation NAME (default "default"); otherwise every cell is stateless',
+               "NAME", {"nargs": "?", "const": "default"}, spell=_chat_words),
+        Option(("--seeds",), "seeds", "side by side over seeds: 1,2,3 or 1-4", "SEEDS", read=_seeds, spell=_joined,
+               covers=("seed",)),  # every column's seed comes from --seeds
+        Option(("--sweep",), "sweeps", "side by side over a parameter's values, e.g. temperature=0,0.7,1.4 (repeatable, one "
+               "per parameter; combines with --seeds)", "NAME=V1,V2", {"action": "append"}, read=_sweeps, spell=_sweep_words),
+        Option(("--repeat",), "repeat", "run every column N times and report whether repeats were identical", "N",
+               {"type": int, "default": 1}),
+        Option(("--concurrency",), "concurrency", "columns streaming at once (default 4)", "N", {"type": int}),
+        Option(("--probs",), "turn.sampling", "token probabilities: the K (1 to 20) most likely alternatives of every token, "
+               "shaded in the reply, with a sampler lens under it (sets --logprobs and --top-logprobs)", "K", {"type": int},
+               read=_probs, spell=_probs_words, covers=("logprobs", "top_logprobs")),
+        Option(("--timeout",), "turn.timeout_s", "stop a reply that takes longer than S seconds in all (default: no limit)", "S",
+               {"type": float}, read=_timeout, spell=_number),
+        Option(("--context",), "context", "describe these variables to the model (DataFrames, arrays, collections, text) in a "
+               "context block", "NAME[,NAME]", read=lambda text, reading: _names(text), spell=_joined),
+        Option(("--docs",), "docs", "give the model these files as documents (text, Markdown, code, notebooks; globs allowed)",
+               "PATH[,PATH]", read=lambda text, reading: _names(text), spell=_joined),
+        Option(("--cell",), "cell", "include the source (and output) of cell In[N]; -1 is the cell before this one", "N",
+               {"type": int}),
+        Option(("--tools",), "tools", "let the model call these functions of the notebook (their schemas come from signatures "
+               "and docstrings); the calls run here and their results go back to the model", "NAME[,NAME]", read=_tools,
+               spell=lambda tools: _joined([tool.name for tool in tools])),
+        Option(("--tool-mode",), "tool_mode", "native (the API's tools), prompted (Granite's <tool_call> convention in the "
+               "system message), or auto (default: native when the model's listing names tools)", None,
+               {"choices": TOOL_MODES, "default": "auto"}),
+        Option(("--approve",), "approve", "ask before running each tool call (y/N in the input prompt under the cell)", None,
+               {"action": "store_true"}, spell=_switch),
+        Option(("--max-steps",), "max_steps", f"at most N requests in a tool-using turn (default {MAX_STEPS})", "N",
+               {"type": int}),
+        Option(("--strict",), "turn.strict", "OpenRouter: route only to providers that honour every parameter sent (none "
+               "found: a clear error)", None, {"action": "store_true"}, read=lambda on, reading: True if on else None,
+               spell=_switch),
+        Option(("--cache",), "turn.cache", "record and replay: off, auto (serve recordings, record the rest), record, replay "
+               "(never send)", None, {"choices": CACHE_MODES}),
+        Option(("--pace",), "turn.pace", "a replay streams instantly (default) or at the recorded pace (original)", None,
+               {"choices": PACES, "default": "instant"}),
+        Option(("--verify",), "turn.verify", "run live and compare each reply with its recording (drift across days and "
+               "machines; replay mode: not checked)", None, {"action": "store_true"}, spell=_switch),
+        Option(("--dry-run",), "dry_run", "show the exact request; send nothing", None, {"action": "store_true"}, spell=_switch),
+        Option(("--no-interpolate",), "literal", "send {name} literally instead of the value of variable name", None,
+               {"action": "store_true"}, spell=_switch),
     )
-    for option in OPTIONS:
-        settings: dict[str, Any] = dict(option.settings)
-        if option.metavar:
-            settings["metavar"] = option.metavar
-        parser.add_argument(*option.flags, dest=option.dest, help=option.help, **settings)
-    for param in _params.PARAMETERS:
-        extra: dict[str, Any] = {"action": "append"} if param.kind == "stop" else {}
-        parser.add_argument(param.option, dest=param.name, metavar=param.kind.upper(), help=_param_help(param), **extra)
-    return parser
+
+
+
+def _param_option(param: Param) -> Option:
+    return Option((param.option,), f"turn.sampling.{param.name}", _param_help(param), param.kind.upper(),
+                  {"action": "append"} if param.kind == "stop" else {}, spell=functools.partial(_param_words, param))
 
 
 def _param_help(param: Param) -> str:
     return f"{param.help} Range: {param.range_text}; when not sent: {param.default_text}."
 
 
+def _param_words(param: Param, value: Any) -> Spelled:
+    if param.kind == "stop":
+        return [[sequence] for sequence in value]
+    if param.kind == "logit_bias":
+        return [[json.dumps({str(k): v for k, v in value.items()})]]
+    if param.kind == "bool":
+        return [["true" if value else "false"]]
+    return [[value if isinstance(value, str) else repr(value)]]
+
+
+def grammar() -> tuple[Option, ...]:
+    """Every option of ``%%granite``: ``options()``, then one per row of the parameter table."""
+    return (*options(), *map(_param_option, _params.PARAMETERS))
+
+
+def build_parser() -> MagicArgumentParser:
+    from IPython.core.magic_arguments import MagicArgumentParser
+
+    parser = MagicArgumentParser(  # type: ignore[no-untyped-call]
+        prog="%%granite", add_help=False, description="Send the cell to Granite and stream the reply."
+    )
+    for option in grammar():
+        settings: dict[str, Any] = dict(option.settings)
+        if option.metavar:
+            settings["metavar"] = option.metavar
+        parser.add_argument(*option.flags, dest=option.dest, help=option.help, **settings)
+    return parser
+
+
 def build_help(parser: MagicArgumentParser | None = None) -> str:
-    """``%%granite?``: every option as the parser knows it, then the line magic's subcommands."""
+    """``%%granite?``'s options: every option as the parser knows it (the front end adds its own sections)."""
     parser = parser or build_parser()
     sampling = {p.name for p in _params.PARAMETERS}
     rows: dict[bool, list[str]] = {False: [], True: []}
@@ -131,19 +264,7 @@ def build_help(parser: MagicArgumentParser | None = None) -> str:
         "Send the cell to Granite and stream the reply.", "",
         "%%granite [options]", "<prompt; {name} is replaced by the value of variable name>", "",
         "Options:", *rows[False], "",
-        "Sampling parameters (only those you set are sent; --stop may repeat):", *rows[True], "",
-        "Line magic:",
-        "  %granite models             context length, prices and supported parameters",
-        "  %granite panel [PROMPT]     a widget panel: every parameter, presets, Run/Stop, seed comparison",
-        "  %granite history [NAME]     show a conversation (all if no name)",
-        "  %granite reset [NAME]       forget a conversation (all if no name)",
-        "  %granite key                ask for the API key (hidden; kept for this kernel only)",
-        "  %granite last               the last result",
-        "  %granite usage              what this kernel's runs cost (granite_magic.usage() for a DataFrame)",
-        "  %granite credits            the key's remaining credit and limit (OpenRouter)",
-        "  %granite probe [MODEL]      measure which parameters the provider really honours", "",
-        "Defaults: %config GraniteMagics.<name> for model, base_url, backend, api, default_params, concurrency,",
-        "          updates_per_second, read_timeout, timeout, local_instances, live, budget_usd",
+        "Sampling parameters (only those you set are sent; --stop may repeat):", *rows[True],
     ])
 
 
@@ -192,9 +313,13 @@ class CellRequest:
     literal: bool = False  # --no-interpolate: the prompt is sent as written
     warnings: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()
-    tool_mode: str = "auto"
+    tool_mode: ToolMode = "auto"
     approve: bool = False
     max_steps: int | None = None
+    # What the cell points at, as written (the turn holds what they say: its context block and documents).
+    context: tuple[str, ...] = ()  # --context: variable names
+    docs: tuple[str, ...] = ()  # --docs: paths and globs, from the working directory
+    cell: int | None = None  # --cell: an earlier cell's number
 
     @property
     def is_grid(self) -> bool:
@@ -215,10 +340,10 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     ``defaults`` (``%config GraniteMagics.default_params``) are sent unless the cell sets them; ``cwd`` is where
     ``--docs`` paths start, and ``history`` the cells as typed, this one last (for ``--cell``).
     """
-    from ._comparison import parse_seeds, parse_sweeps
+    from IPython.core.error import UsageError
+
     from ._context import load_documents
     from ._session import Turn
-    from ._tools import resolve_tools
 
     try:
         words = shlex.split(line)
@@ -228,63 +353,44 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
         args = (parser or build_parser()).parse_args(words)
     except UsageError as exc:
         raise InvalidParameterError(f"{exc} (see %%granite? for the options)") from None
-    prompt = cell if args.no_interpolate else interpolate(cell, namespace)
+    reading = Reading(namespace, cwd or Path.cwd(), history)
+    values: dict[str, Any] = {}
+    for option in grammar():
+        value = getattr(args, option.dest)
+        if value is not None:
+            values[option.into] = option.read(value, reading)
+
+    sampled = {path.removeprefix("turn.sampling."): values.pop(path) for path in list(values) if path.startswith("turn.sampling.")}
+    sampling = (defaults or Sampling()) | Sampling(sampled) | values.pop("turn.sampling", Sampling())
+    fields = {path.removeprefix("turn."): values.pop(path) for path in list(values) if path.startswith("turn.")}
+    prompt = cell if values.get("literal") else interpolate(cell, namespace)
     if not prompt.strip():
         raise InvalidParameterError("the cell has no prompt: write it on the lines below %%granite")
-    request = CellRequest(
-        turn=Turn(prompt=prompt.strip("\n"), system=args.system, model=args.model, base_url=args.base_url,
-                  sampling=(defaults or Sampling()) | Sampling({p.name: getattr(args, p.name) for p in _params.PARAMETERS})
-                  | _probs(args.probs),
-                  chat=args.chat, backend=args.backend, api=args.api, timeout_s=_timeout(args.timeout),
-                  context=_context(args, namespace, cwd or Path.cwd(), history),
-                  documents=tuple(load_documents(_names(args.docs), base=cwd or Path.cwd())) if args.docs else (),
-                  cache=args.cache, pace=args.pace or "instant", verify=args.verify, strict=True if args.strict else None),
-        seeds=tuple(parse_seeds(args.seeds)) if args.seeds else (),
-        sweeps=parse_sweeps(args.sweep or ()),
-        repeat=args.repeat, concurrency=args.concurrency, out=args.out, format=args.format,
-        dry_run=args.dry_run, literal=args.no_interpolate, warnings=_out_warnings(args.out),
-        tools=tuple(resolve_tools(_names(args.tools), namespace)) if args.tools else (),
-        tool_mode=args.tool_mode or "auto", approve=args.approve, max_steps=args.max_steps,
-    )
+    docs = values.get("docs", ())
+    turn = Turn(prompt=prompt.strip("\n"), sampling=sampling, context=_context(values.get("context", ()), values.get("cell"), reading),
+                documents=tuple(load_documents(docs, base=reading.cwd)) if docs else (), **fields)
+    request = CellRequest(turn=turn, warnings=_out_warnings(values.get("out")), **values)
     _check_grid(request)
     return request
 
 
-def _context(args: Any, namespace: Mapping[str, Any], cwd: Path, history: Sequence[str] | None) -> str | None:
-    """The system-side block of what the cell points at: variables, documents, earlier cells."""
+def _context(names: Sequence[str], cell: int | None, reading: Reading) -> str | None:
+    """The system-side block of what the cell points at: variables and an earlier cell."""
     from ._context import cell_source, context_block
 
+    namespace = reading.namespace
     blocks = []
-    if args.context:
-        names = _names(args.context)
+    if names:
         missing = [name for name in names if name not in namespace]
         if missing:
             raise InvalidParameterError(f"--context names {', '.join(missing)}, which this notebook does not define")
         blocks.append(context_block([(name, namespace[name]) for name in names]))
 
-    if args.cell is not None:
-        typed = history if history is not None else namespace.get("In") or []
+    if cell is not None:
+        typed = reading.history if reading.history is not None else namespace.get("In") or []
         blocks.append("The user points at this notebook cell:\n"
-                      + cell_source(typed, namespace.get("Out") or {}, args.cell))  # the running cell is the last entry
+                      + cell_source(typed, namespace.get("Out") or {}, cell))  # the running cell is the last entry
     return "\n\n".join(b for b in blocks if b) or None
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _probs(k: int | None) -> Sampling:
-    if k is None:
-        return Sampling()
-    if not 1 <= k <= 20:
-        raise InvalidParameterError(f"--probs {k} is out of range: must be an integer from 1 to 20")
-    return Sampling({"logprobs": True, "top_logprobs": k})
-
-
-def _timeout(value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise InvalidParameterError(f"--timeout {value:g} is out of range: must be a number of seconds > 0")
-    return value
 
 
 def _check_grid(request: CellRequest) -> None:
@@ -309,52 +415,33 @@ def _out_warnings(name: str | None) -> tuple[str, ...]:
 
 
 def to_cell(request: CellRequest) -> str:
-    """The cell text that asks for exactly ``request`` (the inverse of ``parse_cell``)."""
-    turn = request.turn
+    """The cell text that asks for exactly ``request``: ``parse_cell`` of it gives ``request`` back.
+
+    Each option of the table writes its value unless it is the default; a prompt with braces is sent as
+    written (``--no-interpolate``), since a ``CellRequest`` holds it already interpolated.
+    """
+    from ._session import Turn
+
+    blank = CellRequest(Turn(""))
+    if "{" in request.turn.prompt:
+        request = dataclasses.replace(request, literal=True)
     words: list[str] = []
-    for flag, value in (("-m", turn.model), ("-s", turn.system), ("--base-url", turn.base_url),
-                        ("--backend", turn.backend), ("--api", turn.api), ("-o", request.out)):
-        if value:
-            words += [flag, value]
-    sampling = dict(turn.sampling)
-    if sampling.get("logprobs") is True and sampling.get("top_logprobs"):
-        del sampling["logprobs"]
-        words += ["--probs", str(sampling.pop("top_logprobs"))]
-    for name, value in sampling.items():
-        if name == "seed" and request.seeds:
-            continue  # every column's seed comes from --seeds
-        words += _param_words(get_param(name), value)
-    if request.seeds:
-        words += ["--seeds", ",".join(map(str, request.seeds))]
-    for name, values in request.sweeps.items():
-        words += ["--sweep", f"{name}=" + ",".join(map(repr, values))]
-    if request.repeat != 1:
-        words += ["--repeat", str(request.repeat)]
-    if request.concurrency is not None:
-        words += ["--concurrency", str(request.concurrency)]
-    if turn.timeout_s is not None:
-        words += ["--timeout", repr(turn.timeout_s)]
-    words += ["--cache", turn.cache] if turn.cache else []
-    words += ["--pace", turn.pace] if turn.pace != "instant" else []
-    words += ["--verify"] if turn.verify else []
-    words += ["--strict"] if turn.strict else []
-    if request.format != "markdown":
-        words += ["-f", request.format]
-    if request.tools:
-        words += ["--tools", ",".join(tool.name for tool in request.tools)]
-        words += ["--tool-mode", request.tool_mode] if request.tool_mode != "auto" else []
-        words += ["--approve"] if request.approve else []
-        words += ["--max-steps", str(request.max_steps)] if request.max_steps is not None else []
-    if "{" in turn.prompt:
-        words.append("--no-interpolate")
-    return " ".join(["%%granite", *(shlex.quote(w) for w in words)]) + "\n" + turn.prompt
+    covered: set[str] = set()
+    for option in grammar():
+        if option.into in covered:
+            continue
+        value = _at(request, option.into)
+        if value == _at(blank, option.into):
+            continue
+        spelled = option.spell(value)
+        covered.update(f"turn.sampling.{name}" for name in option.covers if spelled)
+        words += [word for occurrence in spelled for word in (option.flags[0], *occurrence)]
+    return " ".join(["%%granite", *(shlex.quote(w) for w in words)]) + "\n" + request.turn.prompt
 
 
-def _param_words(param: Param, value: Any) -> list[str]:
-    if param.kind == "stop":
-        return [w for sequence in value for w in (param.option, sequence)]
-    if param.kind == "logit_bias":
-        return [param.option, json.dumps({str(k): v for k, v in value.items()})]
-    if param.kind == "bool":
-        return [param.option, "true" if value else "false"]
-    return [param.option, repr(value)]
+def _at(request: CellRequest, path: str) -> Any:
+    """The value at a dotted path (``"turn.sampling.top_p"``): attributes, then a mapping's entries."""
+    value: Any = request
+    for name in path.split("."):
+        value = value.get(name) if isinstance(value, Mapping) else getattr(value, name)
+    return value

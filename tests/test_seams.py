@@ -162,3 +162,67 @@ def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: 
         assert key(replace(base)) == key(base)
     finally:
         client.close()
+
+
+# --- one grammar both ways: parse_cell and to_cell walk the same table -----------------------------------------
+
+# One value for each option that is not its default.  An option added to the table without one fails the test
+# below, and with one it must come back through to_cell and parse_cell unchanged.
+OPTION_EXAMPLES = {
+    "--model": "-m fake/model", "--system": "-s 'Be brief.'", "--base-url": "--base-url http://localhost:8080/v1",
+    "--backend": "--backend local", "--api": "--api responses", "--out": "-o answer", "--format": "-f json",
+    "--chat": "--chat notes", "--seeds": "--seeds 1-3", "--sweep": "--sweep temperature=0,0.7 --sweep top_p=0.5,0.9",
+    "--repeat": "--repeat 2", "--concurrency": "--concurrency 2", "--probs": "--probs 3", "--timeout": "--timeout 2.5",
+    "--context": "--context numbers,title", "--docs": "--docs notes.md", "--cell": "--cell -1", "--tools": "--tools add",
+    "--tool-mode": "--tool-mode prompted", "--approve": "--approve", "--max-steps": "--max-steps 3", "--strict": "--strict",
+    "--cache": "--cache auto", "--pace": "--pace original", "--verify": "--verify", "--dry-run": "--dry-run",
+    "--no-interpolate": "--no-interpolate",
+}
+
+
+def _parameter_example(param: Param) -> str:
+    """A value in the row's range, written as a cell would."""
+    if param.kind == "stop":
+        return f"{param.option} END {param.option} 'two words'"
+    value = {"bool": "true", "logit_bias": "'{\"42\": -100}'", "choice": "required"}.get(param.kind)
+    if value is None:
+        low = param.minimum or 0
+        value = str(param.start if param.start is not None else low + 1 if param.kind == "int" else (low + (param.maximum or 2)) / 2)
+    return f"{param.option} {value}"
+
+
+def _add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@pytest.mark.parametrize("flag", [*OPTION_EXAMPLES, *(p.option for p in _params.PARAMETERS), "--chat (bare)"])
+def test_every_option_comes_back_through_to_cell(flag: str, tmp_path: Any) -> None:
+    from granite_magic._cell import grammar, options
+
+    assert set(OPTION_EXAMPLES) == {option.flags[-1] for option in options()}, "every option needs an example here"
+    (tmp_path / "notes.md").write_text("# Notes\nGranite is an igneous rock.\n")
+    namespace = {"numbers": [1, 2, 3], "title": "Rocks", "add": _add, "In": [], "Out": {}}
+    history = ["", "numbers = [1, 2, 3]", "%%granite --cell -1\nHi"]
+    params = {p.option: p for p in _params.PARAMETERS}
+    line = "--chat" if flag == "--chat (bare)" else OPTION_EXAMPLES.get(flag) or _parameter_example(params[flag])
+
+    def parse(line: str, prompt: str = "Tell me about {title}") -> Any:
+        return parse_cell(line, prompt, namespace, cwd=tmp_path, history=history)
+
+    request = parse(line)
+    assert request != parse(""), f"{line} changes nothing"
+    text = to_cell(request)
+    head, _, body = text.partition("\n")
+    assert head.startswith("%%granite ") and body == request.turn.prompt
+    assert parse(head.removeprefix("%%granite"), body) == request, text
+    assert {option.flags[-1] for option in grammar()} >= {flag.split()[0]}
+
+
+def test_to_cell_writes_the_short_forms_a_person_would(tmp_path: Any) -> None:
+    """--probs K stands for both probability parameters, and --seeds for the seed; the prompt keeps its braces."""
+    request = parse_cell("--probs 5 --seeds 1,2 --temperature 0.5 --no-interpolate", "Say {x}", {}, cwd=tmp_path)
+    text = to_cell(request)
+    assert text == "%%granite --seeds 1,2 --probs 5 --no-interpolate --temperature 0.5\nSay {x}"
+    assert parse_cell(text.partition("\n")[0].removeprefix("%%granite"), "Say {x}", {}) == request
+

@@ -1,16 +1,58 @@
 """What to do next, in the words of the front end the person is using.
 
-Errors state facts (``_errors``); the magic and the panel add this advice, which
-names their own options and subcommands.  ``{again}`` is "run the cell again"
-in a cell and "press Run again" in the panel.
+Errors state facts (``_errors``), naming parameters as the Python API does (``max_steps=99``); the magic and
+the panel spell those names their own way (``worded``) and add this advice, which names their own options and
+subcommands.  ``{again}`` is "run the cell again" in a cell and "press Run again" in the panel.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
+
 from ._errors import GraniteError
 from ._result import Result
 
-__all__ = ["ADVICE", "explain"]
+__all__ = ["ADVICE", "Spelling", "cell_spelling", "explain", "respell", "worded"]
+
+# How a front end writes a parameter the Python API writes ``name=``: "--max-steps " in a cell; None keeps ``name=``.
+Spelling = Callable[[str], "str | None"]
+
+# Parameters a cell sets through %config rather than an option.
+_CONFIG_ONLY = frozenset({"budget_usd", "read_timeout_s", "connect_timeout_s", "local_instances"})
+
+
+def cell_spelling(name: str) -> str:
+    """A parameter as a cell sets it: its option (``--max-steps``), or its ``%config`` trait."""
+    if name in _CONFIG_ONLY:
+        return f"%config GraniteMagics.{name.removesuffix('_s')} = "
+    return "--" + name.replace("_", "-") + " "
+
+
+def worded(error: GraniteError, spell: Spelling | None) -> str:
+    """``error``'s message with each parameter it names written as ``spell`` writes it."""
+    return respell(error.message, error.names, spell)
+
+
+def respell(text: str, names: tuple[str, ...], spell: Spelling | None) -> str:
+    """``text`` with each of ``names`` (written ``name=``, as the Python API writes it) written as ``spell`` writes it."""
+    if spell is None:
+        return text
+    for name in names:
+        spelled = spell(name)
+        if spelled is not None:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}=(?:(True\b)|'([\w.:/-]*)'|(?=\s))?", functools.partial(_spelled, spelled), text)
+    return text
+
+
+def _spelled(spelled: str, found: re.Match[str]) -> str:
+    # ``verify=True`` is a bare flag in a cell (``--verify``); ``api='messages'`` is typed ``--api messages``;
+    # ``seeds= and`` names the parameter without a value.
+    flag, word = found.group(1), found.group(2)
+    if flag is not None:
+        return spelled.rstrip()
+    return spelled + word if word is not None else spelled
 
 _NO_KEY = ("Set the OPENROUTER_API_KEY environment variable or run `%granite key` (keys: https://openrouter.ai/keys); "
            "or run the model on this machine without a key: --backend local (pip install 'granite-magic[local]').")
@@ -33,11 +75,12 @@ ADVICE: dict[str, str] = {
     "local_model": "Check GRANITE_LOCAL_MODEL, or use the HTTP backend (--backend http).",
     "cache_miss": "(nothing was sent) Record it once where the API or the model is at hand: --cache auto, or %config GraniteMagics.cache = 'auto'.",
     "cache_corrupt": "(nothing was sent) Delete that file, or record it again with --cache record.",
+    "budget": "Lower the worst case with --max-tokens, or raise the budget: %config GraniteMagics.budget_usd = ...",
 }
 
 
 def explain(error: GraniteError | None, result: Result, *, again: str = "run the cell again",
-            interrupted: str = "Interrupted") -> str | None:
+            interrupted: str = "Interrupted", spell: Spelling | None = cell_spelling) -> str | None:
     """One paragraph: what happened, that the partial reply is kept, what to do.  None if all went well."""
     if error is None and result.ended == "interrupted":
         kept = " and the partial reply is kept" if result.text else ""
@@ -46,7 +89,7 @@ def explain(error: GraniteError | None, result: Result, *, again: str = "run the
         return None
     kept = " The partial reply is kept above." if result.text else ""
     advice = ADVICE.get(error.kind, "").format(again=again)
-    return f"{_sentence(error.message)}{kept} {_sentence(advice) if advice else ''}".strip()
+    return f"{_sentence(worded(error, spell))}{kept} {_sentence(advice) if advice else ''}".strip()
 
 
 def _sentence(text: str) -> str:

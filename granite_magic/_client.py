@@ -558,8 +558,9 @@ class GraniteClient(BaseClient):
         error = error_for_status(response.status_code, body, model=model, secrets=[self._key.reveal()] if self._key else [])
         if response.status_code == 404 and "requested parameters" in error.message:
             error = errors.ModelNotFoundError(
-                f"No provider of {model!r} honours every parameter sent ({', '.join(sent) or 'none'}), and --strict asked "
+                f"No provider of {model!r} honours every parameter sent ({', '.join(sent) or 'none'}), and strict=True asked "
                 "for that (HTTP 404).", status=404, code=error.code, model=model)
+            error.names = ("strict",)
         if response.status_code in RETRYABLE_STATUS:
             raise _Retry(error, parse_retry_after(response.headers.get("retry-after")))
         raise error

@@ -73,7 +73,7 @@ def parse_seeds(text: str | Iterable[int]) -> list[int]:
         else:
             seeds.append(validate("seed", part))
     if not seeds:
-        raise InvalidParameterError(f"--seeds {text!r} names no seed: write 1,2,3 or 1-4")
+        raise InvalidParameterError(f"seeds={text!r} names no seed: write 1,2,3 or 1-4", names=("seeds",))
     return seeds
 
 
@@ -106,9 +106,9 @@ def parse_sweeps(texts: Iterable[str]) -> dict[str, list[Any]]:
 def plan_runs(seeds: Sequence[int] = (), sweep: Mapping[str, Sequence[Any]] | None = None, repeat: int = 1) -> list[RunSpec]:
     """The grid: every seed times every combination of swept values, each ``repeat`` times."""
     if repeat < 1:
-        raise InvalidParameterError(f"repeat={repeat} is out of range: must be an integer >= 1")
+        raise InvalidParameterError(f"repeat={repeat} is out of range: must be an integer >= 1", names=("repeat",))
     if seeds and "seed" in (sweep or {}):
-        raise InvalidParameterError("seeds are given twice (--seeds and --sweep seed=...): use one of them")
+        raise InvalidParameterError("seeds are given twice, by seeds= and by a sweep of seed: use one of them", names=("seeds",))
     axes: list[list[tuple[str, Any]]] = []
     if seeds:
         axes.append([("seed", s) for s in seeds])

@@ -42,15 +42,26 @@ __all__ = [
 
 
 class GraniteError(Exception):
-    """Base class; ``result`` holds the partial reply when a request had started."""
+    """Base class; ``result`` holds the partial reply when a request had started.
+
+    ``message`` states what happened, in the Python API's words: a parameter it names is written ``name=value``,
+    and ``names`` lists those names, so that each front end can spell them its own way (``--max-steps 99`` in a
+    cell).  ``str()`` adds ``hint``, what a Python caller can do; the magic and the panel add their own advice.
+    """
 
     kind: ClassVar[str] = "error"  # a stable name for what went wrong, for front ends and logs
+    hint: ClassVar[str] = ""  # what to do, in the Python API's words
 
-    def __init__(self, message: str, *, result: Result | None = None, model: str | None = None) -> None:
+    def __init__(self, message: str, *, result: Result | None = None, model: str | None = None,
+                 names: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.result = result
         self.model = model
+        self.names = names
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
 
     @property
     def partial_text(self) -> str:
@@ -63,11 +74,15 @@ class InvalidParameterError(GraniteError, ValueError):
     kind = "invalid"
 
 
+_GIVE_A_KEY = "Give one with GraniteClient(api_key=...) or the OPENROUTER_API_KEY environment variable (https://openrouter.ai/keys)."
+
+
 class MissingKeyError(GraniteError):
     kind = "missing_key"
+    hint = _GIVE_A_KEY
 
     def __init__(self) -> None:
-        super().__init__("No OpenRouter API key is set (OPENROUTER_API_KEY, or api_key= on the client).")
+        super().__init__("No OpenRouter API key is set.")
 
 
 class APIError(GraniteError):
@@ -101,6 +116,7 @@ class AuthenticationError(APIError):
     """401: the key is missing, invalid or disabled."""
 
     kind = "auth"
+    hint = _GIVE_A_KEY
 
 
 class InsufficientCreditsError(APIError):

@@ -33,6 +33,7 @@ class BudgetError(InvalidParameterError):
     """A request (or grid) whose worst case does not fit in what is left of the budget; nothing was sent."""
 
     kind = "budget"
+    hint = "Set max_tokens= to lower the worst case, or raise the budget (GRANITE_BUDGET_USD)."
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def check_budget(spent: float, worst: float | None, budget: float | None, *, run
     what = "this request" if runs == 1 else f"these {runs} runs"
     if worst is None:
         raise BudgetError(f"a budget of ${budget:.2f} is set, but the worst-case cost of {what} is unknown "
-                          "(the model's prices or its output limit are not listed): set --max-tokens, or lift the budget")
+                          "(the model's prices or its output limit are not listed)")
     if spent + worst > budget:
         raise BudgetError(f"the budget would not hold: ${spent:.6f} spent + ${worst:.6f} worst case for {what} "
-                          f"> ${budget:.2f} budget (%config GraniteMagics.budget_usd)")
+                          f"> ${budget:.2f} budget")

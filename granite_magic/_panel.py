@@ -22,7 +22,7 @@ import ipywidgets as w
 
 from . import _errors as errors
 from . import _params
-from ._advice import explain
+from ._advice import ADVICE, explain, worded
 from ._cell import CellRequest, to_cell
 from ._comparison import Comparison, Run, RunSpec, parse_seeds, parse_sweeps
 from ._grid import GridView
@@ -132,6 +132,9 @@ class HistoryEntry:
     def reference(self) -> Result:
         return self.outcome if isinstance(self.outcome, Result) else self.outcome.results[0]
 
+
+# Controls whose label is not the parameter's name (an error that names the parameter names the control).
+_CONTROL_LABELS = {"concurrency": "at once", "seeds": "seeds", "repeat": "repeat", "sweep": "sweep", "model": "model"}
 
 class Panel(w.VBox):  # type: ignore[misc]
     """The widget panel; ``results`` holds the last run's Result or Comparison."""
@@ -281,10 +284,15 @@ class Panel(w.VBox):  # type: ignore[misc]
         try:
             self.cell_text.value = self.copy_as_cell()
         except errors.InvalidParameterError as exc:
-            self._say(str(exc), error=True)
+            self._say(worded(exc, self._spell), error=True)
             return
         self.cell_text.layout.display = ""
         self._say("Copy the cell below into a new cell (or run p.copy_as_cell(insert=True)): it sends the same request.")
+
+    def _spell(self, name: str) -> str | None:
+        """A parameter as the panel shows it: the label of its control (None: it has none, keep ``name=``)."""
+        label = _CONTROL_LABELS.get(name, name if name in self.controls else None)
+        return None if label is None else f"{label} "
 
     # --- running -------------------------------------------------------------------------
 
@@ -302,7 +310,8 @@ class Panel(w.VBox):  # type: ignore[misc]
             target = self.session.resolve(request.turn)
             loop, view, work = self._start(request, target)
         except errors.InvalidParameterError as exc:
-            self._say(f"{exc} (nothing was sent)", error=True)
+            advice = ADVICE.get(exc.kind)
+            self._say(f"{worded(exc, self._spell)} (nothing was sent)" + (f". {advice}" if advice else ""), error=True)
             return
         self._idle.clear()
         self.output.children = (view.widget,)
@@ -349,7 +358,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         result, error = self.session.finish(job)
         view.finish(result)
         self._record(result, view.title)
-        message = explain(error, result, again=AGAIN, interrupted="Stopped")
+        message = explain(error, result, again=AGAIN, interrupted="Stopped", spell=self._spell)
         self._say(" ".join([message or "", *job.warnings]).strip(), error=bool(message))
 
     def _finish_grid(self, job: Any, grid: GridView) -> None:

@@ -70,9 +70,10 @@ class Turn:
         if self.base_url is not None:
             object.__setattr__(self, "base_url", check_base_url(self.base_url))
         if self.cache is not None and check_mode(self.cache) == "replay" and self.verify:
-            raise errors.InvalidParameterError("--verify runs live and --cache replay never does: use one of them")
+            raise errors.InvalidParameterError("verify=True runs live and cache='replay' never does: use one of them",
+                                               names=("verify", "cache"))
         if self.pace not in ("instant", "original"):
-            raise errors.InvalidParameterError(f"--pace {self.pace!r} is invalid: must be instant or original")
+            raise errors.InvalidParameterError(f"pace={self.pace!r} is invalid: must be instant or original", names=("pace",))
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ class Session:
             timeout_s = turn.timeout_s if turn.timeout_s is not None else settings.timeout_s
             return Target(self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
         if api != "chat":
-            raise errors.InvalidParameterError(f"--api {api} needs the HTTP backend: the local model has no request format")
+            raise errors.InvalidParameterError(f"api={api!r} needs the HTTP backend: the local model has no request format",
+                                               names=("api",))
         client = self._local_client(turn.model)
         return Target(client, client.model, "chat")
 
@@ -211,12 +213,13 @@ class Session:
                       target: Target | None = None) -> CompareJob:
         """One column per spec, all going to the same target (resolved here, once, unless given)."""
         if turn.chat is not None:
-            raise errors.InvalidParameterError("a comparison cannot continue a conversation (--chat): each column would fork it")
+            raise errors.InvalidParameterError("a comparison cannot continue a conversation: each column would fork it")
         if not specs:
             raise errors.InvalidParameterError("a comparison needs at least one run")
         concurrency = self.settings.concurrency if concurrency is None else concurrency
         if concurrency < 1:
-            raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1")
+            raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1",
+                                               names=("concurrency",))
         target = target or self.resolve(turn)
         requests = [self.request(turn, target, spec.params) for spec in specs]
         uses = [self.cache_use(turn, target, request, repeat=spec.repeat) for request, spec in zip(requests, specs, strict=True)]

@@ -40,7 +40,7 @@ def check_mode(value: str) -> ToolMode:
     for mode in TOOL_MODES:
         if value == mode:
             return mode
-    raise InvalidParameterError(f"--tool-mode {value!r} is invalid: must be one of {', '.join(TOOL_MODES)}")
+    raise InvalidParameterError(f"tool_mode={value!r} is invalid: must be one of {', '.join(TOOL_MODES)}", names=("tool_mode",))
 
 
 async def plan_tools(client: BaseClient, model: str, tools: Sequence[Tool], mode: str, *, approve: Approve | None = None,
@@ -65,7 +65,7 @@ class ToolPlan:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_steps <= 50:
-            raise InvalidParameterError(f"--max-steps {self.max_steps} is out of range: must be an integer from 1 to 50")
+            raise InvalidParameterError(f"max_steps={self.max_steps} is out of range: must be an integer from 1 to 50", names=("max_steps",))
 
     def first_request(self, request: Request) -> Request:
         """The request of the first step: tools offered natively, or described in the system message."""
@@ -114,7 +114,7 @@ class ToolLoop:
         if not calls or result.partial:
             return None
         if self.steps >= self.plan.max_steps:
-            self.stopped = (f"stopped after {self.steps} steps (--max-steps {self.plan.max_steps}): the model was still "
+            self.stopped = (f"stopped after {self.steps} steps (max_steps={self.plan.max_steps}): the model was still "
                             f"calling tools; the last calls were not run")
             return None
         records = [self._run(call) for call in calls]

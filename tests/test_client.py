@@ -205,9 +205,18 @@ def test_drop_before_any_token_is_retried(client: GraniteClient, server: FakeOpe
 
 def test_stream_that_ends_without_finish_or_done_is_reported(client: GraniteClient, server: FakeOpenRouter) -> None:
     server.push(Scenario(finish=False, done=False, usage=False, tokens=3))
-    with pytest.raises(ConnectionDroppedError, match="ended before the reply was complete") as info:
+    with pytest.raises(ConnectionDroppedError, match="closed the stream before the reply finished") as info:
         client.chat("Hi")
     assert info.value.result is not None and len(info.value.result.text.split()) == 3
+
+
+def test_done_without_a_finish_reason_is_a_reply_cut_short(client: GraniteClient, server: FakeOpenRouter) -> None:
+    """llama-cpp-python's server ends a reply it cuts short with [DONE] and no finish reason: not a whole reply."""
+    server.push(Scenario(finish=False, done=True, usage=False, tokens=3))
+    with pytest.raises(ConnectionDroppedError, match="closed the stream before the reply finished") as info:
+        client.chat("Hi")
+    assert info.value.result is not None and info.value.result.partial and len(info.value.result.text.split()) == 3
+    assert len(server.chat_requests) == 1  # text had arrived, and nothing else was in flight: not sent again
 
 
 def test_finish_without_done_is_complete(client: GraniteClient, server: FakeOpenRouter) -> None:

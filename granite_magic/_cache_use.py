@@ -21,8 +21,8 @@ from ._comparison import first_divergence
 from ._events import Accumulator, Event, TextDelta
 
 if TYPE_CHECKING:
-    from ._session import Target, Turn
     from ._shapes import Request
+    from ._turn import Target, Turn
 
 __all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint", "verification"]
 

@@ -17,7 +17,7 @@ from ._shapes import Request, build_messages
 
 if TYPE_CHECKING:
     from ._params import Sampling
-    from ._session import Target, Turn
+    from ._turn import Target, Turn
 
 __all__ = ["LONG_PROMPT_CHARS", "Conversation", "build_request", "check_context", "turn_messages"]
 

@@ -15,17 +15,16 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from . import _errors as errors
-from ._cache import RecordedClock, Recorder, Recording, RunCache, check_mode, replay
+from ._cache import RecordedClock, Recorder, Recording, RunCache, replay
 from ._cache_use import CacheUse, RecordingAccumulator, cache_use
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
-from ._context import Document
 from ._events import Accumulator, Progress
 from ._ledger import BudgetError, Ledger, RunKind, check_budget, worst_case
 from ._params import Sampling
@@ -33,62 +32,14 @@ from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._requests import Conversation, build_request, check_context
 from ._result import Result
 from ._runner import BackgroundLoop
-from ._settings import Backend, Settings, check_backend, check_base_url
-from ._shapes import Api, Request, build_messages, shape
+from ._settings import Settings
+from ._shapes import Api, Request, build_messages
 from ._toolrun import ToolLoop, ToolPlan
+from ._turn import Target, Turn, new_turn
 
 __all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "SingleJob", "Target", "Turn", "new_turn", "shared_session"]
 
 logger = logging.getLogger("granite_magic")
-
-@dataclass(frozen=True)
-class Turn:
-    """One request as a front end describes it; ``None`` fields take the session's settings."""
-
-    prompt: str
-    system: str | None = None
-    model: str | None = None
-    base_url: str | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    chat: str | None = None  # the conversation to continue, or None for a stateless turn
-    backend: Backend | None = None
-    api: Api | None = None
-    timeout_s: float | None = None  # an overall limit on the reply (HTTP backend)
-    context: str | None = None  # what --context and --cell point at: sent on the system side, after the system prompt
-    documents: tuple[Document, ...] = ()  # --docs: in the chat template's documents slot (local) or the system message
-    prefix: str | None = None  # the start of the assistant's reply, to be continued (a branch of the sampling lens)
-    cache: str | None = None  # --cache: off, auto, record or replay (None: the session's setting)
-    pace: str = "instant"  # --pace original: a replay streams at the recorded pace
-    verify: bool = False  # --verify: run live and compare with the recording
-    strict: bool | None = None  # --strict: only providers that honour every parameter (None: the session's setting)
-
-    def __post_init__(self) -> None:
-        if self.backend is not None:
-            check_backend(self.backend)
-        if self.api is not None:
-            shape(self.api)
-        if self.base_url is not None:
-            object.__setattr__(self, "base_url", check_base_url(self.base_url))
-        if self.cache is not None and check_mode(self.cache) == "replay" and self.verify:
-            raise errors.InvalidParameterError("verify=True runs live and cache='replay' never does: use one of them",
-                                               names=("verify", "cache"))
-        if self.pace not in ("instant", "original"):
-            raise errors.InvalidParameterError(f"pace={self.pace!r} is invalid: must be instant or original", names=("pace",))
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a turn goes, decided once: the client (which says what its backend can do), the model and the API shape."""
-
-    client: BaseClient
-    model: str
-    api: Api
-
-    @property
-    def label(self) -> str:
-        """The model as a status line names it (the client says when it runs locally)."""
-        return self.client.label(self.model)
-
 
 class LiveLike(Protocol):
     """What a single run needs from its view (the widget, the terminal, or nothing)."""
@@ -591,11 +542,6 @@ class _Showing:
     async def run(self, acc: Progress) -> None:
         assert isinstance(acc, Accumulator)
         await self.view.run(self.tools.visible(acc))
-
-
-def new_turn(prompt: str, params: Mapping[str, Any], **target: Any) -> Turn:
-    """A turn from keyword arguments (the Python API's edge): sampling validated here, once."""
-    return Turn(prompt=prompt, sampling=Sampling(params), **target)
 
 
 _shared: Session | None = None

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator, ParsedCall
@@ -25,9 +25,6 @@ from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
 from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
-
-if TYPE_CHECKING:
-    from ._client import BaseClient
 
 __all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
 
@@ -43,7 +40,14 @@ def check_mode(value: str) -> ToolMode:
     raise InvalidParameterError(f"tool_mode={value!r} is invalid: must be one of {', '.join(TOOL_MODES)}", names=("tool_mode",))
 
 
-async def plan_tools(client: BaseClient, model: str, tools: Sequence[Tool], mode: str, *, approve: Approve | None = None,
+class ToolHost(Protocol):
+    """What planning a tool turn asks of a client."""
+
+    async def supported_parameters(self, model: str) -> tuple[str, ...] | None: ...
+    def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]: ...
+
+
+async def plan_tools(client: ToolHost, model: str, tools: Sequence[Tool], mode: str, *, approve: Approve | None = None,
                      max_steps: int = MAX_STEPS) -> ToolPlan:
     """How a tool-using turn offers ``tools`` to ``client``: in ``mode``, or under ``auto`` as the client prefers for
     what the model's listing says (natively when it names ``tools``; the local model reads Granite's convention)."""

@@ -1,8 +1,9 @@
 """Branching from the sampling lens: continue a reply from any step with another token, in a new column.
 
-The prefix up to the chosen step plus the chosen alternative is sent as an assistant prefix
-(``Turn.prefix``); the continuation streams into a grid beside the original, and when it
-ends the grid shows the comparison (identical groups, similarity, first divergence).
+The prefix up to the chosen step plus the chosen alternative is sent as an assistant prefix: a branch is a batch
+of one run (``RunSpec.prefix``) through the session's one batch driver.  The continuation streams into a grid
+beside the original and the branches before it, and when it ends the grid shows the comparison (identical groups,
+similarity, first divergence).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from . import _errors as errors
+from ._advice import worded
 from ._comparison import Comparison, Run, RunSpec
 from ._params import Sampling
 from ._result import Result
@@ -18,7 +20,7 @@ from ._result import Result
 if TYPE_CHECKING:
     from ._events import Progress
     from ._grid import GridView
-    from ._session import Session, SingleJob, Target, Turn
+    from ._session import CompareJob, Session, Target, Turn
 
 __all__ = ["Branches"]
 
@@ -72,17 +74,19 @@ class Branches:
         prefix = "".join(t.text for t in self.original.tokens[:step]) + text
         label = f"branch at token {step + 1}: {text!r}"
         try:
-            job = self.session.start(dataclasses.replace(self.turn, prefix=prefix, chat=None), self.target, kind="branch")
+            job = self.session.start_compare(dataclasses.replace(self.turn, chat=None), [RunSpec(label, prefix=prefix)],
+                                             target=self.target, kind="branch")
         except errors.InvalidParameterError as exc:  # e.g. the budget: nothing was sent
-            self.message.value = f"<i>{_escape(str(exc))} (nothing was sent)</i>"
+            self.message.value = f"<i>{_escape(worded(exc, None))} (nothing was sent)</i>"
             return
         self._running = True
         self.message.value = ""
         grid = self._grid([*self.labels, label])
         self.output.children = (grid.widget,)
         grid.show()
-        state: list[Progress] = [*(_Finished(run.result) for run in self.runs), _Prefixed(prefix, job.acc)]
-        job.loop.submit(self._drive(job, grid, state, prefix, label))
+        job.shown = [*(_Finished(run.result) for run in self.runs), _Prefixed(prefix, job.columns[0].acc)]
+        job.first_column = len(self.runs)
+        job.loop.submit(self._drive(job, grid, prefix))
 
     @property
     def labels(self) -> list[str]:
@@ -96,17 +100,13 @@ class Branches:
             grid.column_done(index, run.result)
         return grid
 
-    async def _drive(self, job: SingleJob, grid: GridView, state: list[Progress], prefix: str, label: str) -> None:
-        import asyncio
-
-        companion = asyncio.ensure_future(grid.run(state))
+    async def _drive(self, job: CompareJob, grid: GridView, prefix: str) -> None:
         try:
-            await job.stream(check_support=False)
+            await job.stream(grid)
         finally:
-            companion.cancel()
-            result, error = self.session.finish(job)
-            whole = dataclasses.replace(result, text=prefix + result.text)  # compared as the whole reply it makes
-            self.runs.append(Run(RunSpec(label, Sampling()), whole, error.message if error is not None else None))
+            (run,) = self.session.finish_compare(job).runs
+            whole = dataclasses.replace(run.result, text=prefix + run.result.text)  # compared as the whole reply it makes
+            self.runs.append(dataclasses.replace(run, result=whole))
             grid.finish(Comparison(prompt=self.turn.prompt, runs=list(self.runs)))
             self._running = False
 

@@ -43,16 +43,27 @@ MAX_RUNS = 64  # a grid bigger than this is almost surely a typo (1-1000)
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One column: the parameters it changes and how it is labelled."""
+    """One run of a batch: what it changes of the turn, and how it is labelled.
+
+    A grid's column changes sampling values (its seed, a swept value); a branch of the sampling lens continues an
+    assistant ``prefix``; a row of a dataset asks its own ``prompt``.  Whatever changes, the batch is one driver.
+    """
 
     label: str
-    params: Sampling  # the seed and swept values of this column
+    params: Sampling = field(default_factory=Sampling)  # the seed and swept values of this column
     repeat: int = 0  # 0 for the first run of these settings, 1 for the second, ...
+    prompt: str | None = None  # another prompt than the turn's (None: the turn's)
+    prefix: str | None = None  # the start of the reply, to be continued (None: the turn's)
+
+    @property
+    def turn_changes(self) -> dict[str, str]:
+        """What this run changes of the turn besides sampling, as ``Turn`` fields."""
+        return {name: value for name, value in (("prompt", self.prompt), ("prefix", self.prefix)) if value is not None}
 
     @property
     def settings_key(self) -> tuple[tuple[str, Any], ...]:
         """Runs with the same key differ only by repetition."""
-        return tuple(sorted((k, repr(v)) for k, v in self.params.items()))
+        return tuple(sorted((k, repr(v)) for k, v in (*self.params.items(), *self.turn_changes.items())))
 
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")

@@ -366,7 +366,8 @@ class Panel(w.VBox):  # type: ignore[misc]
         grid.finish(comparison)
         self._record(comparison, grid.title + f" · {len(comparison.runs)} runs")
         failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
-        self._say("<br>".join(html.escape(f) for f in failed), error=bool(failed), escaped=True)
+        lines = [*failed, *job.warnings]  # as under a cell's grid: parameters the provider may ignore
+        self._say("<br>".join(html.escape(line) for line in lines), error=bool(failed), escaped=True)
 
     def _record(self, outcome: Result | Comparison, label: str) -> None:
         self.results = outcome

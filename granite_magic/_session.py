@@ -161,8 +161,9 @@ class Session:
         return job
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
-                      target: Target | None = None) -> CompareJob:
-        """One column per spec, all going to the same target (resolved here, once, unless given)."""
+                      target: Target | None = None, kind: RunKind = "grid") -> CompareJob:
+        """One run per spec (the turn with what the spec changes), all going to the same target (resolved here, once,
+        unless given).  A grid, a lens branch (a batch of one) and a dataset's rows are all such batches."""
         if turn.chat is not None:
             raise errors.InvalidParameterError("a comparison cannot continue a conversation: each column would fork it")
         if not specs:
@@ -172,12 +173,13 @@ class Session:
             raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1",
                                                names=("concurrency",))
         target = target or self.resolve(turn)
-        requests = [self.request(turn, target, spec.params) for spec in specs]
-        uses = [self.cache_use(turn, target, request, repeat=spec.repeat) for request, spec in zip(requests, specs, strict=True)]
+        turns = [_applied(spec, turn) for spec in specs]
+        requests = [self.request(each, target, spec.params) for each, spec in zip(turns, specs, strict=True)]
+        uses = [self.cache_use(each, target, request, repeat=spec.repeat) for each, request, spec in zip(turns, requests, specs, strict=True)]
         if not all(use is not None and use.mode == "replay" for use in uses):
             self.check_budget(target, requests)
-        record = self._recorder("grid")
-        columns = [SingleJob(turn, target, request, on_done=record, cache=use) for request, use in zip(requests, uses, strict=True)]
+        record = self._recorder(kind)
+        columns = [SingleJob(each, target, request, on_done=record, cache=use) for each, request, use in zip(turns, requests, uses, strict=True)]
         job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
         job.probes = self.probes
         job.budget_reached = self._budget_reached
@@ -482,6 +484,9 @@ class CompareJob:
         self.budget_reached: Callable[[], bool] = lambda: False
         self.probes: ProbeStore | None = None
         self.skipped: set[int] = set()  # columns never started because the budget was reached
+        # What the grid shows, when it is more than these columns (a lens branch beside the runs before it):
+        self.shown: Sequence[Progress] | None = None
+        self.first_column = 0  # where these columns start in the grid
         self._started: float | None = None
         self._ended: float | None = None
 
@@ -496,7 +501,7 @@ class CompareJob:
     async def stream(self, grid: GridLike) -> None:
         self._started = time.perf_counter()
         gate = asyncio.Semaphore(self.concurrency)
-        companion = asyncio.ensure_future(grid.run(self.accumulators))
+        companion = asyncio.ensure_future(grid.run(self.shown if self.shown is not None else self.accumulators))
         swept = [name for spec in self.specs for name in spec.params]
 
         async def column(index: int) -> None:
@@ -507,7 +512,7 @@ class CompareJob:
                 else:
                     job.acc.restart_clock()  # time a column from when it may start, not while it queued
                     await job.stream(check_support=False)
-            grid.column_done(index, self._column_outcome(index)[0])
+            grid.column_done(self.first_column + index, self._column_outcome(index)[0])
 
         tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
         try:
@@ -542,6 +547,14 @@ class _Showing:
     async def run(self, acc: Progress) -> None:
         assert isinstance(acc, Accumulator)
         await self.view.run(self.tools.visible(acc))
+
+
+def _applied(spec: RunSpec, turn: Turn) -> Turn:
+    """The turn a run of a batch sends: ``turn`` with what ``spec`` changes of it besides sampling."""
+    if not spec.turn_changes:
+        return turn
+    return replace(turn, prompt=spec.prompt if spec.prompt is not None else turn.prompt,
+                   prefix=spec.prefix if spec.prefix is not None else turn.prefix)
 
 
 _shared: Session | None = None

@@ -112,6 +112,17 @@ def test_compare_mode_fills_three_columns_and_the_summary(panel: Panel, server: 
     assert "identical groups" in html and "seed 3" in html
 
 
+def test_a_compare_shows_the_warnings_a_cell_grid_shows(panel: Panel, server: FakeOpenRouter) -> None:
+    """min_p is not in the fake model's supported parameters: a cell's grid warns of it, and so does the panel's."""
+    panel.mode.value = "compare"
+    panel.seeds.value = "1,2"
+    panel.controls["min_p"].value.value = 0.1
+    panel.controls["min_p"].send.value = True
+    click_run(panel)
+    assert isinstance(panel.results, Comparison) and all(run.error is None for run in panel.results.runs)
+    assert "min_p is not in this model&#x27;s supported parameters" in panel.message.value
+
+
 def test_presets_set_values_and_send_toggles(panel: Panel) -> None:
     panel.preset.value = "precise"
     assert panel.chosen_params() == PRESETS["precise"]

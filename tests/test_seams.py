@@ -226,3 +226,31 @@ def test_to_cell_writes_the_short_forms_a_person_would(tmp_path: Any) -> None:
     assert text == "%%granite --seeds 1,2 --probs 5 --no-interpolate --temperature 0.5\nSay {x}"
     assert parse_cell(text.partition("\n")[0].removeprefix("%%granite"), "Say {x}", {}) == request
 
+
+def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Any) -> None:
+    """A run of a batch changes sampling (a grid's column), the prompt (a dataset's row) or the assistant prefix
+    (a lens branch); each is sent as its own turn, keyed as its own request, and budgeted with the others."""
+    from granite_magic._comparison import RunSpec
+    from granite_magic._params import Sampling
+    from granite_magic._session import QuietGrid, Turn
+
+    from .conftest import TEST_KEY
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    session = Session()
+    session.configure(base_url=server.base_url, cache="auto", cache_dir=str(tmp_path))
+    specs = [RunSpec("seed 1", Sampling({"seed": 1})), RunSpec("row 2", prompt="Tell me about basalt"),
+             RunSpec("branch", prefix="Granite is")]
+    try:
+        job = session.start_compare(Turn("Tell me about granite", sampling=Sampling({"max_tokens": 6})), specs)
+        assert len({column.cache.key for column in job.columns if column.cache is not None}) == 3
+        job.loop.run(job.stream(QuietGrid()))
+        comparison = session.finish_compare(job)
+    finally:
+        session.close()
+    assert [run.error for run in comparison.runs] == [None, None, None]
+    sent = sorted([m["content"] for m in request.body["messages"]] for request in server.chat_requests)
+    assert sent == [["Tell me about basalt"], ["Tell me about granite"], ["Tell me about granite", "Granite is"]]
+    assert [request.body.get("seed") for request in server.chat_requests].count(1) == 1
+    assert {entry.kind for entry in session.ledger.entries} == {"grid"}

@@ -14,7 +14,8 @@ import os
 import statistics
 import time
 
-from granite_magic._local import LocalClient, _chat_format
+from granite_magic._local import LocalClient
+from granite_magic._local.model import chat_format_for
 
 PROMPT = [{"role": "user", "content": "Write a short story about a river that carves a canyon."}]
 
@@ -56,7 +57,7 @@ def main() -> None:
     from llama_cpp import Llama
 
     llm = Llama(model_path=args.model, n_ctx=4096, verbose=False)
-    fmt = _chat_format(llm)
+    fmt = chat_format_for(llm)
     if fmt:
         llm.chat_format = fmt
     client = LocalClient(args.model)

@@ -117,6 +117,7 @@ def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -
 
 
 def test_neither_key_nor_local_names_both_ways_forward(keyless_ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Patched where the session looks it up: the package face, which re-exports it from _local.model.
     monkeypatch.setattr("granite_magic._local.local_available", lambda: False)
     out = run(keyless_ip, "", PROMPT)
     assert "OPENROUTER_API_KEY" in out.stderr and "granite-magic[local]" in out.stderr

@@ -1,0 +1,265 @@
+"""``LocalClient``: chat completions from the loaded model, with the HTTP client's events and results.
+
+The client receives the messages and the validated ``Sampling`` (its llama.cpp names come from the
+parameter table), never an HTTP body.  The prompt's tokens are generated with ``create_completion``
+and its chunks become the same events as the HTTP stream's.
+
+Generation runs on a dedicated executor (its threads release the GIL inside llama.cpp), so the
+kernel and the background loop stay responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from .. import _errors as errors
+from .. import _params
+from .._client import BaseClient, ModelInfo, UpdateCallback
+from .._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, TokenLogprobs, UsageReport
+from .._result import Result, Usage
+from .._runner import BackgroundLoop
+from .._shapes import Request, chat_tools
+from .model import LocalModelError, existing_path, model_name, resolve_model
+from .pool import MIN_CONTEXT, Pool, Slot, context_size, generated_tokens, reply_limit
+from .prefix import PrefixReuse
+from .probs import Probe
+from .template import Prompt
+
+# Parameters the local backend honours itself rather than passing to llama.cpp: token probabilities are read
+# from the logits, and a tool choice is kept by the tool loop.
+HANDLED_HERE = ("logprobs", "top_logprobs", "tool_choice")
+
+
+def local_parameters() -> tuple[str, ...]:
+    """What the local backend honours: every parameter with a llama.cpp name, and those it handles itself."""
+    return tuple(p.name for p in _params.PARAMETERS if p.wire_name("llama_cpp") is not None or p.name in HANDLED_HERE)
+
+
+@functools.cache
+def _chat_defaults() -> dict[str, Any]:
+    """The sampler settings ``create_chat_completion`` uses when none is given (temperature 0.2, not
+    ``create_completion``'s 0.8): the local backend kept them when it began rendering prompts itself."""
+    from llama_cpp import Llama
+
+    chat = inspect.signature(Llama.create_chat_completion).parameters
+    completion = inspect.signature(Llama.create_completion).parameters
+    samplers = ("temperature", "top_p", "top_k", "min_p", "typical_p", "presence_penalty", "frequency_penalty",
+                "repeat_penalty", "tfs_z", "mirostat_mode", "mirostat_tau", "mirostat_eta")
+    return {name: chat[name].default for name in samplers if name in chat and name in completion}
+
+
+def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
+    """``create_completion``'s keyword arguments: the sampling asked for, the reply limit, the template's stops."""
+    sampling = request.sampling.for_target("llama_cpp")
+    stop = sampling.pop("stop", None)
+    asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
+            "stopping_criteria": prompt.stopping}
+
+
+_END = object()
+
+
+class LocalClient(BaseClient):
+    """Chat completions from a GGUF model in this process, with the HTTP client's events and results.
+
+    ``n_ctx`` is the smallest context an instance is loaded with (a request that needs more reloads it
+    bigger, up to the model's trained context).  ``prefix_reuse`` says how a prompt that begins like the
+    previous one reuses what llama.cpp already read (see ``PrefixReuse``); the text is the same either way.
+    ``chat_template`` (Jinja) replaces the GGUF's own, for a GGUF that has none or a wrong one.
+    """
+
+    base_url = "local"  # where probes of it are filed; nothing compares it
+    kind: ClassVar[str] = "local"
+    documents_in_template: ClassVar[bool] = True  # the GGUF's chat template has a documents slot
+    counts_prompt_tokens: ClassVar[bool] = True
+    free: ClassVar[bool] = True
+
+    def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
+                 prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, loop: BackgroundLoop | None = None) -> None:
+        if instances < 1:
+            raise errors.InvalidParameterError(f"instances={instances} is out of range: must be an integer >= 1")
+        if prefix_reuse not in ("auto", "state", "off"):
+            raise errors.InvalidParameterError(f"prefix_reuse={prefix_reuse!r} is invalid: must be auto, state or off")
+        self.reference = model
+        self.instances = instances
+        self.n_ctx = n_ctx
+        self.prefix_reuse: PrefixReuse = prefix_reuse
+        self.chat_template = chat_template
+        self._loop = loop
+        self._pool: Pool | None = None
+        self._pool_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="granite-local")
+
+    @property
+    def model(self) -> str:  # type: ignore[override]
+        """A readable name: the GGUF file's name."""
+        return model_name(self.reference)
+
+    @property
+    def target(self) -> str:
+        return f"local llama.cpp: {self.model}"
+
+    def label(self, model: str) -> str:
+        return f"{model} · local llama.cpp"
+
+    def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]:
+        """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
+        return "prompted"
+
+    def model_file(self) -> tuple[str, Path | None]:
+        """The GGUF's name, and its path when the file is here already (without loading or downloading it)."""
+        return self.model, self.model_path()
+
+    def __repr__(self) -> str:
+        return f"LocalClient(model={self.model!r}, instances={self.instances})"
+
+    def _get_pool(self) -> Pool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = Pool(resolve_model(self.reference), self.instances, self.n_ctx, self.prefix_reuse, self.chat_template)
+            return self._pool
+
+    @property
+    def context_loaded(self) -> int:
+        """The largest llama.cpp context loaded so far (0 before the model is loaded)."""
+        return self._pool.n_ctx if self._pool is not None and self._pool.template is not None else 0
+
+    def describe(self, request: Request) -> dict[str, Any]:
+        """What the model is given for ``request``, without loading it: the messages (and documents and tools)
+        its chat template turns into the prompt, and llama.cpp's sampling arguments.  ``prompt_preview``
+        shows the prompt text itself, which needs the model's template and tokenizer."""
+        described: dict[str, Any] = {"messages": [dict(m) for m in request.messages]}
+        if request.documents:
+            described["documents"] = [dict(d) for d in request.documents]
+        if request.tools:
+            described["tools"] = chat_tools(request.tools)
+        return {**described, **request.sampling.for_target("llama_cpp")}
+
+    def model_path(self) -> Path | None:
+        """The GGUF file when it is here already (for the record/replay key), without loading or downloading it."""
+        return existing_path(self.reference)
+
+    def prompt_preview(self, request: Request) -> tuple[str, int]:
+        """The exact text the model reads for ``request`` after its chat template (any default system prompt
+        the template adds included, an assistant prefix at the end) and its exact token count.
+
+        Loads the model if no instance is loaded yet, and waits for one if all are generating.
+        """
+        pool = self._get_pool()
+        with pool.instance() as slot:
+            prompt = pool.prompt(slot, request)
+        return prompt.text, len(prompt.tokens)
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        """The prompt's exact token count (what the reply's ``usage.prompt_tokens`` will say)."""
+        return self.prompt_preview(request)[1]
+
+    async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        worker = loop.run_in_executor(self._executor, self._generate, request, emit, stop)
+        try:
+            while (item := await events.get()) is not _END:
+                if isinstance(item, errors.GraniteError):
+                    item.result = acc.result(error=item.message)
+                    raise item
+                seen = acc.chunks
+                for event in item:
+                    acc.feed(event)
+                if on_update is not None and acc.chunks != seen:
+                    on_update(acc)
+        finally:
+            stop.set()  # ends generation at the next token if we were cancelled
+        await worker
+        return acc.result()
+
+    def _generate(self, request: Request, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        """Runs in the executor: stream llama.cpp's chunks to the loop as typed events."""
+        try:
+            if stop.is_set():  # cancelled while queued for a thread
+                return
+            pool = self._get_pool()
+            with pool.instance() as slot:
+                if not stop.is_set():
+                    self._reply(pool, slot, request, emit, stop)
+        except errors.GraniteError as exc:
+            emit(exc)
+        except Exception as exc:  # anything llama.cpp raises ends this reply, not the kernel
+            emit(LocalModelError(f"llama.cpp failed during the reply ({type(exc).__name__}: {exc})."))
+        finally:
+            emit(_END)
+
+    def _reply(self, pool: Pool, slot: Slot, request: Request, emit: Callable[[Any], None], stop: threading.Event) -> None:
+        prompt = pool.prompt(slot, request)
+        limit = reply_limit(len(prompt.tokens), request.sampling.get("max_tokens"), pool.trained, self.n_ctx)
+        pool.fit(slot, context_size(len(prompt.tokens) + limit, pool.trained, self.n_ctx))
+        arguments = _arguments(request, prompt, limit)
+        emit([ChunkMeta(self.model, "llama.cpp (local)")])
+        llm = slot.llm
+        reused = slot.prefix.read(prompt.tokens)  # the prompt's logits are ready: create_completion samples at once
+        llm.picks = 0
+        probe = Probe.attach(llm, request, arguments)
+        try:
+            finished = self._relay(llm.create_completion(prompt.tokens, stream=True, **arguments), probe, emit, stop)
+        finally:
+            llm.probe = None
+        if not finished:
+            return
+        last = [TokenLogprobs(rest, "raw")] if probe is not None and (rest := probe.texts.finish()) else []
+        prompt_tokens, tokens = len(prompt.tokens), generated_tokens(llm)
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens, total_tokens=prompt_tokens + tokens, cost=0.0,
+                      cached_tokens=reused)  # as OpenAI's cached_tokens: prompt tokens read earlier, not again
+        emit([*last, UsageReport(usage), Done()])
+
+    @staticmethod
+    def _relay(stream: Any, probe: Probe | None, emit: Callable[[Any], None], stop: threading.Event) -> bool:
+        """Send llama.cpp's completion chunks on as events; False when stopped before the end."""
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    return False
+                events = _completion_events(chunk)
+                if probe is not None and (shown := probe.texts.streamed(_text_of(events))):
+                    events.append(TokenLogprobs(shown, "raw"))
+                if events:
+                    emit(events)
+        finally:
+            stream.close()
+        return True
+
+    async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+        trained = self._pool.trained if self._pool is not None else 0
+        info = ModelInfo(id=self.model, name=f"{self.model} (local, llama.cpp)", context_length=trained or self.n_ctx,
+                         prompt_price=0.0, completion_price=0.0, supported_parameters=local_parameters())
+        return {info.id: info}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _completion_events(chunk: Mapping[str, Any]) -> list[Event]:
+    """The events of one ``create_completion`` chunk: its ``text`` (chat chunks say ``delta.content``) and its end."""
+    events: list[Event] = []
+    for choice in chunk.get("choices") or ():
+        if choice.get("text"):
+            events.append(TextDelta(str(choice["text"])))
+        if choice.get("finish_reason"):
+            events.append(Finish(str(choice["finish_reason"])))
+    return events
+
+
+def _text_of(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))

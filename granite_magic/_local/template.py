@@ -1,0 +1,159 @@
+"""The prompt: the model's own chat template turning a ``Request``'s messages into text and tokens.
+
+The prompt is rendered here from the model's own chat template (``Template``): the GGUF's Jinja
+template, or llama-cpp-python's built-in format for a GGUF with none it can use.  Rendering it
+ourselves is what lets the prompt be shown and counted exactly before anything runs
+(``LocalClient.prompt_preview``), documents reach a template that takes them, and an assistant
+prefix be continued rather than closed (branching in the sampling lens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _errors as errors
+from .._shapes import Request, chat_tools
+from .model import LocalModelError, chat_format_for
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model reads for a request: the text after its chat template, and that text's exact tokens."""
+
+    text: str
+    tokens: list[int]
+    stop: list[str]  # the template's end-of-turn strings, added to the user's stop
+    stopping: Any  # llama-cpp-python's StoppingCriteriaList (a Jinja template stops on its EOS token id), or None
+
+
+class Template:
+    """How one model turns messages into prompt text: its GGUF's Jinja template, or a llama-cpp-python format.
+
+    A Jinja template is rendered by llama-cpp-python's own ``Jinja2ChatFormatter`` (its sandbox,
+    ``raise_exception``, ``strftime_now``, ``tojson``, the model's BOS and EOS token texts, the generation
+    prompt), so the text is the one ``create_chat_completion`` would have built.  ``reads`` is what the
+    template looks at, so documents and tools go to a template only if it has a place for them.
+    """
+
+    def __init__(self, name: str, formatter: Callable[..., Any], reads: frozenset[str], *, jinja: bool = False) -> None:
+        self.name, self.formatter, self.reads, self.jinja = name, formatter, reads, jinja
+
+    @classmethod
+    def of(cls, llm: Any, template: str | None = None) -> Template:
+        """``template`` (Jinja) if given, else the format named by ``GRANITE_LOCAL_CHAT_FORMAT``, the GGUF's
+        template, the ``gemma`` format for a Gemma GGUF without one, or llama-cpp-python's ``llama-2`` fallback."""
+        chat_format = None if template else chat_format_for(llm)
+        source = template or (None if chat_format else (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template"))
+        if source:
+            return cls._jinja(llm, source)
+        return cls(chat_format or "llama-2", _registered_formatter(chat_format or "llama-2"), frozenset())
+
+    @classmethod
+    def _jinja(cls, llm: Any, source: str) -> Template:
+        from jinja2 import meta
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos, bos = int(llm.token_eos()), int(llm.token_bos())
+        formatter = Jinja2ChatFormatter(template=source, eos_token=_token_text(llm, eos), bos_token=_token_text(llm, bos),
+                                        stop_token_ids=[eos])
+        environment = formatter._environment.environment  # the formatter's own (extensions included), to parse with
+        reads = frozenset(meta.find_undeclared_variables(environment.parse(source)))
+        return cls("the model's Jinja template", formatter, reads, jinja=True)
+
+    def render(self, llm: Any, request: Request) -> Prompt:
+        """The prompt for ``request``; an assistant message at the end is a prefix the reply continues."""
+        messages, prefix = _split_prefix(request.messages)
+        documents: list[dict[str, str]] | None = [dict(d) for d in request.documents] or None
+        if documents and "documents" not in self.reads:  # no place for them: a delimited block in the system message
+            messages, documents = _with_documents_block(messages, request.documents), None
+        response = self._format(messages, documents, self._tools(request))
+        text = response.prompt + prefix  # the generation prompt is open: the model goes on from the prefix
+        # As llama-cpp-python's chat handler does: special tokens in the text are parsed, and a BOS is added
+        # unless the template wrote its own.  The BOS is shown too: the model reads it.
+        add_bos = not getattr(response, "added_special", False)
+        tokens = list(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        bos = int(llm.token_bos())
+        if add_bos and tokens[:1] == [bos] and not text.startswith(_token_text(llm, bos)):
+            text = _token_text(llm, bos) + text
+        stop = response.stop
+        return Prompt(text, tokens, [stop] if isinstance(stop, str) else list(stop or ()), response.stopping_criteria)
+
+    def _tools(self, request: Request) -> list[dict[str, Any]] | None:
+        if not request.tools:
+            return None
+        if "tools" not in self.reads:
+            raise errors.InvalidParameterError(
+                f"This model's chat format ({self.name}) has no place for tools given natively: use --tool-mode prompted.")
+        return chat_tools(request.tools)
+
+    def _format(self, messages: list[dict[str, Any]], documents: list[dict[str, str]] | None, tools: list[dict[str, Any]] | None) -> Any:
+        extra: dict[str, Any] = {"documents": documents} if documents else {}
+        try:
+            response = self.formatter(messages=messages, tools=tools, **extra)
+            system = "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
+            if system and not self.jinja and system not in response.prompt:
+                # Some built-in formats drop the system message (llama-cpp-python's "gemma" does); Gemma's own
+                # template puts it at the start of the first user turn, and so do we: nothing the user gave is lost.
+                response = self.formatter(messages=_system_in_first_turn(messages), tools=tools, **extra)
+        except Exception as exc:  # jinja2's errors and the template's own raise_exception (ValueError)
+            raise errors.InvalidParameterError(f"The model's chat template refused this conversation ({type(exc).__name__}: {exc}).") from None
+        return response
+
+
+def _token_text(llm: Any, token: int) -> str:
+    """A special token's text as llama-cpp-python gives it to templates (``bos_token``, ``eos_token``)."""
+    return "" if token == -1 else str(llm._model.token_get_text(token))
+
+
+def _registered_formatter(name: str) -> Callable[..., Any]:
+    """The prompt formatter behind one of llama-cpp-python's registered chat formats.
+
+    The registry keeps only the completion handler it wraps around each formatter; the formatter is the
+    one variable that handler closes over (``chat_formatter_to_chat_completion_handler``).
+    """
+    from llama_cpp import llama_chat_format
+
+    try:
+        handler = llama_chat_format.get_chat_completion_handler(name)
+    except ValueError:
+        raise LocalModelError(f"llama-cpp-python has no chat format {name!r} (GRANITE_LOCAL_CHAT_FORMAT).") from None
+    code, closure = getattr(handler, "__code__", None), getattr(handler, "__closure__", None)
+    cells = dict(zip(code.co_freevars if code else (), closure or (), strict=False))
+    if "chat_formatter" not in cells:
+        raise LocalModelError(f"The chat format {name!r} is a handler of its own, not a prompt format: "
+                              "use a GGUF with a chat template, or another GRANITE_LOCAL_CHAT_FORMAT.")
+    formatter: Callable[..., Any] = cells["chat_formatter"].cell_contents
+    return formatter
+
+
+def _split_prefix(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The messages to render, and the text of a final assistant message the reply continues ("" if none)."""
+    rendered = [dict(m) for m in messages]
+    last = rendered[-1] if rendered else {}
+    if last.get("role") == "assistant" and isinstance(last.get("content"), str) and not last.get("tool_calls"):
+        return rendered[:-1], str(last["content"])
+    return rendered, ""
+
+
+def _with_documents_block(messages: list[dict[str, Any]], documents: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The documents as the delimited block the HTTP backends send, at the end of the system message."""
+    from .._context import Document, documents_block
+
+    # The request's documents are the template's {doc_id, title, text}: the file kind is not among them.
+    block = documents_block([Document(d.get("title") or f"document {d.get('doc_id', i)}", d.get("text", ""), d.get("kind", "text"))
+                             for i, d in enumerate(documents, start=1)])
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{block}"}, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
+
+
+def _system_in_first_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    system = "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
+    turns = [m for m in messages if m.get("role") != "system"]
+    first = next((i for i, m in enumerate(turns) if m.get("role") == "user"), None)
+    if first is None:
+        return [{"role": "user", "content": system}, *turns]
+    turns[first] = {**turns[first], "content": f"{system}\n\n{turns[first].get('content') or ''}"}
+    return turns

@@ -211,7 +211,8 @@ def is_transient(code: Any) -> bool:
 # --- keeping the key out of messages ---------------------------------------------------
 
 REDACTED = "[redacted]"
-_KEY_SHAPES = re.compile(r"(?i)\bbearer\s+\S+|\bsk-or-[\w-]+|\bsk-[A-Za-z0-9_-]{16,}")
+# compiled on first use (re caches it), not when the extension loads
+_KEY_SHAPES = r"(?i)\bbearer\s+\S+|\bsk-or-[\w-]+|\bsk-[A-Za-z0-9_-]{16,}"
 
 
 def shown_path(path: Path | str) -> str:
@@ -233,7 +234,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, REDACTED)
-    return _KEY_SHAPES.sub(REDACTED, text)
+    return re.sub(_KEY_SHAPES, REDACTED, text)
 
 
 # --- HTTP statuses -----------------------------------------------------------------------

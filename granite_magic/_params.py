@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from ._errors import InvalidParameterError
+from ._vocab import APIS, Api
 
 __all__ = [
     "APIS",
@@ -30,8 +31,6 @@ __all__ = [
 ]
 
 # Where a request goes: the three HTTP API shapes and llama.cpp in this process.
-Api = Literal["chat", "responses", "messages"]
-APIS: tuple[Api, ...] = get_args(Api)
 WireTarget = Literal[Api, "llama_cpp"]
 TARGETS: tuple[WireTarget, ...] = get_args(WireTarget)
 

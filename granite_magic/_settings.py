@@ -8,7 +8,7 @@ holds one ``Settings``; the magic's ``%config`` traits are made from its fields
 when they change.  Every default a user can see is written here once.
 
 Loading the extension imports this module (the traits), so it stays light: the
-API shapes and the cache are imported when a ``Settings`` is checked.
+parameter table, the API shapes and the cache are imported when a ``Settings`` is made.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._errors import InvalidParameterError
-from ._params import Api, Sampling
+from ._vocab import Api
 
 if TYPE_CHECKING:
     from ._cache import CacheMode
+    from ._params import Sampling
 
 __all__ = ["BACKENDS", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "UPDATES_PER_SECOND", "Backend", "Settings", "configurable"]
 
@@ -41,8 +42,16 @@ def _setting(help: str, *, env: str | None = None, config: bool = True) -> dict[
     return {"help": help, "env": env, "config": config}
 
 
+def _no_parameters() -> Sampling:
+    from ._params import Sampling
+
+    return Sampling()
+
+
 @dataclass(frozen=True)
 class Settings:
+    """A session's defaults: these values, then the environment's, then ``%config``'s (replaced whole, never changed)."""
+
     base_url: str = field(default=DEFAULT_BASE_URL, metadata=_setting("Default base URL", env="GRANITE_BASE_URL"))
     model: str = field(default=DEFAULT_MODEL, metadata=_setting("Default model id", env="GRANITE_MODEL"))
     backend: Backend = field(default="auto", metadata=_setting(
@@ -58,7 +67,7 @@ class Settings:
         "Most widget refreshes per second while streaming"))
     local_instances: int = field(default=1, metadata=_setting(
         "Local model copies loaded to serve comparison columns at once"))
-    default_params: Sampling = field(default_factory=Sampling, metadata=_setting(
+    default_params: Sampling = field(default_factory=_no_parameters, metadata=_setting(
         "Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}"))
     budget_usd: float | None = field(default=None, metadata=_setting(
         "What this kernel may spend in all, in USD", env="GRANITE_BUDGET_USD"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ from ._shapes import Request, build_messages, shape
 from ._version import __version__
 
 if TYPE_CHECKING:
+    import ssl
     from pathlib import Path
 
     import httpx
@@ -660,7 +662,7 @@ class GraniteClient(BaseClient):
 
         if self._http_client is None:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
-            http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": f"granite-magic/{__version__}"})
+            http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": f"granite-magic/{__version__}"}, verify=tls_context())
             # A client dropped without close() (common in notebooks) must still close its sockets,
             # and on the loop that owns them, not in whichever thread the garbage collector runs.
             finalizer = weakref.finalize(self, _close_soon, self.loop, http)
@@ -806,6 +808,15 @@ def _check_content_type(content_type: str) -> None:
 def _retry_note(retry: _Retry, delay: float, attempt: int, attempts: int) -> str:
     reason = "rate limited" if isinstance(retry.error, errors.RateLimitError) else "failed"
     return f"{reason}, retrying in {delay:.0f} s (attempt {attempt + 1} of {attempts})"
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default certificate checks (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), made once for every client:
+    reading the CA bundle takes tens of milliseconds, which the extension's warm-up pays instead of a first cell."""
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def _close_soon(loop: BackgroundLoop, http: httpx.AsyncClient) -> None:

@@ -7,17 +7,22 @@ and phrase failures with advice (``_advice``).  HTTP and JSON live below.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import shlex
 import sys
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Bool, Dict, Enum, Float, Integer, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, TraitType, Unicode
 
 from . import _errors as errors
-from ._cell import build_help, build_parser
+from ._settings import BACKENDS, configurable
+from ._vocab import APIS
 
 if TYPE_CHECKING:
     from IPython.core.magic_arguments import MagicArgumentParser
@@ -27,20 +32,39 @@ if TYPE_CHECKING:
     from ._session import CompareJob, Session, SingleJob, Target
     from ._settings import Settings
 
-# Loading the extension imports only this module, the grammar, the parameter table
-# and the errors: the client, asyncio, httpx and ipywidgets wait for the first cell.
+# Loading the extension imports only this module, the grammar, the settings, the parameter table
+# and the errors.  The option parser, the client, asyncio, httpx and ipywidgets are made or imported
+# by the warm-up thread once the loading cell has finished, or else by the first cell.
 
 __all__ = ["GraniteMagics", "register", "unregister"]
 
-SUBCOMMANDS = ("models", "panel", "history", "reset", "key", "last", "usage", "credits", "probe", "cache")
-
-# %config trait -> the Settings field it sets (an empty string or None means "the environment's default").
-TRAIT_SETTINGS = {
-    "model": "model", "base_url": "base_url", "backend": "backend", "api": "api", "read_timeout": "read_timeout_s",
-    "timeout": "timeout_s", "concurrency": "concurrency", "updates_per_second": "updates_per_second",
-    "local_instances": "local_instances", "default_params": "default_params", "budget_usd": "budget_usd",
-    "cache": "cache", "cache_dir": "cache_dir", "strict": "strict",
+# How each type of Settings field becomes a %config trait, given its default and help.  Every trait may be left
+# unset ("" or None): then the environment's value (for a field with an ``env``), else the field's default.
+_TRAIT_TYPES: dict[str, Callable[[Any, str], TraitType[Any, Any]]] = {
+    "str": lambda value, text: Unicode(value or "", help=text),
+    "CacheMode": lambda value, text: Unicode(value or "", help=text),  # Settings checks it: its Literal lives in _cache
+    "Backend": lambda value, text: Enum(BACKENDS, value, allow_none=True, help=text),
+    "Api": lambda value, text: Enum(APIS, value, allow_none=True, help=text),
+    "bool": lambda value, text: Bool(value, help=text),
+    "int": lambda value, text: Integer(value, allow_none=True, help=text),
+    "float": lambda value, text: Float(value, allow_none=True, help=text),
+    "float | None": lambda value, text: Float(value, allow_none=True, help=text),
+    "Sampling": lambda value, text: Dict(help=text),
 }
+
+
+def _settings_trait(setting: dataclasses.Field[Any]) -> TraitType[Any, Any]:
+    env = setting.metadata["env"]
+    default = None if setting.default is dataclasses.MISSING else setting.default
+    text = setting.metadata["help"] + (f" (unset: {env}, else {'no limit' if default is None else default})" if env else "") + "."
+    make = _TRAIT_TYPES.get(str(setting.type))
+    if make is None:
+        raise TypeError(f"Settings.{setting.name} is a {setting.type}: say in _TRAIT_TYPES which %config trait it is")
+    return make(None if env else default, text).tag(config=True)
+
+
+# %config trait -> the Settings field it sets: one per field (read_timeout_s is GraniteMagics.read_timeout).
+TRAIT_SETTINGS = {setting.name.removesuffix("_s"): setting.name for setting in configurable()}
 
 # A grid whose worst case is above this says so before it starts, so a large sweep never surprises.
 GRID_COST_NOTICE_USD = 0.01
@@ -48,33 +72,49 @@ GRID_COST_NOTICE_USD = 0.01
 
 @magics_class
 class GraniteMagics(Magics):
-    model = Unicode("", help="Default model id (empty: GRANITE_MODEL or Granite 4.0 Micro).").tag(config=True)
-    base_url = Unicode("", help="Default base URL (empty: GRANITE_BASE_URL or OpenRouter).").tag(config=True)
-    default_params = Dict(help="Sampling parameters sent unless a cell sets them, e.g. {'temperature': 0.2}.").tag(config=True)
-    updates_per_second = Float(15.0, help="Most widget refreshes per second while streaming.").tag(config=True)
-    concurrency = Integer(4, help="Comparison columns streaming at once.").tag(config=True)
-    backend = Enum(["auto", "http", "local"], "auto", help="auto, http (OpenRouter or base_url) or local (llama.cpp).").tag(config=True)
-    api = Enum(["chat", "responses", "messages"], "chat", help="HTTP request format: chat, responses or messages.").tag(config=True)
-    local_instances = Integer(1, help="Local model copies loaded to serve comparison columns at once.").tag(config=True)
-    read_timeout = Float(60.0, help="Seconds without a new event before a stream counts as stalled.").tag(config=True)
-    timeout = Float(None, allow_none=True, help="Seconds a whole reply may take (None: no limit).").tag(config=True)
+    # One trait per Settings field, made from the field (TRAIT_SETTINGS); then the front end's own.
+    locals().update({trait: _settings_trait(setting) for trait, setting in zip(TRAIT_SETTINGS, configurable(), strict=True)})
     live = Enum(["auto", "widget", "terminal"], "auto", help="Streaming view: a widget in a kernel, printed text in a terminal.").tag(config=True)
-    strict = Bool(False, help="OpenRouter: only providers that honour every parameter sent (provider.require_parameters).").tag(config=True)
-    cache = Unicode("", help="Record and replay: off, auto, record or replay (empty: GRANITE_CACHE or off).").tag(config=True)
-    cache_dir = Unicode("", help="Where recordings live (empty: GRANITE_CACHE_DIR or .granite-cache).").tag(config=True)
-    budget_usd = Float(None, allow_none=True, help="What this kernel may spend in all, in USD (None: GRANITE_BUDGET_USD or no limit).").tag(config=True)
 
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._session: Session | None = None
-        self._parser: MagicArgumentParser | None = None
+        self.warm_up: threading.Thread | None = None  # started when the cell that loaded the extension has finished
         self.observe(self._configure, names=list(TRAIT_SETTINGS))
 
     @property
     def parser(self) -> MagicArgumentParser:
-        if self._parser is None:
-            self._parser = build_parser()
-        return self._parser
+        return _parser()
+
+    def start_warm_up(self, result: Any = None) -> None:
+        """After the cell that loaded the extension: do in a daemon thread what the first cell would wait for."""
+        if self.shell is not None:
+            self.shell.events.unregister("post_run_cell", self.start_warm_up)
+        if self.warm_up is None:
+            self.warm_up = threading.Thread(target=self._warm_up, name="granite-magic warm-up", daemon=True)
+            self.warm_up.start()
+
+    def _warm_up(self) -> None:
+        """Build the option parser, import what a cell runs (the session, both backends' clients, the views;
+        ipywidgets when the view is a widget), read the CA bundle, start the background loop and send one request
+        there to a server of its own on the loopback interface, so httpx's first connection (which imports its
+        async backend and HTTP/1.1 parser) is not a cell's.
+
+        Imports take CPython's per-module import locks, so a cell that starts meanwhile waits for a module half
+        imported here instead of importing it twice; ``get_loop`` and ``tls_context`` make their one object under a
+        lock or a cache.  Nothing here touches the session, the settings or another host."""
+        try:
+            _parser()
+            from . import _grid, _local, _render, _session  # noqa: F401
+            from ._client import tls_context
+            from ._runner import get_loop
+
+            if self._widgets():
+                import ipywidgets  # noqa: F401
+            tls_context()
+            get_loop().run(_first_connection())
+        except Exception:  # the first cell does the same work and reports what fails there
+            pass
 
     @property
     def session(self) -> Session:
@@ -303,33 +343,18 @@ class GraniteMagics(Magics):
         except ValueError as exc:
             _error(f"the line does not parse ({exc}): check the quotes")
             return None
-        if not words or words[0] not in SUBCOMMANDS:
+        command = SUBCOMMANDS.get(words[0]) if words else None
+        if command is None:
             _error(f"unknown subcommand {line.strip()!r}; use one of: {', '.join(SUBCOMMANDS)} (see %granite?)")
             return None
-        command, rest = words[0], words[1:]
-        name = rest[0] if rest else None
-        if command == "models":
-            self._models()
-        elif command == "panel":
-            return self.panel(" ".join(rest))
-        elif command == "history":
-            self._history(name)
-        elif command == "reset":
-            forgotten = self.session.reset(name)
-            print(f"forgot {', '.join(forgotten)}" if forgotten else "no conversations to forget")
-        elif command == "key":
-            self._ask_key()
-        elif command == "last":
-            return self.session.last
-        elif command == "usage":
-            print(self.session.ledger.summary(budget=self.session.settings.budget_usd))
-        elif command == "credits":
-            self._credits()
-        elif command == "probe":
-            return self._probe(name)
-        elif command == "cache":
-            self._cache(name)
-        return None
+        return command.run(self, words[1:])
+
+    def _reset(self, name: str | None) -> None:
+        forgotten = self.session.reset(name)
+        print(f"forgot {', '.join(forgotten)}" if forgotten else "no conversations to forget")
+
+    def _usage(self) -> None:
+        print(self.session.ledger.summary(budget=self.session.settings.budget_usd))
 
     def _cache(self, action: str | None) -> None:
         cache = self.session.cache_for()
@@ -346,6 +371,7 @@ class GraniteMagics(Magics):
     def _probe(self, model: str | None) -> Any:
         from ._advice import explain
         from ._markdown import markdown_literal
+        from ._probe import probe_requests, probed_parameters
         from ._result import Result
         from ._session import Turn
 
@@ -353,7 +379,8 @@ class GraniteMagics(Magics):
             target = self.session.resolve(Turn("", model=model))
             estimate = self.session.probe_estimate(target)
             cost = "unknown cost" if estimate is None else f"at most ${estimate:.6f}"
-            print(f"probing {target.label}: {len(_PROBED)} parameters with a few short requests ({cost}) ...", flush=True)
+            print(f"probing {target.label}: {len(probed_parameters())} parameters with at most {probe_requests()} short "
+                  f"requests ({cost}) ...", flush=True)
             report = self.session.probe(target)
         except errors.GraniteError as exc:
             _error(explain(exc, Result()) or exc.message)
@@ -438,7 +465,83 @@ class GraniteMagics(Magics):
         print("key set for this kernel")
 
 
-GraniteMagics.granite.__doc__ = build_help()
+async def _first_connection() -> None:
+    """One HTTP request through httpx, on the background loop, to a server that lives as long as the request."""
+    import asyncio
+
+    import httpx
+
+    from ._client import tls_context
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(verify=tls_context(), trust_env=False, timeout=5) as http:
+            await http.get(f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _first(words: list[str]) -> str | None:
+    return words[0] if words else None
+
+
+class Subcommand(NamedTuple):  # not a dataclass: making one costs the extension's load a fraction of a millisecond
+    """One ``%granite`` subcommand: its arguments and help (for ``%granite?``) and what it does with its words."""
+
+    arguments: str
+    help: str
+    run: Callable[[GraniteMagics, list[str]], Any]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "models": Subcommand("", "context length, prices and supported parameters", lambda m, words: m._models()),
+    "panel": Subcommand("[PROMPT]", "a widget panel: every parameter, presets, Run/Stop, seed comparison",
+                        lambda m, words: m.panel(" ".join(words))),
+    "history": Subcommand("[NAME]", "show a conversation (all if no name)", lambda m, words: m._history(_first(words))),
+    "reset": Subcommand("[NAME]", "forget a conversation (all if no name)", lambda m, words: m._reset(_first(words))),
+    "key": Subcommand("", "ask for the API key (hidden; kept for this kernel only)", lambda m, words: m._ask_key()),
+    "last": Subcommand("", "the last result", lambda m, words: m.session.last),
+    "usage": Subcommand("", "what this kernel's runs cost (granite_magic.usage() for a DataFrame)", lambda m, words: m._usage()),
+    "credits": Subcommand("", "the key's remaining credit and limit (OpenRouter)", lambda m, words: m._credits()),
+    "probe": Subcommand("[MODEL]", "measure which parameters the provider really honours", lambda m, words: m._probe(_first(words))),
+    "cache": Subcommand("[clear]", "recordings on disk and this session's hits and misses; clear deletes the recordings",
+                        lambda m, words: m._cache(_first(words))),
+}
+
+
+@functools.cache
+def _parser() -> MagicArgumentParser:
+    """The cell's option parser, made once, on first use (the warm-up thread or the first cell)."""
+    from ._cell import build_parser
+
+    return build_parser()
+
+
+@functools.cache
+def help_text() -> str:
+    """``%%granite?`` and ``%granite?``: the options from the parser, the subcommands from ``SUBCOMMANDS``, the
+    ``%config`` names from the traits."""
+    import textwrap
+
+    from ._cell import build_help
+
+    rows = [f"  %granite {name} {command.arguments}".rstrip().ljust(29) + f" {command.help}" for name, command in SUBCOMMANDS.items()]
+    names = ", ".join(sorted(GraniteMagics.class_trait_names(config=True)))
+    config = textwrap.fill(f"Defaults: %config GraniteMagics.<name> for {names}", width=116, subsequent_indent=" " * 10)
+    return "\n".join([build_help(_parser()), "", "Line magic:", *rows, "", config])
+
+
+# IPython asks a magic for its help through getdoc(), so the parser is not built to load the extension.
+GraniteMagics.granite.__doc__ = "Send the cell to Granite and stream the reply; %%granite? lists the options."
+GraniteMagics.granite.getdoc = help_text  # type: ignore[union-attr]
 
 
 def _parse_format(result: Result, fmt: str) -> str | None:
@@ -476,8 +579,6 @@ def _warn(message: str) -> None:
 NO_PROBS = ("this provider returned no token probabilities; the local backend (--backend local) and servers such as "
             "llama.cpp or vLLM do.")
 
-_PROBED = ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "tools")
-
 _registered: dict[int, GraniteMagics] = {}
 
 
@@ -488,6 +589,7 @@ def register(ipython: InteractiveShell) -> None:
     ipython.register_magics(magics)
     _registered[id(ipython)] = magics
     _kernel.remember(ipython, lambda: magics.session)
+    ipython.events.register("post_run_cell", magics.start_warm_up)
 
 
 def unregister(ipython: InteractiveShell) -> None:
@@ -496,6 +598,8 @@ def unregister(ipython: InteractiveShell) -> None:
     _kernel.forget(ipython)
     magics = _registered.pop(id(ipython), None)
     if magics is not None:
+        with contextlib.suppress(ValueError):  # already started
+            ipython.events.unregister("post_run_cell", magics.start_warm_up)
         configurables: list[Any] = ipython.configurables
         if magics in configurables:
             configurables.remove(magics)

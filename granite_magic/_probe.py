@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from ._result import Result
 from ._shapes import Request, build_messages
 from ._tools import Tool, tool_from_function
 
-__all__ = ["MAX_REQUESTS", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests"]
+__all__ = ["MAX_REQUESTS", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests", "probed_parameters"]
 
 Observed = Literal["honoured", "ignored", "rejected", "not tested"]
 
@@ -87,6 +87,7 @@ class _Runner:
     model: str
     on_result: Callable[[Result], None]
     results: list[Result] = field(default_factory=list)
+    greedy: Result | GraniteError | None = None  # the first temperature-0 reply
 
     def _keep(self, result: Result) -> None:
         self.results.append(result)
@@ -104,24 +105,61 @@ class _Runner:
         return result
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One measured parameter: the most requests it sends, and how it turns their replies into an observation."""
+
+    parameter: str
+    requests: int
+    measure: Callable[[_Runner], Awaitable[Observation]]
+
+
+async def _measure_seed(runner: _Runner) -> Observation:
+    return _seed(await runner.run(seed=11, temperature=1.0), await runner.run(seed=11, temperature=1.0),
+                 await runner.run(seed=12, temperature=1.0))
+
+
+async def _measure_temperature(runner: _Runner) -> Observation:
+    runner.greedy = await runner.run(temperature=0.0)  # also what top_k and stop compare with
+    return _temperature(runner.greedy, await runner.run(temperature=0.0))
+
+
+async def _measure_top_k(runner: _Runner) -> Observation:
+    return _top_k(runner.greedy, await runner.run(top_k=1, temperature=1.0, seed=13))
+
+
+async def _measure_stop(runner: _Runner) -> Observation:
+    return await _stop(runner, runner.greedy)
+
+
+async def _measure_max_tokens(runner: _Runner) -> Observation:
+    return _max_tokens(await runner.run(temperature=0.0, max_tokens=3))
+
+
+async def _measure_logprobs(runner: _Runner) -> Observation:
+    return _logprobs(await runner.run(temperature=0.0, logprobs=True, top_logprobs=2))
+
+
+async def _measure_tools(runner: _Runner) -> Observation:
+    return _tools(await runner.run(prompt="What is 2 plus 3?", tools=(_ADD,), tool_choice="required"))
+
+
 def probe_requests() -> int:
-    """How many requests a probe sends (shown with the cost estimate before it runs)."""
-    return 10
+    """How many requests a probe sends at most (shown with the cost estimate before it runs)."""
+    return sum(step.requests for step in _STEPS)
+
+
+def probed_parameters() -> tuple[str, ...]:
+    """The parameters a probe measures, in order."""
+    return tuple(step.parameter for step in _STEPS)
 
 
 async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | None,
                 on_result: Callable[[Result], None] = lambda result: None) -> ProbeReport:
-    """Measure what ``model`` at ``client`` honours; at most ``MAX_REQUESTS`` requests of ``PROBE_TOKENS`` tokens.
+    """Measure what ``model`` at ``client`` honours; at most ``probe_requests()`` requests of ``PROBE_TOKENS`` tokens.
     ``on_result`` sees every reply (the session's ledger records them)."""
     runner = _Runner(client, model, on_result)
-    seeded = [await runner.run(seed=11, temperature=1.0), await runner.run(seed=11, temperature=1.0),
-              await runner.run(seed=12, temperature=1.0)]
-    greedy = [await runner.run(temperature=0.0), await runner.run(temperature=0.0)]
-    observations = [_seed(*seeded), _temperature(*greedy), _top_k(greedy[0], await runner.run(top_k=1, temperature=1.0, seed=13))]
-    observations.append(await _stop(runner, greedy[0]))
-    observations.append(_max_tokens(await runner.run(temperature=0.0, max_tokens=3)))
-    observations.append(_logprobs(await runner.run(temperature=0.0, logprobs=True, top_logprobs=2)))
-    observations.append(_tools(await runner.run(prompt="What is 2 plus 3?", tools=(_ADD,), tool_choice="required")))
+    observations = [await step.measure(runner) for step in _STEPS]
     observations += [Observation("logit_bias", None, "not tested", "needs the model's token ids, which an HTTP API does not give"),
                      Observation("response_format", None, "not tested", "structured output is not in the parameter table")]
     declared = [Observation(o.parameter, None if supported is None else o.parameter in supported, o.observed, o.evidence)
@@ -163,7 +201,7 @@ def _temperature(first: Result | GraniteError, again: Result | GraniteError) -> 
     return Observation("temperature", None, "honoured", "temperature 0 twice: identical")
 
 
-def _top_k(greedy: Result | GraniteError, top1: Result | GraniteError) -> Observation:
+def _top_k(greedy: Result | GraniteError | None, top1: Result | GraniteError) -> Observation:
     failed = _failed("top_k", top1)
     if failed or not isinstance(top1, Result) or not isinstance(greedy, Result):
         return failed or Observation("top_k", None, "not tested", "no greedy text to compare with")
@@ -172,7 +210,7 @@ def _top_k(greedy: Result | GraniteError, top1: Result | GraniteError) -> Observ
     return Observation("top_k", None, "honoured", "top_k 1 at temperature 1 equals the greedy text")
 
 
-async def _stop(runner: _Runner, greedy: Result | GraniteError) -> Observation:
+async def _stop(runner: _Runner, greedy: Result | GraniteError | None) -> Observation:
     words = greedy.text.split() if isinstance(greedy, Result) else []
     if len(words) < 3:
         return Observation("stop", None, "not tested", "the greedy text is too short to pick a stop word from")
@@ -219,6 +257,18 @@ def _tools(result: Result | GraniteError) -> Observation:
     if not result.tool_calls:
         return Observation("tools", None, "ignored", "a required call to a tool came back as text")
     return Observation("tools", None, "honoured", f"a required call came back: {result.tool_calls[0].name}")
+
+
+# The probe, step by step: the request count and the parameters announced before it runs are read from here.
+_STEPS = (
+    _Step("seed", 3, _measure_seed),
+    _Step("temperature", 2, _measure_temperature),
+    _Step("top_k", 1, _measure_top_k),
+    _Step("stop", 1, _measure_stop),
+    _Step("max_tokens", 1, _measure_max_tokens),
+    _Step("logprobs", 1, _measure_logprobs),
+    _Step("tools", 1, _measure_tools),
+)
 
 
 def _quote(result: Result) -> str:

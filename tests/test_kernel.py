@@ -97,3 +97,38 @@ def _wait_disconnected(server: FakeOpenRouter) -> bool:
     from .conftest import wait_until
 
     return wait_until(lambda: server.chat_requests[-1].disconnected)
+
+
+def test_after_loading_the_warm_up_finishes_and_the_first_cell_works(server: FakeOpenRouter,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cell that loads the extension starts a warm-up thread when it has finished (imports, the option parser,
+    the background loop, one loopback request); it ends on its own and leaves the first cell working."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _execute(kc, f"%load_ext granite_magic\n%config GraniteMagics.base_url = {server.base_url!r}")
+
+        def printed(code: str) -> str:
+            messages = _execute(kc, code)
+            assert not [m for m in messages if m["msg_type"] == "error"], messages
+            return "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+
+        warmed = printed(
+            "import sys, threading\n"
+            "warm_up = get_ipython().find_cell_magic('granite').__self__.warm_up\n"
+            "warm_up.join(30)\n"
+            "print(warm_up.is_alive(), sorted(m for m in ('httpx', 'httpcore', 'ipywidgets') if m in sys.modules),\n"
+            "      [t.name for t in threading.enumerate() if t.name.startswith('granite-magic')])"
+        )
+        assert warmed.strip() == "False ['httpcore', 'httpx', 'ipywidgets'] ['granite-magic']"  # done; the loop runs
+        assert server.chat_requests == []  # the warm-up's request went to a server of its own
+        _execute(kc, "%%granite --seed 4 -o r\nTell me about granite")
+        expected = "".join(fake_reply([{"role": "user", "content": "Tell me about granite"}], {"seed": 4}))
+        assert printed(f"print(r.text == {expected!r}, r.finish_reason)").strip() == "True stop"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

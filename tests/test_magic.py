@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -51,13 +52,63 @@ def test_invalid_option_is_refused_before_sending(ip: InteractiveShell, server: 
     assert server.chat_requests == []
 
 
+def help_shown(ip: InteractiveShell, question: str = "%%granite?") -> str:
+    """What IPython prints for ``%%granite?`` (it asks the magic's ``getdoc``)."""
+    with capture_output() as captured:
+        ip.run_cell(question)
+    return captured.stdout
+
+
 def test_help_lists_every_option_with_range_and_default(ip: InteractiveShell) -> None:
-    doc = magics_of(ip).granite.__doc__ or ""
+    doc = help_shown(ip)
+    assert help_shown(ip, "%granite?") == doc
     for option in ["--model", "--system", "--base-url", "--out", "--format", "--chat", "--dry-run", "--no-interpolate",
                    "--temperature", "--top-p", "--top-k", "--min-p", "--top-a", "--seed", "--max-tokens", "--stop",
                    "--repetition-penalty", "--frequency-penalty", "--presence-penalty", "--logit-bias"]:
         assert option in doc
     assert "Range: number, 0 <= temperature <= 2; when not sent: 1." in doc
+
+
+def test_help_lists_every_subcommand_and_every_setting(ip: InteractiveShell) -> None:
+    from granite_magic._magic import SUBCOMMANDS, TRAIT_SETTINGS, GraniteMagics
+    from granite_magic._settings import Settings, configurable
+
+    doc = help_shown(ip)
+    for name, command in SUBCOMMANDS.items():  # a subcommand added to the table is in the help, with its words
+        assert f"%granite {name} {command.arguments}".strip() in doc and command.help and command.help in doc
+    config = " ".join(doc[doc.index("Defaults: %config GraniteMagics.<name> for"):].split())
+    traits = GraniteMagics.class_trait_names(config=True)
+    assert set(TRAIT_SETTINGS) | {"live"} == set(traits)
+    assert all(name in config.replace(",", " ").split() for name in traits)
+    # every Settings field has help, and is a %config trait unless it says it is not
+    assert {f.name for f in configurable()} == set(TRAIT_SETTINGS.values())
+    for field in dataclasses.fields(Settings):
+        assert field.metadata["help"]
+        assert field.metadata["config"] is False or GraniteMagics.class_traits()[field.name.removesuffix("_s")].help
+
+
+def test_every_subcommand_in_the_table_is_dispatched(ip: InteractiveShell) -> None:
+    from granite_magic._magic import SUBCOMMANDS
+
+    with capture_output() as captured:
+        ip.run_line_magic("granite", "nonsense")
+    assert f"use one of: {', '.join(SUBCOMMANDS)}" in captured.stderr and "cache" in SUBCOMMANDS
+    with capture_output() as captured:
+        ip.run_line_magic("granite", "reset")
+    assert "no conversations to forget" in captured.stdout
+
+
+def test_environment_backend_reaches_the_magic_unless_config_sets_one(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    magics = magics_of(ip)
+    monkeypatch.setenv("GRANITE_BACKEND", "local")
+    assert magics.backend is None and magics.settings().backend == "local"
+    magics.backend = "http"
+    try:
+        assert magics.settings().backend == "http"
+    finally:
+        monkeypatch.delenv("GRANITE_BACKEND")
+        magics.backend = None  # the session's settings are made again, without the variable
+    assert magics.session.settings.backend == "auto"
 
 
 def test_interpolation_replaces_known_names_only(ip: InteractiveShell, server: FakeOpenRouter) -> None:

@@ -234,6 +234,23 @@ def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, 
     from granite_magic._comparison import RunSpec
     from granite_magic._params import Sampling
     from granite_magic._session import QuietGrid, Turn
+def test_the_probe_sends_the_requests_it_announces(server: FakeOpenRouter, tmp_path: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request count shown before a probe (and its worst-case cost) is read from the probe's own steps."""
+    from granite_magic._probe import ProbeStore, probe_requests, probed_parameters
+    from granite_magic._session import Turn
+    from granite_magic._settings import Settings
+
+    from .conftest import TEST_KEY
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    session = Session(Settings.from_env(base_url=server.base_url))
+    session.probes = ProbeStore(tmp_path / "probes.json")
+    report = session.probe(session.resolve(Turn("")))
+    assert len(server.chat_requests) == report.requests == probe_requests()  # every step ran in full here
+    assert [o.parameter for o in report.observations][: len(probed_parameters())] == list(probed_parameters())
+
+
 
     from .conftest import TEST_KEY
 

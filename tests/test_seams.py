@@ -227,13 +227,6 @@ def test_to_cell_writes_the_short_forms_a_person_would(tmp_path: Any) -> None:
     assert parse_cell(text.partition("\n")[0].removeprefix("%%granite"), "Say {x}", {}) == request
 
 
-def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Any) -> None:
-    """A run of a batch changes sampling (a grid's column), the prompt (a dataset's row) or the assistant prefix
-    (a lens branch); each is sent as its own turn, keyed as its own request, and budgeted with the others."""
-    from granite_magic._comparison import RunSpec
-    from granite_magic._params import Sampling
-    from granite_magic._session import QuietGrid, Turn
 def test_the_probe_sends_the_requests_it_announces(server: FakeOpenRouter, tmp_path: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The request count shown before a probe (and its worst-case cost) is read from the probe's own steps."""
@@ -251,6 +244,13 @@ def test_the_probe_sends_the_requests_it_announces(server: FakeOpenRouter, tmp_p
     assert [o.parameter for o in report.observations][: len(probed_parameters())] == list(probed_parameters())
 
 
+def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Any) -> None:
+    """A run of a batch changes sampling (a grid's column), the prompt (a dataset's row) or the assistant prefix
+    (a lens branch); each is sent as its own turn, keyed as its own request, and budgeted with the others."""
+    from granite_magic._comparison import RunSpec
+    from granite_magic._params import Sampling
+    from granite_magic._session import QuietGrid, Turn
 
     from .conftest import TEST_KEY
 

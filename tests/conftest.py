@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from IPython.utils.capture import CapturedIO, capture_output
 
 from granite_magic import GraniteClient, RetryPolicy
 from granite_magic._magic import GraniteMagics
+from granite_magic._session import Session
 from granite_magic.testing import FakeOpenRouter
 
 TEST_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"
@@ -183,3 +185,22 @@ def llama_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def sse(*events: object) -> bytes:
+    """A server-sent event stream.  Each event is a payload, or an ``(event name or None, payload)`` pair; a
+    payload is JSON-encoded unless it is already text (``"[DONE]"``, a deliberately broken line)."""
+    out = []
+    for event in events:
+        name, payload = event if isinstance(event, tuple) else (None, event)
+        head = f"event: {name}\n" if name else ""
+        out.append(f"{head}data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n")
+    return "".join(out).encode()
+
+
+@pytest.fixture
+def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
+    """A session that sends to the fake server: the key and ``GRANITE_BASE_URL`` are set for the test."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
+    return Session()

@@ -14,16 +14,9 @@ import granite_magic
 from granite_magic import Progress, Result, Sampling
 from granite_magic._comparison import plan_runs
 from granite_magic._session import Session, Turn
-from granite_magic._settings import Settings
 from granite_magic.testing import FakeOpenRouter
 
 from .conftest import TEST_KEY, magics_of, run
-
-
-@pytest.fixture
-def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
-    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    return Session(Settings.from_env(base_url=server.base_url))
 
 
 def test_the_ledger_total_is_what_the_server_billed(session: Session) -> None:

@@ -128,13 +128,6 @@ def test_to_dataframe_has_one_row_per_run() -> None:
 # --- against the local server ----------------------------------------------------------------
 
 
-@pytest.fixture
-def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
-    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
-    return Session()
-
-
 def test_four_seeds_give_the_texts_of_four_single_runs(session: Session, client: GraniteClient) -> None:
     comp = session.compare(Turn("Tell a story", sampling=Sampling({"temperature": 0.8})), plan_runs([1, 2, 3, 4]))
     singles = [client.chat("Tell a story", seed=s, temperature=0.8).text for s in (1, 2, 3, 4)]

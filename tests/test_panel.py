@@ -18,12 +18,6 @@ from .conftest import TEST_KEY, magics_of, run, wait_until
 
 
 @pytest.fixture
-def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
-    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    return Session()
-
-
-@pytest.fixture
 def panel(session: Session, server: FakeOpenRouter, recorded_comms: list[Any]) -> Iterator[Panel]:
     p = Panel(session, base_url=server.base_url, prompt="Tell me about granite")
     yield p

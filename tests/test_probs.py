@@ -20,13 +20,9 @@ from granite_magic._result import Alternative, Result, Token
 from granite_magic._shapes import chunk_events, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
-from .conftest import FAST_RETRY, TEST_KEY, interrupt_after
+from .conftest import FAST_RETRY, TEST_KEY, interrupt_after, sse
 from .json_fuzz import paths as _paths
 from .json_fuzz import replaced as _replaced
-
-
-def sse(*payloads: object) -> bytes:
-    return "".join(f"data: {json.dumps(p)}\n\n" for p in payloads).encode()
 
 
 def entry(token: str, logprob: float, *top: tuple[str, float]) -> dict[str, Any]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import types
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from granite_magic import _comparison, _params
+from granite_magic import _params
 from granite_magic._cell import build_help, build_parser, parse_cell, to_cell
 from granite_magic._local import LocalClient, local_parameters
 from granite_magic._params import Param
@@ -62,11 +63,19 @@ def test_one_new_row_reaches_options_help_bodies_llama_cpp_and_the_panel(typical
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts each parameter's validations and each resolution of a target, at run time."""
     calls: Counter[str] = Counter()
+    # Counted inside ``validate`` itself, so that every caller is seen, those that imported it by name included
+    # (``from ._params import validate``): the function object keeps its identity and gets the counting code, and
+    # the counter and the original code arrive as keyword-only defaults.
     validate = _params.validate
+    original = types.FunctionType(validate.__code__, validate.__globals__, validate.__name__, validate.__defaults__,
+                                  validate.__closure__)
 
-    def counting_validate(name: str, value: Any) -> Any:
+    def counting_validate(name: str, value: Any, *, calls: Counter[str], original: Callable[[str, Any], Any]) -> Any:
         calls[name] += 1
-        return validate(name, value)
+        return original(name, value)
+
+    monkeypatch.setattr(validate, "__code__", counting_validate.__code__)
+    monkeypatch.setattr(validate, "__kwdefaults__", {"calls": calls, "original": original})
 
     resolve = Session.resolve
 
@@ -74,8 +83,6 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         calls["resolve"] += 1
         return resolve(self, turn)
 
-    monkeypatch.setattr(_params, "validate", counting_validate)
-    monkeypatch.setattr(_comparison, "validate", counting_validate)
     monkeypatch.setattr(Session, "resolve", counting_resolve)
     return calls
 

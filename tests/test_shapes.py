@@ -16,7 +16,7 @@ from granite_magic._events import Accumulator, ChunkMeta, Done, ErrorEvent, Even
 from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, StreamDecoder, shape
 from granite_magic.testing import FakeOpenRouter, Scenario
 
-from .conftest import FAST_RETRY, TEST_KEY, run, shown
+from .conftest import FAST_RETRY, TEST_KEY, run, shown, sse
 from .hostile import HostileServer, Reply
 from .json_fuzz import paths as _paths
 from .json_fuzz import replaced as _replaced
@@ -40,14 +40,6 @@ def test_messages_body() -> None:
     assert body == {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "system": "Be brief.",
                     "max_tokens": MESSAGES_DEFAULT_MAX_TOKENS, "stream": True, "stop_sequences": ["END"], "top_k": 5}
     assert shape("messages").body(request(max_tokens=7))["max_tokens"] == 7
-
-
-def sse(*events: tuple[str | None, object]) -> bytes:
-    out = []
-    for name, payload in events:
-        head = f"event: {name}\n" if name else ""
-        out.append(f"{head}data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n")
-    return "".join(out).encode()
 
 
 RESPONSES_STREAM = sse(

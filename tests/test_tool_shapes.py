@@ -20,7 +20,7 @@ from granite_magic._shapes import MESSAGES_DEFAULT_MAX_TOKENS, Request, shape, t
 from granite_magic._tools import CallRecord, Tool, result_text, run_requested, tool_from_function, tool_from_spec
 from granite_magic.testing import GRANITE_ID, FakeOpenRouter, Scenario
 
-from .conftest import FAST_RETRY, TEST_KEY
+from .conftest import FAST_RETRY, TEST_KEY, sse
 from .json_fuzz import paths as _paths
 from .json_fuzz import replaced as _replaced
 
@@ -169,11 +169,6 @@ def test_extra_top_level_fields_are_sent_and_never_replace_the_request(api: str)
 
 
 # --- decoding: a hand-written stream, split anywhere -------------------------------------------------
-
-
-def sse(*payloads: tuple[str | None, object]) -> bytes:
-    return "".join(f"{f'event: {name}' + chr(10) if name else ''}data: {json.dumps(p) if not isinstance(p, str) else p}\n\n"
-                   for name, p in payloads).encode()
 
 
 def chat_call_stream(fragments: Sequence[str]) -> bytes:

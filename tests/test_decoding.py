@@ -1,4 +1,5 @@
-"""The sans-I/O layer: SSE framing, the chat decoder, accumulation, error mapping."""
+"""Decoding, with no I/O: SSE framing (``_sse``), the chat decoder and accumulation (``_events``), and an error
+status or body mapped to a typed error (``_errors``)."""
 
 from __future__ import annotations
 

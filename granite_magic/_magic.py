@@ -80,6 +80,7 @@ class GraniteMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._session: Session | None = None
         self.warm_up: threading.Thread | None = None  # started when the cell that loaded the extension has finished
+        self._used = threading.Event()  # set by the first %%granite or %granite: the warm-up stops there
         self.observe(self._configure, names=list(TRAIT_SETTINGS))
 
     @property
@@ -98,23 +99,36 @@ class GraniteMagics(Magics):
         """Build the option parser, import what a cell runs (the session, both backends' clients, the views;
         ipywidgets when the view is a widget), read the CA bundle, start the background loop and send one request
         there to a server of its own on the loopback interface, so httpx's first connection (which imports its
-        async backend and HTTP/1.1 parser) is not a cell's.
+        async backend and HTTP/1.1 parser) is not a cell's.  Once a ``%%granite`` or ``%granite`` has started,
+        the remaining steps are left to it, so that a cell run at once does not also wait for work it may not need.
 
         Imports take CPython's per-module import locks, so a cell that starts meanwhile waits for a module half
         imported here instead of importing it twice; ``get_loop`` and ``tls_context`` make their one object under a
         lock or a cache.  Nothing here touches the session, the settings or another host."""
-        try:
-            _parser()
+
+        def modules() -> None:
             from . import _grid, _local, _render, _session  # noqa: F401
-            from ._client import tls_context
-            from ._runner import get_loop
 
             if self._widgets():
                 import ipywidgets  # noqa: F401
+
+        def certificates() -> None:
+            from ._client import tls_context
+
             tls_context()
+
+        def connection() -> None:
+            from ._runner import get_loop
+
             get_loop().run(_first_connection())
-        except Exception:  # the first cell does the same work and reports what fails there
-            pass
+
+        for step in (_parser, modules, certificates, connection):
+            if self._used.is_set():
+                return
+            try:
+                step()
+            except Exception:  # the first cell does the same work and reports what fails there
+                return
 
     @property
     def session(self) -> Session:
@@ -144,6 +158,7 @@ class GraniteMagics(Magics):
 
     @line_cell_magic
     def granite(self, line: str, cell: str | None = None) -> Any:
+        self._used.set()
         if cell is None:
             return self._subcommand(line)
         return self._cell(line, cell)

@@ -294,3 +294,12 @@ def test_a_large_reply_reaches_the_front_end_once(ip: InteractiveShell, server: 
     assert saved < 2.1 * len(text)  # text/plain and text/markdown: twice, not three times
     updates = [len(json.dumps(data)) for _, kind, data in recorded_comms if kind == "comm_msg"]
     assert updates and max(updates) < 3 * LIVE_TEXT_LIMIT  # live refreshes show the end, never the whole reply
+
+
+def test_the_readme_states_the_probes_request_count() -> None:
+    from pathlib import Path
+
+    from granite_magic._probe import probe_requests
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"with at most {probe_requests()} tiny requests" in readme

@@ -183,7 +183,7 @@ class GraniteMagics(Magics):
             else:
                 self._stream(request, self.session.start(request.turn, target))
         except errors.InvalidParameterError as exc:  # budget refusals too: nothing was sent
-            _error(f"{exc} (nothing was sent)")
+            _error(_refused(exc))
         except errors.GraniteError as exc:  # e.g. the local model could not be loaded before anything was sent
             from ._advice import explain
             from ._result import Result
@@ -269,7 +269,7 @@ class GraniteMagics(Magics):
 
     def _run_tools(self, request: CellRequest, target: Target) -> None:
         """A tool-using turn: every call shown as it happens, a block per call above the answer."""
-        from ._advice import explain
+        from ._advice import cell_spelling, explain, respell
         from ._render import describe_params
         from ._toolrun import MAX_STEPS, plan_tools
 
@@ -283,7 +283,7 @@ class GraniteMagics(Magics):
         view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
         if request.out:
             self._namespace()[request.out] = result
-        message = explain(error, result) or tools.stopped
+        message = explain(error, result) or (respell(tools.stopped, ("max_steps",), cell_spelling) if tools.stopped else None)
         if message:
             _error(message)
 
@@ -621,3 +621,11 @@ def unregister(ipython: InteractiveShell) -> None:
         ipython.magics_manager.registry.pop(type(magics).__name__, None)
         for kind in ("line", "cell"):
             ipython.magics_manager.magics[kind].pop("granite", None)
+
+
+def _refused(exc: errors.GraniteError) -> str:
+    """A refusal before anything was sent, in a cell's words, with what to do."""
+    from ._advice import ADVICE, cell_spelling, worded
+
+    advice = ADVICE.get(exc.kind)
+    return f"{worded(exc, cell_spelling)} (nothing was sent)" + (f". {advice}" if advice else "")

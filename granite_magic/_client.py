@@ -29,6 +29,7 @@ from ._runner import BackgroundLoop, get_loop
 from ._settings import Settings, check_base_url
 from ._shapes import Request, build_messages, shape
 from ._version import __version__
+from ._vocab import MAX_STEPS
 
 if TYPE_CHECKING:
     import ssl
@@ -245,7 +246,7 @@ class BaseClient:
         raise NotImplementedError
 
     def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
-             tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = 5, **kwargs: Any) -> Result:
+             tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS, **kwargs: Any) -> Result:
         """Send one chat turn and block until the reply is complete.
 
         ``tools``: functions (or ``(json_schema_tool, function)`` pairs, or ``Tool`` objects) the model may
@@ -265,7 +266,7 @@ class BaseClient:
             raise errors.GenerationInterrupted(acc.result(ended="interrupted")) from None
 
     async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
-                    tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = 5,
+                    tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS,
                     **kwargs: Any) -> Result:
         """Awaitable twin of ``chat()``, usable from any event loop (tool functions run in the awaiting thread)."""
         request = self.request(prompt, **kwargs)

@@ -25,12 +25,12 @@ from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
 from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
+from ._vocab import MAX_STEPS
 
 __all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
 
 ToolMode = Literal["native", "prompted", "auto"]
 TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
-MAX_STEPS = 5
 
 
 def check_mode(value: str) -> ToolMode:

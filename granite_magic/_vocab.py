@@ -1,4 +1,5 @@
-"""Closed vocabularies that several layers name: each is a ``Literal``, and its tuple is derived from it.
+"""Closed vocabularies that several layers name (each a ``Literal``, its tuple derived from it), and the defaults
+that several layers share.
 
 A leaf (it imports nothing of the package), so the extension can offer them as ``%config`` choices when it
 loads without importing the layers that use them.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["APIS", "Api"]
+__all__ = ["APIS", "MAX_STEPS", "Api"]
 
 Api = Literal["chat", "responses", "messages"]  # the HTTP request formats (each an API shape in _shapes)
 APIS: tuple[Api, ...] = get_args(Api)
+
+MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

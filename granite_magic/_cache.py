@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from secrets import token_hex
-from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from typing import Any, get_args
 
 from ._codec import decode_events, encode_events
 from ._errors import GraniteError, InvalidParameterError, redact, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
 from ._params import PARAMETERS, WireTarget
+from ._settings import check_cache_mode as check_mode
+from ._vocab import CACHE_MODES, PACES, CacheMode, Pace
 
 __all__ = [
     "CACHE_MODES",
@@ -54,16 +55,11 @@ __all__ = [
     "cache_key",
     "check_mode",
     "describe_fields",
-    "host_of",
     "model_fingerprint",
     "replay",
     "request_fields",
 ]
 
-CacheMode = Literal["off", "auto", "record", "replay"]
-CACHE_MODES: tuple[CacheMode, ...] = ("off", "auto", "record", "replay")
-Pace = Literal["instant", "original"]
-PACES: tuple[Pace, ...] = ("instant", "original")
 
 FORMAT_VERSION = 2  # what is written
 READABLE_FORMATS = (1, 2)
@@ -97,15 +93,6 @@ class CacheMissError(GraniteError):
         self.directory = directory
 
 
-def check_mode(value: str) -> CacheMode:
-    """A cache mode from a cell, ``%config`` or ``GRANITE_CACHE``, or an error listing the valid ones."""
-    text = str(value).strip().lower()
-    for mode in CACHE_MODES:
-        if text == mode:
-            return mode
-    raise InvalidParameterError(f"cache={value!r} is invalid: must be one of {', '.join(CACHE_MODES)}")
-
-
 # --- keys -------------------------------------------------------------------------------------
 
 
@@ -136,12 +123,6 @@ def request_fields(
 
 # The sampling parameters of a sent request, under any target's names: what a recording's description lists.
 _SAMPLING_WIRE_NAMES = frozenset(name for p in PARAMETERS for target in get_args(WireTarget) if (name := p.wire_name(target)))
-
-
-def host_of(base_url: str) -> str:
-    """The host of a base URL, which is all a recording keeps of it."""
-    # urlsplit only finds a host after "//"; "openrouter.ai/api/v1" is still a host and a path.
-    return urlsplit(base_url if "//" in base_url else f"//{base_url}").hostname or ""
 
 
 def cache_key(fields: Mapping[str, Any]) -> str:

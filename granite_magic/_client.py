@@ -26,7 +26,7 @@ from ._events import Accumulator, ErrorEvent, Progress
 from ._params import Sampling
 from ._result import Result
 from ._runner import BackgroundLoop, get_loop
-from ._settings import Settings, check_base_url
+from ._settings import Settings, check_base_url, host_of
 from ._shapes import Request, build_messages, shape
 from ._version import __version__
 from ._vocab import MAX_STEPS
@@ -405,8 +405,6 @@ class GraniteClient(BaseClient):
 
     @property
     def host(self) -> str:
-        from ._cache import host_of
-
         return host_of(self.base_url)
 
     def routing(self, *, strict: bool) -> dict[str, Any]:

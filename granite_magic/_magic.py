@@ -42,7 +42,7 @@ __all__ = ["GraniteMagics", "register", "unregister"]
 # unset ("" or None): then the environment's value (for a field with an ``env``), else the field's default.
 _TRAIT_TYPES: dict[str, Callable[[Any, str], TraitType[Any, Any]]] = {
     "str": lambda value, text: Unicode(value or "", help=text),
-    "CacheMode": lambda value, text: Unicode(value or "", help=text),  # Settings checks it: its Literal lives in _cache
+    "CacheMode": lambda value, text: Unicode(value or "", help=text),  # Settings checks it (in any case)
     "Backend": lambda value, text: Enum(BACKENDS, value, allow_none=True, help=text),
     "Api": lambda value, text: Enum(APIS, value, allow_none=True, help=text),
     "bool": lambda value, text: Bool(value, help=text),

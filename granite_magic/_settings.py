@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ._errors import InvalidParameterError
-from ._vocab import Api
+from ._vocab import APIS, CACHE_MODES, Api, CacheMode
 
 if TYPE_CHECKING:
-    from ._cache import CacheMode
     from ._params import Sampling
 
 __all__ = ["BACKENDS", "DEFAULT_BASE_URL", "DEFAULT_MODEL", "UPDATES_PER_SECOND", "Backend", "Settings", "configurable"]
@@ -79,17 +78,15 @@ class Settings:
         "Where recordings live, beside the notebook (the kernel's working directory)", env="GRANITE_CACHE_DIR"))
 
     def __post_init__(self) -> None:
-        from ._cache import check_mode
-        from ._shapes import shape
-
         check_backend(self.backend)
         object.__setattr__(self, "base_url", check_base_url(self.base_url))
-        shape(self.api)
+        if self.api not in APIS:
+            raise InvalidParameterError(f"api={self.api!r} is invalid: must be one of {', '.join(APIS)}", names=("api",))
         for name in ("read_timeout_s", "connect_timeout_s", "updates_per_second"):
             _positive(name, getattr(self, name))
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
-        check_mode(self.cache)
+        check_cache_mode(self.cache)
         if self.budget_usd is not None and not self.budget_usd >= 0:
             raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a number >= 0")
         for name in ("concurrency", "local_instances"):
@@ -112,6 +109,23 @@ class Settings:
     def base_url_from_user(self) -> bool:
         """A base URL other than OpenRouter's was chosen, which makes ``auto`` pick HTTP."""
         return self.base_url.rstrip("/") != DEFAULT_BASE_URL
+
+
+def check_cache_mode(value: str) -> CacheMode:
+    """A cache mode from a cell, ``%config`` or ``GRANITE_CACHE``, or an error listing the valid ones."""
+    text = str(value).strip().lower()
+    for mode in CACHE_MODES:
+        if text == mode:
+            return mode
+    raise InvalidParameterError(f"cache={value!r} is invalid: must be one of {', '.join(CACHE_MODES)}", names=("cache",))
+
+
+def host_of(base_url: str) -> str:
+    """The host of a base URL: all a recording or a billing check keeps of it (never a port, path or credentials)."""
+    from urllib.parse import urlsplit
+
+    # urlsplit only finds a host after "//"; "openrouter.ai/api/v1" is still a host and a path.
+    return urlsplit(base_url if "//" in base_url else f"//{base_url}").hostname or ""
 
 
 def check_base_url(url: str) -> str:

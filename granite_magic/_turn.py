@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _errors as errors
-from ._cache import PACES, CacheMode, Pace, check_mode
 from ._client import BaseClient
 from ._context import Document
 from ._params import Sampling
-from ._settings import Backend, check_backend, check_base_url
+from ._settings import Backend, check_backend, check_base_url, check_cache_mode
 from ._shapes import Api, shape
+from ._vocab import PACES, CacheMode, Pace
 
 __all__ = ["Target", "Turn", "new_turn"]
 
@@ -49,7 +49,7 @@ class Turn:
             shape(self.api)
         if self.base_url is not None:
             object.__setattr__(self, "base_url", check_base_url(self.base_url))
-        if self.cache is not None and check_mode(self.cache) == "replay" and self.verify:
+        if self.cache is not None and check_cache_mode(self.cache) == "replay" and self.verify:
             raise errors.InvalidParameterError("verify=True runs live and cache='replay' never does: use one of them",
                                                names=("verify", "cache"))
         if self.pace not in PACES:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["APIS", "MAX_STEPS", "Api"]
+__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "Api", "CacheMode", "Pace"]
 
 Api = Literal["chat", "responses", "messages"]  # the HTTP request formats (each an API shape in _shapes)
 APIS: tuple[Api, ...] = get_args(Api)
+CacheMode = Literal["off", "auto", "record", "replay"]  # how runs meet the record/replay cache
+CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
+Pace = Literal["instant", "original"]  # how a recording is replayed
+PACES: tuple[Pace, ...] = get_args(Pace)
 
 MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

@@ -34,7 +34,6 @@ from granite_magic._cache import (
     cache_key,
     check_mode,
     describe_fields,
-    host_of,
     model_fingerprint,
     replay,
     request_fields,
@@ -55,6 +54,7 @@ from granite_magic._events import (
 )
 from granite_magic._params import Sampling
 from granite_magic._result import Usage
+from granite_magic._settings import host_of
 from granite_magic._tokens import Alternative, Token
 
 from .conftest import TEST_KEY

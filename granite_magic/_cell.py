@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from IPython.core.magic_arguments import MagicArgumentParser
 
     from ._comparison import RunSpec
-    from ._session import Turn
-    from ._toolrun import ToolMode
     from ._tools import Tool
+    from ._turn import Turn
+    from ._vocab import ToolMode
 
 # Loading the extension imports this module and writes the help from its table: the argument parser is
 # built by the first cell, and the session, the client and asyncio are imported then (or by the warm-up).
@@ -151,9 +151,8 @@ def _chat_words(name: str) -> Spelled:
 @functools.cache
 def options() -> tuple[Option, ...]:
     """The options besides the sampling parameters (the first call imports the modules that name their choices)."""
-    from ._cache import CACHE_MODES, PACES
     from ._settings import BACKENDS
-    from ._toolrun import MAX_STEPS, TOOL_MODES
+    from ._vocab import CACHE_MODES, MAX_STEPS, PACES, TOOL_MODES
 
     return (
         Option(("-m", "--model"), "turn.model", "model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)", "ID"),
@@ -343,7 +342,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     from IPython.core.error import UsageError
 
     from ._context import load_documents
-    from ._session import Turn
+    from ._turn import Turn
 
     try:
         words = shlex.split(line)
@@ -420,7 +419,7 @@ def to_cell(request: CellRequest) -> str:
     Each option of the table writes its value unless it is the default; a prompt with braces is sent as
     written (``--no-interpolate``), since a ``CellRequest`` holds it already interpolated.
     """
-    from ._session import Turn
+    from ._turn import Turn
 
     blank = CellRequest(Turn(""))
     if "{" in request.turn.prompt:

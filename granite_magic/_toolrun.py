@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator, ParsedCall
@@ -25,12 +25,10 @@ from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
 from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
-from ._vocab import MAX_STEPS
+from ._vocab import MAX_STEPS, TOOL_MODES, ToolMode
 
 __all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
 
-ToolMode = Literal["native", "prompted", "auto"]
-TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
 
 
 def check_mode(value: str) -> ToolMode:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "Api", "CacheMode", "Pace"]
+__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "TOOL_MODES", "Api", "CacheMode", "Pace", "ToolMode"]
 
 Api = Literal["chat", "responses", "messages"]  # the HTTP request formats (each an API shape in _shapes)
 APIS: tuple[Api, ...] = get_args(Api)
@@ -17,5 +17,7 @@ CacheMode = Literal["off", "auto", "record", "replay"]  # how runs meet the reco
 CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
 Pace = Literal["instant", "original"]  # how a recording is replayed
 PACES: tuple[Pace, ...] = get_args(Pace)
+ToolMode = Literal["native", "prompted", "auto"]  # how tools are offered: natively, in the prompt, or as the model allows
+TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
 
 MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

@@ -278,3 +278,66 @@ def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, 
     assert sent == [["Tell me about basalt"], ["Tell me about granite"], ["Tell me about granite", "Granite is"]]
     assert [request.body.get("seed") for request in server.chat_requests].count(1) == 1
     assert {entry.kind for entry in session.ledger.entries} == {"grid"}
+
+
+# --- the layers of ARCHITECTURE.md ----------------------------------------------------------------------------
+
+# The rows of ARCHITECTURE.md's picture, lowest first; a module may import its own row and the rows below.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"_params", "_settings", "_vocab", "_errors", "_result", "_tokens", "_version"}),  # facts
+    frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_docstrings", "_context"}),  # sans-I/O
+    frozenset({"_client", "_runner", "_local"}),  # transport
+    frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
+               "_comparison", "_kernel"}),  # running
+    frozenset({"_grid", "_render", "_lens", "_markdown"}),  # showing
+    frozenset({"_magic", "_panel", "_branch", "_api", "_advice", "_approve", "_cell"}),  # front ends
+)
+# The two arrows up the picture that ARCHITECTURE.md names, both lazy.
+UPWARD = {("_result", "_lens"), ("_result", "_markdown"), ("_client", "_toolrun")}
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each module of the package (``_local.x`` as ``_local``) and the package modules it imports, at any level."""
+    import ast
+    from pathlib import Path
+
+    import granite_magic
+
+    root = Path(granite_magic.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = parts[0]
+        if name in ("__init__", "testing", "__main__"):
+            continue
+        package = parts[:-1]  # the folder the module is in, inside the package ("_local" for _local/client.py)
+        found = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(package)[: len(package) - (node.level - 1)]  # "from .." climbs one folder
+                targets = [*base, *(node.module.split(".") if node.module else [])]
+                names = [targets[0]] if targets else [alias.name for alias in node.names]
+                found.update(n for n in names if n != name)
+    return graph
+
+
+def test_the_import_graph_has_no_cycle_and_its_arrows_point_down() -> None:
+    graph = _imports()
+    layer = {module: index for index, row in enumerate(LAYERS) for module in row}
+    assert set(graph) <= set(layer), f"a module missing from LAYERS (and ARCHITECTURE.md): {set(graph) - set(layer)}"
+    upward = {(a, b) for a, targets in graph.items() for b in targets if b in layer and layer[b] > layer[a]}
+    assert upward == UPWARD
+
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        seen[module] = 1
+        for target in sorted(graph.get(module, ())):
+            assert seen.get(target) != 1, f"an import cycle: {' -> '.join((*path, module, target))}"
+            if target not in seen:
+                visit(target, (*path, module))
+        seen[module] = 2
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module, ())

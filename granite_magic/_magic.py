@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from IPython.core.interactiveshell import InteractiveShell
@@ -242,34 +242,42 @@ class GraniteMagics(Magics):
         return None if budget is None else f"${self.session.ledger.total_cost:.6f} of ${budget:.2f} budget spent"
 
     def _stream(self, request: CellRequest, job: SingleJob) -> None:
-        from ._advice import explain
         from ._render import describe_params
 
-        target = job.target
-        view = self._view(describe_params(target.label, job.request.sampling))
+        view = self._view(describe_params(job.target.label, job.request.sampling))
         view.show()
         with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
             job.loop.run(job.stream(view))
         result, error = self.session.finish(job)
+        self._finish(request, view, result, error, warnings=job.warnings, verified=job.verified,
+                     lens=job if job.request.sampling.get("logprobs") else None)
+
+    def _finish(self, request: CellRequest, view: Any, result: Result, error: errors.GraniteError | None, *,
+                warnings: Sequence[str] = (), verified: str | None = None, lens: SingleJob | None = None,
+                stopped: str | None = None) -> None:
+        """How a single run ends, whatever ran it (one request or a tool loop): the final view, ``-o``, the next
+        cell for ``-f code``, the warnings, the drift check, the lens, and one message saying what to do."""
+        from ._advice import explain
+
         format_problem = _parse_format(result, request.format)
         view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
         if request.format == "code" and result.value and not result.partial and self.shell is not None:
             self.shell.set_next_input(result.value, replace=False)
         if request.out:
             self._namespace()[request.out] = result
-        for warning in job.warnings:
+        for warning in warnings:
             _warn(warning)
-        if job.verified:
-            print(f"granite: {job.verified}", file=sys.stderr, flush=True)
-        if job.request.sampling.get("logprobs"):
-            self._show_lens(job, result)
-        message = explain(error, result) or format_problem
+        if verified:
+            print(f"granite: {verified}", file=sys.stderr, flush=True)
+        if lens is not None:
+            self._show_lens(lens, result)
+        message = explain(error, result) or format_problem or stopped
         if message:
             _error(message)
 
     def _run_tools(self, request: CellRequest, target: Target) -> None:
         """A tool-using turn: every call shown as it happens, a block per call above the answer."""
-        from ._advice import cell_spelling, explain, respell
+        from ._advice import cell_spelling, respell
         from ._render import describe_params
         from ._toolrun import MAX_STEPS, plan_tools
 
@@ -280,12 +288,8 @@ class GraniteMagics(Magics):
         view = self._view(title)
         view.show()
         result, error, tools = self.session.run_tools(request.turn, target, plan, view)
-        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
-        if request.out:
-            self._namespace()[request.out] = result
-        message = explain(error, result) or (respell(tools.stopped, ("max_steps",), cell_spelling) if tools.stopped else None)
-        if message:
-            _error(message)
+        stopped = respell(tools.stopped, ("max_steps",), cell_spelling) if tools.stopped else None
+        self._finish(request, view, result, error, stopped=stopped)
 
     def _tool_loop_for(self, request: CellRequest, target: Target, wire: Any) -> Any:
         from ._toolrun import ToolLoop, plan_tools

@@ -198,7 +198,7 @@ class GenerationInterrupted(KeyboardInterrupt):
 # Statuses (and error codes in a stream's first event) that mean "try again": nothing was generated.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 524, 529})
 TRANSIENT_CODES = frozenset({"server_error", "rate_limit_exceeded", "overloaded", "overloaded_error", "api_error",
-                             "rate_limit_error", "timeout_error"})
+                             "rate_limit_error", "timeout_error", "too_many_requests"})
 
 
 def is_transient(code: Any) -> bool:

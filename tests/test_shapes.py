@@ -303,6 +303,8 @@ RATE_LIMITS = {
     "partly nested": ((None, {"type": "error", "code": None, "message": "slow down, please", "error": {"code": "rate_limit_exceeded", "message": ""}}),
                       "slow down, please", "rate_limit_exceeded"),
     "named event only": (("error", {"error": {"code": "rate_limit_exceeded", "message": "busy"}}), "busy", "rate_limit_exceeded"),
+    "too_many_requests": ((None, {"type": "error", "error": {"code": "too_many_requests", "message": "Too many requests"}}),
+                          "Too many requests", "too_many_requests"),  # openai-dotnet#881
 }
 
 

@@ -136,7 +136,7 @@ def _changed(base: Request, name: str) -> Request:
 
 
 @pytest.mark.parametrize("backend", ["http", "local"])
-def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: Any) -> None:
+def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is derived from what the client sends (``describe``, as ``--dry-run`` shows it): a new ``Request``
     field is keyed without anyone listing it (the same prompt with another ``--docs`` file once replayed the first)."""
     from dataclasses import fields, replace
@@ -167,6 +167,16 @@ def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: 
         keys = {name: key(_changed(base, name)) for name in changed}
         assert key(base) not in keys.values() and len(set(keys.values())) == len(changed), keys
         assert key(replace(base)) == key(base)
+        if backend == "local":  # a template chosen instead of the GGUF's own changes the prompt: it is keyed too
+            chosen = LocalClient(str(tmp_path / "m.gguf"), chat_template="{{ messages }}")
+            try:
+                use = cache_use(Turn(""), Target(chosen, chosen.model, "chat"), base, cache, "auto")
+                assert use is not None and use.key != key(base)
+            finally:
+                chosen.close()
+            own = key(base)
+            monkeypatch.setenv("GRANITE_LOCAL_CHAT_FORMAT", "chatml")
+            assert key(base) not in (own, use.key)
     finally:
         client.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from .._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, To
 from .._result import Result, Usage
 from .._runner import BackgroundLoop
 from .._shapes import Request, chat_tools
-from .model import LocalModelError, existing_path, model_name, resolve_model
+from .model import LocalModelError, existing_path, explicit_chat_format, model_name, resolve_model
 from .pool import MIN_CONTEXT, Pool, Slot, context_size, generated_tokens, reply_limit
 from .prefix import PrefixReuse
 from .probs import Probe
@@ -137,11 +138,20 @@ class LocalClient(BaseClient):
         its chat template turns into the prompt, and llama.cpp's sampling arguments.  ``prompt_preview``
         shows the prompt text itself, which needs the model's template and tokenizer."""
         described: dict[str, Any] = {"messages": [dict(m) for m in request.messages]}
+        described |= self._template_chosen()
         if request.documents:
             described["documents"] = [dict(d) for d in request.documents]
         if request.tools:
             described["tools"] = chat_tools(request.tools)
         return {**described, **request.sampling.for_target("llama_cpp")}
+
+    def _template_chosen(self) -> dict[str, str]:
+        """A template chosen instead of the GGUF's own (which its fingerprint covers): it changes the prompt, so it is
+        shown and keyed; a Jinja source by its hash, not its text."""
+        if self.chat_template is not None:
+            return {"chat_template": "sha256:" + hashlib.sha256(self.chat_template.encode()).hexdigest()[:16]}
+        chosen = explicit_chat_format()
+        return {"chat_format": chosen} if chosen else {}
 
     def model_path(self) -> Path | None:
         """The GGUF file when it is here already (for the record/replay key), without loading or downloading it."""

@@ -94,6 +94,11 @@ def download(repo: str, filename: str) -> Path:
         ) from None
 
 
+def explicit_chat_format() -> str | None:
+    """The chat format ``GRANITE_LOCAL_CHAT_FORMAT`` names, if any."""
+    return os.environ.get("GRANITE_LOCAL_CHAT_FORMAT") or None
+
+
 def chat_format_for(llm: Any) -> str | None:
     """The chat format for a model, when its GGUF carries no template llama.cpp can use.
 
@@ -101,7 +106,7 @@ def chat_format_for(llm: Any) -> str | None:
     stand-in used in tests carries none that llama-cpp-python recognises and then
     answers with nothing, so Gemma models get the built-in ``gemma`` format.
     """
-    explicit = os.environ.get("GRANITE_LOCAL_CHAT_FORMAT")
+    explicit = explicit_chat_format()
     if explicit:
         return explicit
     metadata = getattr(llm, "metadata", {}) or {}

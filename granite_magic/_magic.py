@@ -206,28 +206,28 @@ class GraniteMagics(Magics):
             wire = self._tool_loop_for(request, target, wire).request
         text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
         where = target.client.target
-        size = self._prompt_size(target, wire)
-        _display({"text/plain": f"{where}\n{size}\n{text}",
-                  "text/markdown": f"`{where}` (dry run: nothing sent)\n\n{markdown_literal(size)}\n\n{fenced(text, 'json')}"})
+        size, prompt = self._prompt_size(target, wire)
+        read = f"\n\n{fenced(prompt, 'text')}" if prompt is not None else ""  # verbatim: it is what the model reads
+        _display({"text/plain": f"{where}\n{size}" + (f"\n{prompt}" if prompt is not None else "") + f"\n{text}",
+                  "text/markdown": f"`{where}` (dry run: nothing sent)\n\n{markdown_literal(size)}{read}\n\n{fenced(text, 'json')}"})
 
-    def _prompt_size(self, target: Target, request: Any) -> str:
-        """What a dry run says about size and cost: the prompt's tokens (exact where the client has the tokenizer)
-        and the worst case."""
+    def _prompt_size(self, target: Target, request: Any) -> tuple[str, str | None]:
+        """What a dry run says about size and cost (the prompt's tokens, exact where the client has the tokenizer,
+        and the worst case), and the exact text the model reads when the client can tell."""
         from ._ledger import prompt_token_bound
 
         try:
             preview = target.client.prompt_preview(request)
         except errors.GraniteError as exc:  # no model to count with (not downloaded, or replaying without it)
-            return f"prompt: not counted ({exc.message})"
+            return f"prompt: not counted ({exc.message})", None
         if preview is not None:
             text, tokens = preview
-            return (f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat "
-                    f"template applied:\n{text}")
+            return f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat template applied:", text
         estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
         size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
         worst = self.session.worst_case(target, [request])
         cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
-        return f"{size}; {cost} (prompt at most x input price + max tokens x output price)"
+        return f"{size}; {cost} (prompt at most x input price + max tokens x output price)", None
 
     def _start_grid(self, request: CellRequest, target: Target) -> CompareJob:
         specs = request.plan() or []
@@ -267,8 +267,9 @@ class GraniteMagics(Magics):
             self._namespace()[request.out] = result
         for warning in warnings:
             _warn(warning)
-        if verified:
-            print(f"granite: {verified}", file=sys.stderr, flush=True)
+        if verified:  # stderr is for problems: a drift check that found none is news, not a warning
+            good = verified.startswith(("identical", "no recording yet"))
+            print(f"granite: {verified}", file=sys.stdout if good else sys.stderr, flush=True)
         if lens is not None:
             self._show_lens(lens, result)
         message = explain(error, result) or format_problem or stopped

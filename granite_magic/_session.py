@@ -400,7 +400,8 @@ class SingleJob:
             if self.on_done is not None:
                 self.on_done(self)
         if check_support:
-            self.warnings += await support_warnings(self.target, self.request.sampling, probes=self.probes)
+            shown = ("logprobs", "top_logprobs") if self.acc.tokens else ()  # the probabilities came back: honoured
+            self.warnings += await support_warnings(self.target, self.request.sampling, probes=self.probes, honoured=shown)
 
     def outcome(self) -> tuple[Result, errors.GraniteError | None]:
         if self._result is None:  # cancelled before it ended
@@ -448,9 +449,10 @@ class SingleJob:
 
 
 async def support_warnings(target: Target, sampling: Sampling, also: Sequence[str] = (),
-                           probes: ProbeStore | None = None) -> list[str]:
-    """One line per parameter set (or swept) that the listing does not name, or that a probe saw ignored."""
-    names = list(dict.fromkeys([*sampling, *also]))
+                           probes: ProbeStore | None = None, honoured: Sequence[str] = ()) -> list[str]:
+    """One line per parameter set (or swept) that the listing does not name, or that a probe saw ignored; none for
+    a parameter the reply itself shows honoured (``honoured``: token probabilities that came back)."""
+    names = [name for name in dict.fromkeys([*sampling, *also]) if name not in honoured]
     if not names:
         return []
     warnings = _observed_ignored(target, names, probes)

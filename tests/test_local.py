@@ -17,6 +17,7 @@ from granite_magic._local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalC
 from granite_magic._params import Sampling
 from granite_magic._session import Session, Turn
 from granite_magic._settings import Settings
+from granite_magic._shapes import Request
 
 from .conftest import interrupt_after, magics_of, run, shown
 
@@ -109,6 +110,17 @@ def test_seed_comparison_through_the_magic(keyless_ip: InteractiveShell) -> None
 def test_dry_run_names_the_local_model(keyless_ip: InteractiveShell) -> None:
     out = run(keyless_ip, "--backend local --dry-run --seed 3", PROMPT)
     assert "local llama.cpp: gemma-3-270m-q4_k_m.gguf" in shown(out) and '"seed": 3' in shown(out)
+
+
+def test_dry_run_shows_the_prompt_the_model_reads_verbatim(keyless_ip: InteractiveShell) -> None:
+    """Markdown would make a heading of ``### rain`` and fold the lines: the prompt is shown as a block, as is."""
+    out = run(keyless_ip, "--backend local --dry-run -s '### rain (pandas.DataFrame)'", PROMPT)
+    markdown = out.outputs[-1].data["text/markdown"]
+    block = markdown[markdown.index("```text\n") + len("```text\n"):]
+    block = block[: block.index("\n```")]
+    text, _ = magics_of(keyless_ip).session.resolve(Turn("", backend="local")).client.prompt_preview(
+        Request("m", ({"role": "system", "content": "### rain (pandas.DataFrame)"}, {"role": "user", "content": PROMPT})))
+    assert block == text and "\n### rain (pandas.DataFrame)\n" in block
 
 
 def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -> None:

@@ -53,12 +53,17 @@ class ParamControl:
     row: w.HBox
 
     def raw(self) -> Any:
+        if self.param.kind == "bool":  # its send toggle is its value: on sends true
+            return True
         value = self.value.value
         if self.param.kind == "stop":
             return _stop_sequences(value)
         return value
 
     def set(self, value: Any) -> None:
+        if self.param.kind == "bool":
+            self.send.value = bool(value)
+            return
         if self.param.kind == "stop":
             value = "\n".join(value) if isinstance(value, (list, tuple)) else str(value)
         elif self.param.kind == "logit_bias" and not isinstance(value, str):
@@ -86,7 +91,7 @@ def _stop_sequences(text: str) -> list[str] | str:
 
 
 def _value_control(param: Param, tip: str) -> w.Widget:
-    layout = w.Layout(width="15em")
+    layout = w.Layout(width="12em")
     value: w.Widget
     if param.kind == "float" and param.minimum is not None and param.maximum is not None:
         low = float(param.minimum) + (param.step or 0.01 if param.exclusive_minimum else 0)
@@ -99,8 +104,8 @@ def _value_control(param: Param, tip: str) -> w.Widget:
             value = w.BoundedIntText(value=start, min=int(param.minimum), max=param.ceiling or 2**31 - 1, layout=layout)
         else:
             value = w.IntText(value=start, layout=layout)
-    elif param.kind == "bool":
-        value = w.Checkbox(value=True, indent=False, description="on", layout=layout)
+    elif param.kind == "bool":  # the send toggle alone says it: on sends true, off sends nothing
+        value = w.HTML('<span style="opacity:.7">tick to ask for it</span>', layout=layout)
     elif param.kind == "choice":
         value = w.Text(value="auto", placeholder="auto, none, required or a function", layout=layout)
     elif param.kind == "stop":
@@ -114,12 +119,16 @@ def _value_control(param: Param, tip: str) -> w.Widget:
 def _control(param: Param) -> ParamControl:
     tip = f"{param.help} Valid: {param.range_text}. When not sent: {param.default_text}."
     value = _value_control(param, tip)
-    send = w.Checkbox(value=False, description=param.name, indent=False, tooltip=f"send {param.name} (off: {param.default_text})",
-                      layout=w.Layout(width="11em"))
+    send = w.Checkbox(value=False, description=param.name, indent=False, layout=w.Layout(width="12.5em"),
+                      tooltip=f"ticked: {param.name} is sent with the request; not ticked: the provider's own ({param.default_text})")
     note = w.HTML(f'<span style="opacity:.7;font-size:80%;white-space:nowrap" title="{html.escape(tip)}">'
                   f'{html.escape(param.short_range)}</span>')
     flag = w.HTML("")
-    return ParamControl(param, send, value, flag, w.HBox([send, value, note, flag]))
+    control = ParamControl(param, send, value, flag, w.HBox([send, value, note, flag]))
+    if param.kind != "bool":
+        # Touching a value means "use this": it is sent from then on (untick to send nothing again).
+        value.observe(lambda _: setattr(send, "value", True), names="value")
+    return control
 
 
 @dataclass
@@ -162,6 +171,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.history: list[HistoryEntry] = []
         self.support_checked = threading.Event()
         self._task: Any = None
+        self._copy_count = 0
         self._idle = threading.Event()
         self._idle.set()
 
@@ -187,17 +197,19 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.concurrency = w.BoundedIntText(value=settings.concurrency, min=1, max=16, description="at once", layout=w.Layout(width="10em"))
         self.preset.observe(self._apply_preset, names="value")
         self.model.observe(lambda _: self.refresh_support(), names="value")
+        self.mode.observe(lambda _: self._show_mode(), names="value")
 
     def _make_buttons(self) -> None:
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.copy_button = w.Button(description="Copy as cell", icon="copy")
         self.cell_text = w.Textarea(rows=4, layout=w.Layout(width="100%", display="none"))
+        self.clipboard = w.Output(layout=w.Layout(display="none"))  # where the copy to the clipboard runs
         self.message = w.HTML("")
         self.output = w.VBox([])
         self.history_picker = w.Dropdown(options=[], description="history", layout=w.Layout(width="30em"))
         self.show_button = w.Button(description="Show")
-        self.diff_button = w.Button(description="Compare with current")
+        self.diff_button = w.Button(description="Compare with current", layout=w.Layout(width="auto"))
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self.copy_button.on_click(lambda _: self._show_cell())
@@ -205,13 +217,21 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.diff_button.on_click(lambda _: self._diff_history())
 
     def _layout(self) -> tuple[w.Widget, ...]:
-        compare_row = w.HBox([self.mode, self.seeds, self.sweep, self.repeat, self.concurrency])
-        controls = w.VBox([w.HBox([self.model, self.preset]), *(c.row for c in self.controls.values())],
+        self.compare_fields = w.HBox([self.seeds, self.sweep, self.repeat, self.concurrency], layout=w.Layout(flex_flow="row wrap"))
+        mode_row = w.HBox([self.mode, self.compare_fields], layout=w.Layout(flex_flow="row wrap"))
+        controls = w.VBox([w.HBox([self.model, self.preset], layout=w.Layout(flex_flow="row wrap")),
+                           *(c.row for c in self.controls.values())],
                           layout=w.Layout(flex="0 0 auto"))  # never squeezed by a wide grid
-        results = w.VBox([w.HBox([self.run_button, self.stop_button, self.copy_button]), self.message, self.output],
-                         layout=w.Layout(flex="1 1 0%", min_width="20em", overflow="auto"))
-        return (self.prompt, self.system, compare_row, w.HBox([controls, results]), self.cell_text,
-                w.HBox([self.history_picker, self.show_button, self.diff_button]))
+        results = w.VBox([w.HBox([self.run_button, self.stop_button, self.copy_button]), self.message, self.output, self.clipboard],
+                         layout=w.Layout(flex="1 1 24em", min_width="20em", overflow="auto"))
+        self._show_mode()
+        # In a narrow notebook the results go below the controls instead of past the right edge.
+        return (self.prompt, self.system, mode_row, w.HBox([controls, results], layout=w.Layout(flex_flow="row wrap")),
+                self.cell_text, w.HBox([self.history_picker, self.show_button, self.diff_button], layout=w.Layout(flex_flow="row wrap")))
+
+    def _show_mode(self) -> None:
+        """Only what the mode uses: the seeds, sweep, repeat and at-once fields in compare mode."""
+        self.compare_fields.layout.display = "" if self.mode.value == "compare" else "none"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         # Where widgets are not rendered (GitHub, a reopened notebook) say so, not the VBox repr.
@@ -253,6 +273,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         target.client.loop.submit(self._flag_support(target))
 
     async def _flag_support(self, target: Target) -> None:
+        self.model.placeholder = target.label  # the model that runs when the box is empty (the local GGUF's name, say)
         try:
             supported = await target.client.supported_parameters(target.model)
             for name, control in self.controls.items():
@@ -281,13 +302,25 @@ class Panel(w.VBox):  # type: ignore[misc]
         return text
 
     def _show_cell(self) -> None:
+        """The button: the cell goes to the clipboard (paste it into a new cell) and is shown below, selectable."""
         try:
-            self.cell_text.value = self.copy_as_cell()
+            text = self.copy_as_cell()
         except errors.InvalidParameterError as exc:
             self._say(worded(exc, self._spell), error=True)
             return
+        self.cell_text.value = text
         self.cell_text.layout.display = ""
-        self._say("Copy the cell below into a new cell (or run p.copy_as_cell(insert=True)): it sends the same request.")
+        self._copy_count += 1
+        status = f"gm-copy-{id(self)}-{self._copy_count}"
+        self._say(f'<span id="{status}">Copying the cell to the clipboard...</span> It sends the same request as Run.', escaped=True)
+        # A widget event cannot add a cell (front ends take new cells only in reply to running one), but the page
+        # can write to the clipboard, and say whether it could, in place of the line above.
+        script = (f"const s = document.getElementById({json.dumps(status)});"
+                  f"navigator.clipboard.writeText({json.dumps(text)}).then("
+                  "() => { if (s) s.textContent = 'Copied: paste it into a new cell (Ctrl+V).'; },"
+                  "() => { if (s) s.textContent = 'The browser did not allow copying: select the cell below and copy it.'; });")
+        self.clipboard.outputs = ({"output_type": "display_data", "data": {"application/javascript": script,
+                                                                            "text/plain": ""}, "metadata": {}},)
 
     def _spell(self, name: str) -> str | None:
         """A parameter as the panel shows it: the label of its control (None: it has none, keep ``name=``)."""
@@ -328,7 +361,9 @@ class Panel(w.VBox):  # type: ignore[misc]
             view = WidgetView(describe_params(target.label, job.request.sampling), rate=rate, embedded=True)
             return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
         grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
-        grid = GridView(describe_params(target.label, grid_job.base), [s.label for s in specs], rate=rate, embedded=True)
+        varied = {name for spec in specs for name in spec.params}  # each column says its own: not in the title
+        shared = {name: value for name, value in grid_job.base.items() if name not in varied}
+        grid = GridView(describe_params(target.label, shared), [s.label for s in specs], rate=rate, embedded=True)
         return grid_job.loop, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
 
     async def _drive(self, stream: Coroutine[Any, Any, None], finish: Callable[[], None]) -> None:
@@ -364,7 +399,9 @@ class Panel(w.VBox):  # type: ignore[misc]
     def _finish_grid(self, job: Any, grid: GridView) -> None:
         comparison = self.session.finish_compare(job)
         grid.finish(comparison)
-        self._record(comparison, grid.title + f" · {len(comparison.runs)} runs")
+        labels = comparison.labels
+        runs = ", ".join(labels) if len(labels) <= 4 else f"{labels[0]} ... {labels[-1]}, {len(labels)} runs"
+        self._record(comparison, f"{grid.title} · {runs}")
         failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
         lines = [*failed, *job.warnings]  # as under a cell's grid: parameters the provider may ignore
         self._say("<br>".join(html.escape(line) for line in lines), error=bool(failed), escaped=True)

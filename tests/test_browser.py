@@ -199,8 +199,9 @@ def test_a_granite_cell_streams_then_renders(page: Page, fake: FakeOpenRouter) -
 def test_the_panel_compares_three_seeds_and_stops(page: Page, fake: FakeOpenRouter) -> None:
     target = run_cell(page, PANEL_CELL)
     panel = target.locator(".jp-Cell-outputArea")
-    panel.locator(".widget-text", has_text="seeds").locator("input").fill("1-3")
+    assert not panel.locator(".widget-text", has_text="seeds").is_visible()  # single mode shows what it uses
     panel.get_by_role("button", name="compare", exact=True).click()
+    panel.locator(".widget-text", has_text="seeds").locator("input").fill("1-3")
     fake.default = Scenario(tokens=40, tokens_per_s=40)
     try:
         panel.get_by_role("button", name="Run").click()
@@ -214,6 +215,23 @@ def test_the_panel_compares_three_seeds_and_stops(page: Page, fake: FakeOpenRout
     panel.locator(".gm-summary").scroll_into_view_if_needed()
     shot(page, "03-panel-compare")
     target.screenshot(path=str(ARTIFACTS / "03-panel-compare-cell.png"))
+
+    # Copy as cell puts the cell on the clipboard, and says so.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    panel.get_by_role("button", name="Copy as cell").click()
+    panel.get_by_text("Copied: paste it into a new cell").wait_for(timeout=10_000)
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("%%granite --seeds 1,2,3") and copied.endswith("\nTell me about granite")
+
+    # In a notebook 800 px wide the panel fits: nothing runs past the right edge.
+    page.set_viewport_size({"width": 1060, "height": 1000})
+    try:
+        widget = panel.locator(".jp-OutputArea-output").first
+        assert widget.evaluate("el => el.getBoundingClientRect().width") <= 810
+        assert widget.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+        target.screenshot(path=str(ARTIFACTS / "03-panel-800px.png"))
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
     panel.get_by_role("button", name="single", exact=True).click()
     fake.push(Scenario(tokens=400, tokens_per_s=20))  # 20 s if nobody stops it

@@ -47,11 +47,11 @@ def test_unsupported_parameters_are_flagged(panel: Panel) -> None:
 
 
 def test_run_sends_exactly_the_chosen_fields(panel: Panel, server: FakeOpenRouter) -> None:
-    panel.controls["temperature"].value.value = 0.4
-    panel.controls["temperature"].send.value = True
+    panel.controls["temperature"].value.value = 0.4  # touching a control is choosing to send it
     panel.controls["seed"].value.value = 9
-    panel.controls["seed"].send.value = True
-    panel.controls["top_k"].value.value = 30  # set but not sent
+    panel.controls["top_k"].value.value = 30
+    panel.controls["top_k"].send.value = False  # ...until its toggle is unticked: set but not sent
+    assert panel.controls["temperature"].send.value and panel.controls["seed"].send.value
     panel.system.value = "Be brief."
     click_run(panel)
     (request,) = server.chat_requests
@@ -59,6 +59,22 @@ def test_run_sends_exactly_the_chosen_fields(panel: Panel, server: FakeOpenRoute
     assert request.body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about granite"}]
     assert isinstance(panel.results, Result) and panel.results.text and not panel.results.partial
     assert panel.run_button.disabled is False and panel.stop_button.disabled is True
+
+
+def test_a_touched_control_is_sent_and_copied_and_logprobs_is_one_toggle(panel: Panel) -> None:
+    panel.controls["temperature"].value.value = 0.3
+    panel.controls["logprobs"].send.value = True
+    assert panel.chosen_params() == {"temperature": 0.3, "logprobs": True}
+    assert "--temperature 0.3 --logprobs true\n" in panel.copy_as_cell()
+    assert not isinstance(panel.controls["logprobs"].value, type(panel.controls["logprobs"].send))  # no second checkbox
+
+
+def test_only_the_mode_in_use_shows_its_fields_and_the_model_box_names_what_runs(panel: Panel) -> None:
+    assert panel.compare_fields.layout.display == "none"
+    panel.mode.value = "compare"
+    assert panel.compare_fields.layout.display == ""
+    assert panel.support_checked.wait(10)
+    assert panel.model.placeholder == "ibm-granite/granite-4.0-h-micro"  # the target's label: "... · local llama.cpp" locally
 
 
 def test_run_returns_at_once_and_stop_keeps_the_partial_text(panel: Panel, server: FakeOpenRouter) -> None:
@@ -101,6 +117,7 @@ def test_compare_mode_fills_three_columns_and_the_summary(panel: Panel, server: 
     click_run(panel)
     comparison = panel.results
     assert isinstance(comparison, Comparison) and comparison.labels == ["seed 1", "seed 2", "seed 3"]
+    assert panel.history_picker.options[0][0].endswith("seed 1, seed 2, seed 3")  # not "3 runs"
     assert sorted(r.sampling["seed"] for r in server.chat_requests) == [1, 2, 3]
     html = panel.output.children[0].outputs[0]["data"]["text/html"]
     assert "identical groups" in html and "seed 3" in html

@@ -504,6 +504,7 @@ class GraniteClient(BaseClient):
         http = self._http()
         try:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)  # per request: settings may change
+            acc.sent = True
             async with http.stream("POST", self.endpoint, json=body, headers=self._headers(), timeout=timeout) as response:
                 acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
                 if response.status_code != 200:

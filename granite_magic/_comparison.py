@@ -221,6 +221,7 @@ class Comparison:
     wall_s: float | None = None
     base_params: dict[str, Any] = field(default_factory=dict)
     reference: int = 0
+    not_run: list[str] = field(default_factory=list)  # the labels of runs an interrupt stopped before they started
 
     # How a comparison draws itself as HTML; the grid module registers it, so this module imports no renderer.
     html_renderer: ClassVar[Callable[[Comparison], str] | None] = None
@@ -296,6 +297,8 @@ class Comparison:
     @property
     def summary(self) -> str:
         """The comparison in a few lines of plain text."""
+        if not self.runs:
+            return f"nothing ran: interrupted before any run started ({', '.join(self.not_run)})"
         lines = [self._groups_line()]
         if self.determinism:
             honoured = sum(same for _, same in self.determinism)
@@ -313,6 +316,8 @@ class Comparison:
         verified = [f"{run.spec.label} {run.verified}" for run in self.runs if run.verified]
         if verified:
             lines.append("verified: " + " · ".join(verified))
+        if self.not_run:
+            lines.append(f"not run (interrupted before they started): {', '.join(self.not_run)}")
         lines.append(self._totals_line())
         return "\n".join(lines)
 
@@ -371,6 +376,7 @@ class Comparison:
             "total_cost": self.total_cost,
             "runs": [{"label": run.spec.label, **run.result.to_dict(), "run_error": run.error, "verified": run.verified}
                      for run in self.runs],
+            "not_run": list(self.not_run),
         }
 
     def _repr_html_(self) -> str | None:

@@ -176,6 +176,7 @@ class Accumulator:
         self.error: ErrorEvent | None = None
         self.done = False
         self.note: str | None = None  # what the client is doing while no text arrives ("rate limited, retrying in 4 s")
+        self.sent = False  # the request left (or the local model began on it): a run, not one that never started
         self._parts: list[str] = []
         self._joined = ""
         self._joined_parts = 0

@@ -230,6 +230,8 @@ class Session:
 
     def _recorder(self, kind: RunKind) -> Callable[[SingleJob], None]:
         def record(job: SingleJob) -> None:
+            if not job.ran:  # stopped while it queued: nothing was asked, nothing to bill
+                return
             result = job.outcome()[0]
             client = job.target.client
             index = self.ledger.record(result, backend=client.kind, kind=kind, cached=result.cached, free=client.free)
@@ -408,6 +410,12 @@ class SingleJob:
             return self.acc.result(ended="interrupted"), None
         return self._result, self._error
 
+    @property
+    def ran(self) -> bool:
+        """Whether this run happened, in part at least: its request left (or the local model began on it), or it
+        was served from a recording.  One an interrupt stopped while it queued did not."""
+        return self.acc.sent or self._result is not None
+
     # --- record and replay --------------------------------------------------------------
 
     def preload(self) -> None:
@@ -535,9 +543,13 @@ class CompareJob:
         return result, error.message if error is not None else None
 
     def outcome(self) -> Comparison:
-        runs = [Run(spec, *self._column_outcome(i), verified=self.columns[i].verified) for i, spec in enumerate(self.specs)]
+        """The runs that ran (or were refused by the budget); those an interrupt stopped before they started are
+        named in ``not_run``, not compared as empty replies."""
+        ran = [i for i, column in enumerate(self.columns) if i in self.skipped or column.ran]
+        runs = [Run(self.specs[i], *self._column_outcome(i), verified=self.columns[i].verified) for i in ran]
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
-        return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base))
+        not_run = [spec.label for i, spec in enumerate(self.specs) if i not in ran]
+        return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base), not_run=not_run)
 
 
 class _Showing:

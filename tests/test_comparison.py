@@ -199,6 +199,28 @@ def test_interrupt_cancels_every_column_and_keeps_what_arrived(session: Session,
     assert wait_until(lambda: all(r.disconnected for r in server.chat_requests))
 
 
+class InterruptWhenFirstStreams(InterruptWhenAllStream):
+    """Ctrl-C once the first column has streamed some text, while the others still queue behind it."""
+
+    async def run(self, state: Sequence[Progress]) -> None:
+        while state[0].chunks < 2:
+            await asyncio.sleep(0.01)
+        assert self.main is not None
+        signal.pthread_kill(self.main, signal.SIGINT)
+        await asyncio.Event().wait()
+
+
+def test_columns_an_interrupt_stopped_before_they_started_are_not_run(session: Session, server: FakeOpenRouter) -> None:
+    """Not "partial replies" grouped as identical empty texts and billed as runs of model "?": not run at all."""
+    server.default = Scenario(tokens=400, tokens_per_s=20)
+    comp = session.compare(Turn("Hi"), plan_runs([1, 2, 3]), InterruptWhenFirstStreams(), concurrency=1)
+    assert comp.labels == ["seed 1"] and comp.results[0].ended == "interrupted" and comp.texts[0]
+    assert comp.not_run == ["seed 2", "seed 3"] and len(server.chat_requests) == 1
+    assert "not run (interrupted before they started): seed 2, seed 3" in comp.summary
+    assert comp.groups == [[0]] and comp.to_dict()["not_run"] == ["seed 2", "seed 3"]
+    assert [entry.model for entry in session.ledger.entries] == ["ibm-granite/granite-4.0-h-micro"]
+
+
 def test_python_api_compare(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     comp = compare("Hi", seeds="1-2", sweep={"temperature": [0.5, 1]}, base_url=server.base_url, max_tokens=10)

@@ -81,6 +81,42 @@ def test_concurrent_columns_do_not_mix_outputs(model_path: str, local: LocalClie
     assert comparison.texts == singles and not any(comparison.errors)
 
 
+class NotesSeen:
+    """A grid view that keeps every waiting note each column showed, read as the grid refreshes."""
+
+    def __init__(self) -> None:
+        self.notes: list[set[str]] = []
+
+    async def run(self, state: Any) -> None:
+        import asyncio
+
+        self.notes = [set() for _ in state]
+        while True:
+            for seen, acc in zip(self.notes, state, strict=True):
+                if acc.note:
+                    seen.add(acc.note)
+            await asyncio.sleep(0.005)
+
+    def column_done(self, index: int, result: Any) -> None:
+        pass
+
+
+def test_queued_local_columns_say_so_and_time_from_their_own_start(model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One loaded model serves one column at a time: the others say how many are ahead, not "waiting for the
+    first token" with the whole queue's time on the clock, and their first-token times count from their own start."""
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
+    session = Session(Settings.from_env(local_instances=1))
+    view = NotesSeen()
+    comparison = session.compare(Turn(PROMPT, sampling=Sampling({"temperature": 0.9, "max_tokens": 16}), backend="local"),
+                                 plan_runs([1, 2, 3]), view, concurrency=3)
+    session.close()
+    assert not any(comparison.errors)
+    assert "queued (2 ahead)" in view.notes[2] and "queued (1 ahead)" in view.notes[2] and "queued (1 ahead)" in view.notes[1]
+    first, second, third = comparison.results
+    assert third.ttft_s is not None and first.duration_s is not None and second.duration_s is not None
+    assert third.ttft_s < first.duration_s + second.duration_s  # not the time it queued behind the two before it
+
+
 @pytest.fixture
 def keyless_ip(ip: InteractiveShell, model_path: str, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)

@@ -66,6 +66,7 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
 
 
 _END = object()
+_STARTED = object()  # from the worker: an instance is generating this reply
 
 
 class LocalClient(BaseClient):
@@ -97,6 +98,9 @@ class LocalClient(BaseClient):
         self._loop = loop
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
+        # Replies waiting for an instance, oldest first, and the number generating (both changed on the loop only).
+        self._queue: list[Accumulator] = []
+        self._generating = 0
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="granite-local")
 
     @property
@@ -181,11 +185,20 @@ class LocalClient(BaseClient):
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         worker = loop.run_in_executor(self._executor, self._generate, request, emit, stop)
+        self._queue.append(acc)
+        self._say_places()
         try:
             while (item := await events.get()) is not _END:
                 if isinstance(item, errors.GraniteError):
                     item.result = acc.result(error=item.message)
                     raise item
+                if item is _STARTED:  # the model is on it: its times count from now, not from when it queued
+                    self._queue.remove(acc)
+                    self._generating += 1
+                    acc.sent, acc.note = True, None
+                    acc.restart_clock()
+                    self._say_places()
+                    continue
                 seen = acc.chunks
                 for event in item:
                     acc.feed(event)
@@ -193,8 +206,20 @@ class LocalClient(BaseClient):
                     on_update(acc)
         finally:
             stop.set()  # ends generation at the next token if we were cancelled
+            if acc in self._queue:
+                self._queue.remove(acc)
+            elif acc.sent:
+                self._generating -= 1
+            self._say_places()
         await worker
         return acc.result()
+
+    def _say_places(self) -> None:
+        """Each queued reply says how many are ahead of it: the model serves ``instances`` at a time, so a queued
+        column is waiting its turn, not stuck."""
+        busy = max(0, self._generating - self.instances + 1)
+        for place, waiting in enumerate(self._queue):
+            waiting.note = f"queued ({place + busy} ahead)" if place + busy else "starting"
 
     def _generate(self, request: Request, emit: Callable[[Any], None], stop: threading.Event) -> None:
         """Runs in the executor: stream llama.cpp's chunks to the loop as typed events."""
@@ -204,6 +229,7 @@ class LocalClient(BaseClient):
             pool = self._get_pool()
             with pool.instance() as slot:
                 if not stop.is_set():
+                    emit(_STARTED)
                     self._reply(pool, slot, request, emit, stop)
         except errors.GraniteError as exc:
             emit(exc)

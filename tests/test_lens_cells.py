@@ -61,6 +61,8 @@ def test_clicking_an_alternative_branches_into_a_new_column(ip: InteractiveShell
     branch = branches.runs[1].result
     assert branch.text.startswith(prefix) and branches.comparison.labels == ["original", f"branch at token 3: {alternative!r}"]
     assert [e.kind for e in magics_of(ip).session.ledger.entries][-1] == "branch"
+    # the original and a branch are different requests by design: no determinism verdict on them
+    assert branches.comparison.determinism == [] and "honoured" not in branches.comparison.summary
 
 
 def test_a_provider_without_probabilities_says_so_in_one_line(ip: InteractiveShell, server: FakeOpenRouter) -> None:

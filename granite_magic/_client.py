@@ -165,6 +165,9 @@ class BaseClient:
     counts_prompt_tokens: ClassVar[bool] = False
     #: Runs cost nothing: the model runs on this machine.
     free: ClassVar[bool] = False
+    #: The reply's length when none is asked for (None: the provider's own). A request carries it, so it is shown
+    #: in the title, sent, and keyed like any ``max_tokens``.
+    default_max_tokens: ClassVar[int | None] = None
 
     @property
     def requires_key(self) -> bool:
@@ -239,7 +242,13 @@ class BaseClient:
             if prompt is None:
                 raise errors.InvalidParameterError("give a prompt or messages")
             messages = build_messages(prompt, system=system)
-        return Request(model or self.model, tuple(messages), sampling)
+        return Request(model or self.model, tuple(messages), self.with_default_length(sampling))
+
+    def with_default_length(self, sampling: Sampling) -> Sampling:
+        """``sampling`` with this backend's ``default_max_tokens`` when it asks for no length."""
+        if self.default_max_tokens is None or "max_tokens" in sampling:
+            return sampling
+        return sampling | Sampling._trusted({"max_tokens": self.default_max_tokens})
 
     def describe(self, request: Request) -> dict[str, Any]:
         """Exactly what this backend would send for ``request`` (shown by ``--dry-run``)."""

@@ -76,6 +76,8 @@ def status_line(result: Result) -> str:
         parts.append(f"{result.tokens_per_s:.0f} tok/s")
     if result.cached:
         parts.append("cached" + (f" (first run ${result.cost:.6f})" if result.cost else ""))
+    elif result.cost == 0:
+        parts.append("free")  # a local model, or a free model: not "$0.000000"
     elif result.cost is not None:
         parts.append(f"${result.cost:.6f}")
     if result.partial:

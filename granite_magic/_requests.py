@@ -50,7 +50,7 @@ def build_request(turn: Turn, target: Target, conversation: Conversation, *, str
                   extra: Sampling | None = None) -> Request:
     """What goes to ``target`` for ``turn``: documents in the chat template's slot when the client has one, else in
     the system message; the client's routing for ``strict``; ``extra`` sampling over the turn's (a column's)."""
-    sampling = turn.sampling | extra if extra is not None else turn.sampling
+    sampling = target.client.with_default_length(turn.sampling | extra if extra is not None else turn.sampling)
     apart = target.client.documents_in_template
     documents = tuple(granite_documents(turn.documents)) if apart else ()
     return Request(target.model, turn_messages(turn, conversation, documents_apart=apart), sampling, documents=documents,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from granite_magic import Comparison, GenerationInterrupted
+from granite_magic import Comparison, GenerationInterrupted, GraniteClient
 from granite_magic._comparison import plan_runs
 from granite_magic._local import DEFAULT_LOCAL_FILE, DEFAULT_LOCAL_MODEL, LocalClient, local_available, resolve_model
 from granite_magic._params import Sampling
@@ -131,9 +131,21 @@ def keyless_ip(ip: InteractiveShell, model_path: str, monkeypatch: pytest.Monkey
 
 def test_auto_picks_local_without_a_key_and_says_so(keyless_ip: InteractiveShell) -> None:
     out = run(keyless_ip, "--seed 1 --max-tokens 10 -o r", PROMPT)
-    assert "local llama.cpp" in shown(out)
+    assert "local llama.cpp" in shown(out) and " · free" in shown(out) and "$0.000000" not in shown(out)
     result = keyless_ip.user_ns["r"]
     assert result.text and result.provider == "llama.cpp (local)"
+
+
+def test_a_local_reply_is_capped_unless_asked_for_more(keyless_ip: InteractiveShell, local: LocalClient) -> None:
+    """An open-ended reply on two cores would hold the kernel for minutes: the local default cap is in the request
+    (the title says it, a dry run shows it, the cache keys it), and --max-tokens raises it."""
+    out = run(keyless_ip, "--dry-run --seed 1", PROMPT)
+    assert f'"max_tokens": {LocalClient.default_max_tokens}' in shown(out)
+    assert local.request(PROMPT).sampling["max_tokens"] == LocalClient.default_max_tokens
+    assert local.request(PROMPT, max_tokens=2000).sampling["max_tokens"] == 2000
+    out = run(keyless_ip, "--seed 1 --max-tokens 3 -o r", PROMPT)
+    assert "max tokens 3" in shown(out) and keyless_ip.user_ns["r"].completion_tokens == 3
+    assert GraniteClient(base_url="http://127.0.0.1:9/v1").request(PROMPT).sampling.get("max_tokens") is None  # the provider's own
 
 
 def test_seed_comparison_through_the_magic(keyless_ip: InteractiveShell) -> None:

@@ -169,7 +169,7 @@ def test_the_context_grows_for_a_long_prompt_and_refuses_past_the_trained_one(mo
         assert client.context_loaded == -(-(count + 8) // 512) * 512  # reloaded with the context the request needs
         assert reply(client, QUESTION, seed=1, max_tokens=5).text == short.text  # a small request: no reload, same text
 
-        with pytest.raises(InvalidParameterError, match=r"the prompt is 17 tokens and max_tokens 40,000: more than the model's 32,768-token context") as info:
+        with pytest.raises(InvalidParameterError, match=r"the prompt is 17 tokens and max_tokens=40,000: more than the model's 32,768-token context") as info:
             reply(client, QUESTION, seed=1, max_tokens=40_000)
         assert info.value.result is not None and info.value.result.text == "" and client.context_loaded < 32_768
     finally:

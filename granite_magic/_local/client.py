@@ -83,6 +83,9 @@ class LocalClient(BaseClient):
     documents_in_template: ClassVar[bool] = True  # the GGUF's chat template has a documents slot
     counts_prompt_tokens: ClassVar[bool] = True
     free: ClassVar[bool] = True
+    # On two CPU cores a 3B model writes a few tokens a second: an open-ended reply would hold the kernel for
+    # minutes, so a reply is capped unless --max-tokens / max_tokens= asks for more.
+    default_max_tokens: ClassVar[int | None] = 512
 
     def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
                  prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, loop: BackgroundLoop | None = None) -> None:

@@ -45,10 +45,10 @@ def reply_limit(prompt: int, max_tokens: int | None, trained: int, minimum: int)
     request happened to load a bigger context before it.
     """
     if trained > 0 and prompt + (max_tokens or 1) > trained:
-        asked = f" and max_tokens {max_tokens:,}" if max_tokens is not None else ""
+        asked = f" and max_tokens={max_tokens:,}" if max_tokens is not None else ""
         raise errors.InvalidParameterError(
             f"the prompt is {prompt:,} tokens{asked}: more than the model's {trained:,}-token context. "
-            f"Shorten the prompt{' or lower --max-tokens' if asked else ''}.")
+            f"Shorten the prompt{' or lower max_tokens=' if asked else ''}.", names=("max_tokens",))
     if max_tokens is not None:
         return max_tokens
     return context_size(prompt + OPEN_REPLY_TOKENS, trained, minimum) - prompt

@@ -85,7 +85,8 @@ class Template:
             return None
         if "tools" not in self.reads:
             raise errors.InvalidParameterError(
-                f"This model's chat format ({self.name}) has no place for tools given natively: use --tool-mode prompted.")
+                f"This model's chat format ({self.name}) has no place for tools given natively: use tool_mode='prompted'.",
+                names=("tool_mode",))
         return chat_tools(request.tools)
 
     def _format(self, messages: list[dict[str, Any]], documents: list[dict[str, str]] | None, tools: list[dict[str, Any]] | None) -> Any:

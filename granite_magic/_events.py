@@ -7,14 +7,14 @@ clock is injected, so accumulation can be fed arbitrary events in tests.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._result import Ended, Result, ToolCall, Usage
-from ._tokens import ProbsKind, Token
+from ._tokens import ProbsKind, Token, at_most, spelled, unknown
+from ._values import loads
 
 __all__ = [
     "Accumulator",
@@ -183,6 +183,13 @@ class Accumulator:
         self._tool_calls = ToolCallAssembler()
         self.tokens: list[Token] = []
         self.probs_kind: ProbsKind | None = None
+        self._length = 0  # characters of text
+        self._covered = 0  # characters of text the tokens cover
+        self._unspelled = (0, 0)  # where the text no token covers yet starts: (part, character in it)
+        self._known = 0  # tokens with a probability
+        top = self.params.get("top_logprobs")
+        # the request's K bounds the alternatives kept, whatever the server sends (the pick's own is kept as well)
+        self._k = top if isinstance(top, int) and not isinstance(top, bool) and top >= 0 else None
 
     def restart_clock(self) -> None:
         """Start timing now: a queued comparison column starts when it may send, not when it was planned."""
@@ -203,6 +210,9 @@ class Accumulator:
         self._tool_calls = ToolCallAssembler()
         self.tokens = []
         self.probs_kind = None
+        self._length = self._covered = 0
+        self._unspelled = (0, 0)
+        self._known = 0
 
     @property
     def text(self) -> str:
@@ -237,8 +247,7 @@ class Accumulator:
         if isinstance(event, TextDelta):
             self._text(event.text)
         elif isinstance(event, TokenLogprobs):
-            self.tokens.extend(event.tokens)
-            self.probs_kind = event.kind
+            self._probabilities(event)
         elif isinstance(event, ChunkMeta):
             self.model = event.model or self.model
             self.provider = event.provider or self.provider
@@ -259,7 +268,76 @@ class Accumulator:
             self.first_token_at = self._clock()
             self.note = None
         self._parts.append(text)
+        self._length += len(text)
         self.chunks += 1
+
+    def _probabilities(self, event: TokenLogprobs) -> None:
+        """Lay the tokens over the text no token covers yet.
+
+        The chat and Responses decoders send a chunk's tokens right after its text, laid over it; the local
+        backend sends tokens once the stream has shown their text, so they may lag it.  Either way tokens
+        come in the order of the text, and so they cover the start of what is not yet covered; but text that
+        came with no usable probabilities (a chunk without ``logprobs``, or with nothing valid in them) gets
+        no tokens, and then the tokens cover the end of it, and what is before them has no probability.
+        Anything else (a recording that does not fit its text) is laid over all of it with ``spelled``.
+        Each case reads only the tokens' length of text, or consumes what it reads: linear in the reply.
+        """
+        self.probs_kind = event.kind
+        tokens = event.tokens if self._k is None else [at_most(token, self._k) for token in event.tokens]
+        own = "".join(token.text for token in tokens)
+        waiting = self._length - self._covered
+        if len(own) <= waiting and self._waiting_head(len(own)) == own:
+            laid = [t for t in tokens if t.text or t.known]
+            self._cover(len(own))
+        elif len(own) <= waiting and self._waiting_tail(len(own)) == own:
+            gap = self._waiting_text()[: waiting - len(own)]
+            laid = [unknown(gap), *(t for t in tokens if t.text or t.known)]
+            self._cover(waiting)
+        else:
+            laid = spelled(tokens, self._waiting_text())
+            self._cover(waiting)
+        self.tokens.extend(laid)
+        self._known += sum(token.known for token in laid)
+
+    def _waiting_head(self, n: int) -> str:
+        part, start = self._unspelled
+        head: list[str] = []
+        have = -start
+        while have < n and part < len(self._parts):
+            head.append(self._parts[part])
+            have += len(self._parts[part])
+            part += 1
+        return "".join(head)[start : start + n]
+
+    def _waiting_tail(self, n: int) -> str:
+        tail: list[str] = []
+        have, part = 0, len(self._parts)
+        while have < n and part > 0:
+            part -= 1
+            tail.append(self._parts[part])
+            have += len(self._parts[part])
+        return "".join(reversed(tail))[have - n :]
+
+    def _waiting_text(self) -> str:
+        part, start = self._unspelled
+        return "".join(self._parts[part:])[start:]
+
+    def _cover(self, n: int) -> None:
+        part, start = self._unspelled
+        self._covered += n
+        start += n
+        while part < len(self._parts) - 1 and start >= len(self._parts[part]):
+            start -= len(self._parts[part])
+            part += 1
+        self._unspelled = (part, start)
+
+    def _tokens(self) -> list[Token]:
+        """The tokens, spelling the text exactly (the end no token covered has no probability); none when not one
+        token came with a probability (a provider that ignores the request)."""
+        if not self._known:
+            return []
+        rest = self._waiting_text() if self._covered < self._length else ""
+        return [*self.tokens, unknown(rest)] if rest else list(self.tokens)
 
     def _tool_call(self, delta: ToolCallDelta) -> None:
         if self.first_token_at is None:
@@ -290,14 +368,14 @@ class Accumulator:
             ended=ended,
             tool_calls=self.tool_calls,
             chunks=self.chunks,
-            tokens=list(self.tokens),
+            tokens=self._tokens(),
             probs_kind=self.probs_kind,
         )
 
 
 def _arguments(raw: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+        value = loads(raw) if raw.strip() else {}
+    except ValueError:  # not JSON, or nested too deep to read: the tool loop reports it as a malformed call
         return None
     return value if isinstance(value, dict) else None

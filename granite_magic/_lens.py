@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from ._tokens import Alternative, ProbsKind, Token
+from ._tokens import Alternative, ProbsKind, Token, spelled
 
 __all__ = [
     "FLAT_BITS",
@@ -175,8 +175,13 @@ def _prepare(top: Iterable[Alternative]) -> _Step:
     return _Step(texts, logprobs, probs, raw, mass)
 
 
+_NOTHING = _Step((), (), (), (), 0.0)  # text with no probability: nothing is known of its step
+
+
 def _step_of(token: Token) -> _Step:
     # a step always offers at least the token that was picked, even when no alternatives came back
+    if not token.known:
+        return _NOTHING
     return _prepare(token.top or (Alternative(token.text, token.logprob),))
 
 
@@ -244,6 +249,8 @@ def _new_probs(step: _Step, cut: _Cut, temperature: float | None) -> list[float]
 
 
 def _outcome(step: _Step, s: Samplers) -> tuple[_Cut, list[float]]:
+    if not step.texts:
+        return _Cut(0, 0, 0, False), []
     cut = _cut(step, s)
     return cut, _new_probs(step, cut, s.temperature)
 
@@ -289,7 +296,8 @@ def resample(
     The raw distribution is the listed top-K renormalised: the tail beyond K is unknown, and the result is
     renormalised over the listed survivors (top-p's cut uses the model's own shares; see the module
     docstring).  Every listed alternative is a key, most likely first, filtered ones with 0.0; alternatives
-    with equal text are merged by summing.  A step with no alternatives offers the picked token alone.
+    with equal text are merged by summing.  A step with no alternatives offers the picked token alone; text
+    that came with no probability (``Token.known`` False) gives an empty dict.
     """
     samplers = Samplers(temperature, top_k, top_p, min_p)
     result = []
@@ -309,8 +317,8 @@ def _entropy_bits(probs: Iterable[float]) -> float:
 
 
 def entropy(token: Token) -> float:
-    """Entropy in bits of a step's listed alternatives, renormalised (0: the model was sure)."""
-    return _entropy_bits(_step_of(token).raw)
+    """Entropy in bits of a step's listed alternatives, renormalised (0: the model was sure; NaN: no probability)."""
+    return _entropy_bits(_step_of(token).raw) if token.known else math.nan
 
 
 def surprisal(token: Token) -> float:
@@ -326,6 +334,8 @@ def _rank(step: _Step, text: str) -> int | None:
 
 
 def _is_fork(step: _Step, token: Token, flat_bits: float) -> bool:
+    if not token.known:
+        return False  # nothing is known of a step with no probability
     rank = _rank(step, token.text)
     not_top = rank is None or step.logprobs[rank - 1] < step.logprobs[0] - _EPS  # a tie for first is no fork
     return not_top or _entropy_bits(step.raw) > flat_bits
@@ -345,7 +355,8 @@ def tokens_frame(tokens: Sequence[Token]) -> Any:
 
     Columns: step (0-based), token, logprob, prob, rank (1 = most likely; missing, ``pd.NA`` in a nullable
     integer column, when the pick is not among the listed alternatives), entropy (bits), alternatives (a list
-    of ``(text, prob)`` pairs, most likely first, probabilities as reported, equal texts merged).
+    of ``(text, prob)`` pairs, most likely first, probabilities as reported, equal texts merged).  Text that
+    came with no probability is a row with NaN logprob, prob and entropy, and no alternatives.
     """
     try:
         import pandas as pd
@@ -358,7 +369,7 @@ def tokens_frame(tokens: Sequence[Token]) -> Any:
         "logprob": [t.logprob for t in tokens],
         "prob": [t.prob for t in tokens],
         "rank": pd.array([_rank(s, t.text) for s, t in zip(steps, tokens, strict=True)], dtype="Int64"),
-        "entropy": [_entropy_bits(s.raw) for s in steps],
+        "entropy": [_entropy_bits(s.raw) if t.known else math.nan for s, t in zip(steps, tokens, strict=True)],
         "alternatives": [list(zip(s.texts, s.probs, strict=True)) for s in steps],
     })
 
@@ -374,6 +385,7 @@ _STYLE = """<style>
 .gm-lens-fork,.gm-lens-f{border-bottom:2px solid #8d3f00}
 .gm-lens-x{text-decoration:line-through;text-decoration-color:#b00020}
 .gm-lens-sel{outline:2px solid #1a73e8}
+.gm-lens-none{text-decoration:underline dotted #888}
 .gm-lens-legend{font-size:80%;opacity:.8;margin-top:4px}
 .gm-lens-legend i{display:inline-block;width:1.2em;height:.9em;vertical-align:middle}
 .gm-lens-table td,.gm-lens-table th{padding:1px 8px;text-align:left}
@@ -386,6 +398,7 @@ _STYLE = """<style>
 
 # MathJax (which JupyterLab runs over text/html outputs) must not read a "$" in the reply as mathematics
 _ROOT = "gm-lens mathjax_ignore tex2jax_ignore"
+_NO_PROBABILITY = "no probability: the server sent none for this text"
 _VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 _BAR_H = 32  # the entropy strip's height in SVG units
 
@@ -413,9 +426,13 @@ def _shade_style(p: float) -> str:
     return f"background-color:rgba(230,81,0,{0.8 * (1 - (_bucket(p) + 0.5) / 10):.2f})"
 
 
-def _legend() -> str:
+_NONE_STYLE = "text-decoration:underline dotted #888"  # inline too, as the shading is
+
+
+def _legend(unknown: bool = False) -> str:
     swatches = "".join(f'<i class="gm-lens-s{b}" style="{_shade_style(b / 10)}"></i>' for b in range(10))
-    return f'<div class="gm-lens-legend">probability 0% {swatches} 100% · <span class="gm-lens-fork">underlined</span>: a fork</div>'
+    none = f' · <span class="gm-lens-none" style="{_NONE_STYLE}">dotted, unshaded</span>: {_NO_PROBABILITY}' if unknown else ""
+    return f'<div class="gm-lens-legend">probability 0% {swatches} 100% · <span class="gm-lens-fork">underlined</span>: a fork{none}</div>'
 
 
 def _tooltip(index: int, token: Token, step: _Step) -> str:
@@ -426,21 +443,37 @@ def _tooltip(index: int, token: Token, step: _Step) -> str:
     return "&#10;".join(_e(line) for line in lines)
 
 
-def shaded_html(tokens: Sequence[Token], *, kind: ProbsKind | None) -> str:
+def _no_probability(index: int | None, token: Token, *, selected: bool = False) -> str:
+    """Text with no probability: unshaded, dotted, and its tooltip says so."""
+    where = f"#{index} " if index is not None else ""
+    classes = "gm-lens-none" + (" gm-lens-sel" if selected else "")
+    return f'<span class="{classes}" style="{_NONE_STYLE}" title="{_e(where + _NO_PROBABILITY)}">{_e(token.text)}</span>'
+
+
+def shaded_html(tokens: Sequence[Token], *, kind: ProbsKind | None, text: str | None = None) -> str:
     """The reply as static, escaped HTML: each token shaded by its probability, alternatives in its tooltip.
 
     Self-contained (an inline ``<style>``, classes prefixed ``gm-lens``, shading also inline), with no script
-    and nothing from the model as markup: what a saved notebook shows without a kernel or widgets.
+    and nothing from the model as markup: what a saved notebook shows without a kernel or widgets.  Given
+    ``text`` (the reply), it spells exactly that, whatever the tokens say (``spelled``): text with no
+    probability is unshaded, dotted, and says so.
     """
+    if text is not None:
+        tokens = spelled(tokens, text)
     steps = [_step_of(t) for t in tokens]
     fork_set = {i for i, (s, t) in enumerate(zip(steps, tokens, strict=True)) if _is_fork(s, t, FLAT_BITS)}
     spans = []
     for i, (token, step) in enumerate(zip(tokens, steps, strict=True)):
+        if not token.known:
+            spans.append(_no_probability(None, token))
+            continue
         classes = f"gm-lens-t gm-lens-s{_bucket(token.prob)}" + (" gm-lens-fork" if i in fork_set else "")
         spans.append(f'<span class="{classes}" style="{_shade_style(token.prob)}" title="{_tooltip(i, token, step)}">{_e(token.text)}</span>')
-    head = f"{_KIND_LABEL[kind]} · {len(tokens)} tokens · {len(fork_set)} forks · hover a token for its alternatives"
+    known = sum(t.known for t in tokens)
+    none = "" if known == len(tokens) else " · some text came with no probability (dotted)"
+    head = f"{_KIND_LABEL[kind]} · {known} tokens · {len(fork_set)} forks{none} · hover a token for its alternatives"
     return (f'{_STYLE}<div class="{_ROOT}"><div class="gm-lens-head">{_e(head)}</div>'
-            f'<div class="gm-lens-text" style="white-space:pre-wrap">{"".join(spans)}</div>{_legend()}</div>')
+            f'<div class="gm-lens-text" style="white-space:pre-wrap">{"".join(spans)}</div>{_legend(bool(none))}</div>')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -476,8 +509,9 @@ class Lens:
         return 0.0 if rank is None else self.outcomes[index][1][rank - 1]
 
     def impossible(self) -> list[int]:
-        """Steps whose picked token could not have been picked at the current settings."""
-        return [i for i in range(len(self.tokens)) if self.picked_now(i) == 0.0]
+        """Steps whose picked token could not have been picked at the current settings (text with no
+        probability is not judged)."""
+        return [i for i, token in enumerate(self.tokens) if token.known and self.picked_now(i) == 0.0]
 
     def candidates(self, index: int) -> list[Candidate]:
         return _candidates(self.steps[index], self.samplers)
@@ -494,13 +528,17 @@ class Lens:
         fork_set = set(self.forks)
         spans = []
         for i, token in enumerate(self.tokens):
+            if not token.known:
+                spans.append(_no_probability(i, token, selected=i == self.selected))
+                continue
             now = self.picked_now(i)
             # short class names and tooltips: this is resent on every slider move
             classes = f"gm-lens-s{_bucket(now)}" + (" gm-lens-f" if i in fork_set else "") + (" gm-lens-x" if now == 0 else "")
             classes += " gm-lens-sel" if i == self.selected else ""
             title = f"#{i} model {_pct(token.prob)} → now {_pct(now)}"
             spans.append(f'<span class="{classes}" title="{title}">{_e(token.text)}</span>')
-        return f'<div class="{_ROOT}"><div class="gm-lens-text">{"".join(spans)}</div>{_legend()}</div>'
+        unknown = not all(token.known for token in self.tokens)
+        return f'<div class="{_ROOT}"><div class="gm-lens-text">{"".join(spans)}</div>{_legend(unknown)}</div>'
 
     def entropy_svg(self) -> str:
         """One thin bar per step: entropy now (blue) over entropy before the samplers (grey); forks marked
@@ -535,6 +573,8 @@ class Lens:
             return f'<div class="gm-lens-note">{_e("this reply carries no token probabilities")}</div>'
         i = self.selected
         token, step = self.tokens[i], self.steps[i]
+        if not token.known:
+            return f'<div class="{_ROOT}">{self._context_html(i)}<div class="gm-lens-note">{_e(_NO_PROBABILITY)}</div></div>'
         rows = "".join(self._row(c, c.text == token.text) for c in self.candidates(i))
         head = "<tr><th></th><th>token</th><th>model</th><th>now</th><th></th></tr>"
         return (f'<div class="{_ROOT}">{self._context_html(i)}<table class="gm-lens-table">{head}{rows}</table>'
@@ -550,8 +590,12 @@ class Lens:
 
     def _context_html(self, i: int) -> str:
         before = "".join(t.text for t in self.tokens[max(0, i - self.CONTEXT_TOKENS):i]).replace("\n", "↵ ")
-        head = f"step {i} of {len(self.tokens)} · surprisal {surprisal(self.tokens[i]):.1f} bits · entropy "
-        head += f"{_entropy_bits(self.steps[i].raw):.1f} → {_entropy_bits(self.outcomes[i][1]):.1f} bits"
+        head = f"step {i} of {len(self.tokens)} · "
+        if self.tokens[i].known:
+            head += f"surprisal {surprisal(self.tokens[i]):.1f} bits · entropy "
+            head += f"{_entropy_bits(self.steps[i].raw):.1f} → {_entropy_bits(self.outcomes[i][1]):.1f} bits"
+        else:
+            head += _NO_PROBABILITY
         return (f'<div class="gm-lens-head">{_e(head)}</div>'
                 f'<div class="gm-lens-text">…{_e(before)}<b>▶{_e(_visible(self.tokens[i].text))}</b></div>')
 

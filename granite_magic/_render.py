@@ -98,7 +98,7 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
         if result.tokens:  # --probs: the reply shaded by probability, alternatives in each token's tooltip (escaped HTML)
             from ._lens import shaded_html
 
-            data["text/html"] = shaded_html(result.tokens, kind=result.probs_kind)
+            data["text/html"] = shaded_html(result.tokens, kind=result.probs_kind, text=result.text)  # spells exactly the text
     elif fmt == "code":
         code, language = extract_code(result.text)
         data[MIME_PLAIN] = code
@@ -114,14 +114,28 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
     return data, metadata
 
 
+# A tool-using turn's saved output shows this many calls one by one and counts the rest in a line (a model can
+# ask for hundreds in one reply); every call stays whole in the Result (-o NAME's .tool_calls).
+CALL_BLOCKS = 20
+ARGUMENTS_PREVIEW = 500  # characters of a call's arguments shown
+
+
 def tool_calls_bundle(result: Result) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One collapsible block per call (name, arguments, result or error, time): escaped HTML, Markdown and text."""
+    """One collapsible block per call (name, arguments, result or error, time): escaped HTML, Markdown and text.
+
+    What a call returned is shown as a preview of at most ``PREVIEW_CHARS`` characters that says how much was
+    cut (the model got more, and the ``Result`` keeps the value itself); whatever the value, nothing raises."""
     import html as html_module
 
+    from ._tools import calls_summary
+    from ._values import PREVIEW_CHARS, value_text
+
     blocks, markdown, plain = [], [], []
-    for call in result.tool_calls:
-        arguments = json.dumps(call.arguments if call.arguments is not None else call.raw_arguments, ensure_ascii=False)
-        outcome = f"error: {call.error}" if call.error else _result_text(call.result)
+    for i, call in enumerate(result.tool_calls[:CALL_BLOCKS]):
+        arguments = value_text(call.arguments if call.arguments is not None else call.raw_arguments, ARGUMENTS_PREVIEW)
+        outcome = f"error: {value_text(call.error, PREVIEW_CHARS)}" if call.error else value_text(call.result, PREVIEW_CHARS)
+        if not call.error and len(outcome) > PREVIEW_CHARS:  # cut: say where the whole value is
+            outcome += f" (the whole value: .tool_calls[{i}].result of the Result, -o NAME)"
         took = f" · {call.duration_s * 1000:.0f} ms" if call.duration_s else ""
         head = f"{'⚠ ' if call.error else ''}Ran {call.name}{took}" if call.ran else f"⚠ Did not run {call.name}"
         e = html_module.escape
@@ -129,15 +143,13 @@ def tool_calls_bundle(result: Result) -> tuple[dict[str, Any], dict[str, Any]]:
                       f'</div><pre style="white-space:pre-wrap">{e(outcome)}</pre></details>')
         markdown.append(f"**{markdown_literal(head)}** · arguments `{markdown_literal(arguments)}`\n\n{fenced(outcome, 'text')}")
         plain.append(f"{head}({arguments}) -> {outcome}")
+    if len(result.tool_calls) > CALL_BLOCKS:
+        more = f"… and {calls_summary(result.tool_calls[CALL_BLOCKS:])} (all in .tool_calls of the Result, -o NAME)"
+        blocks.append(f"<div>{html_module.escape(more)}</div>")
+        markdown.append(markdown_literal(more))
+        plain.append(more)
     data = {"text/html": "".join(blocks), MIME_MARKDOWN: "\n\n".join(markdown), MIME_PLAIN: "\n".join(plain)}
     return data, {}  # the reply's own output below carries the metadata, calls included
-
-
-def _result_text(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=repr) if not isinstance(value, str) else value
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def status_bundle(text: str) -> dict[str, Any]:

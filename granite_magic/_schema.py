@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from ._values import clip
+
 __all__ = ["Codec", "JsonSchema", "SchemaBuilder", "clip", "json_kind", "object_schema", "schema_errors", "type_hints"]
 
 JsonSchema = dict[str, Any]
@@ -29,11 +31,6 @@ JsonSchema = dict[str, Any]
 
 def _same(value: Any) -> Any:
     return value
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how many were cut."""
-    return text if len(text) <= limit else f"{text[:limit]}… [{len(text) - limit} more characters cut]"
 
 
 # --- type hints → JSON Schema ------------------------------------------------------------------------

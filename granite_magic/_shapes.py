@@ -23,20 +23,22 @@ raises ``ProtocolError``, never anything else.
 from __future__ import annotations
 
 import copy
+import heapq
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._errors import InvalidParameterError, ProtocolError, is_transient
 from ._events import ChunkMeta, Done, ErrorEvent, Event, Finish, TextDelta, TokenLogprobs, ToolCallDelta, UsageReport
-from ._params import Api, Sampling
+from ._params import Api, Sampling, get_param
 from ._result import Usage
 from ._schema import JsonSchema
 from ._sse import ServerSentEvent, SSEStreamDecoder
-from ._tokens import Alternative, Token
+from ._tokens import Alternative, Token, spelled
 from ._tools import TOOL_NAME, Tool
+from ._values import loads
 
 __all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
            "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "tool_choice_for",
@@ -359,12 +361,15 @@ def _token_logprobs(entries: Any, text: str) -> list[Event]:
 
     Entries are ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob"}, ...]}`` in
     chat's ``logprobs.content`` and in the Responses API's ``logprobs``.  Probabilities are an
-    extra: an entry of the wrong shape is skipped rather than failing the reply.
+    extra: an entry of the wrong shape is skipped rather than failing the reply, and the tokens are
+    laid over ``text`` (``align``), so they spell it exactly; text no entry covers is an ``unknown``
+    token.  With no usable entry there is no event: the accumulator marks that text as having no
+    probability (``Accumulator``).
     """
     if not isinstance(entries, list):
         return []
     tokens = [token for token in map(_token, entries) if token is not None]
-    return [TokenLogprobs(_fitted(tokens, text), "server")] if tokens else []
+    return [TokenLogprobs(tuple(spelled(tokens, text)), "server")] if tokens else []
 
 
 def _token(entry: Any) -> Token | None:
@@ -372,7 +377,8 @@ def _token(entry: Any) -> Token | None:
     logprob = _logprob(entry.get("logprob"))
     if logprob is None:
         return None
-    return Token(_token_text(entry), logprob, _alternatives(entry.get("top_logprobs")))
+    text = _token_text(entry)
+    return Token(text, logprob, _alternatives(entry.get("top_logprobs"), text))
 
 
 def _token_text(entry: Mapping[str, Any]) -> str:
@@ -386,21 +392,30 @@ def _token_text(entry: Mapping[str, Any]) -> str:
     return ""
 
 
-def _alternatives(entries: Any) -> tuple[Alternative, ...]:
-    """Most likely first, one per token text.
+# However many alternatives a server sends, no request asks for more than top_logprobs' maximum (20): more are
+# never kept (the accumulator then keeps the request's own K).  2,000 per token would otherwise cost ~1.4 KB each.
+MOST_ALTERNATIVES = int(get_param("top_logprobs").maximum or 20)
+
+
+def _alternatives(entries: Any, picked: str) -> tuple[Alternative, ...]:
+    """The ``MOST_ALTERNATIVES`` most likely, first, one per token text, and the picked token's own after them.
 
     llama.cpp's server appends the chosen token when it is not among the top K, and two token ids
-    can share a text; the first (most likely) entry of a text is kept.  The appended chosen token
-    stays, last: it is a real alternative with a true log probability.
+    can share a text; the first entry of a text is kept.  The chosen token stays, last, when it falls
+    outside the kept ones: it is a real alternative with a true log probability.
     """
-    seen: dict[str, Alternative] = {}
+    seen: dict[str, float] = {}
     for entry in entries if isinstance(entries, list) else ():
         entry = _obj(entry)
         logprob = _logprob(entry.get("logprob"))
         text = _token_text(entry)
         if logprob is not None and text not in seen:
-            seen[text] = Alternative(text, logprob)
-    return tuple(sorted(seen.values(), key=lambda a: -a.logprob))  # stable: ties keep the server's order
+            seen[text] = logprob
+    # nlargest is sorted(reverse=True)[:n], which is stable: ties keep the server's order
+    top = heapq.nlargest(MOST_ALTERNATIVES, seen.items(), key=lambda item: item[1])
+    if picked in seen and all(text != picked for text, _ in top):
+        top.append((picked, seen[picked]))
+    return tuple(Alternative(text, logprob) for text, logprob in top)
 
 
 def _logprob(value: Any) -> float | None:
@@ -412,25 +427,6 @@ def _logprob(value: Any) -> float | None:
     except OverflowError:  # a JSON integer too large for a float
         return None
     return min(number, 0.0) if math.isfinite(number) and number <= 1e-6 else None
-
-
-def _fitted(tokens: list[Token], text: str) -> tuple[Token, ...]:
-    """The tokens with texts that join to exactly ``text``, the content they came with.
-
-    A server's token text can differ from its content: a token that is part of a UTF-8
-    character ("bytes:\\xe2\\x80" on OpenAI), a special token.  Each token keeps its text
-    while it matches what is left; the first one that does not takes the rest, and the
-    last always takes whatever remains, so ``"".join(texts) == Result.text``.
-    """
-    if "".join(t.text for t in tokens) == text:
-        return tuple(tokens)
-    fitted: list[Token] = []
-    rest = text
-    for i, token in enumerate(tokens):
-        piece = token.text if i < len(tokens) - 1 and rest.startswith(token.text) else rest
-        rest = rest[len(piece):]
-        fitted.append(replace(token, text=piece))
-    return tuple(fitted)
 
 
 def _chat_usage(raw: Mapping[str, Any]) -> Usage:
@@ -692,10 +688,10 @@ def _input_object(arguments: str) -> dict[str, Any]:
     the model can read) goes as ``{}``: the request must stay valid for the model to see that error.
     """
     try:
-        value = json.loads(arguments) if arguments.strip() else {}
+        value = loads(arguments) if arguments.strip() else {}
         if isinstance(value, str):  # arguments encoded once more as a JSON string, as the tool loop accepts them
-            value = json.loads(value)
-    except (ValueError, RecursionError):
+            value = loads(value)
+    except ValueError:  # too deep too: the body must stay something a JSON encoder can write
         return {}
     return value if isinstance(value, dict) else {}
 

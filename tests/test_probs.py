@@ -18,6 +18,7 @@ from granite_magic._events import Accumulator, Event, TextDelta, TokenLogprobs
 from granite_magic._local import LocalClient, TokenTexts
 from granite_magic._result import Alternative, Result, Token
 from granite_magic._shapes import chunk_events, shape
+from granite_magic._tokens import spelled
 from granite_magic.testing import FakeOpenRouter, Scenario
 
 from .conftest import FAST_RETRY, TEST_KEY, interrupt_after, sse
@@ -40,11 +41,13 @@ def probs_of(events: Sequence[Event]) -> list[TokenLogprobs]:
 
 
 def assert_well_formed(tokens: Sequence[Token], text: str, k: int | None = None) -> None:
-    """What every reply with probabilities promises: the texts make the reply, alternatives most likely first."""
+    """What every reply with probabilities promises: the texts make the reply, alternatives most likely first;
+    text with no probability is a token of its own (NaN, no alternatives)."""
     assert "".join(t.text for t in tokens) == text
     for token in tokens:
         logprobs = [a.logprob for a in token.top]
-        assert logprobs == sorted(logprobs, reverse=True) and all(lp <= 0 for lp in logprobs) and token.logprob <= 0
+        assert logprobs == sorted(logprobs, reverse=True) and all(lp <= 0 for lp in logprobs)
+        assert token.logprob <= 0 if token.known else (math.isnan(token.logprob) and token.top == () and token.text)
         assert k is None or len(token.top) <= k
 
 
@@ -167,8 +170,57 @@ def test_decoding_is_total_whatever_json_arrives_in_a_probability_field(case: tu
     for event in probs_of(events):
         assert event.tokens and event.kind == "server"
         assert_well_formed(event.tokens, text)
-        assert all(math.isfinite(t.logprob) and all(math.isfinite(a.logprob) for a in t.top) for t in event.tokens)
+        assert all(math.isfinite(t.logprob) == t.known and all(math.isfinite(a.logprob) for a in t.top) for t in event.tokens)
+        assert any(t.known for t in event.tokens)
         assert len({a.text for a in event.tokens[0].top}) == len(event.tokens[0].top)
+
+
+# --- the accumulator lays tokens over the text ------------------------------------------------------------
+
+
+def fold(*events: Event, **params: Any) -> Result:
+    acc = Accumulator(params)
+    for event in events:
+        acc.feed(event)
+    return acc.result()
+
+
+def known(text: str, logprob: float = -0.5, *top: tuple[str, float]) -> Token:
+    return Token(text, logprob, tuple(Alternative(t, lp) for t, lp in top))
+
+
+def test_tokens_that_lag_their_text_cover_it_from_the_start() -> None:
+    """The local backend hands tokens on once the stream has shown their text: they come late, never out of order."""
+    result = fold(TextDelta("ab"), TextDelta("c"), TokenLogprobs((known("a"), known("b")), "raw"), TokenLogprobs((known("c"),), "raw"))
+    assert [(t.text, t.known) for t in result.tokens] == [("a", True), ("b", True), ("c", True)]
+
+
+def test_text_that_came_without_probabilities_is_an_unknown_token() -> None:
+    result = fold(TextDelta("x"), TextDelta("y"), TokenLogprobs((known("y"),)), TextDelta("z"))
+    assert [(t.text, t.known) for t in result.tokens] == [("x", False), ("y", True), ("z", False)]
+    assert fold(TextDelta("x"), TextDelta("y")).tokens == []  # no probabilities at all: no tokens
+
+
+def test_the_accumulator_keeps_k_alternatives_and_the_pick() -> None:
+    top = [("a", -0.1), ("b", -0.2), ("c", -0.3), ("d", -0.4), ("e", -0.5)]
+    (token,) = fold(TextDelta("d"), TokenLogprobs((known("d", -0.4, *top),)), top_logprobs=2).tokens
+    assert [a.text for a in token.top] == ["a", "b", "d"]
+    (token,) = fold(TextDelta("a"), TokenLogprobs((known("a", -0.1, *top),)), top_logprobs=2).tokens
+    assert [a.text for a in token.top] == ["a", "b"]
+
+
+@given(st.lists(st.tuples(st.text(max_size=4), st.booleans(), st.integers(0, 2)), max_size=12))
+def test_tokens_spell_the_text_whatever_chunks_lack_probabilities(chunks: list[tuple[str, bool, int]]) -> None:
+    """Any run of chunks, some with tokens (split anywhere, or spelled differently), some without: exactly the text."""
+    events: list[Event] = []
+    for text, with_probs, split in chunks:
+        events.append(TextDelta(text))
+        if with_probs:
+            pieces = [text[:split], text[split:]] if split < 2 else ["?"]  # split 2: a token text unlike its content
+            events.append(TokenLogprobs(tuple(spelled([known(piece) for piece in pieces], text))))
+    result = fold(*events)
+    assert "".join(t.text for t in result.tokens) == result.text or result.tokens == []
+    assert all(t.known or (t.text and t.top == ()) for t in result.tokens)
 
 
 # --- the fake server, end to end -------------------------------------------------------------------------

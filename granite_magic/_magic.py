@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import shlex
 import sys
 import threading
@@ -79,6 +80,7 @@ class GraniteMagics(Magics):
     def __init__(self, shell: InteractiveShell | None = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._session: Session | None = None
+        self._environment: dict[str, str] = {}  # the GRANITE_* variables the settings were last read with
         self.warm_up: threading.Thread | None = None  # started when the cell that loaded the extension has finished
         self._used = threading.Event()  # set by the first %%granite or %granite: the warm-up stops there
         self.observe(self._configure, names=list(TRAIT_SETTINGS))
@@ -136,8 +138,15 @@ class GraniteMagics(Magics):
             from ._session import Session
 
             shell = self.shell
+            self._environment = _granite_environment()
             self._session = Session(self.settings(), cell_number=lambda: getattr(shell, "execution_count", None))
         return self._session
+
+    def _follow_environment(self) -> None:
+        """``%env GRANITE_BASE_URL=...`` after loading takes effect from the next cell, as ``%config`` does."""
+        if self._session is not None and (now := _granite_environment()) != self._environment:
+            self._environment = now
+            self._session.settings = self.settings()
 
     def settings(self) -> Settings:
         """The environment's defaults with this kernel's ``%config`` values over them."""
@@ -159,6 +168,7 @@ class GraniteMagics(Magics):
     @line_cell_magic
     def granite(self, line: str, cell: str | None = None) -> Any:
         self._used.set()
+        self._follow_environment()
         if cell is None:
             return self._subcommand(line)
         return self._cell(line, cell)
@@ -634,3 +644,8 @@ def _refused(exc: errors.GraniteError) -> str:
 
     advice = ADVICE.get(exc.kind)
     return f"{worded(exc, cell_spelling)} (nothing was sent)" + (f". {advice}" if advice else "")
+
+
+def _granite_environment() -> dict[str, str]:
+    """The ``GRANITE_*`` variables as they are now (the settings read them; only their change matters here)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("GRANITE_")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from granite_magic.testing import FakeOpenRouter, Scenario
@@ -35,3 +36,16 @@ def test_a_drift_check_that_finds_the_same_text_is_not_shown_as_a_problem(ip: In
     assert "identical to the recording" in out.stdout and "identical" not in out.stderr
     assert "differs from the recording" in drifted.stderr
 
+
+
+def test_an_environment_change_after_loading_takes_effect_at_the_next_cell(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``%env GRANITE_BASE_URL=...`` after ``%load_ext`` was silently ignored while ``%config`` worked."""
+    magics = magics_of(ip)
+    magics.base_url = ""  # no %config value: the environment decides
+    monkeypatch.setenv("GRANITE_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    magics.session.settings = magics.settings()
+    ip.run_line_magic("env", f"GRANITE_BASE_URL={server.base_url}")
+    out = run(ip, "--seed 1 --max-tokens 5 -o r", "Hi")
+    assert ip.user_ns["r"].text and len(server.chat_requests) == 1, out.stderr
+    assert magics.session.settings.base_url == server.base_url

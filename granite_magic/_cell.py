@@ -121,6 +121,12 @@ def _sweep_words(sweeps: Mapping[str, Sequence[Any]]) -> Spelled:
     return [[f"{name}=" + ",".join(map(repr, values))] for name, values in sweeps.items()]
 
 
+def _max_steps(n: int, reading: Reading) -> int:
+    from ._toolrun import check_max_steps  # the one range, which the Python API's max_steps= meets too
+
+    return check_max_steps(n)
+
+
 def _probs(k: int, reading: Reading) -> Sampling:
     if not 1 <= k <= 20:
         raise InvalidParameterError(f"--probs {k} is out of range: must be an integer from 1 to 20")
@@ -194,8 +200,8 @@ def options() -> tuple[Option, ...]:
                {"choices": TOOL_MODES, "default": "auto"}),
         Option(("--approve",), "approve", "ask before running each tool call (y/N in the input prompt under the cell)", None,
                {"action": "store_true"}, spell=_switch),
-        Option(("--max-steps",), "max_steps", f"at most N requests in a tool-using turn (default {MAX_STEPS})", "N",
-               {"type": int}),
+        Option(("--max-steps",), "max_steps", f"at most N requests in a tool-using turn, 1 to 50 (default {MAX_STEPS}); 1 offers "
+               "the tools once and runs none of the calls", "N", {"type": int}, read=_max_steps),
         Option(("--strict",), "turn.strict", "OpenRouter: route only to providers that honour every parameter sent (none "
                "found: a clear error)", None, {"action": "store_true"}, read=lambda on, reading: True if on else None,
                spell=_switch),

@@ -18,6 +18,7 @@ from typing import Any
 from ._events import ParsedCall
 from ._shapes import chat_tools
 from ._tools import CallRecord, Tool, result_text
+from ._values import raw_decode
 
 __all__ = ["CALL_CLOSE", "CALL_OPEN", "ToolCallScanner", "prompted_assistant", "prompted_results", "prompted_system"]
 
@@ -101,7 +102,7 @@ class ToolCallScanner:
 
     def _read(self, block: str) -> list[ParsedCall]:
         try:
-            value, _ = json.JSONDecoder().raw_decode(block.strip())
+            value, _ = raw_decode(block.strip())  # nesting bounded: too deep is malformed
         except ValueError as exc:
             return [self._malformed(block, f"the tool call is not valid JSON: {exc}")]
         # a whole call followed by stray characters (a small model's extra "}") is still that call

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from ._tokens import Alternative, ProbsKind, Token
@@ -91,11 +92,17 @@ class Result:
         return (tokens - 1) / generating
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data: what the notebook stores as output metadata."""
-        data = asdict(self)
+        """Plain JSON-ready data: what the notebook stores as output metadata.
+
+        Never raises.  A tool call is kept as a bounded preview (``saved``): its result as JSON when that is at
+        most 2,000 characters, else as text saying how much was cut, and its arguments likewise; the
+        ``Result`` itself keeps every value whole.  No tool result is copied (a tool may return anything:
+        a generator, a list that contains itself, an object whose repr raises).
+        """
+        data = asdict(replace(self, tool_calls=[]))
         data["params"] = json_ready(self.params)
-        for call, saved in zip(self.tool_calls, data["tool_calls"], strict=True):
-            saved["result"] = _json_safe(call.result)  # a tool may return anything; the notebook stores JSON
+        data["tool_calls"] = [_saved_call(call) for call in self.tool_calls]
+        data["tokens"] = [_saved_token(token) for token in data["tokens"]]
         data["partial"] = self.partial
         data["tokens_per_s"] = self.tokens_per_s
         data["cost"] = self.cost
@@ -137,15 +144,22 @@ class Result:
         return safe_markdown(self.text)
 
 
-def _json_safe(value: Any) -> Any:
-    import json
+_PREVIEWED = frozenset({"arguments", "raw_arguments", "result", "error"})  # what a tool or a model made: any size
 
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-        return text if len(text) <= 2000 else text[:1997] + "..."
-    return value
+
+def _saved_call(call: ToolCall) -> dict[str, Any]:
+    from ._values import saved
+
+    return {f.name: saved(value) if f.name in _PREVIEWED else value for f in fields(call) for value in (getattr(call, f.name),)}
+
+
+def _saved_token(token: dict[str, Any]) -> dict[str, Any]:
+    """A token as JSON holds it: a log probability that is not a number (text with no probability) is null,
+    since JSON has no NaN and a notebook front end refuses one."""
+    for item in (token, *token["top"]):
+        if not math.isfinite(item["logprob"]):
+            item["logprob"] = None
+    return token
 
 
 def json_ready(values: Mapping[str, Any]) -> dict[str, Any]:

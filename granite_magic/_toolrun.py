@@ -24,11 +24,25 @@ from ._granite_tools import ToolCallScanner, prompted_assistant, prompted_result
 from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
-from ._tools import Approve, CallRecord, Tool, describe_call, result_text, run_requested
+from ._tokens import spelled
+from ._tools import Approve, CallRecord, Tool, calls_summary, describe_call, result_text, run_requested
+from ._values import loads
 from ._vocab import MAX_STEPS, TOOL_MODES, ToolMode
 
-__all__ = ["MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_mode", "plan_tools"]
+__all__ = ["LOGGED_CALLS", "MAX_STEPS", "ToolLoop", "ToolMode", "ToolPlan", "check_max_steps", "check_mode", "plan_tools"]
 
+# A turn logs this many calls one by one ("calling f(x=1)", "  → 2"); past them each step's calls are counted in
+# one line (a model can ask for hundreds of calls, and each would be two lines in the cell).
+LOGGED_CALLS = 10
+MOST_STEPS = 50
+
+
+def check_max_steps(value: int) -> int:
+    """``max_steps`` (requests in a tool-using turn) from 1 to 50; 1 offers the tools once and runs none of the calls."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MOST_STEPS:
+        raise InvalidParameterError(f"max_steps={value!r} is out of range: must be an integer from 1 to {MOST_STEPS} (1: offer the "
+                                    "tools once and run none of the calls)", names=("max_steps",))
+    return value
 
 
 def check_mode(value: str) -> ToolMode:
@@ -66,8 +80,7 @@ class ToolPlan:
     max_steps: int = MAX_STEPS
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_steps <= 50:
-            raise InvalidParameterError(f"max_steps={self.max_steps} is out of range: must be an integer from 1 to 50", names=("max_steps",))
+        check_max_steps(self.max_steps)
 
     def first_request(self, request: Request) -> Request:
         """The request of the first step: tools offered natively, or described in the system message."""
@@ -87,6 +100,7 @@ class ToolLoop:
     results: list[Result] = field(default_factory=list)
     steps: int = 0
     stopped: str | None = None  # why the loop ended before the model answered (max steps)
+    logged: int = 0  # calls logged one by one so far (at most LOGGED_CALLS)
 
     def __post_init__(self) -> None:
         self.request = self.plan.first_request(self.request)
@@ -116,10 +130,14 @@ class ToolLoop:
         if not calls or result.partial:
             return None
         if self.steps >= self.plan.max_steps:
-            self.stopped = (f"stopped after {self.steps} steps (max_steps={self.plan.max_steps}): the model was still "
-                            f"calling tools; the last calls were not run")
+            steps = f"{self.steps} step{'s' if self.steps != 1 else ''}"
+            self.stopped = (f"stopped after {steps} (max_steps={self.plan.max_steps}): the model was still calling tools; the "
+                            "last calls were not run")
             return None
+        logged = self.logged
         records = [self._run(call) for call in calls]
+        if len(records) > (shown := self.logged - logged):  # the first ones were logged one by one
+            self.on_call(f"… {calls_summary(records[shown:])}, not listed one by one")
         self.records += records
         asked = self.request.messages[:-1] if self._prefix else self.request.messages
         self._prefix = ""  # the call was forced once; after it the model chooses
@@ -145,9 +163,13 @@ class ToolLoop:
 
     def _run(self, call: ParsedCall) -> CallRecord:
         call = self._lenient(call)
-        self.on_call(f"calling {describe_call(call.name, call.arguments)}")
+        logging = self.logged < LOGGED_CALLS
+        if logging:
+            self.on_call(f"calling {describe_call(call.name, call.arguments)}")
         record = run_requested(self.plan.tools, call, approve=self.plan.approve)
-        self.on_call(f"  → {record.error}" if record.error else f"  → {_short(result_text(record))}")
+        if logging:
+            self.logged += 1
+            self.on_call(f"  → {_short(record.error, 300)}" if record.error else f"  → {_short(result_text(record))}")
         return record
 
     def _lenient(self, call: ParsedCall) -> ParsedCall:
@@ -158,7 +180,7 @@ class ToolLoop:
         if call.problem or len(properties) != 1:
             return call
         try:
-            value = json.loads(call.arguments)
+            value = loads(call.arguments)
         except ValueError:
             return call
         if isinstance(value, dict):
@@ -181,8 +203,12 @@ class ToolLoop:
         last = self.results[-1]
         text, _ = self._calls(last) if self.plan.mode == "prompted" else (last.text, [])
         calls = [ToolCall(r.name, r.arguments, r.id, r.raw_arguments, r.result, r.error, r.duration_s, r.ran) for r in self.records]
-        return dataclasses.replace(last, text=text.strip() if self.plan.mode == "prompted" else text, tool_calls=calls,
-                                   usage=_total_usage(self.results), duration_s=sum(r.duration_s or 0 for r in self.results))
+        text = text.strip() if self.plan.mode == "prompted" else text
+        # prompted, the text lost its <tool_call> blocks and its ends' white space: so do the tokens (those that
+        # spelled only what was taken out go; the ones left still spell the text exactly)
+        tokens = last.tokens if text == last.text else [t for t in spelled(last.tokens, text) if t.text]
+        return dataclasses.replace(last, text=text, tool_calls=calls, tokens=tokens, usage=_total_usage(self.results),
+                                   duration_s=sum(r.duration_s or 0 for r in self.results))
 
     def history(self) -> list[dict[str, Any]]:
         """What a ``--chat`` conversation keeps of this turn after the user's message: calls, results, answer."""
@@ -227,6 +253,6 @@ def _total_usage(results: Sequence[Result]) -> Usage:
     return Usage(**{f.name: total(f.name) for f in dataclasses.fields(Usage)})
 
 
-def _short(text: str) -> str:
+def _short(text: str, limit: int = 120) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

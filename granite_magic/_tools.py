@@ -19,9 +19,6 @@ Granite's prompted ``<tool_call>`` convention is ``_granite_tools``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as dt
-import enum
 import functools
 import inspect
 import json
@@ -30,13 +27,14 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from ._docstrings import parse_docstring
 from ._errors import InvalidParameterError
 from ._events import ParsedCall
 from ._schema import Codec, JsonSchema, SchemaBuilder, clip, json_kind, object_schema, schema_errors, type_hints
+from ._values import loads, to_json, value_text
 
 __all__ = [
     "DECLINED",
@@ -46,6 +44,7 @@ __all__ = [
     "CallRecord",
     "Tool",
     "as_tools",
+    "calls_summary",
     "describe_call",
     "describe_exception",
     "resolve_tools",
@@ -303,9 +302,9 @@ def _parse_arguments(raw: str) -> dict[str, Any]:
     if not raw.strip():  # Messages sends no input_json_delta at all for a call without arguments
         return {}
     try:
-        value = json.loads(raw)
+        value = loads(raw)  # nesting bounded: 100,000 levels deep is malformed, not a RecursionError
         if isinstance(value, str):  # some models send the arguments object encoded once more, as a JSON string
-            value = json.loads(value)
+            value = loads(value)
     except ValueError as exc:
         raise _Refused(f"the arguments are not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -359,75 +358,41 @@ def describe_exception(exc: BaseException) -> str:
     return f"{text} [{Path(last.filename).name}, line {last.lineno}, in {last.name}{source}]"
 
 
+def calls_summary(calls: Sequence[CallRecord] | Sequence[Any]) -> str:
+    """``412 more calls: 400 to nope not run (there is no tool named 'nope'; …), 12 to convert ran``.
+
+    Calls (``CallRecord`` or ``ToolCall``) counted by name and outcome, each kind once with the first reason
+    it did not run or failed; at most five kinds are named.  For a model that asks for hundreds of calls."""
+    kinds: dict[tuple[str, str], list[Any]] = {}
+    for call in calls:
+        outcome = ("failed" if call.error else "ran") if call.ran else "not run"
+        kinds.setdefault((call.name, outcome), []).append(call)
+    named = [f"{len(group)} to {name or '(no name)'} {outcome}" + (f" ({_one_line(group[0].error)})" if group[0].error else "")
+             for (name, outcome), group in list(kinds.items())[:5]]
+    others = f", and {len(kinds) - 5} other kinds" if len(kinds) > 5 else ""
+    return f"{len(calls)} more call{'s' if len(calls) != 1 else ''}: {', '.join(named)}{others}"
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def describe_call(name: str, raw_arguments: str) -> str:
     """``convert(amount=120, currency='JPY')``: the call as a person reads it in the live view."""
     arguments = _parsed_or_none(raw_arguments)
     inner = ", ".join(f"{key}={value!r}" for key, value in arguments.items()) if arguments is not None else raw_arguments.strip()
-    return f"{name}({_cap(inner, 200)})"
+    return f"{_cap(name, 100)}({_cap(inner, 200)})"
 
 
 # --- results -----------------------------------------------------------------------------------------
 
 
-def _dataclass_instance(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
-
-
-def _ordered(values: Any) -> list[Any]:
-    try:  # a set's order changes between runs: sort it so the model (and a replay) sees the same text
-        return sorted(values)
-    except TypeError:
-        return sorted(values, key=repr)
-
-
-# A result's kind → its JSON form (the first row that matches wins; Enum before str for str-mixin enums).
-_RESULT_FORMS: tuple[tuple[Callable[[Any], bool], Callable[[Any], Any]], ...] = (
-    (lambda v: isinstance(v, enum.Enum), lambda v: to_json(v.value)),
-    (lambda v: isinstance(v, (str, int, float, bool, type(None))), lambda v: v),
-    (_dataclass_instance, lambda v: {f.name: to_json(getattr(v, f.name)) for f in dataclasses.fields(v)}),
-    (lambda v: isinstance(v, PurePath), str),
-    (lambda v: isinstance(v, (dt.datetime, dt.date, dt.time)), lambda v: v.isoformat()),
-    (lambda v: isinstance(v, dt.timedelta), lambda v: v.total_seconds()),
-    (lambda v: isinstance(v, Mapping), lambda v: {_key(k): to_json(x) for k, x in v.items()}),
-    (lambda v: isinstance(v, (list, tuple)), lambda v: [to_json(x) for x in v]),
-    (lambda v: isinstance(v, (set, frozenset)), lambda v: [to_json(x) for x in _ordered(v)]),
-    (lambda v: callable(getattr(v, "tolist", None)), lambda v: to_json(v.tolist())),  # NumPy scalars and arrays, pandas Series
-)
-
-
-def _key(key: Any) -> str:
-    return key if isinstance(key, str) else str(to_json(key))
-
-
-def to_json(value: Any) -> Any:
-    """``value`` as JSON values (dataclass → object, Enum → its value, Path → text, date → ISO text, set → sorted list).
-
-    Raises ``TypeError`` for a value with no JSON form.
-    """
-    form = next((convert for test, convert in _RESULT_FORMS if test(value)), None)
-    if form is None:
-        raise TypeError(f"{type(value).__name__} has no JSON form")
-    return form(value)
-
-
 def result_text(record: CallRecord) -> str:
-    """What goes back to the model: the error text, else the result (text as is, JSON, or its repr), capped."""
+    """What goes back to the model: the error text, else the result (text as is, JSON, or a safe repr), capped."""
     if record.error is not None:
         return record.error
-    value = record.result
-    if isinstance(value, str):  # JSON-quoting text would only add escapes for the model to read through
-        return _cap(value)
-    try:
-        return _cap(json.dumps(to_json(value), ensure_ascii=False, allow_nan=False))
-    except (TypeError, ValueError, RecursionError):
-        return _cap(_repr(value))
-
-
-def _repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception as exc:
-        return f"<a {type(value).__name__} whose repr failed: {describe_exception(exc)}>"
+    return value_text(record.result, MAX_RESULT_CHARS)
 
 
 def _cap(text: str, limit: int = MAX_RESULT_CHARS) -> str:

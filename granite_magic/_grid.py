@@ -140,20 +140,39 @@ class GridView(ThrottledOutput):
 
 
 class TerminalGridView:
-    """Terminal IPython: one line as each column ends, then every text and the summary."""
+    """Terminal IPython: a line as each column starts streaming, the tokens so far every few seconds, a line as
+    each column ends, then every text and the summary."""
+
+    CHECK_S = 0.25  # how often the columns are looked at
+    PROGRESS_S = 5.0  # how often a line of tokens so far is printed while any column streams
 
     def __init__(self, title: str, labels: Sequence[str], *, stream: Any = None) -> None:
         self.title = title
         self.labels = list(labels)
         self.stream = stream or sys.stdout
+        self._ended: set[int] = set()
 
     def show(self) -> None:
         print(f"{self.title} · {len(self.labels)} runs", file=self.stream, flush=True)
 
     async def run(self, state: Sequence[Progress]) -> None:
-        await asyncio.Event().wait()  # nothing to animate in a terminal; wait to be cancelled
+        started: set[int] = set()
+        since_progress = 0.0
+        while True:
+            await asyncio.sleep(self.CHECK_S)
+            for index, live in enumerate(state):
+                if index not in started and live.ttft_s is not None:
+                    started.add(index)
+                    print(f"  {self.labels[index]}: streaming (first token after {live.ttft_s:.2f} s)", file=self.stream, flush=True)
+            since_progress += self.CHECK_S
+            streaming = [i for i in started if i not in self._ended]
+            if streaming and since_progress >= self.PROGRESS_S:
+                since_progress = 0.0
+                parts = [f"{self.labels[i]} {state[i].usage.completion_tokens or state[i].chunks} tokens" for i in sorted(streaming)]
+                print("  ... " + " · ".join(parts), file=self.stream, flush=True)
 
     def column_done(self, index: int, result: Result) -> None:
+        self._ended.add(index)
         print(f"  {self.labels[index]}: {status_line(result)}", file=self.stream, flush=True)
 
     def finish(self, comp: Comparison) -> None:

@@ -319,8 +319,10 @@ class GraniteMagics(Magics):
             if result.text:
                 _warn(NO_PROBS)
             return
-        if not self._widgets():
-            return  # a terminal has the tokens in -o NAME's .tokens and .tokens_frame()
+        if not self._widgets():  # a terminal: say where the probabilities are
+            print(f"granite: {len(result.tokens)} tokens with their probabilities are in the result's .tokens and "
+                  ".tokens_frame() (keep it with -o NAME)", flush=True)
+            return
         import ipywidgets as w
         from IPython.display import display
 
@@ -334,7 +336,8 @@ class GraniteMagics(Magics):
         from ._grid import GridView, TerminalGridView
         from ._render import describe_params
 
-        title = describe_params(job.target.label, job.base)
+        varied = {name for spec in job.specs for name in spec.params}  # each column says its own: not in the title
+        title = describe_params(job.target.label, {name: value for name, value in job.base.items() if name not in varied})
         labels = [spec.label for spec in job.specs]
         grid: GridView | TerminalGridView
         rate = self.session.settings.updates_per_second
@@ -351,6 +354,11 @@ class GraniteMagics(Magics):
         failed = [f"{run.spec.label}: {run.error}" for run in comparison.runs if run.error]
         if failed:
             _error("some columns failed; their partial text is kept.\n  " + "\n  ".join(failed))
+        stopped = [run.spec.label for run in comparison.runs if run.result.ended == "interrupted"]
+        if stopped or comparison.not_run:
+            kept = f"{', '.join(stopped)} kept what arrived" if stopped else ""
+            never = f"{', '.join(comparison.not_run)} did not start" if comparison.not_run else ""
+            _error(f"Interrupted: {'; '.join(part for part in (kept, never) if part)}.")
         note = self._budget_note()
         if note:
             print(f"granite: {note}", file=sys.stderr, flush=True)

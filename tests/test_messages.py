@@ -49,3 +49,40 @@ def test_an_environment_change_after_loading_takes_effect_at_the_next_cell(ip: I
     out = run(ip, "--seed 1 --max-tokens 5 -o r", "Hi")
     assert ip.user_ns["r"].text and len(server.chat_requests) == 1, out.stderr
     assert magics.session.settings.base_url == server.base_url
+
+
+def test_a_terminal_grid_says_when_columns_start_and_when_an_interrupt_stopped_it(ip: InteractiveShell,
+                                                                                  server: FakeOpenRouter) -> None:
+    import signal
+    import threading
+
+    from .conftest import wait_until
+
+    server.default = Scenario(tokens=20, tokens_per_s=40)  # half a second a column: long enough to be seen streaming
+    try:
+        out = run(ip, "--seeds 1,2 --max-tokens 20", "Hi")
+    finally:
+        server.default = Scenario()
+    assert "seed 1: streaming (first token after" in out.stdout and "seed 2: streaming" in out.stdout
+
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def press_ctrl_c() -> None:  # once the first column's request has arrived; the other queues behind it
+        if wait_until(lambda: len(server.chat_requests) >= 3):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    server.default = Scenario(tokens=400, tokens_per_s=20)
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        out = run(ip, "--seeds 3,4 --concurrency 1", "Hi")
+    finally:
+        presser.join()
+        server.default = Scenario()
+    assert "Interrupted: seed 3 kept what arrived; seed 4 did not start." in out.stderr
+
+
+def test_token_probabilities_in_a_terminal_say_where_they_are(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    out = run(ip, "--probs 3 --seed 1 --max-tokens 6", "Hi")
+    assert "6 tokens with their probabilities are in the result's .tokens and .tokens_frame()" in out.stdout

@@ -330,7 +330,13 @@ class GraniteMagics(Magics):
         from ._lens import lens_view
 
         branches = Branches(self.session, job.turn, job.target, result)
-        display(w.VBox([lens_view(result.tokens, result.probs_kind, on_branch=branches.branch), branches.widget]))  # type: ignore[no-untyped-call]
+        box = w.VBox([lens_view(result.tokens, result.probs_kind, on_branch=branches.branch), branches.widget])
+        # Where widgets are not rendered (GitHub, a notebook reopened without its widget state) a line says what was
+        # here, not the VBox's repr; the shaded reply above stays in the notebook either way.
+        bundle = dict(box._repr_mimebundle_() or {})
+        bundle["text/plain"] = (f"sampling lens over {len(result.tokens)} tokens (an interactive widget: run the cell in Jupyter "
+                                "to use it; the shaded reply above is saved)")
+        display(bundle, raw=True)  # type: ignore[no-untyped-call]
 
     def _compare(self, request: CellRequest, job: CompareJob) -> None:
         from ._grid import GridView, TerminalGridView

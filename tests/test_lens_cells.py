@@ -47,6 +47,9 @@ def test_clicking_an_alternative_branches_into_a_new_column(ip: InteractiveShell
     magics_of(ip).live = "widget"
     out = run(ip, "--probs 4 --seed 5 -o r", "Tell me about granite")
     r: Result = ip.user_ns["r"]
+    plain = [o.data.get("text/plain", "") for o in out.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
+    assert any(p.startswith(f"sampling lens over {len(r.tokens)} tokens (an interactive widget") for p in plain)
+    assert not any(p.startswith(("VBox(", "LensView(")) for p in plain)  # no repr where widgets are not shown
     lens, branches = _lens_and_branches(out)
     lens.step.value = 2
     lens.temperature.value = 0.3  # moving a slider sends nothing

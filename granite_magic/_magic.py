@@ -270,11 +270,11 @@ class GraniteMagics(Magics):
         from ._advice import explain
 
         format_problem = _parse_format(result, request.format)
+        if request.out:  # first: whatever showing it meets, the result is the user's
+            self._namespace()[request.out] = result
         view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
         if request.format == "code" and result.value and not result.partial and self.shell is not None:
             self.shell.set_next_input(result.value, replace=False)
-        if request.out:
-            self._namespace()[request.out] = result
         for warning in warnings:
             _warn(warning)
         if verified:  # stderr is for problems: a drift check that found none is news, not a warning

@@ -33,6 +33,7 @@ from secrets import token_hex
 from typing import Any, get_args
 
 from ._codec import decode_events, encode_events
+from ._context import FileRefused, read_capped
 from ._errors import GraniteError, InvalidParameterError, redact, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
 from ._params import PARAMETERS, WireTarget
@@ -42,6 +43,7 @@ from ._vocab import CACHE_MODES, PACES, CacheMode, Pace
 __all__ = [
     "CACHE_MODES",
     "FORMAT_VERSION",
+    "MAX_FILE_BYTES",
     "PACES",
     "CacheCorruptError",
     "CacheMissError",
@@ -68,6 +70,9 @@ READABLE_FORMATS = (1, 2)
 KEY_VERSION = 2  # 2: keyed on what is sent (``describe``), not on fields picked from the request
 _HEADER_BYTES = 1 << 20
 _MAX_INFLATED = 256 << 20  # a 100,000-token reply with 20 alternatives per token is ~40 MB of JSON
+# The most a recording file may hold on disk: what gzip makes of ``_MAX_INFLATED`` at a ratio no recording comes
+# near (JSON of events compresses 5 to 10 times), so only a file that could never be read whole is refused unread.
+MAX_FILE_BYTES = _MAX_INFLATED // 4
 _KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = ".json.gz"
 
@@ -313,16 +318,21 @@ class RunCache:
         return self.directory / key[:2] / f"{key}{_SUFFIX}"
 
     def load(self, key: str) -> Recording | None:
-        """The recording of ``key``, or None; ``CacheCorruptError`` naming the file if it cannot be read."""
+        """The recording of ``key``, or None; ``CacheCorruptError`` naming the file if it cannot be read.
+
+        Recordings travel in repositories, which ship symbolic links: only a regular file inside the cache
+        directory of at most ``MAX_FILE_BYTES`` is read.  A link out of it (to ``/dev/zero``, to a file
+        elsewhere), a FIFO, a device or a directory in a recording's place is a damaged recording.
+        """
         path = self.path(key)
         try:
-            raw = path.read_bytes()
+            raw = self._read(path)
         except (FileNotFoundError, NotADirectoryError):
             self._count(hit=False)
             return None
-        except OSError as exc:
+        except CacheCorruptError:
             self._count(hit=False)
-            raise CacheCorruptError(path, f"it cannot be read ({exc.strerror or exc})") from None
+            raise
         try:
             recording = _decode_recording(key, json.loads(_gunzip(raw).decode("utf-8", "surrogatepass")))
         except (EOFError, OSError, zlib.error, ValueError, RecursionError) as exc:
@@ -330,6 +340,29 @@ class RunCache:
             raise CacheCorruptError(path, _why_unreadable(exc)) from None
         self._count(hit=True)
         return recording
+
+    def _read(self, path: Path) -> bytes:
+        """The file's bytes: ``FileNotFoundError`` when nothing is there, ``CacheCorruptError`` when what is there
+        is not a regular file inside the directory, within the size cap."""
+        try:
+            os.lstat(path)  # nothing at all in its place (not even a dangling link) is a plain miss
+            real = Path(os.path.realpath(path))
+            if not self._inside(real):
+                raise CacheCorruptError(path, f"it is a link to {shown_path(real)}, outside the cache directory")
+            return read_capped(real, MAX_FILE_BYTES)
+        except FileRefused as exc:
+            raise CacheCorruptError(path, exc.reason) from None
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if (exc.filename is not None and os.fspath(exc.filename) == os.fspath(path)) or not os.path.islink(path):
+                raise  # nothing there, or a file removed meanwhile (%granite cache clear in another kernel)
+            raise CacheCorruptError(path, "it is a link to nothing") from None
+        except OSError as exc:
+            why = "it is a symbolic link that loops" if exc.errno == errno.ELOOP else f"it cannot be read ({exc.strerror or exc})"
+            raise CacheCorruptError(path, why) from None
+
+    def _inside(self, real: Path) -> bool:
+        """Whether a resolved path lies inside this cache's directory (itself resolved: it may be a link)."""
+        return real.is_relative_to(Path(os.path.realpath(self.directory)))
 
     def store(self, key: str, recording: Recording, *, secrets: Iterable[str] = ()) -> bool:
         """Write ``recording`` under ``key``; False if nothing was written.
@@ -348,6 +381,8 @@ class RunCache:
         if _holds_secret(text, known):
             return False
         path = self.path(key)
+        if os.path.islink(path.parent) and not (path.parent.is_dir() and self._inside(Path(os.path.realpath(path.parent)))):
+            return False  # a shard folder linked out of the directory (or looping): nothing is written through it
         try:
             temporary = _write_beside(path, gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0))
         except OSError as exc:
@@ -359,8 +394,8 @@ class RunCache:
         entries = size = 0
         for path in self._entries():
             try:
-                size += path.stat().st_size
-            except FileNotFoundError:  # cleared by another session meanwhile
+                size += path.lstat().st_size  # a link counts as itself: it may loop or lead to a device
+            except OSError:  # cleared by another session meanwhile
                 continue
             entries += 1
         return CacheStats(entries, size, self._hits, self._misses)

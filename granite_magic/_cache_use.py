@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CacheCorruptError, CacheMissError, Recorder, Recording, RunCache, cache_key, model_fingerprint, request_fields
 from ._comparison import first_divergence
+from ._context import read_capped
 from ._events import Accumulator, Event, TextDelta
 
 if TYPE_CHECKING:
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from ._turn import Target, Turn
 
 __all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint", "verification"]
+
+_MODELS_FILE_BYTES = 1 << 20  # models.json: a fingerprint (~80 characters) per model name
 
 
 def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mode: str, *, repeat: int = 0) -> CacheUse | None:
@@ -139,9 +144,9 @@ def local_fingerprint(model: str, path: Path | str | None, cache: RunCache) -> s
     the file is not here, the one remembered for its name: a classroom replaying a teacher's recordings
     has no model."""
     known = cache.directory / "models.json"
-    try:
-        names = json.loads(known.read_text())
-    except (OSError, ValueError):
+    try:  # shipped with the recordings: a regular file of a small size, never a FIFO or a link to a device
+        names = json.loads(read_capped(known, _MODELS_FILE_BYTES))
+    except (OSError, ValueError, RecursionError):  # FileRefused is a ValueError
         names = {}
     if not isinstance(names, dict):
         names = {}
@@ -152,5 +157,11 @@ def local_fingerprint(model: str, path: Path | str | None, cache: RunCache) -> s
     if names.get(model) != fingerprint:
         with contextlib.suppress(OSError):  # a read-only cache: the recordings' own warning says so
             known.parent.mkdir(parents=True, exist_ok=True)
-            known.write_text(json.dumps({**names, model: fingerprint}, indent=1))
+            # a new file renamed into place: a link shipped as models.json is replaced, never written through
+            temporary = known.with_name(f".models.json.{token_hex(8)}.tmp")
+            try:
+                temporary.write_text(json.dumps({**names, model: fingerprint}, indent=1))
+                os.replace(temporary, known)
+            finally:
+                temporary.unlink(missing_ok=True)
     return fingerprint

@@ -17,6 +17,7 @@ recognised by their module and class name, so a user without them is unaffected.
 
 from __future__ import annotations
 
+import errno
 import glob
 import html
 import itertools
@@ -25,6 +26,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -41,6 +43,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "NOTEBOOK_FILE_FACTOR",
     "Document",
+    "FileRefused",
     "cell_source",
     "context_block",
     "describe",
@@ -48,6 +51,7 @@ __all__ = [
     "estimate_tokens",
     "granite_documents",
     "load_documents",
+    "read_capped",
 ]
 
 CHARS_PER_TOKEN = 4  # English text and code average about four characters per token in BPE vocabularies
@@ -512,16 +516,62 @@ _READERS: dict[str, tuple[str, Reader]] = {
 _PLAIN_TEXT: tuple[str, Reader] = ("text", _read_text)
 
 
+class FileRefused(ValueError):
+    """A path that is not read: not a regular file, or over a size limit; ``reason`` says which, in a clause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# What a path is when it is not a regular file, by the kind of its inode.
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(mode: int) -> str | None:
+    return next((what for test, what in _NOT_FILES if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def read_capped(path: Path | str, limit: int) -> bytes:
+    """The bytes of the regular file at ``path`` (links followed), at most ``limit`` of them.
+
+    Files a notebook names or a repository ships may be anything: a FIFO (reading it waits for a writer forever),
+    a device (``/dev/zero`` never ends), a 2 GB sparse file.  The file is opened without waiting (``O_NONBLOCK``),
+    its kind and size are checked on the open descriptor, and no more than ``limit`` + 1 bytes are ever read, so
+    time and memory are bounded whatever the path is.  ``FileRefused`` says why a path is not read;
+    ``FileNotFoundError`` and other ``OSError`` (a link that loops: ``errno.ELOOP``) pass through.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing only: nothing to read
+            raise FileRefused("it is a socket, not a regular file") from None
+        raise
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(descriptor)
+        what = _not_a_file(info.st_mode)
+        if what is not None:
+            raise FileRefused(f"it is {what}, not a regular file")
+        if info.st_size > limit:  # checked before reading, so a huge file costs nothing
+            raise FileRefused(f"it is {_size(info.st_size)}, over the {_size(limit)} limit")
+        data = file.read(limit + 1)  # a file that grew since the check is still read no further
+    if len(data) > limit:
+        raise FileRefused(f"it is over the {_size(limit)} limit")
+    return data
+
+
 def _read_document(path: Path, name: str, max_bytes: int) -> Document:
     kind, reader = _READERS.get(path.suffix.lower(), _PLAIN_TEXT)
     file_limit = max_bytes * NOTEBOOK_FILE_FACTOR if kind == "notebook" else max_bytes
     try:
-        size = path.stat().st_size
-        if size > file_limit:  # checked before reading, so a huge file costs nothing
-            raise _refusal(name, f"it is {_size(size)}, over the {_size(file_limit)} limit for a {kind} file.")
-        data = path.read_bytes()
+        data = read_capped(path, file_limit)
+    except FileRefused as exc:
+        limit = f" for a {kind} file" if exc.reason.endswith("limit") else ""
+        raise _refusal(name, f"{exc.reason}{limit}.") from None
     except OSError as exc:
-        raise _refusal(name, f"it cannot be read ({_exception_text(exc)}).") from None
+        raise _refusal(name, _unreadable(exc)) from None
     text = reader(data, name)
     if len(text.encode()) > max_bytes:
         raise _refusal(name, f"its text is {_size(len(text.encode()))}, over the {_size(max_bytes)} limit for a document.")
@@ -549,11 +599,28 @@ def _matching(pattern: str, base: Path) -> list[Path]:
             raise _refusal(pattern, f"no file matches this pattern (in {shown_path(base)}).")
         return files
     path = base / expanded  # an absolute path stays as it is
-    if not path.exists():
-        raise _refusal(pattern, f"no such file (in {shown_path(base)}).")
-    if not path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise _refusal(pattern, _unreadable(exc, base)) from None
+    if stat.S_ISDIR(mode):
         raise _refusal(pattern, "it is a directory; name its files, or a pattern such as dir/*.md.")
-    return [path]
+    return [path]  # anything else that is not a regular file is refused by name when it is read
+
+
+def _unreadable(exc: OSError, base: Path | None = None) -> str:
+    """Why a path cannot be read, in words: missing, a dangling or looping link, or the system's own reason."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link that loops (or one of too many links in a row)."
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None and os.path.islink(exc.filename):
+        try:
+            target = f" to {os.readlink(exc.filename)}"
+        except OSError:  # removed meanwhile
+            target = ""
+        return f"it is a symbolic link{target}, which does not exist."
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return f"no such file (in {shown_path(base)})." if base is not None else "no such file."
+    return f"it cannot be read ({_exception_text(exc)})."
 
 
 def load_documents(patterns: Sequence[str], *, base: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Document]:

@@ -219,9 +219,9 @@ def shown_path(path: Path | str) -> str:
     """``path`` as a message shows it: relative to the working directory when inside it, so that a saved
     notebook does not carry its author's directories; else with ``~`` for the home directory."""
     path = Path(path)
-    try:
-        relative = path.resolve().relative_to(Path.cwd().resolve())
-    except (ValueError, OSError):
+    try:  # the folder resolved, the name kept: a link is named as itself, not as what it points to (or loops to)
+        relative = (path.parent.resolve() / path.name).relative_to(Path.cwd().resolve())
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a folder on the way is a link that loops
         try:
             return str(Path("~") / path.relative_to(Path.home()))
         except (ValueError, RuntimeError):  # RuntimeError: no home directory to be found

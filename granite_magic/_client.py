@@ -12,17 +12,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import _errors as errors
-from ._errors import RETRYABLE_STATUS, error_for_status, parse_retry_after, redact
-from ._events import Accumulator, ErrorEvent, Progress
+from ._errors import RETRYABLE_STATUS, StreamRedactor, error_for_status, parse_retry_after, redact
+from ._events import Accumulator, ErrorEvent, Progress, TextDelta, UsageReport
 from ._params import Sampling
 from ._result import Result
 from ._runner import BackgroundLoop, get_loop
@@ -110,11 +111,19 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _price(value: Any) -> float | None:
+def _amount(value: Any) -> float | None:
+    """A finite number of USD from a number or a numeric string; None for anything else (NaN, infinities, text)."""
     try:
-        return None if isinstance(value, bool) else float(value)
+        amount = None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError, OverflowError):
         return None
+    return amount if amount is not None and math.isfinite(amount) else None
+
+
+def _price(value: Any) -> float | None:
+    """A price or a billed cost: a finite number >= 0, else unknown (None), so that no budget is computed from it."""
+    amount = _amount(value)
+    return amount if amount is not None and amount >= 0 else None
 
 
 class Secret:
@@ -481,6 +490,7 @@ class GraniteClient(BaseClient):
         except errors.GraniteError as exc:
             exc.result = acc.result(error=exc.message)
             exc.model = exc.model or request.model
+            exc.__context__ = None  # the httpx error it replaced holds the request, Authorization header and all
             raise
         return acc.result()
 
@@ -530,16 +540,22 @@ class GraniteClient(BaseClient):
 
     async def _read_stream(self, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
         decoder = self.shape.decoder()
-        # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
-        async for chunk in response.aiter_bytes():
-            events = decoder.feed(chunk)
-            if events:
-                watch.saw_event()
-                seen = acc.chunks
-                self._feed(events, acc)
-                if on_update is not None and acc.chunks != seen:
-                    on_update(acc)
-        self._feed(decoder.close(), acc)
+        redactor = StreamRedactor(self.secrets())  # a server that streams the key back as text shows no key
+        try:
+            # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
+            async for chunk in response.aiter_bytes():
+                events = decoder.feed(chunk)
+                if events:
+                    watch.saw_event()
+                    seen = acc.chunks
+                    self._feed(_trusted(events, redactor), acc)
+                    if on_update is not None and acc.chunks != seen:
+                        on_update(acc)
+            self._feed(_trusted(decoder.close(), redactor), acc)
+        finally:  # however the reply ends, the text held back to see whether it was the key is kept, or redacted
+            held = redactor.flush()
+            if held:
+                acc.feed(TextDelta(held))
         for error in decoder.recovered:  # the reply finished after it: kept whole, and the error said once
             logger.warning("The provider reported an error but the reply finished, and it is kept: %s",
                            self._redact(error.message.strip()))
@@ -602,8 +618,9 @@ class GraniteClient(BaseClient):
             self._models_reading = asyncio.ensure_future(self._read_models())
         try:  # shielded: a caller that stops waiting does not cancel the read that others wait for
             self._models = await asyncio.shield(self._models_reading)
-        except errors.GraniteError:
+        except errors.GraniteError as exc:
             self._models_failed_at = time.monotonic()
+            exc.__context__ = None  # the httpx error it replaced holds the request, Authorization header and all
             raise
         return self._models
 
@@ -622,7 +639,7 @@ class GraniteClient(BaseClient):
         record = data.get("data") if isinstance(data, dict) else None
         if not isinstance(record, dict):
             raise errors.ProtocolError(f"The key information at {self.base_url}/key has no data.")
-        return {name: _price(record.get(name)) for name in ("limit", "limit_remaining", "usage")}
+        return {name: _amount(record.get(name)) for name in ("limit", "limit_remaining", "usage")}
 
     async def _get_json(self, path: str, params: Mapping[str, str], *, quiet: bool = True) -> Any:
         """A small GET on the API; None (quiet) or a GraniteError for any failure."""
@@ -639,9 +656,10 @@ class GraniteClient(BaseClient):
         except (errors.GraniteError, httpx.HTTPError, ValueError, asyncio.TimeoutError) as exc:
             if quiet:
                 return None
-            if isinstance(exc, errors.GraniteError):
-                raise
-            raise errors.ConnectionDroppedError(f"Could not read {self.base_url}{path} ({type(exc).__name__}).") from None
+            failure = exc if isinstance(exc, errors.GraniteError) else errors.ConnectionDroppedError(
+                f"Could not read {self.base_url}{path} ({type(exc).__name__}).")
+        # Raised outside the handler, so without a context: the httpx error holds the request and its Authorization.
+        raise failure
 
     async def _read_models(self) -> dict[str, ModelInfo]:
         import httpx
@@ -794,6 +812,15 @@ class _Watch:
             raise errors.DeadlineError(f"The reply took longer than the time limit of {self.timeout_s:g} s, so it was stopped.")
         if self.last_event is not None and now - self.last_event >= self.read_timeout_s:
             raise errors.StallError(f"No new data arrived for {self.read_timeout_s:g} s, so the request was stopped.")
+
+
+def _trusted(events: Sequence[Any], redactor: StreamRedactor) -> list[Any]:
+    """``events`` as a reply may keep them from a server it cannot trust: text through ``redactor`` (a delta held back
+    whole stays, empty: it arrived), and a billed cost that is not a finite number >= 0 unknown (None)."""
+    return [TextDelta(redactor.text(event.text)) if isinstance(event, TextDelta)
+            else UsageReport(replace(event.usage, cost=_price(event.usage.cost)))
+            if isinstance(event, UsageReport) and event.usage.cost is not None else event
+            for event in events]
 
 
 def _sent_parameters(body: Mapping[str, Any]) -> list[str]:

@@ -237,6 +237,66 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return re.sub(_KEY_SHAPES, REDACTED, text)
 
 
+class StreamRedactor:
+    """The known secrets taken out of text that arrives in pieces, a secret split across pieces included.
+
+    ``text(piece)`` is what may be shown of the text so far.  A tail that could be the start of a secret (at least
+    ``HOLD_FROM`` of its characters) waits for the next piece, which says whether it is; a secret that began in
+    the last ``HOLD_FROM - 1`` characters shown has its rest replaced.  So no secret is ever shown whole, and at
+    most its first ``HOLD_FROM - 1`` characters are (``sk-`` of an OpenRouter key, which every key shares).
+    ``flush()`` ends the text: what is still held is the start of a secret, and is replaced.  Only the known
+    secrets are looked for: a reply may well talk about bearer tokens.
+    """
+
+    HOLD_FROM = 4
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._held = ""  # not shown yet: it may be the start of a secret
+        self._tail = ""  # the last characters shown, where a secret may have begun
+
+    def text(self, piece: str) -> str:
+        if not self._secrets:
+            return piece
+        text = self._held + piece
+        for secret in self._secrets:
+            text = _replace_continuing(self._tail, text, secret)
+        window = self._tail + text
+        held = min(len(text), max(_secret_start(window, secret, self.HOLD_FROM) for secret in self._secrets))
+        shown, self._held = text[: len(text) - held], text[len(text) - held :]
+        self._tail = (self._tail + shown)[-(self.HOLD_FROM - 1) :]
+        return shown
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return REDACTED if held else ""
+
+
+def _replace_continuing(tail: str, text: str, secret: str) -> str:
+    """``text`` with each ``secret`` in ``tail + text`` replaced: a whole one by ``REDACTED``, and one that began in
+    ``tail`` (shown already) by ``REDACTED`` in place of its rest."""
+    window, offset = tail + text, len(tail)
+    parts, shown_to = [], offset
+    found = window.find(secret)
+    while found >= 0:
+        end = found + len(secret)
+        if end > offset:
+            parts += [window[shown_to : max(found, offset)], REDACTED]
+            shown_to = end
+        found = window.find(secret, end)
+    return "".join([*parts, window[shown_to:]]) if parts else text
+
+
+def _secret_start(window: str, secret: str, least: int) -> int:
+    """The length of the longest end of ``window`` that ``secret`` starts with (at least ``least``), else 0."""
+    at = window.find(secret[0], max(0, len(window) - len(secret) + 1))
+    while at >= 0:
+        if len(window) - at >= least and secret.startswith(window[at:]):
+            return len(window) - at
+        at = window.find(secret[0], at + 1)
+    return 0
+
+
 # --- HTTP statuses -----------------------------------------------------------------------
 
 
@@ -257,13 +317,37 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+_SAID_CHARS = 300  # the most of a server's own words that a message quotes
+_PAGE_CHARS = 120  # of a web page's text: a proxy's or a gateway's error page says what it is in its first words
+_MARKUP = re.compile(r"(?is)<!--.*?(?:-->|$)|<(script|style|head)\b.*?(?:</\1\s*>|$)|<[^>]*>?")
+_TITLE = re.compile(r"(?is)<title\b[^>]*>(.*?)</title")
+
+
+def _page_text(text: str) -> str:
+    """What a person reads on an HTML error page: its title, else its text without markup, comments or scripts."""
+    import html
+
+    title = _TITLE.search(text)
+    words = title.group(1) if title and title.group(1).strip() else _MARKUP.sub(" ", text)
+    words = " ".join(html.unescape(words).split())
+    return words if len(words) <= _PAGE_CHARS else words[: _PAGE_CHARS - 1] + "…"
+
+
+def _body_words(body: bytes) -> str | None:
+    """A body that is not JSON, as words for a message: a web page's title or text, else the start of the text."""
+    text = body[: 1 << 16].decode("utf-8", errors="replace").strip()  # an error page says what it is early on
+    if text.startswith("<") or re.match(r"(?is)\s*<!doctype|.{0,200}<html", text):
+        text = _page_text(text)
+    text = " ".join(text.split())
+    return (text if len(text) <= _SAID_CHARS else text[: _SAID_CHARS - 1] + "…") or None
+
+
 def parse_error_body(body: bytes) -> tuple[str | None, Any, dict[str, Any]]:
     """(message, code, metadata) from an error body; tolerant of any body at all."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        text = body.decode("utf-8", errors="replace").strip()
-        return (text[:300] or None), None, {}
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return _body_words(body), None, {}
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):
         return error[:300], None, {}

@@ -53,8 +53,26 @@ def build_request(turn: Turn, target: Target, conversation: Conversation, *, str
     sampling = target.client.with_default_length(turn.sampling | extra if extra is not None else turn.sampling)
     apart = target.client.documents_in_template
     documents = tuple(granite_documents(turn.documents)) if apart else ()
-    return Request(target.model, turn_messages(turn, conversation, documents_apart=apart), sampling, documents=documents,
-                   extra=target.client.routing(strict=strict))
+    messages = turn_messages(turn, conversation, documents_apart=apart)
+    _refuse_secrets(turn, messages, target.client.secrets())
+    return Request(target.model, messages, sampling, documents=documents, extra=target.client.routing(strict=strict))
+
+
+def _refuse_secrets(turn: Turn, messages: tuple[dict[str, Any], ...], secrets: tuple[str, ...]) -> None:
+    """Nothing that holds the API key goes to the provider: a document that holds it is named, and so is the part of
+    the prompt (a ``{name}`` or ``--context`` variable, an earlier turn) that does."""
+    secrets = tuple(secret for secret in secrets if secret)
+    if not secrets:
+        return
+    for document in turn.documents:
+        if any(secret in document.text for secret in secrets):
+            raise errors.InvalidParameterError(f"Cannot attach {document.name}: it holds the API key, which would go to the "
+                                               "provider with it; take the key out of the file or attach another one")
+    parts = {"the prompt": [turn.prompt, turn.prefix or ""], "the system prompt": [turn.system or ""],
+             "the --context block": [turn.context or ""], "the conversation so far": [str(m.get("content", "")) for m in messages]}
+    for where, texts in parts.items():
+        if any(secret in text for text in texts for secret in secrets):
+            raise errors.InvalidParameterError(f"{where} holds the API key, which would go to the provider: take it out")
 
 
 def check_context(target: Target, request: Request) -> None:

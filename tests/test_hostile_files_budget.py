@@ -9,6 +9,7 @@ makes real links and FIFOs; nothing is mocked and no assertion bounds wall-clock
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -19,11 +20,12 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO
 
-from granite_magic import RetryPolicy
+from granite_magic import GraniteClient, GraniteError, RetryPolicy
 from granite_magic._cache import MAX_FILE_BYTES
 from granite_magic.testing import FakeOpenRouter
 
-from .conftest import magics_of, run, shown
+from .conftest import TEST_KEY, magics_of, run, shown
+from .hostile import SSE_HEADERS, HostileServer, Reply, finish_chunk, sse_reply, text_chunk
 
 FAST_RETRY = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
 
@@ -210,3 +212,176 @@ def test_docs_name_what_a_path_is(ip: InteractiveShell, server: FakeOpenRouter, 
     (line,) = granite_lines(out)
     assert "notes.txt" in line and said in line and "nothing was sent" in line, line
     assert server.chat_requests == []
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+KEY = "sk-or-v1-hostile-0123456789abcdef0123"
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., GraniteClient]]:
+    made: list[GraniteClient] = []
+
+    def make(base_url: str, **options: Any) -> GraniteClient:
+        client = GraniteClient(base_url=base_url, **{"api_key": KEY, "retry": FAST_RETRY, "read_timeout_s": 5.0, **options})
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    return [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)]) if b > a]
+
+
+ECHO = f"Your key is {KEY}, and again:{KEY}."
+SPLITS = {
+    "whole": [],
+    "after-s": [ECHO.index(KEY) + 1],
+    "after-sk-": [ECHO.index(KEY) + 3],
+    "after-sk-o": [ECHO.index(KEY) + 4],
+    "mid-key": [ECHO.index(KEY) + 17],
+    "last-char": [ECHO.index(KEY) + len(KEY) - 1],
+    "char-by-char": list(range(1, len(ECHO))),
+}
+
+
+@pytest.mark.parametrize("cuts", SPLITS.values(), ids=SPLITS.keys())
+def test_a_key_streamed_back_as_text_is_redacted_however_it_is_split(hostile: HostileServer, make_client: Callable[..., GraniteClient],
+                                                                     cuts: list[int]) -> None:
+    """The reply text, every live update and ``Result.text`` hold no key, whatever the deltas; the text around the
+    key arrives whole."""
+    hostile.default = sse_reply(*(text_chunk(piece) for piece in _pieces(ECHO, cuts)), finish_chunk())
+    seen: list[str] = []
+    result = make_client(hostile.base_url).chat("hi", on_update=lambda progress: seen.append(progress.text))
+    assert not result.partial
+    for text in [result.text, *seen, repr(result.to_dict())]:
+        assert KEY not in text and KEY[:8] not in text, text
+    assert result.text.startswith("Your key is ") and result.text.endswith(".") and ", and again:" in result.text
+    assert result.text.count("[redacted]") == 2
+
+
+def test_a_key_streamed_back_is_redacted_in_a_cell_and_its_recording(ip: InteractiveShell, hostile: HostileServer, cached: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the cell shows, ``-o`` and the recording hold no key; replaying the recording gives the same text."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    magics = magics_of(ip)
+    magics.base_url = hostile.base_url
+    hostile.default = sse_reply(*(text_chunk(piece) for piece in _pieces(ECHO, list(range(3, len(ECHO), 5)))), finish_chunk())
+    try:
+        out = run(ip, "-o echoed", "Repeat my key")
+        again = run(ip, "-o replayed", "Repeat my key")
+    finally:
+        magics.session.clients.clear()
+    echoed = ip.user_ns["echoed"].text
+    assert KEY not in shown(out) + out.stderr + echoed and echoed.count("[redacted]") == 2
+    assert ip.user_ns["replayed"].cached and ip.user_ns["replayed"].text == echoed and KEY not in shown(again)
+    import gzip
+
+    (recording,) = Path(cached.cache_dir).rglob("*.json.gz")
+    assert KEY not in gzip.decompress(recording.read_bytes()).decode()
+
+
+def test_the_end_of_a_reply_that_is_the_start_of_the_key_is_redacted(hostile: HostileServer,
+                                                                      make_client: Callable[..., GraniteClient]) -> None:
+    """Text held back because it may be the key is never lost: at the end it is shown, redacted, even when the
+    stream fails."""
+    hostile.default = sse_reply(text_chunk("cut at sk-or-v1-hos"), done=False)  # no finish: the connection just ends
+    exc = _failure(lambda: make_client(hostile.base_url).chat("hi"))
+    assert exc.result is not None and exc.result.text == "cut at [redacted]"
+    hostile.default = sse_reply(text_chunk("a task-o"), text_chunk("riented plan"), finish_chunk())
+    assert make_client(hostile.base_url).chat("hi").text == "a task-oriented plan"
+
+
+def _failure(call: Callable[[], object]) -> GraniteError:
+    try:
+        call()
+    except GraniteError as exc:
+        return exc
+    pytest.fail("expected a GraniteError")
+
+
+def _headers_in_chain(exc: BaseException) -> list[str]:
+    """Every Authorization header reachable from ``exc`` through its causes and contexts."""
+    found, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        try:
+            request = exc.request  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # httpx raises RuntimeError when an error has no request
+            request = None
+        if request is not None:
+            found.append(request.headers.get("authorization", ""))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return found
+
+
+def test_no_client_error_leads_back_to_the_authorization_header(hostile: HostileServer,
+                                                                make_client: Callable[..., GraniteClient]) -> None:
+    """A refused connection, a dropped stream, a failed listing and a failed credit lookup: no exception in the
+    chain holds the request (whose headers carry the key)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    refused = make_client(closed, retry=RetryPolicy(max_attempts=1))
+    hostile.default = Reply(headers={**SSE_HEADERS, "Content-Encoding": "gzip"}, pieces=[b"this is not gzip"])  # httpx.DecodingError
+    calls = [lambda: refused.chat("hi"), refused.models, lambda: refused.loop.run(refused.credits()),
+             lambda: make_client(hostile.base_url).chat("hi")]
+    for call in calls:
+        exc = _failure(call)
+        assert all(KEY not in header for header in _headers_in_chain(exc)), type(exc).__name__
+        assert exc.__context__ is None or not _headers_in_chain(exc.__context__)
+
+
+def test_docs_holding_the_key_are_refused_and_a_dry_run_never_shows_it(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--dry-run --docs my.env``: one line naming the file, no key anywhere, nothing sent; the same cell without
+    ``--dry-run`` is refused the same way.  A ``{name}`` that holds the key is refused too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.env").write_text(f"OPENROUTER_API_KEY={TEST_KEY}\nDEBUG=1\n")
+    (tmp_path / "notes.md").write_text("# notes\n")
+    for line in ("--dry-run --docs my.env", "--docs notes.md --docs my.env"):
+        out = run(ip, line, "Summarise")
+        assert_no_traceback(out)
+        assert TEST_KEY not in shown(out) + out.stderr
+        (refusal,) = granite_lines(out)
+        assert "my.env" in refusal and "API key" in refusal and "nothing was sent" in refusal, refusal
+    ip.user_ns["settings"] = {"key": TEST_KEY}
+    try:
+        out = run(ip, "--dry-run", "Check {settings}")
+        (refusal,) = granite_lines(out)
+        assert "prompt" in refusal and "API key" in refusal and TEST_KEY not in shown(out) + out.stderr
+    finally:
+        del ip.user_ns["settings"]
+    assert server.chat_requests == []
+    out = run(ip, "--dry-run --docs notes.md", "Summarise")  # the check refuses only what holds the key
+    assert granite_lines(out) == [] and "notes" in shown(out)
+
+
+# --- smaller: messages ------------------------------------------------------------------------------------------
+
+CLOUDFLARE = (b"<!DOCTYPE html>\n<!--[if lt IE 7]> <html class=\"no-js ie6 oldie\" lang=\"en-US\"> <![endif]-->\n"
+              b"<!--[if IE 7]>    <html class=\"no-js ie7 oldie\" lang=\"en-US\"> <![endif]-->\n"
+              b"<!--[if IE 8]>    <html class=\"no-js ie8 oldie\" lang=\"en-US\"> <![endif]-->\n"
+              b"<!--[if gt IE 8]><!--> <html class=\"no-js\" lang=\"en-US\"> <!--<![endif]-->\n"
+              b"<head><title>example.com | 500: Internal server error</title><style>body{margin:0}</style></head>\n"
+              b"<body><h1>Internal server error</h1><script>var a = 1 < 2;</script></body></html>\n")
+
+
+def test_an_html_500_page_is_named_by_its_title_not_quoted(hostile: HostileServer, make_client: Callable[..., GraniteClient]) -> None:
+    hostile.default = Reply(status=500, headers={"Content-Type": "text/html"}, pieces=[CLOUDFLARE], chunked=False)
+    exc = _failure(lambda: make_client(hostile.base_url).chat("hi"))
+    message = str(exc)
+    assert "500: Internal server error" in message and "<" not in message and "endif" not in message, message
+    assert len(message) < 200, message

@@ -390,7 +390,7 @@ class GraniteClient(BaseClient):
         loop: BackgroundLoop | None = None,
     ) -> None:
         settings = Settings.from_env(base_url=base_url, model=model, api=api, read_timeout_s=read_timeout_s,
-                                     connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
+                                     connect_timeout_s=connect_timeout_s, timeout_s=timeout_s, only=("base_url", "model"))
         self.shape = shape(settings.api)  # chat, responses or messages: how bodies are built and streams decoded
         key = api_key if api_key is not None else os.environ.get("OPENROUTER_API_KEY")
         self._key = Secret(key) if key else None

@@ -3,11 +3,17 @@
 Pure bookkeeping: the session records each finished run here, and asks
 ``check_budget`` before anything is sent.  Costs are what the provider billed
 (``usage.cost`` in the stream, or looked up afterwards); the local backend costs 0.
+
+A cost or a price is a claim from a server: only a finite number >= 0 is taken (``known_cost``); anything
+else is unknown, and the ledger marks the run.  A budget counts a run of unknown cost at its upper bound (the
+worst case checked before it was sent, given to ``record``); a worst case that cannot be computed (no valid
+prices) refuses the request.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,13 +26,33 @@ if TYPE_CHECKING:
     from ._client import ModelInfo
     from ._shapes import Request
 
-__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "prompt_token_bound", "worst_case", "worst_case_cost"]
+__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "known_cost", "prompt_token_bound", "usd",
+           "worst_case", "worst_case_cost"]
 
-CostSource = Literal["stream", "lookup", "local", "unknown"]
+# Where an entry's cost comes from: the stream, a lookup after the run, the local backend (free), a request that
+# failed before anything was generated (nothing billed), or nowhere yet (unknown: none reported, or not a valid amount).
+CostSource = Literal["stream", "lookup", "local", "failed", "unknown"]
 RunKind = Literal["single", "grid", "panel", "tools", "probe", "branch"]
 
 # Chat templates add a few tokens around every message (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def known_cost(value: Any) -> float | None:
+    """``value`` as an amount of USD when it is a finite number >= 0 (a cost, a price, a budget); else None: unknown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    amount = float(value)
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
+def usd(amount: float | None, decimals: int = 6) -> str:
+    """An amount as a message shows it: ``$0.000123``, ``$1,250.00``; past a billion in three digits (``$1e+308``, not
+    309 of them); ``an unknown amount`` when it is not a finite number >= 0."""
+    known = known_cost(amount)
+    if known is None:
+        return "an unknown amount"
+    return f"${known:.3g}" if known >= 1e9 else f"${known:,.{decimals}f}"
 
 
 class BudgetError(InvalidParameterError):
@@ -45,12 +71,18 @@ class LedgerEntry:
     prompt_tokens: int | None
     completion_tokens: int
     cached_tokens: int | None
-    cost: float
+    cost: float  # what was billed; 0 while it is unknown (cost_source "unknown")
     cost_source: CostSource
     cached: bool  # served from the record/replay cache: nothing was billed
     cell: int | None  # the notebook's execution count, when run from a cell
     kind: RunKind
     ended: str
+    bound: float | None = None  # the most the run could cost (its worst case), which a budget counts while its cost is unknown
+
+    @property
+    def unknown(self) -> bool:
+        """Billed, but no valid cost is known (none was reported, or not a finite number >= 0)."""
+        return self.cost_source == "unknown" and not self.cached
 
 
 class Ledger:
@@ -61,25 +93,33 @@ class Ledger:
         self._lock = threading.Lock()
         self._cell_number = cell_number
 
-    def record(self, result: Result, *, backend: str, kind: RunKind, cached: bool = False, free: bool = False) -> int:
+    def record(self, result: Result, *, backend: str, kind: RunKind, cached: bool = False, free: bool = False,
+               bound: float | None = None) -> int:
         """Add a finished run of ``backend`` (a name, as the table shows it; ``free``: it runs on this machine and
-        costs nothing); returns its index (for a cost looked up later)."""
-        source: CostSource = "local" if free else "stream" if result.cost is not None else "unknown"
-        cost = 0.0 if cached or free else (result.cost or 0.0)
+        costs nothing); returns its index (for a cost looked up later).  ``bound``: the most the run could cost, which
+        the budget counts while its cost is unknown.  A billed cost that is not a finite number >= 0 is unknown."""
+        billed = known_cost(result.cost)
+        # A request refused before the model read it (an HTTP error, a dropped connection) generated nothing to bill.
+        began = bool(result.chunks or result.tool_calls or result.usage.completion_tokens or result.usage.prompt_tokens)
+        source: CostSource = "local" if free else "stream" if billed is not None else "unknown" if began else "failed"
+        cost = 0.0 if cached or free else (billed or 0.0)
         entry = LedgerEntry(
             time=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), model=result.model, backend=backend,
             provider=result.provider, prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.completion_tokens,
             cached_tokens=result.usage.cached_tokens, cost=cost, cost_source=source, cached=cached,
-            cell=self._cell_number(), kind=kind, ended=result.ended,
+            cell=self._cell_number(), kind=kind, ended=result.ended, bound=known_cost(bound),
         )
         with self._lock:
             self._entries.append(entry)
             return len(self._entries) - 1
 
     def set_cost(self, index: int, cost: float) -> None:
-        """A cost the stream did not carry, looked up after the run."""
+        """A cost the stream did not carry, looked up after the run (ignored unless a finite number >= 0)."""
+        known = known_cost(cost)
+        if known is None:
+            return
         with self._lock:
-            self._entries[index] = replace(self._entries[index], cost=cost, cost_source="lookup")
+            self._entries[index] = replace(self._entries[index], cost=known, cost_source="lookup")
 
     @property
     def entries(self) -> list[LedgerEntry]:
@@ -88,7 +128,14 @@ class Ledger:
 
     @property
     def total_cost(self) -> float:
-        return sum(entry.cost for entry in self.entries)
+        """What a budget counts as spent: the billed costs, and a run of unknown cost at its bound when one was given."""
+        return sum((entry.bound or 0.0) if entry.unknown else entry.cost for entry in self.entries)
+
+    def budget_line(self, budget: float) -> str:
+        """The status line's account of the budget: ``$0.001234 of $0.50 budget spent``, and how many runs' costs
+        are not known (counted at their bound, or not at all)."""
+        unknown = f" ({_unknown_runs(self.entries)})" if any(entry.unknown for entry in self.entries) else ""
+        return f"{usd(self.total_cost)} of {usd(budget, 2)} budget spent{unknown}"
 
     def totals(self) -> dict[str, Any]:
         entries = self.entries
@@ -97,7 +144,7 @@ class Ledger:
             "prompt_tokens": sum(e.prompt_tokens or 0 for e in entries),
             "completion_tokens": sum(e.completion_tokens for e in entries),
             "cost": sum(e.cost for e in entries),
-            "unknown_cost_runs": sum(e.cost_source == "unknown" for e in entries),
+            "unknown_cost_runs": sum(e.unknown for e in entries),
             "cached_runs": sum(e.cached for e in entries),
         }
 
@@ -112,15 +159,23 @@ class Ledger:
     def summary(self, *, budget: float | None = None, last: int = 10) -> str:
         totals = self.totals()
         head = (f"{totals['runs']} runs · {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens"
-                f" · ${totals['cost']:.6f}")
+                f" · {usd(totals['cost'])}")
         if budget is not None:
-            head += f" of a ${budget:.2f} budget ({max(0.0, budget - totals['cost']):.6f} left)"
+            head += f" of a {usd(budget, 2)} budget ({usd(max(0.0, budget - self.total_cost))} left)"
         if totals["unknown_cost_runs"]:
-            head += f" · {totals['unknown_cost_runs']} runs without a reported cost"
+            head += f" · {_unknown_runs(self.entries)}"
         rows = [f"  {e.time[11:19]}  cell {e.cell if e.cell is not None else '-':>4}  {e.kind:<6} {e.backend:<5} "
-                f"{(e.model or '?')[:40]:<40} {e.completion_tokens:>6} tok  ${e.cost:.6f}{' (cached)' if e.cached else ''}"
+                f"{(e.model or '?')[:40]:<40} {e.completion_tokens:>6} tok  "
+                f"{'cost unknown' if e.unknown else usd(e.cost)}{' (cached)' if e.cached else ''}"
                 for e in self.entries[-last:]]
         return "\n".join([head, *rows])
+
+
+def _unknown_runs(entries: Sequence[LedgerEntry]) -> str:
+    count = sum(entry.unknown for entry in entries)
+    bounded = sum(entry.unknown and entry.bound is not None for entry in entries)
+    counted = "" if not bounded else ", counted at its worst case" if count == 1 else f", {bounded} counted at their worst case"
+    return f"{count} run{'s' if count != 1 else ''} without a valid reported cost{counted}"
 
 
 def prompt_token_bound(messages: Sequence[Any]) -> int:
@@ -134,9 +189,10 @@ def worst_case_cost(prompt_tokens: int, max_tokens: int | None, prompt_price: fl
                     completion_price: float | None, max_output: int | None) -> float | None:
     """Prompt tokens x input price + max tokens x output price; None when a price or the output bound is unknown."""
     output = max_tokens if max_tokens is not None else max_output
+    prompt_price, completion_price = known_cost(prompt_price), known_cost(completion_price)
     if prompt_price is None or completion_price is None or output is None:
         return None
-    return prompt_tokens * prompt_price + output * completion_price
+    return known_cost(prompt_tokens * prompt_price + output * completion_price)  # prices near 1e308 overflow: unknown
 
 
 def worst_case(info: ModelInfo | None, requests: Sequence[Request]) -> float | None:
@@ -153,9 +209,14 @@ def check_budget(spent: float, worst: float | None, budget: float | None, *, run
     if budget is None:
         return
     what = "this request" if runs == 1 else f"these {runs} runs"
+    if known_cost(budget) is None:
+        raise BudgetError(f"budget_usd={budget!r} is not an amount (a finite number >= 0), so nothing is sent")
+    worst = known_cost(worst)
     if worst is None:
-        raise BudgetError(f"a budget of ${budget:.2f} is set, but the worst-case cost of {what} is unknown "
-                          "(the model's prices or its output limit are not listed)")
+        raise BudgetError(f"a budget of {usd(budget, 2)} is set, but the worst-case cost of {what} is unknown "
+                          "(the model's prices or its output limit are not listed, or not valid amounts)")
+    if known_cost(spent) is None:
+        raise BudgetError(f"a budget of {usd(budget, 2)} is set, but what was spent ({spent!r}) is not an amount")
     if spent + worst > budget:
-        raise BudgetError(f"the budget would not hold: ${spent:.6f} spent + ${worst:.6f} worst case for {what} "
-                          f"> ${budget:.2f} budget")
+        raise BudgetError(f"the budget would not hold: {usd(spent)} spent + {usd(worst)} worst case for {what} "
+                          f"> {usd(budget, 2)} budget")

@@ -83,6 +83,8 @@ class GraniteMagics(Magics):
         self._environment: dict[str, str] = {}  # the GRANITE_* variables the settings were last read with
         self.warm_up: threading.Thread | None = None  # started when the cell that loaded the extension has finished
         self._used = threading.Event()  # set by the first %%granite or %granite: the warm-up stops there
+        self._refused_env: set[str] = set()  # GRANITE_* values already said to be refused
+        self._reverting = False
         self.observe(self._configure, names=list(TRAIT_SETTINGS))
 
     @property
@@ -155,15 +157,31 @@ class GraniteMagics(Magics):
 
         values = {field: getattr(self, trait) for trait, field in TRAIT_SETTINGS.items()}
         values["default_params"] = Sampling(values["default_params"])
-        return Settings.from_env(**{k: v for k, v in values.items() if v not in ("", None)})
+        refused: list[str] = []  # an invalid GRANITE_* value is refused where it is set, once, and not used
+        settings = Settings.from_env(refused=refused, **{k: v for k, v in values.items() if v not in ("", None)})
+        for reason in refused:
+            if reason not in self._refused_env:
+                self._refused_env.add(reason)
+                _error(reason)
+        return settings
 
     def _configure(self, change: Any) -> None:
-        if self._session is None:
-            return  # made from the traits when first needed
+        """A ``%config`` value is checked where it is set: an invalid one is refused in one line and the trait keeps
+        its previous value, so nothing later (a cell, ``%granite usage``) meets it."""
+        if self._reverting:
+            return
         try:
-            self._session.settings = self.settings()
+            _check_setting(TRAIT_SETTINGS[change["name"]], change["new"])
         except errors.InvalidParameterError as exc:
-            _error(f"%config GraniteMagics.{change['name']}: {exc}; the previous settings are kept")
+            _error(f"%config GraniteMagics.{change['name']}: {exc.message}; it stays {change['old']!r}")
+            self._reverting = True
+            try:
+                setattr(self, change["name"], change["old"])
+            finally:
+                self._reverting = False
+            return
+        if self._session is not None:
+            self._session.settings = self.settings()
 
     @line_cell_magic
     def granite(self, line: str, cell: str | None = None) -> Any:
@@ -249,7 +267,7 @@ class GraniteMagics(Magics):
 
     def _budget_note(self) -> str | None:
         budget = self.session.settings.budget_usd
-        return None if budget is None else f"${self.session.ledger.total_cost:.6f} of ${budget:.2f} budget spent"
+        return None if budget is None else self.session.ledger.budget_line(budget)
 
     def _stream(self, request: CellRequest, job: SingleJob) -> None:
         from ._render import describe_params
@@ -391,7 +409,11 @@ class GraniteMagics(Magics):
         if command is None:
             _error(f"unknown subcommand {line.strip()!r}; use one of: {', '.join(SUBCOMMANDS)} (see %granite?)")
             return None
-        return command.run(self, words[1:])
+        try:
+            return command.run(self, words[1:])
+        except errors.InvalidParameterError as exc:  # e.g. a setting that a configuration file gave
+            _error(exc.message)
+            return None
 
     def _reset(self, name: str | None) -> None:
         forgotten = self.session.reset(name)
@@ -533,6 +555,16 @@ async def _first_connection() -> None:
         await server.wait_closed()
 
 
+def _check_setting(field: str, value: Any) -> None:
+    """``InvalidParameterError`` if the ``Settings`` field would refuse ``value`` ("" and None unset it)."""
+    from ._params import Sampling
+    from ._settings import Settings
+
+    if value is not None and not (isinstance(value, str) and not value):
+        checked: dict[str, Any] = {field: Sampling(value) if field == "default_params" else value}
+        Settings(**checked)
+
+
 def _first(words: list[str]) -> str | None:
     return words[0] if words else None
 
@@ -632,6 +664,8 @@ def register(ipython: InteractiveShell) -> None:
     magics = GraniteMagics(shell=ipython)
     ipython.register_magics(magics)
     _registered[id(ipython)] = magics
+    if ipython.config.get("GraniteMagics") or any(os.environ.get(setting.metadata["env"] or "") for setting in configurable()):
+        magics.settings()  # an invalid GRANITE_* or configured value is refused here, where it was set, in one line
     _kernel.remember(ipython, lambda: magics.session)
     ipython.events.register("post_run_cell", magics.start_warm_up)
 

@@ -14,8 +14,9 @@ parameter table, the API shapes and the cache are imported when a ``Settings`` i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -87,22 +88,50 @@ class Settings:
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
         check_cache_mode(self.cache)
-        if self.budget_usd is not None and not self.budget_usd >= 0:
-            raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a number >= 0")
+        if self.budget_usd is not None and not (isinstance(self.budget_usd, (int, float)) and 0 <= self.budget_usd < math.inf):
+            raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a finite number >= 0 "
+                                        "(unset: no budget)")
         for name in ("concurrency", "local_instances"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name}={getattr(self, name)} is out of range: must be an integer >= 1")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the ``GRANITE_*`` environment (each field's ``env``), then ``overrides``."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, refused: list[str] | None = None,
+                 only: Collection[str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the ``GRANITE_*`` environment (each field's ``env``; of the fields ``only`` names, when given),
+        then ``overrides``.
+
+        A variable whose value is invalid raises ``InvalidParameterError`` naming it; with a ``refused`` list, it is
+        left out instead (its field keeps its default) and the reason is appended there, one line each, and so is
+        an invalid override (a value a configuration file gave a ``%config`` trait).
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for each in dataclasses.fields(cls):
             name = each.metadata.get("env")
-            if name and env.get(name):
-                values[each.name] = _number(name, env[name]) if each.type == "float | None" else env[name]
-        values.update({k: v for k, v in overrides.items() if v is not None})
+            if not (name and env.get(name)) or (only is not None and each.name not in only):
+                continue
+            try:
+                value: Any = _number(name, env[name]) if each.type == "float | None" else env[name]
+                cls(**{each.name: value})  # checked alone, so that the message names this variable
+            except InvalidParameterError as exc:
+                reason = exc.message if exc.message.startswith(name) else f"{name}={env[name]!r} is refused ({exc.message})"
+                reason += f": ignored, so {each.name} is {'unset' if each.default is None else repr(each.default)}"
+                if refused is None:
+                    raise InvalidParameterError(reason) from None
+                refused.append(reason)
+                continue
+            values[each.name] = value
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if refused is not None:  # each checked alone, as the environment's are: the one that is invalid is named
+                try:
+                    cls(**{name: value})
+                except InvalidParameterError as exc:
+                    refused.append(f"{exc.message}: ignored")
+                    continue
+            values[name] = value
         return cls(**values)
 
     @property

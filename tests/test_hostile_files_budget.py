@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from granite_magic._cache import MAX_FILE_BYTES
 from granite_magic.testing import FakeOpenRouter
 
 from .conftest import TEST_KEY, magics_of, run, shown
-from .hostile import SSE_HEADERS, HostileServer, Reply, finish_chunk, sse_reply, text_chunk
+from .hostile import SSE_HEADERS, HostileServer, Reply, finish_chunk, json_reply, sse_reply, text_chunk
 
 FAST_RETRY = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
 
@@ -385,3 +387,140 @@ def test_an_html_500_page_is_named_by_its_title_not_quoted(hostile: HostileServe
     message = str(exc)
     assert "500: Internal server error" in message and "<" not in message and "endif" not in message, message
     assert len(message) < 200, message
+
+
+# --- the budget ----------------------------------------------------------------------------------------------------
+
+PRICED = json_reply(200, {"data": [{"id": "hostile/model", "context_length": 8000, "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+                                    "top_provider": {"max_completion_tokens": 100}}]})
+
+
+def _billed(cost: Any) -> Reply:
+    usage = {"id": "gen-hostile", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "cost": cost}}
+    return sse_reply(text_chunk("Hello "), text_chunk("world."), finish_chunk(), usage)
+
+
+@pytest.fixture
+def hostile_cells(ip: InteractiveShell, hostile: HostileServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    magics = magics_of(ip)
+    magics.base_url = hostile.base_url
+    magics.session.ledger.__init__()  # type: ignore[misc]  # a fresh ledger: this test's runs only
+    yield magics
+    magics.budget_usd = None
+    magics.session.clients.clear()
+
+
+@pytest.mark.parametrize("cost", [math.nan, -999.999999, math.inf, "NaN", "-1"], ids=["nan", "negative", "inf", "nan-text", "negative-text"])
+def test_a_billed_cost_that_is_not_an_amount_is_unknown(ip: InteractiveShell, hostile: HostileServer, hostile_cells: Any,
+                                                        cost: Any) -> None:
+    """The reply is kept, its cost is None (not NaN, not negative), the status line never shows "$nan" or a negative
+    amount, and the ledger marks the run; the budget is not switched off: the next cell is still checked."""
+    hostile.models = PRICED
+    hostile.default = _billed(cost)
+    hostile_cells.budget_usd = 0.01
+    out = run(ip, "-m hostile/model --max-tokens 10 -o r", "Hi")
+    assert ip.user_ns["r"].text == "Hello world." and ip.user_ns["r"].cost is None
+    text = shown(out) + out.stderr
+    assert "nan" not in text.lower() and "$-" not in text and "inf" not in text.lower(), text
+    assert "of $0.01 budget spent (1 run without a valid reported cost)" in text, text
+    (entry,) = hostile_cells.session.ledger.entries
+    assert entry.cost_source == "unknown" and entry.cost == 0
+    hostile_cells.budget_usd = 0.000001  # below this request's worst case: refused, not sent
+    sent = len(hostile.chat_requests)
+    (line,) = granite_lines(run(ip, "-m hostile/model --max-tokens 10", "Hi again"))
+    assert "budget would not hold" in line and "nothing was sent" in line, line
+    assert len(hostile.chat_requests) == sent
+    usage = run_line(ip, "usage")
+    assert_no_traceback(usage) and "without a valid reported cost" in usage.stdout and "nan" not in usage.stdout.lower()
+
+
+@pytest.mark.parametrize("price", ["NaN", "-0.000001", "Infinity", "1e400"], ids=["nan", "negative", "infinity", "overflow"])
+def test_a_price_that_is_not_an_amount_leaves_no_bound_and_the_cell_is_refused(ip: InteractiveShell, hostile: HostileServer,
+                                                                               hostile_cells: Any, price: str) -> None:
+    hostile.models = json_reply(200, {"data": [{"id": "hostile/model", "pricing": {"prompt": price, "completion": price},
+                                                "context_length": 8000}]})
+    hostile_cells.budget_usd = 0.01
+    (line,) = granite_lines(run(ip, "-m hostile/model --max-tokens 10", "Hi"))
+    assert "worst-case cost" in line and "unknown" in line and "nothing was sent" in line, line
+    assert hostile.chat_requests == []
+    models = run_line(ip, "models")
+    assert_no_traceback(models) and "nan" not in shown(models).lower()
+
+
+def test_a_run_of_unknown_cost_counts_at_its_bound() -> None:
+    """Given the worst case checked before the run, the budget counts it instead of refusing everything after."""
+    from granite_magic import Result, Usage
+    from granite_magic._ledger import Ledger, check_budget
+
+    ledger = Ledger()
+    ledger.record(Result(text="hi", chunks=1, usage=Usage(completion_tokens=1, cost=math.nan)), backend="http", kind="single",
+                  bound=0.004)
+    ledger.record(Result(text="hi", chunks=1, usage=Usage(completion_tokens=1, cost=0.001)), backend="http", kind="single")
+    ledger.record(Result(error="refused before anything was generated", ended="failed"), backend="http", kind="single")
+    assert ledger.total_cost == pytest.approx(0.005)
+    assert [entry.cost_source for entry in ledger.entries] == ["unknown", "stream", "failed"]
+    assert ledger.budget_line(0.01) == "$0.005000 of $0.01 budget spent (1 run without a valid reported cost, counted at its worst case)"
+    check_budget(ledger.total_cost, 0.004, 0.01)
+    with pytest.raises(GraniteError, match="would not hold"):
+        check_budget(ledger.total_cost, 0.006, 0.01)
+
+
+@pytest.mark.parametrize("value", [-1, math.nan, math.inf], ids=["negative", "nan", "infinity"])
+def test_an_invalid_budget_is_refused_where_it_is_set(ip: InteractiveShell, server: FakeOpenRouter, value: float) -> None:
+    """``%config`` refuses it in one line and keeps the previous value; ``%granite usage`` and cells go on."""
+    magics = magics_of(ip)
+    magics.budget_usd = 0.5
+    try:
+        out = run_line(ip, f"config GraniteMagics.budget_usd = {value!r}".replace("nan", "float('nan')").replace("inf", "float('inf')"),
+                       magic="config")
+        (line,) = granite_lines(out)
+        assert "budget_usd" in line and "it stays 0.5" in line, line
+        assert magics.budget_usd == 0.5 and magics.session.settings.budget_usd == 0.5
+        usage = run_line(ip, "usage")
+        assert_no_traceback(usage) and "of a $0.50 budget" in usage.stdout
+        cell = run(ip, "--max-tokens 5 -o r", "Hi")
+        assert_no_traceback(cell) and ip.user_ns["r"].text
+    finally:
+        magics.budget_usd = None
+        ip.config.GraniteMagics.pop("budget_usd", None)  # %config keeps what it was given in the shell's configuration
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_an_invalid_budget_in_the_environment_is_refused_at_load(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                  monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """``GRANITE_BUDGET_USD=abc``: one line when the extension loads, naming the variable; then line magics and cells
+    work (no budget is set: the line says so)."""
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.setenv("GRANITE_BUDGET_USD", value)
+    try:
+        with capture_output() as loading:
+            ip.run_line_magic("unload_ext", "granite_magic")
+            ip.run_line_magic("load_ext", "granite_magic")
+        (line,) = granite_lines(loading)
+        assert "GRANITE_BUDGET_USD" in line and repr(value) in line and "ignored" in line, line
+        magics = magics_of(ip)
+        magics.base_url = server.base_url
+        magics.live = "terminal"
+        usage = run_line(ip, "usage")
+        assert_no_traceback(usage) and granite_lines(usage) == []
+        cell = run(ip, "--max-tokens 5 -o r", "Hi")
+        assert_no_traceback(cell) and ip.user_ns["r"].text and granite_lines(cell) == []
+    finally:
+        monkeypatch.delenv("GRANITE_BUDGET_USD")
+        ip.run_line_magic("unload_ext", "granite_magic")
+        ip.run_line_magic("load_ext", "granite_magic")
+
+
+def test_a_huge_budget_prints_in_a_few_digits(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    magics = magics_of(ip)
+    magics.budget_usd = 1e308
+    try:
+        out = run(ip, "--max-tokens 5", "Hi")
+        usage = run_line(ip, "usage")
+    finally:
+        magics.budget_usd = None
+    text = shown(out) + out.stderr + usage.stdout
+    assert "$1e+308 budget" in text and "of a $1e+308 budget" in usage.stdout, text
+    assert not re.search(r"\d{20}", text), text

@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from secrets import token_hex
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from ._client import BaseClient
-from ._errors import BadRequestError, GraniteError
+from ._context import read_capped
+from ._errors import BadRequestError, GraniteError, shown_path
 from ._events import Accumulator
+from ._ledger import known_cost
 from ._params import Sampling
 from ._result import Result
 from ._shapes import Request, build_messages
 from ._tools import Tool, tool_from_function
 
-__all__ = ["MAX_REQUESTS", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests", "probed_parameters"]
+__all__ = ["MAX_REQUESTS", "PROBES_FORMAT", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests",
+           "probed_parameters"]
+
+logger = logging.getLogger("granite_magic")
 
 Observed = Literal["honoured", "ignored", "rejected", "not tested"]
 
@@ -69,9 +76,36 @@ class ProbeReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProbeReport:
-        observations = tuple(Observation(**o) for o in data["observations"])
-        return cls(**{**data, "observations": observations})
+    def from_dict(cls, data: Any) -> ProbeReport:
+        """A report as ``to_dict`` wrote it; ``ValueError`` saying what is missing or of the wrong type.  Fields this
+        version does not know are left aside: a later version may add some."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a report is a {type(data).__name__}, not an object")
+        observations = _checked(data, "observations", list)
+        cost = _checked(data, "cost", (int, float, type(None)))
+        return cls(host=_checked(data, "host", str), model=_checked(data, "model", str),
+                   provider=_checked(data, "provider", (str, type(None))), date=_checked(data, "date", str),
+                   observations=tuple(_observation(o) for o in observations),
+                   cost=None if cost is None else known_cost(cost), requests=_checked(data, "requests", int))
+
+
+def _checked(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in data:
+        raise ValueError(f"{name} is missing")
+    value = data[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        raise ValueError(f"{name} is a {type(value).__name__}")
+    return value
+
+
+def _observation(data: Any) -> Observation:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"an observation is a {type(data).__name__}, not an object")
+    observed = _checked(data, "observed", str)
+    if observed not in get_args(Observed):
+        raise ValueError(f"observed is {observed!r}")
+    return Observation(_checked(data, "parameter", str), _checked(data, "declared", (bool, type(None))), observed,
+                       _checked(data, "evidence", str))
 
 
 def _declared(value: bool | None) -> str:
@@ -164,7 +198,7 @@ async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | Non
                      Observation("response_format", None, "not tested", "structured output is not in the parameter table")]
     declared = [Observation(o.parameter, None if supported is None else o.parameter in supported, o.observed, o.evidence)
                 for o in observations]
-    costs = [r.cost for r in runner.results]
+    costs = [known_cost(r.cost) for r in runner.results]  # a billed NaN or negative amount is unknown, not a number
     provider = next((r.provider for r in runner.results if r.provider), None)
     return ProbeReport(
         host=_host(getattr(client, "base_url", "local")), model=model, provider=provider,
@@ -225,12 +259,20 @@ async def _stop(runner: _Runner, greedy: Result | GraniteError | None) -> Observ
 
 
 def _max_tokens(result: Result | GraniteError) -> Observation:
+    """Judged on the text that arrived: a token never spans two words (tokenizers split on spaces first), so 3
+    tokens spell at most 3 words, whatever the server's usage claims.  The claim is quoted when it disagrees."""
     failed = _failed("max_tokens", result)
     if failed or not isinstance(result, Result):
         return failed or Observation("max_tokens", None, "not tested", "")
-    if result.completion_tokens > 3:
-        return Observation("max_tokens", None, "ignored", f"max_tokens 3 gave {result.completion_tokens} tokens")
-    return Observation("max_tokens", None, "honoured", f"max_tokens 3 gave {result.completion_tokens} tokens, finish {result.finish_reason}")
+    words = len(result.text.split())
+    claimed = result.usage.completion_tokens
+    claim = f"; the server claimed {claimed} tokens" if claimed is not None and (claimed > 3) != (words > 3) else ""
+    seen = f"max_tokens 3 gave {words} words in {result.chunks} chunks{claim}"
+    if words > 3:
+        return Observation("max_tokens", None, "ignored", seen)
+    if not words:
+        return Observation("max_tokens", None, "not tested", f"no text came back{claim}")
+    return Observation("max_tokens", None, "honoured", f"{seen}, finish {result.finish_reason}")
 
 
 def _logprobs(result: Result | GraniteError) -> Observation:
@@ -283,35 +325,77 @@ def _host(base_url: str) -> str:
 # --- remembering reports -----------------------------------------------------------------------
 
 
+PROBES_FORMAT = 1  # {"format": 1, "reports": {"host|model|provider": report}}; before formats, the reports alone
+_MAX_PROBES_BYTES = 8 << 20  # a report is about 1 kB
+
+
 class ProbeStore:
-    """Probe reports in one JSON file in the user's cache directory, keyed by host, model and provider."""
+    """Probe reports in one JSON file in the user's cache directory, keyed by host, model and provider.
+
+    Several versions of granite-magic may share the file.  One written in another format, or a report that does
+    not read (a field missing or of the wrong type), is left aside with one warning (logged, once for each state
+    of the file) and never stops a cell; the next probe writes the file anew in this version's format.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or _default_path()
+        self._warned: tuple[int, int] | None = None  # the file's (mtime, size) when its problem was last said
 
     def save(self, report: ProbeReport) -> None:
-        reports = self._read()
+        reports = {f"{r.host}|{r.model}|{r.provider}": r.to_dict() for r in self._reports()}
         reports[f"{report.host}|{report.model}|{report.provider}"] = report.to_dict()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(reports, indent=1))
-            os.replace(temporary, self.path)
+            temporary = self.path.with_name(f".{self.path.name}.{token_hex(8)}.tmp")  # two kernels never share one
+            try:
+                temporary.write_text(json.dumps({"format": PROBES_FORMAT, "reports": reports}, indent=1))
+                os.replace(temporary, self.path)
+            finally:
+                temporary.unlink(missing_ok=True)
         except OSError:
             pass  # a cache that cannot be written only means the probe is not remembered
 
     def find(self, base_url: str, model: str) -> list[ProbeReport]:
         """Every provider's report for ``model`` at this API host, newest first."""
         host = _host(base_url)
-        found = [ProbeReport.from_dict(r) for r in self._read().values() if r.get("host") == host and r.get("model") == model]
+        found = [report for report in self._reports() if report.host == host and report.model == model]
         return sorted(found, key=lambda r: r.date, reverse=True)
 
-    def _read(self) -> dict[str, Any]:
+    def _reports(self) -> list[ProbeReport]:
+        """The reports that read; what does not is said once and left aside."""
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+            data = json.loads(read_capped(self.path, _MAX_PROBES_BYTES))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, RecursionError) as exc:  # FileRefused is a ValueError
+            self._warn(f"it cannot be read ({getattr(exc, 'reason', None) or exc})")
+            return []
+        if isinstance(data, dict) and "format" not in data:
+            data = {"format": PROBES_FORMAT, "reports": data}  # the layout before formats: the same reports, unwrapped
+        if not isinstance(data, dict) or data.get("format") != PROBES_FORMAT or not isinstance(data.get("reports"), dict):
+            written = f"format {data.get('format')!r}" if isinstance(data, dict) else f"a {type(data).__name__}"
+            self._warn(f"it was written by another version of granite-magic ({written}; this version reads format {PROBES_FORMAT})")
+            return []
+        reports, problems = [], []
+        for key, entry in data["reports"].items():
+            try:
+                reports.append(ProbeReport.from_dict(entry))
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+        if problems:
+            self._warn(f"{len(problems)} of its reports do not read ({problems[0]}{', ...' if len(problems) > 1 else ''})")
+        return reports
+
+    def _warn(self, why: str) -> None:
+        try:
+            info = self.path.stat()
+            state = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            state = (0, 0)
+        if state != self._warned:
+            self._warned = state
+            logger.warning("granite: warning: the stored probe reports in %s are ignored: %s; %%granite probe "
+                           "writes them anew.", shown_path(self.path), why)
 
 
 def _default_path() -> Path:

@@ -524,3 +524,99 @@ def test_a_huge_budget_prints_in_a_few_digits(ip: InteractiveShell, server: Fake
     text = shown(out) + out.stderr + usage.stdout
     assert "$1e+308 budget" in text and "of a $1e+308 budget" in usage.stdout, text
     assert not re.search(r"\d{20}", text), text
+
+
+# --- the probe -----------------------------------------------------------------------------------------------------
+
+WORDS = ["the", "river", "carved", "stone", "slowly", "one", "patient", "season", "at", "a", "time", "while", "light", "moved"]
+
+
+def _probe_answers(request: Any) -> Reply:
+    """A provider whose usage lies: max_tokens 3 gets 40 text chunks and a claim of 1 completion token."""
+    body = request.json or {}
+    if body.get("max_tokens") == 3:
+        chunks = [text_chunk(f"{WORDS[i % len(WORDS)]} ") for i in range(40)]
+        claim = {"id": "gen-hostile", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}}
+        return sse_reply(*chunks, finish_chunk("length"), claim)
+    stop = body.get("stop") or []
+    words = [word for word in WORDS[:12]]
+    if stop:
+        words = words[: words.index(stop[0])] if stop[0] in words else words
+    return sse_reply(*(text_chunk(f"{word} ") for word in words), finish_chunk())
+
+
+@pytest.fixture
+def probes_at(ip: InteractiveShell, tmp_path: Path) -> Iterator[Path]:
+    from granite_magic._probe import ProbeStore
+
+    magics = magics_of(ip)
+    before = magics.session.probes
+    magics.session.probes = ProbeStore(tmp_path / "probes.json")
+    yield tmp_path / "probes.json"
+    magics.session.probes = before
+
+
+def test_the_probe_judges_max_tokens_by_the_text_not_the_usage_claim(ip: InteractiveShell, hostile: HostileServer, probes_at: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    magics = magics_of(ip)
+    magics.base_url = hostile.base_url
+    hostile.default = _probe_answers
+    try:
+        out = run_line(ip, "probe hostile/model")
+    finally:
+        magics.session.clients.clear()
+    assert_no_traceback(out)
+    (report,) = magics.session.probes.find(hostile.base_url, "hostile/model")
+    seen = report.get("max_tokens")
+    assert seen is not None and seen.observed == "ignored", seen
+    assert "40 words" in seen.evidence and "claimed 1" in seen.evidence, seen.evidence
+
+
+PROBE_REPORT = {"host": "127.0.0.1", "model": "ibm-granite/granite-4.0-h-micro", "provider": "Fake", "date": "2026-01-01",
+                "observations": [{"parameter": "seed", "declared": True, "observed": "ignored", "evidence": "seen"}],
+                "cost": 0.0001, "requests": 9}
+PROBE_FILES: dict[str, Any] = {
+    "earlier-layout-missing-field": {"127.0.0.1|m|Fake": {k: v for k, v in PROBE_REPORT.items() if k != "requests"}},
+    "another-format": {"format": 99, "reports": {}},
+    "missing-field": {"format": 1, "reports": {"k": {k: v for k, v in PROBE_REPORT.items() if k != "date"}}},
+    "wrong-types": {"format": 1, "reports": {"k": {**PROBE_REPORT, "observations": "many", "requests": "nine"}}},
+    "bad-observation": {"format": 1, "reports": {"k": {**PROBE_REPORT, "observations": [{"parameter": "seed", "observed": 3}]}}},
+    "a-list": [1, 2, 3],
+    "not-json": "{{{ not json",
+}
+
+
+@pytest.mark.parametrize("content", PROBE_FILES.values(), ids=PROBE_FILES.keys())
+def test_a_probes_file_from_another_version_is_ignored_with_one_warning(ip: InteractiveShell, server: FakeOpenRouter,
+                                                                         probes_at: Path, content: Any,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Cells that set a parameter and ``%granite models`` run in full; the file is warned about once; the next probe
+    writes it anew, with its format."""
+    probes_at.write_text(content if isinstance(content, str) else json.dumps(content))
+    with caplog.at_level("WARNING", logger="granite_magic"):
+        for _ in range(2):
+            out = run(ip, "--seed 3 --max-tokens 5 -o r", "Hi")
+            assert_no_traceback(out)
+            assert ip.user_ns["r"].text and not ip.user_ns["r"].partial
+        models = run_line(ip, "models")
+    assert_no_traceback(models) and "not probed" in shown(models)
+    warnings = [record.getMessage() for record in caplog.records if "probe reports" in record.getMessage()]
+    assert len(warnings) == 1 and "ignored" in warnings[0] and "probes.json" in warnings[0], warnings
+    run_line(ip, "probe")
+    written = json.loads(probes_at.read_text())
+    assert written["format"] == 1 and len(written["reports"]) == 1
+
+
+EXTRA = {**PROBE_REPORT, "confidence": 0.9, "observations": [{**PROBE_REPORT["observations"][0], "samples": 3}]}
+
+
+@pytest.mark.parametrize("content", [{"format": 1, "reports": {"k": EXTRA}}, {"k": EXTRA}], ids=["format-1", "before-formats"])
+def test_a_probes_file_with_extra_fields_is_read(probes_at: Path, ip: InteractiveShell, content: Any,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Fields a later version adds are left aside, and the reports (in this format or the one before formats) read."""
+    probes_at.write_text(json.dumps(content))
+    with caplog.at_level("WARNING", logger="granite_magic"):
+        (report,) = magics_of(ip).session.probes.find("http://127.0.0.1/v1", PROBE_REPORT["model"])
+    seen = report.get("seed")
+    assert seen is not None and seen.observed == "ignored" and report.requests == 9 and caplog.records == []

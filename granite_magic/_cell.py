@@ -219,8 +219,12 @@ def options() -> tuple[Option, ...]:
 
 
 def _param_option(param: Param) -> Option:
-    return Option((param.option,), f"turn.sampling.{param.name}", _param_help(param), param.kind.upper(),
-                  {"action": "append"} if param.kind == "stop" else {}, spell=functools.partial(_param_words, param))
+    if param.kind == "stop":  # typed on one line: \n is a newline, and to_cell writes one so
+        return Option((param.option,), f"turn.sampling.{param.name}", _param_help(param), param.kind.upper(), {"action": "append"},
+                      read=lambda sequences, reading: [_params.read_escapes(s) for s in sequences],
+                      spell=functools.partial(_param_words, param))
+    return Option((param.option,), f"turn.sampling.{param.name}", _param_help(param), param.kind.upper(), {},
+                  spell=functools.partial(_param_words, param))
 
 
 def _param_help(param: Param) -> str:
@@ -229,7 +233,7 @@ def _param_help(param: Param) -> str:
 
 def _param_words(param: Param, value: Any) -> Spelled:
     if param.kind == "stop":
-        return [[sequence] for sequence in value]
+        return [[_params.write_escapes(sequence)] for sequence in value]
     if param.kind == "logit_bias":
         return [[json.dumps({str(k): v for k, v in value.items()})]]
     if param.kind == "bool":

@@ -87,8 +87,9 @@ def check_context(target: Target, request: Request) -> None:
     if info is None or not info.context_length:
         return
     estimate = characters // 4
-    output = request.sampling.get("max_tokens") or 0
-    if estimate + output > info.context_length:
+    output = request.sampling.get("max_tokens")
+    if estimate + (output or 0) > info.context_length:
+        asked = f" and max_tokens {output:,}" if output else ""  # only a limit that was set is named
         raise errors.InvalidParameterError(
-            f"the prompt is about {estimate:,} tokens (an estimate: 4 characters a token) and max_tokens {output:,}: "
+            f"the prompt is about {estimate:,} tokens (an estimate: 4 characters a token){asked}: "
             f"more than {target.model}'s {info.context_length:,}-token context")

@@ -620,3 +620,39 @@ def test_a_probes_file_with_extra_fields_is_read(probes_at: Path, ip: Interactiv
         (report,) = magics_of(ip).session.probes.find("http://127.0.0.1/v1", PROBE_REPORT["model"])
     seen = report.get("seed")
     assert seen is not None and seen.observed == "ignored" and report.requests == 9 and caplog.records == []
+
+
+# --- smaller: the context refusal, a newline in --stop ------------------------------------------------------------
+
+
+def test_the_context_refusal_names_max_tokens_only_when_it_was_set(ip: InteractiveShell, hostile: HostileServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    magics = magics_of(ip)
+    magics.base_url = hostile.base_url
+    hostile.models = json_reply(200, {"data": [{"id": "small/model", "context_length": 4000}]})
+    prompt = "word " * 8000  # about 10,000 tokens by the 4-characters estimate
+    try:
+        (unset,) = granite_lines(run(ip, "-m small/model", prompt))
+        (given,) = granite_lines(run(ip, "-m small/model --max-tokens 500", prompt))
+    finally:
+        magics.session.clients.clear()
+    assert "max_tokens" not in unset and "max-tokens" not in unset and "4,000-token context" in unset, unset
+    assert "500" in given and "4,000-token context" in given, given
+    assert hostile.chat_requests == []
+
+
+def test_stop_reads_backslash_n_as_a_newline_and_copies_back(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    r"""``--stop '\n'`` sends a newline, ``--stop '\\n'`` a backslash and an n, ``\d`` stays as typed; ``to_cell`` writes
+    them back on one line, and the option help says so."""
+    from granite_magic._cell import parse_cell, to_cell
+
+    run(ip, r"--stop '\n' --stop '\\n' --stop 'a\d' --stop '\t.' --max-tokens 5", "Hi")
+    assert server.chat_requests[-1].body["stop"] == ["\n", "\\n", "a\\d", "\t."]
+    request = parse_cell(r"--stop '\n' --stop '\\n' --stop 'a\d'", "Hi", {})
+    cell = to_cell(request)
+    assert cell.count("\n") == 1 and cell.endswith("\nHi"), cell  # the options stay on the first line
+    assert parse_cell(cell.split("\n", 1)[0].removeprefix("%%granite "), "Hi", {}).turn.sampling == request.turn.sampling
+    from granite_magic._magic import help_text
+
+    assert r"\n is a newline" in help_text()

@@ -97,4 +97,5 @@ def _sentence(text: str) -> str:
     if not text:
         return text
     text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
+    ended = text.rstrip("'\")")  # closing quotes and brackets end nothing: "... 'Name three minerals.'"
+    return text if ended.endswith((".", "!", "?")) else text + "."

@@ -691,7 +691,7 @@ def _refused(exc: errors.GraniteError) -> str:
     from ._advice import ADVICE, cell_spelling, worded
 
     advice = ADVICE.get(exc.kind)
-    return f"{worded(exc, cell_spelling)} (nothing was sent)" + (f". {advice}" if advice else "")
+    return f"{worded(exc, cell_spelling).rstrip('.')} (nothing was sent)" + (f". {advice}" if advice else "")
 
 
 def _granite_environment() -> dict[str, str]:

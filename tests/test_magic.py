@@ -45,7 +45,7 @@ def test_every_option_reaches_the_request(ip: InteractiveShell, server: FakeOpen
 
 def test_invalid_option_is_refused_before_sending(ip: InteractiveShell, server: FakeOpenRouter) -> None:
     out = run(ip, "--top-p 1.5", "Hi")
-    assert "top_p='1.5' is out of range: must be number, 0 < top_p <= 1" in out.stderr
+    assert "--top-p 1.5 is out of range: must be a number, 0 < top_p <= 1" in out.stderr
     assert "nothing was sent" in out.stderr
     out = run(ip, "--format yaml", "Hi")
     assert "invalid choice" in out.stderr

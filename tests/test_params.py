@@ -43,13 +43,13 @@ def test_valid_values_are_coerced(name: str, value: object, expected: object) ->
 @pytest.mark.parametrize(
     ("name", "value", "fragment"),
     [
-        ("temperature", 3, "temperature=3 is out of range: must be number, 0 <= temperature <= 2"),
+        ("temperature", 3, "temperature=3 is out of range: must be a number, 0 <= temperature <= 2"),
         ("temperature", -0.1, "0 <= temperature <= 2"),
         ("top_p", 0, "0 < top_p <= 1"),
         ("repetition_penalty", 0, "0 < repetition_penalty <= 2"),
-        ("top_k", -1, "top_k=-1 is out of range: must be integer >= 0"),
+        ("top_k", -1, "top_k=-1 is out of range: must be an integer >= 0"),
         ("top_k", 1.5, "top_k=1.5 is not an integer"),
-        ("max_tokens", 0, "max_tokens=0 is out of range: must be integer >= 1"),
+        ("max_tokens", 0, "max_tokens=0 is out of range: must be an integer >= 1"),
         ("min_p", 1.5, "0 <= min_p <= 1"),
         ("presence_penalty", 2.5, "-2 <= presence_penalty <= 2"),
         ("temperature", "hot", "temperature='hot' is not a number"),

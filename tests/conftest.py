@@ -204,3 +204,18 @@ def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
     return Session()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's probe reports and downloads stay in a directory of its own, not the user's ~/.cache (a report
+    written by another version there must not decide a test, nor a test's report a user's cell)."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

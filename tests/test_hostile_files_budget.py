@@ -24,6 +24,7 @@ from IPython.utils.capture import CapturedIO
 
 from granite_magic import GraniteClient, GraniteError, RetryPolicy
 from granite_magic._cache import MAX_FILE_BYTES
+from granite_magic._ledger import Ledger
 from granite_magic.testing import FakeOpenRouter
 
 from .conftest import TEST_KEY, magics_of, run, shown
@@ -151,7 +152,8 @@ def test_cache_stats_survive_hostile_entries(ip: InteractiveShell, server: FakeO
     target.write_bytes(b"keep me")
     path.with_name("1" * 64 + ".json.gz").symlink_to(target)
     out = run_line(ip, "cache")
-    assert_no_traceback(out) and "recordings" in out.stdout
+    assert_no_traceback(out)
+    assert "recordings" in out.stdout
     run_line(ip, "cache clear")
     assert target.read_bytes() == b"keep me"
 
@@ -405,9 +407,11 @@ def hostile_cells(ip: InteractiveShell, hostile: HostileServer, monkeypatch: pyt
     monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
     magics = magics_of(ip)
     magics.base_url = hostile.base_url
-    magics.session.ledger.__init__()  # type: ignore[misc]  # a fresh ledger: this test's runs only
+    before = magics.session.ledger
+    magics.session.ledger = Ledger()  # this test's runs only
     yield magics
     magics.budget_usd = None
+    magics.session.ledger = before
     magics.session.clients.clear()
 
 
@@ -432,7 +436,8 @@ def test_a_billed_cost_that_is_not_an_amount_is_unknown(ip: InteractiveShell, ho
     assert "budget would not hold" in line and "nothing was sent" in line, line
     assert len(hostile.chat_requests) == sent
     usage = run_line(ip, "usage")
-    assert_no_traceback(usage) and "without a valid reported cost" in usage.stdout and "nan" not in usage.stdout.lower()
+    assert_no_traceback(usage)
+    assert "without a valid reported cost" in usage.stdout and "nan" not in usage.stdout.lower()
 
 
 @pytest.mark.parametrize("price", ["NaN", "-0.000001", "Infinity", "1e400"], ids=["nan", "negative", "infinity", "overflow"])
@@ -445,13 +450,14 @@ def test_a_price_that_is_not_an_amount_leaves_no_bound_and_the_cell_is_refused(i
     assert "worst-case cost" in line and "unknown" in line and "nothing was sent" in line, line
     assert hostile.chat_requests == []
     models = run_line(ip, "models")
-    assert_no_traceback(models) and "nan" not in shown(models).lower()
+    assert_no_traceback(models)
+    assert "nan" not in shown(models).lower()
 
 
 def test_a_run_of_unknown_cost_counts_at_its_bound() -> None:
     """Given the worst case checked before the run, the budget counts it instead of refusing everything after."""
     from granite_magic import Result, Usage
-    from granite_magic._ledger import Ledger, check_budget
+    from granite_magic._ledger import check_budget
 
     ledger = Ledger()
     ledger.record(Result(text="hi", chunks=1, usage=Usage(completion_tokens=1, cost=math.nan)), backend="http", kind="single",
@@ -478,9 +484,11 @@ def test_an_invalid_budget_is_refused_where_it_is_set(ip: InteractiveShell, serv
         assert "budget_usd" in line and "it stays 0.5" in line, line
         assert magics.budget_usd == 0.5 and magics.session.settings.budget_usd == 0.5
         usage = run_line(ip, "usage")
-        assert_no_traceback(usage) and "of a $0.50 budget" in usage.stdout
+        assert_no_traceback(usage)
+        assert "of a $0.50 budget" in usage.stdout
         cell = run(ip, "--max-tokens 5 -o r", "Hi")
-        assert_no_traceback(cell) and ip.user_ns["r"].text
+        assert_no_traceback(cell)
+        assert ip.user_ns["r"].text
     finally:
         magics.budget_usd = None
         ip.config.GraniteMagics.pop("budget_usd", None)  # %config keeps what it was given in the shell's configuration
@@ -504,9 +512,11 @@ def test_an_invalid_budget_in_the_environment_is_refused_at_load(ip: Interactive
         magics.base_url = server.base_url
         magics.live = "terminal"
         usage = run_line(ip, "usage")
-        assert_no_traceback(usage) and granite_lines(usage) == []
+        assert_no_traceback(usage)
+        assert granite_lines(usage) == []
         cell = run(ip, "--max-tokens 5 -o r", "Hi")
-        assert_no_traceback(cell) and ip.user_ns["r"].text and granite_lines(cell) == []
+        assert_no_traceback(cell)
+        assert ip.user_ns["r"].text and granite_lines(cell) == []
     finally:
         monkeypatch.delenv("GRANITE_BUDGET_USD")
         ip.run_line_magic("unload_ext", "granite_magic")
@@ -600,7 +610,8 @@ def test_a_probes_file_from_another_version_is_ignored_with_one_warning(ip: Inte
             assert_no_traceback(out)
             assert ip.user_ns["r"].text and not ip.user_ns["r"].partial
         models = run_line(ip, "models")
-    assert_no_traceback(models) and "not probed" in shown(models)
+    assert_no_traceback(models)
+    assert "not probed" in shown(models)
     warnings = [record.getMessage() for record in caplog.records if "probe reports" in record.getMessage()]
     assert len(warnings) == 1 and "ignored" in warnings[0] and "probes.json" in warnings[0], warnings
     run_line(ip, "probe")

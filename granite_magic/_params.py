@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -27,7 +28,9 @@ __all__ = [
     "Sampling",
     "WireTarget",
     "get_param",
+    "read_escapes",
     "validate",
+    "write_escapes",
 ]
 
 # Where a request goes: the three HTTP API shapes and llama.cpp in this process.
@@ -127,8 +130,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", step=1, absent="none", start=1),
     Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1, start=256, ceiling=131_000,
           wire={"responses": "max_output_tokens"}),
-    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4).", absent="none",
-          wire={"messages": "stop_sequences"}),
+    Param("stop", "stop", "Stop generating when one of these strings appears (up to 4); in a cell, \\n is a newline "
+          "(\\t a tab, \\\\ a backslash).", absent="none", wire={"messages": "stop_sequences"}),
     Param("logit_bias", "logit_bias", "Add a bias (-100..100) to the logits of token ids.", absent="none"),
     # Token probabilities (--probs K sets both).  Anthropic's Messages API has none; the local backend reads
     # top_logprobs itself and computes the top K from the model's logits, so llama.cpp is given neither.
@@ -144,6 +147,20 @@ PARAMETERS: tuple[Param, ...] = (
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
 _MAX_STOP_SEQUENCES = 4
+
+
+# What a backslash names in text typed on one line (a cell's options), as in the llm and OpenAI command lines.
+_ESCAPES = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def read_escapes(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\r`` and ``\\\\`` in ``text`` as the characters they name; any other backslash stays as typed."""
+    return re.sub(r"\\([\\ntr])", lambda found: _ESCAPES[found.group(1)], text)
+
+
+def write_escapes(text: str) -> str:
+    """``text`` on one line: ``read_escapes(write_escapes(text)) == text``."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def get_param(name: str) -> Param:

@@ -152,10 +152,11 @@ class Session:
         target = target or self.resolve(turn)
         request = self.request(turn, target)
         use = self.cache_use(turn, target, request)
+        bounds: list[float | None] = [None]
         if use is None or use.mode != "replay":
             check_context(target, request)
-            self.check_budget(target, [request])
-        job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use)
+            bounds = self.check_budget(target, [request])
+        job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use, bound=bounds[0])
         if use is not None and use.mode == "replay":
             job.preload()  # a request never recorded is refused here, before any view is shown
         return job
@@ -176,10 +177,12 @@ class Session:
         turns = [_applied(spec, turn) for spec in specs]
         requests = [self.request(each, target, spec.params) for each, spec in zip(turns, specs, strict=True)]
         uses = [self.cache_use(each, target, request, repeat=spec.repeat) for each, request, spec in zip(turns, requests, specs, strict=True)]
+        bounds: list[float | None] = [None] * len(requests)
         if not all(use is not None and use.mode == "replay" for use in uses):
-            self.check_budget(target, requests)
+            bounds = self.check_budget(target, requests)
         record = self._recorder(kind)
-        columns = [SingleJob(each, target, request, on_done=record, cache=use) for each, request, use in zip(turns, requests, uses, strict=True)]
+        columns = [SingleJob(each, target, request, on_done=record, cache=use, bound=bound)
+                   for each, request, use, bound in zip(turns, requests, uses, bounds, strict=True)]
         job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
         job.probes = self.probes
         job.budget_reached = self._budget_reached
@@ -203,10 +206,15 @@ class Session:
         """The most these requests can cost, from the model's listed prices; None when unknown."""
         return worst_case(target.client.loop.run(target.client.listing(target.model)), requests)
 
-    def check_budget(self, target: Target, requests: Sequence[Request]) -> None:
+    def check_budget(self, target: Target, requests: Sequence[Request]) -> list[float | None]:
+        """Refuse what the budget cannot hold; returns each request's worst case (None without a budget), which
+        the ledger counts for a run whose billed cost turns out unknown."""
         budget = self.settings.budget_usd
-        if budget is not None:
-            check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests))
+        if budget is None:
+            return [None] * len(requests)
+        check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests))
+        info = target.client.loop.run(target.client.listing(target.model))  # cached by the check above
+        return [worst_case(info, [request]) for request in requests]
 
     def probe_estimate(self, target: Target) -> float | None:
         """The most a probe of ``target`` can cost (shown before it runs)."""
@@ -234,7 +242,8 @@ class Session:
                 return
             result = job.outcome()[0]
             client = job.target.client
-            index = self.ledger.record(result, backend=client.kind, kind=kind, cached=result.cached, free=client.free)
+            index = self.ledger.record(result, backend=client.kind, kind=kind, cached=result.cached, free=client.free,
+                                       bound=job.bound)
             if result.cost is None and not result.cached and result.generation_id:
                 self._look_up_cost(job.target, result.generation_id, index)
 
@@ -279,16 +288,17 @@ class Session:
         error: errors.GraniteError | None = None
         while request is not None:
             use = self.cache_use(turn, target, request, repeat=tools.steps)
+            bound: float | None = None
             if use is None or use.mode != "replay":
                 try:  # before every request, as the budget promises, not only the first step's
-                    self.check_budget(target, [request])
+                    (bound,) = self.check_budget(target, [request])
                 except BudgetError as exc:
                     if tools.steps == 0:
                         raise
                     error = BudgetError(f"{exc.message}; the tool loop stopped before step {tools.steps + 1}, "
                                         "with the calls made so far kept")
                     break
-            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes, cache=use)
+            job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes, cache=use, bound=bound)
             with contextlib.suppress(KeyboardInterrupt):
                 job.loop.run(job.stream(_Showing(view, tools) if view is not None else None, check_support=tools.steps == 0))
             result, error = job.outcome()
@@ -356,8 +366,9 @@ class SingleJob:
 
     def __init__(self, turn: Turn, target: Target, request: Request, *,
                  on_done: Callable[[SingleJob], None] | None = None, probes: ProbeStore | None = None,
-                 cache: CacheUse | None = None) -> None:
+                 cache: CacheUse | None = None, bound: float | None = None) -> None:
         self.turn, self.target, self.request = turn, target, request
+        self.bound = bound  # the most it can cost (checked against the budget), counted while its cost is unknown
         self.probes = probes
         self.cache = cache
         self.verified: str | None = None  # with --verify: how the live reply compares with the recording

@@ -427,9 +427,10 @@ def test_a_billed_cost_that_is_not_an_amount_is_unknown(ip: InteractiveShell, ho
     assert ip.user_ns["r"].text == "Hello world." and ip.user_ns["r"].cost is None
     text = shown(out) + out.stderr
     assert "nan" not in text.lower() and "$-" not in text and "inf" not in text.lower(), text
-    assert "of $0.01 budget spent (1 run without a valid reported cost)" in text, text
+    assert "of $0.01 budget spent (1 run without a valid reported cost, counted at its worst case)" in text, text
     (entry,) = hostile_cells.session.ledger.entries
     assert entry.cost_source == "unknown" and entry.cost == 0
+    assert entry.bound is not None and entry.bound > 0 and hostile_cells.session.ledger.total_cost == entry.bound  # not $0
     hostile_cells.budget_usd = 0.000001  # below this request's worst case: refused, not sent
     sent = len(hostile.chat_requests)
     (line,) = granite_lines(run(ip, "-m hostile/model --max-tokens 10", "Hi again"))

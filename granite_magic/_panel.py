@@ -100,10 +100,9 @@ def _value_control(param: Param, tip: str) -> w.Widget:
                               readout_format=".2f", continuous_update=False, layout=layout, description_allow_html=False)
     elif param.kind == "int":
         start = param.start if param.start is not None else (param.default if param.default is not None else 0)
-        if param.minimum is not None:
-            value = w.BoundedIntText(value=start, min=int(param.minimum), max=param.ceiling or 2**31 - 1, layout=layout)
-        else:
-            value = w.IntText(value=start, layout=layout)
+        # Not a bounded box: it would clamp a value typed past its range without a word, and Copy as cell would
+        # show the clamped value. A value out of range is refused at Run, naming the control and the range.
+        value = w.IntText(value=start, layout=layout)
     elif param.kind == "bool":  # the send toggle alone says it: on sends true, off sends nothing
         value = w.HTML('<span style="opacity:.7">tick to ask for it</span>', layout=layout)
     elif param.kind == "choice":
@@ -193,8 +192,8 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
         self.sweep = w.Text(value=sweep, description="sweep", placeholder="temperature=0,0.7,1.4", layout=w.Layout(width="22em"))
-        self.repeat = w.BoundedIntText(value=1, min=1, max=8, description="repeat", layout=w.Layout(width="10em"))
-        self.concurrency = w.BoundedIntText(value=settings.concurrency, min=1, max=16, description="at once", layout=w.Layout(width="10em"))
+        self.repeat = w.IntText(value=1, description="repeat", layout=w.Layout(width="10em"))  # checked at Run, never clamped
+        self.concurrency = w.IntText(value=settings.concurrency, description="at once", layout=w.Layout(width="10em"))
         self.preset.observe(self._apply_preset, names="value")
         self.model.observe(lambda _: self.refresh_support(), names="value")
         self.mode.observe(lambda _: self._show_mode(), names="value")

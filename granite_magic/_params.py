@@ -58,7 +58,6 @@ class Param:
     absent: str = "provider's own"  # what happens when the field is not sent and default is None
     wire: Mapping[str, str | None] = field(default_factory=dict)  # target -> its name there (None: not sent there)
     start: Any = None  # the panel's starting value when the default is the provider's own
-    ceiling: int | None = None  # the panel's largest value for an integer with no maximum
 
     def wire_name(self, target: WireTarget) -> str | None:
         """The field's name in ``target``'s request, or None when that target has no such parameter."""
@@ -119,7 +118,7 @@ def _fmt(value: Any) -> str:
 PARAMETERS: tuple[Param, ...] = (
     Param("temperature", "float", "Randomness: 0 is greedy, higher spreads choice over more tokens.", 1.0, 0, 2, step=0.05),
     Param("top_p", "float", "Nucleus sampling: keep the smallest set of tokens whose probability sums to p.", 1.0, 0, 1, exclusive_minimum=True, step=0.01),
-    Param("top_k", "int", "Keep only the k most likely tokens (0 turns it off).", 0, 0, None, step=1, ceiling=1000),
+    Param("top_k", "int", "Keep only the k most likely tokens (0 turns it off).", 0, 0, None, step=1),
     Param("min_p", "float", "Drop tokens less likely than min_p times the most likely one.", 0.0, 0, 1, step=0.01),
     Param("top_a", "float", "Drop tokens below top_a times the square of the top probability.", 0.0, 0, 1, step=0.01,
           wire={"llama_cpp": None}),  # llama.cpp has no top-a sampler
@@ -128,7 +127,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("repetition_penalty", "float", "Multiplicative penalty on repeated tokens (1 is none).", 1.0, 0, 2, exclusive_minimum=True, step=0.01,
           wire={"llama_cpp": "repeat_penalty"}),
     Param("seed", "int", "Seed for sampling: the same seed and parameters should repeat the output.", step=1, absent="none", start=1),
-    Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1, start=256, ceiling=131_000,
+    Param("max_tokens", "int", "Upper bound on the number of generated tokens.", None, 1, None, step=1, start=256,
           wire={"responses": "max_output_tokens"}),
     Param("stop", "stop", "Stop generating when one of these strings appears (up to 4); in a cell, \\n is a newline "
           "(\\t a tab, \\\\ a backslash).", absent="none", wire={"messages": "stop_sequences"}),

@@ -69,6 +69,17 @@ def test_a_touched_control_is_sent_and_copied_and_logprobs_is_one_toggle(panel: 
     assert not isinstance(panel.controls["logprobs"].value, type(panel.controls["logprobs"].send))  # no second checkbox
 
 
+def test_a_value_past_a_range_is_refused_by_name_not_clamped(panel: Panel, server: FakeOpenRouter) -> None:
+    """A bounded box would clamp 25 to 20 without a word, and Copy as cell would show the 20."""
+    panel.controls["top_logprobs"].value.value = 25
+    assert panel.controls["top_logprobs"].value.value == 25
+    panel.run_button.click()
+    assert "top_logprobs 25 is out of range: must be an integer, 0 &lt;= top_logprobs &lt;= 20 (nothing was sent)" in panel.message.value
+    assert server.chat_requests == [] and not panel.running
+    panel.copy_button.click()
+    assert "top_logprobs 25 is out of range" in panel.message.value and panel.cell_text.value == ""
+
+
 def test_only_the_mode_in_use_shows_its_fields_and_the_model_box_names_what_runs(panel: Panel) -> None:
     assert panel.compare_fields.layout.display == "none"
     panel.mode.value = "compare"

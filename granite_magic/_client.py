@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import _errors as errors
 from ._errors import RETRYABLE_STATUS, StreamRedactor, error_for_status, parse_retry_after, redact
-from ._events import Accumulator, ErrorEvent, Progress, TextDelta, UsageReport
+from ._events import Accumulator, ErrorEvent, Progress, TextDelta, TokenLogprobs, UsageReport
 from ._params import Sampling
 from ._result import Result
 from ._runner import BackgroundLoop, get_loop
@@ -816,11 +816,18 @@ class _Watch:
 
 def _trusted(events: Sequence[Any], redactor: StreamRedactor) -> list[Any]:
     """``events`` as a reply may keep them from a server it cannot trust: text through ``redactor`` (a delta held back
-    whole stays, empty: it arrived), and a billed cost that is not a finite number >= 0 unknown (None)."""
-    return [TextDelta(redactor.text(event.text)) if isinstance(event, TextDelta)
-            else UsageReport(replace(event.usage, cost=_price(event.usage.cost)))
-            if isinstance(event, UsageReport) and event.usage.cost is not None else event
-            for event in events]
+    whole stays, empty: it arrived), token probabilities dropped once the key has been in the text (their texts would
+    spell it: the reply's text shows unshaded instead), and a billed cost that is not a finite number >= 0 unknown."""
+    trusted: list[Any] = []
+    for event in events:
+        if isinstance(event, TextDelta):
+            event = TextDelta(redactor.text(event.text))
+        elif isinstance(event, TokenLogprobs) and redactor.touched:
+            continue
+        elif isinstance(event, UsageReport) and event.usage.cost is not None:
+            event = UsageReport(replace(event.usage, cost=_price(event.usage.cost)))
+        trusted.append(event)
+    return trusted
 
 
 def _sent_parameters(body: Mapping[str, Any]) -> list[str]:

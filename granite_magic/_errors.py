@@ -254,16 +254,20 @@ class StreamRedactor:
         self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
         self._held = ""  # not shown yet: it may be the start of a secret
         self._tail = ""  # the last characters shown, where a secret may have begun
+        self.touched = False  # a secret (or what may be its start) has been in the text: its tokens are not to be kept
 
     def text(self, piece: str) -> str:
         if not self._secrets:
             return piece
         text = self._held + piece
         for secret in self._secrets:
-            text = _replace_continuing(self._tail, text, secret)
+            replaced = _replace_continuing(self._tail, text, secret)
+            self.touched = self.touched or replaced != text
+            text = replaced
         window = self._tail + text
         held = min(len(text), max(_secret_start(window, secret, self.HOLD_FROM) for secret in self._secrets))
         shown, self._held = text[: len(text) - held], text[len(text) - held :]
+        self.touched = self.touched or bool(self._held)
         self._tail = (self._tail + shown)[-(self.HOLD_FROM - 1) :]
         return shown
 

@@ -274,6 +274,27 @@ def test_a_key_streamed_back_as_text_is_redacted_however_it_is_split(hostile: Ho
     assert result.text.count("[redacted]") == 2
 
 
+def _with_probability(piece: str) -> dict[str, Any]:
+    chunk = text_chunk(piece)
+    chunk["choices"][0]["logprobs"] = {"content": [{"token": piece, "logprob": -0.1, "bytes": None,
+                                                    "top_logprobs": [{"token": piece, "logprob": -0.1, "bytes": None}]}]}
+    return chunk
+
+
+def test_a_key_streamed_back_leaves_no_trace_in_token_probabilities(hostile: HostileServer,
+                                                                    make_client: Callable[..., GraniteClient]) -> None:
+    """Token texts would spell the key the text no longer shows: from where it starts, no probabilities are kept
+    (the reply's text shows unshaded there), and the text before it keeps its own."""
+    pieces = _pieces(ECHO, list(range(3, len(ECHO), 4)))
+    hostile.default = sse_reply(*(_with_probability(piece) for piece in pieces), finish_chunk())
+    result = make_client(hostile.base_url).chat("hi", logprobs=True, top_logprobs=1)
+    assert result.text.count("[redacted]") == 2 and KEY[:8] not in repr(result.to_dict())
+    known = [token for token in result.tokens if token.known]
+    assert known and "".join(token.text for token in known) == ECHO[: len("".join(t.text for t in known))]  # the start
+    assert KEY[:8] not in "".join(token.text for token in result.tokens)
+    assert KEY[:8] not in "".join(alt.text for token in result.tokens for alt in token.top)
+
+
 def test_a_key_streamed_back_is_redacted_in_a_cell_and_its_recording(ip: InteractiveShell, hostile: HostileServer, cached: Any,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """What the cell shows, ``-o`` and the recording hold no key; replaying the recording gives the same text."""

@@ -69,11 +69,16 @@ print(times[0], times[1])
 """
 
 
+_CACHE_HOME = tempfile.mkdtemp(prefix="bench-load-cache-")
+
+
 def environment(path: Path | None) -> dict[str, str]:
     """Users' interpreters keep bytecode caches (a sandbox that sets PYTHONDONTWRITEBYTECODE would measure the
     compiler instead); ``path`` puts another copy of the package first."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["OPENROUTER_API_KEY"] = env.get("OPENROUTER_API_KEY") or "sk-or-v1-bench"
+    # Probe reports of the user's own (of any version) must not decide what a sample does.
+    env["XDG_CACHE_HOME"] = _CACHE_HOME
     if path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env

@@ -259,6 +259,10 @@ class StreamRedactor:
     def text(self, piece: str) -> str:
         if not self._secrets:
             return piece
+        if not self._held and not any(secret[: self.HOLD_FROM] in self._tail + piece for secret in self._secrets):
+            # Nearly every delta: no secret's first HOLD_FROM characters in sight, so nothing to replace or hold.
+            self._tail = (self._tail + piece)[-(self.HOLD_FROM - 1) :]
+            return piece
         text = self._held + piece
         for secret in self._secrets:
             replaced = _replace_continuing(self._tail, text, secret)

@@ -141,7 +141,7 @@ class GraniteMagics(Magics):
 
             shell = self.shell
             self._environment = _granite_environment()
-            self._session = Session(self.settings(), cell_number=lambda: getattr(shell, "execution_count", None))
+            self._session = Session(self.settings(), cell_number=lambda: _cell_number(shell))
         return self._session
 
     def _follow_environment(self) -> None:
@@ -692,6 +692,16 @@ def _refused(exc: errors.GraniteError) -> str:
 
     advice = ADVICE.get(exc.kind)
     return f"{worded(exc, cell_spelling).rstrip('.')} (nothing was sent)" + (f". {advice}" if advice else "")
+
+
+def _cell_number(shell: Any) -> int | None:
+    """The ``In[N]`` of the cell running now (IPython counts the next cell from the moment one starts), or of the
+    last one when none is (a panel's run)."""
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if running is not None and running.execution_count is not None:
+        return int(running.execution_count)
+    count = getattr(shell, "execution_count", None)
+    return count - 1 if isinstance(count, int) and count > 1 else None
 
 
 def _granite_environment() -> dict[str, str]:

@@ -27,6 +27,7 @@ def test_saved_notebook_keeps_the_reply_as_markdown_with_metadata(
         nbformat.v4.new_code_cell(f"%load_ext granite_magic\n%config GraniteMagics.base_url = {server.base_url!r}"),
         nbformat.v4.new_code_cell("%%granite --seed 4 --temperature 0.7 -o r\nTell me about granite"),
         nbformat.v4.new_code_cell("print(r.finish_reason, r.partial)"),
+        nbformat.v4.new_code_cell("import granite_magic\nprint(list(granite_magic.usage()['cell']))"),
     ]
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
     path = tmp_path / "saved.ipynb"
@@ -46,6 +47,7 @@ def test_saved_notebook_keeps_the_reply_as_markdown_with_metadata(
     # the live widget was replaced by the static output, so the reply does not depend on widget state
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert saved.cells[2].outputs[0]["text"].strip() == "stop False"
+    assert saved.cells[3].outputs[0]["text"].strip() == f"[{saved.cells[1].execution_count}]"  # the ledger's cell is In[N]
     assert TEST_KEY not in path.read_text()
 
 

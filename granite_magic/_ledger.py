@@ -164,11 +164,30 @@ class Ledger:
             head += f" of a {usd(budget, 2)} budget ({usd(max(0.0, budget - self.total_cost))} left)"
         if totals["unknown_cost_runs"]:
             head += f" · {_unknown_runs(self.entries)}"
+        entries = self.entries
         rows = [f"  {e.time[11:19]}  cell {e.cell if e.cell is not None else '-':>4}  {e.kind:<6} {e.backend:<5} "
                 f"{(e.model or '?')[:40]:<40} {e.completion_tokens:>6} tok  "
                 f"{'cost unknown' if e.unknown else usd(e.cost)}{' (cached)' if e.cached else ''}"
-                for e in self.entries[-last:]]
-        return "\n".join([head, *rows])
+                for e in entries[-last:]]
+        by_model = _grouped(entries, lambda e: (e.model or "?")[:40])
+        by_cell = _grouped(entries, lambda e: f"cell {e.cell}" if e.cell is not None else "outside a cell")[-last:]
+        earlier = f"the last {last} of {len(entries)} runs" if len(entries) > last else "runs"
+        return "\n".join([head, "by model:", *by_model, f"by cell{' (the last ' + str(last) + ')' if len(by_cell) == last else ''}:",
+                          *by_cell, f"{earlier}:", *rows])
+
+
+def _grouped(entries: Sequence[LedgerEntry], key: Callable[[LedgerEntry], str]) -> list[str]:
+    """One line per group, in order of first appearance: its runs, tokens and cost."""
+    groups: dict[str, list[LedgerEntry]] = {}
+    for entry in entries:
+        groups.setdefault(key(entry), []).append(entry)
+    lines = []
+    for name, members in groups.items():
+        tokens = sum((e.prompt_tokens or 0) + e.completion_tokens for e in members)
+        unknown = sum(e.unknown for e in members)
+        cost = usd(sum(e.cost for e in members)) + (f" + {unknown} unknown" if unknown else "")
+        lines.append(f"  {name:<40} {len(members):>4} run{'s' if len(members) != 1 else ' '} {tokens:>9,} tok  {cost}")
+    return lines
 
 
 def _unknown_runs(entries: Sequence[LedgerEntry]) -> str:

@@ -99,9 +99,30 @@ def test_usage_in_a_cell(ip: InteractiveShell, server: FakeOpenRouter, capsys: A
     run(ip, "--seeds 1-2 --max-tokens 5", "Hi")
     frame = granite_magic.usage()
     assert len(frame) == before + 3 and frame["cost"].sum() == pytest.approx(ledger.total_cost, abs=1e-12)
-    assert list(frame["kind"][-3:]) == ["single", "grid", "grid"] and frame["cell"].notna().all()
+    assert list(frame["kind"][-3:]) == ["single", "grid", "grid"]
+    count = ip.execution_count
+    ip.run_cell("%%granite --seed 2 --max-tokens 5\nHi")  # a cell as a notebook runs it: the ledger says which
+    assert granite_magic.usage()["cell"].iloc[-1] == count
     ip.run_line_magic("granite", "usage")
-    assert f"{before + 3} runs" in capsys.readouterr().out
+    assert f"{before + 4} runs" in capsys.readouterr().out
+
+
+def test_usage_sums_up_by_model_and_by_cell_with_totals() -> None:
+    """Not only the last 10 rows: what each model and each cell cost, every run counted."""
+    from granite_magic import Result, Usage
+    from granite_magic._ledger import Ledger
+
+    cells = iter([3, 3, 3, 5] + [6] * 12)
+    ledger = Ledger(lambda: next(cells))
+    for model, cost in [("granite", 0.001), ("granite", 0.002), ("gemma.gguf", 0.0), ("granite", 0.003)] + [("granite", 0.0001)] * 12:
+        ledger.record(Result(text="hi", model=model, chunks=1, usage=Usage(prompt_tokens=10, completion_tokens=5, cost=cost)),
+                      backend="http", kind="single")
+    text = ledger.summary()
+    by_model = text[text.index("by model:"):text.index("by cell")]
+    assert "granite" in by_model and "15 runs" in by_model and "$0.007200" in by_model and "1 run " in by_model
+    by_cell = text[text.index("by cell"):text.index("the last 10 of 16 runs:")]
+    assert "cell 3" in by_cell and "3 runs" in by_cell and "$0.003000" in by_cell and "12 runs" in by_cell
+    assert len(text[text.index("the last 10 of 16 runs:"):].splitlines()) == 11
 
 
 def test_a_budget_in_a_cell_is_shown_and_holds(ip: InteractiveShell, server: FakeOpenRouter) -> None:

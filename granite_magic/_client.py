@@ -331,6 +331,10 @@ class BaseClient:
         """The listing for ``model`` (default: the client's), or None if it is not listed."""
         return self.models().get(model or self.model)
 
+    def listed(self, model: str) -> ModelInfo | None:
+        """The model's listing if it has been read already; never a request (for code on the loop that cannot wait)."""
+        return None
+
     async def listing(self, model: str) -> ModelInfo | None:
         """The model's listing, or None when it is not known.  Never raises, never waits long:
         the listing only feeds warnings and estimates, so no failure of it may reach the user."""
@@ -424,6 +428,9 @@ class GraniteClient(BaseClient):
     @property
     def host(self) -> str:
         return host_of(self.base_url)
+
+    def listed(self, model: str) -> ModelInfo | None:
+        return (self._models or {}).get(model)
 
     def routing(self, *, strict: bool) -> dict[str, Any]:
         """``--strict``: only providers that honour every parameter sent (OpenRouter's ``require_parameters``)."""

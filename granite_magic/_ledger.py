@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from ._client import ModelInfo
     from ._shapes import Request
 
-__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "known_cost", "prompt_token_bound", "usd",
-           "worst_case", "worst_case_cost"]
+__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "known_cost", "prompt_token_bound",
+           "spent_bound", "usd", "worst_case", "worst_case_cost"]
 
 # Where an entry's cost comes from: the stream, a lookup after the run, the local backend (free), a request that
 # failed before anything was generated (nothing billed), or nowhere yet (unknown: none reported, or not a valid amount).
@@ -221,6 +221,13 @@ def worst_case(info: ModelInfo | None, requests: Sequence[Request]) -> float | N
     costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
                              info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
     return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+
+def spent_bound(info: ModelInfo | None, request: Request, completion_tokens: int) -> float | None:
+    """The most a reply stopped after ``completion_tokens`` can have cost: the prompt at most, and those tokens."""
+    if info is None:
+        return None
+    return worst_case_cost(prompt_token_bound(request.messages), completion_tokens, info.prompt_price, info.completion_price, None)
 
 
 def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1) -> None:

@@ -26,7 +26,7 @@ from ._cache_use import CacheUse, RecordingAccumulator, cache_use
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
 from ._events import Accumulator, Progress
-from ._ledger import BudgetError, Ledger, RunKind, check_budget, worst_case
+from ._ledger import BudgetError, Ledger, RunKind, check_budget, spent_bound, worst_case
 from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._requests import Conversation, build_request, check_context
@@ -242,8 +242,12 @@ class Session:
                 return
             result = job.outcome()[0]
             client = job.target.client
+            bound = job.bound
+            if bound is None and result.cost is None and result.ended == "interrupted" and not client.free:
+                # An interrupted reply is billed for what was generated; until a lookup says what, count at most that.
+                bound = spent_bound(client.listed(job.request.model), job.request, result.completion_tokens or result.chunks)
             index = self.ledger.record(result, backend=client.kind, kind=kind, cached=result.cached, free=client.free,
-                                       bound=job.bound)
+                                       bound=bound)
             if result.cost is None and not result.cached and result.generation_id:
                 self._look_up_cost(job.target, result.generation_id, index)
 

@@ -216,3 +216,38 @@ def test_credits_show_what_is_left_and_never_the_key(ip: InteractiveShell, serve
     shown_text = capsys.readouterr().out
     used = sum(server.costs.values())
     assert f"used ${used:.6f} of a $10.00 limit" in shown_text and TEST_KEY not in shown_text
+
+
+class _InterruptAfterTokens:
+    """A live view that presses Ctrl-C once some text has streamed."""
+
+    def __init__(self, chunks: int) -> None:
+        import threading
+
+        self.chunks, self.main = chunks, threading.main_thread().ident
+
+    async def run(self, acc: Progress) -> None:
+        import asyncio
+        import signal
+
+        while acc.chunks < self.chunks:
+            await asyncio.sleep(0.01)
+        assert self.main is not None
+        signal.pthread_kill(self.main, signal.SIGINT)
+        await asyncio.Event().wait()
+
+
+def test_an_interrupted_reply_counts_what_it_can_have_cost(session: Session, server: FakeOpenRouter) -> None:
+    """A provider bills an interrupted reply for what it generated: the ledger counts its bound (the prompt at most and
+    the tokens that arrived, at the listed prices), marked as such, not $0."""
+    from granite_magic.testing import Scenario
+
+    session.run(Turn("Hi", sampling=Sampling({"max_tokens": 5})))  # reads the listing, as any first cell does
+    spent = session.ledger.total_cost
+    server.push(Scenario(tokens=400, tokens_per_s=40))
+    result, _ = session.run(Turn("Write a lot"), _InterruptAfterTokens(5))
+    assert result.ended == "interrupted" and result.cost is None
+    entry = session.ledger.entries[-1]
+    assert entry.cost_source == "unknown" and entry.bound is not None and entry.bound > 0
+    assert session.ledger.total_cost == pytest.approx(spent + entry.bound)
+    assert "counted at its worst case" in session.ledger.summary()

@@ -345,10 +345,15 @@ class GraniteMagics(Magics):
         from IPython.display import display
 
         from ._branch import Branches
-        from ._lens import lens_view
+        from ._lens import lens_view, run_settings
 
         branches = Branches(self.session, job.turn, job.target, result)
-        box = w.VBox([lens_view(result.tokens, result.probs_kind, on_branch=branches.branch), branches.widget])
+        sampling = job.request.sampling
+        stated = getattr(job.target.client, "sampler_defaults", None)  # what the backend samples with when not told
+        run, label = run_settings(sampling, stated() if callable(stated) else None)  # the sliders start there
+        lens = lens_view(result.tokens, result.probs_kind, on_branch=branches.branch, run=run, run_label=label,
+                         listed=sampling.get("top_logprobs"))
+        box = w.VBox([lens, branches.widget])
         # Where widgets are not rendered (GitHub, a notebook reopened without its widget state) a line says what was
         # here, not the VBox's repr; the shaded reply above stays in the notebook either way.
         bundle = dict(box._repr_mimebundle_() or {})

@@ -27,6 +27,7 @@ from granite_magic._lens import (
     resample,
     shaded_html,
     step_distribution,
+    step_rows,
     surprisal,
     tokens_frame,
 )
@@ -385,8 +386,24 @@ def view(recorded_comms: list[Any], no_network: None, branches: list[tuple[int, 
     v.close()
 
 
+def table_rows(table: str) -> list[list[str]]:
+    """The table's rows as the cells' text: marker, token, model, [at the run,] now, what the filters did."""
+    rows = []
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]:
+        cells = [html_text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        rows.append(cells)
+    return rows
+
+
+def html_text(fragment: str) -> str:
+    import html
+
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment)).strip()
+
+
 def now_column(table: str) -> list[float]:
-    return [float(p) for p in re.findall(r'<td class="gm-lens-n">[\d.]+%</td><td class="gm-lens-n">([\d.]+)%', table)]
+    """The "now" percentages of the listed alternatives (exact ones only)."""
+    return [float(row[-2].rstrip("%")) for row in table_rows(table) if row[1] != "all other tokens"]
 
 
 def test_the_view_is_a_vbox_starting_at_the_first_fork(view: Any) -> None:
@@ -395,7 +412,7 @@ def test_the_view_is_a_vbox_starting_at_the_first_fork(view: Any) -> None:
     assert isinstance(view, ipywidgets.VBox) and isinstance(view, lens_view_class())
     assert (view.temperature.value, view.top_k.value, view.top_p.value, view.min_p.value) == (1.0, 0, 1.0, 0.0)
     assert (view.temperature.min, view.temperature.max, view.temperature.step, view.top_k.max) == (0.0, 2.0, 0.05, 3)
-    assert view.step.value == 1 and "␣stones" in view.table.value
+    assert view.lens.selected == 1 and view.token.value == 2 and "␣stones" in view.table.value  # the second token
     assert "before any sampler" in view.header.value
 
 
@@ -404,10 +421,10 @@ def test_moving_temperature_changes_the_new_percentages_with_no_request(view: An
     assert before == pytest.approx([50.0, 30.0, 20.0])
     view.temperature.value = 0.5
     after = now_column(view.table.value)
-    expected = resample(view.lens.tokens, temperature=0.5)[1]
+    expected = resample(view.lens.tokens, temperature=0.5)[1]  # this step's list is the whole distribution
     assert after == pytest.approx([round(p * 100, 1) for p in expected.values()])
     assert after[0] > before[0]
-    assert f"model 30.0% → now {expected[' rocks'] * 100:.1f}%" in view.table.value  # the picked token's new probability
+    assert f"model 30.0% → now {expected[' rocks'] * 100:.1f}%" in html_text(view.table.value)  # the picked token's new probability
 
 
 def test_filters_show_what_they_cut_and_strike_impossible_picks(view: Any) -> None:
@@ -422,31 +439,41 @@ def test_filters_show_what_they_cut_and_strike_impossible_picks(view: Any) -> No
     assert "not the most likely (temperature 0)" in view.table.value
 
 
-def test_selecting_a_step_shows_its_alternatives(view: Any) -> None:
-    view.step.value = 2
-    assert "␣were" in view.table.value and "step 2 of 4" in view.table.value
+def test_selecting_a_token_shows_its_alternatives(view: Any) -> None:
+    view.token.value = 3
+    assert "␣were" in view.table.value and "token 3 of 4" in view.table.value
     assert [b.description for b in view.branch_buttons if b.layout.display != "none"] == ["␣are", "␣were"]
-    view.step.value = 3
+    assert view.branch_buttons[1].tooltip == "replace token 3 with ' were' and continue from there"
+    view.token.value = 4
     assert HOSTILE not in view.table.value and HOSTILE not in view.strip.value
     assert "&lt;img␣src=x␣onerror=alert(1)&gt;" in view.table.value
 
 
+def test_tokens_are_counted_from_one_wherever_a_person_reads_them(view: Any) -> None:
+    assert (view.token.description, view.token.min, view.token.max) == ("token", 1, 4)
+    titles = re.findall(r'title="([^"]*)"', view.strip.value)
+    assert titles[0].startswith("token 1 · ") and titles[3].startswith("token 4 · ")
+    assert "step" not in html_text(view.table.value) + " ".join(titles)
+    tooltips = re.findall(r'title="([^"]*)"', shaded_html(view.lens.tokens, kind="raw"))
+    assert tooltips[0].startswith("token 1 · ") and tooltips[-1].startswith("token 4 · ")
+
+
 def test_clicking_an_alternative_branches(view: Any, branches: list[tuple[int, str]]) -> None:
-    view.step.value = 1
+    view.token.value = 2
     view.branch_buttons[2].click()
-    view.step.value = 0
+    view.token.value = 1
     view.branch_buttons[1].click()
-    assert branches == [(1, " hills"), (0, "A")]
+    assert branches == [(1, " hills"), (0, "A")]  # the callback takes the index into tokens
 
 
 def test_fork_buttons_walk_the_forks(view: Any) -> None:
     assert view.lens.forks == [1, 3]
     view.next_fork.click()
-    assert view.step.value == 3
+    assert view.token.value == 4
     view.next_fork.click()
-    assert view.step.value == 3
+    assert view.token.value == 4
     view.prev_fork.click()
-    assert view.step.value == 1
+    assert view.token.value == 2
 
 
 def test_without_a_callback_branch_buttons_are_disabled(recorded_comms: list[Any]) -> None:
@@ -467,3 +494,144 @@ def test_the_lens_state_renders_without_widgets() -> None:
     lens.set_samplers(Samplers(top_k=1))
     assert lens.impossible() == [1] and lens.picked_now(0) == 1.0
     assert lens.entropy_svg().startswith("<svg") and "<script" not in lens.entropy_svg()
+
+
+# --- the tokens that were not listed: their own row, and what can be proven about them ---------------------
+
+
+DASH = "\u2013"  # between the bounds of a range: 83.8-85.3% with an en dash
+
+# A step like notebook 05's first token: ten listed alternatives cover 43.8% of the probability.
+WIDE = tok("Complete", ("Complete", 0.207), ("The", 0.095), ("complete", 0.045), ("(", 0.019), ("1", 0.017),
+           ("I", 0.013), ("In", 0.013), ("You", 0.011), ("Which", 0.010), ("Select", 0.008))
+
+
+def test_at_the_runs_settings_now_is_the_models_own(recorded_comms: list[Any]) -> None:
+    v = lens_view([WIDE], "raw", run=Samplers())
+    rows = table_rows(v.table.value)
+    assert rows[0][:4] == ["▶", "Complete", "20.7%", "20.7%"]  # not renormalised over the listed ten (47.1%)
+    assert all(row[2] == row[3].split()[0] for row in rows)  # every row: now equals model
+    assert rows[-1][1:4] == ["all other tokens", "56.2%", "56.2%"]  # the unlisted probability keeps its own row
+    assert "model 20.7% → now 20.7%" in html_text(v.table.value)
+    assert "could not" not in v.summary.value and DASH not in html_text(v.table.value)  # nothing uncertain, nothing cut
+    v.close()
+
+
+def test_a_temperature_change_shows_what_can_be_proven(recorded_comms: list[Any]) -> None:
+    v = lens_view([WIDE], "raw", run=Samplers())
+    v.temperature.value = 0.4
+    rows = {row[1]: row for row in table_rows(v.table.value)}
+    low, high = (float(x) for x in rows["Complete"][3].split()[0].rstrip("%").split(DASH))
+    # the 56.2% not listed is made of tokens of at most 0.8% each (the least likely listed one): at 0.4 they keep
+    # between nothing (spread thin over the vocabulary) and 1.7% (in 0.8% pieces), so "Complete" lies in between
+    spread_thin = resample([WIDE], temperature=0.4)[0]["Complete"] * 100  # as if the unlisted held nothing
+    assert (low, high) == (83.8, pytest.approx(spread_thin, abs=0.05))
+    assert rows["all other tokens"][2:4] == ["56.2%", f"0.0{DASH}1.7%"] and "holds however it is spread" in v.table.value
+    v.temperature.value = 1.0
+    assert [row[2] == row[3].split()[0] for row in table_rows(v.table.value)] == [True] * 11
+    v.close()
+
+
+def test_the_sliders_start_at_the_runs_settings(recorded_comms: list[Any]) -> None:
+    run = Samplers(temperature=0.2, top_k=40, top_p=0.95, min_p=0.05)  # llama-cpp-python's chat defaults
+    v = lens_view([WIDE], "raw", run=run, run_label="temperature 0.2, top-k 40, top-p 0.95, min-p 0.05 (not sent: the backend's defaults)")
+    assert (v.temperature.value, v.top_k.value, v.top_p.value, v.min_p.value) == (0.2, 40, 0.95, 0.05)
+    assert v.top_k.max >= 40 and "the sliders start at the run&#x27;s settings: temperature 0.2" in v.header.value
+    assert "at the run" in re.findall(r"<tr[^>]*>(.*?)</tr>", v.table.value, re.S)[0]
+    assert all(row[3] == row[4].split()[0] for row in table_rows(v.table.value))  # untouched: the run is now
+    v.temperature.value, v.top_k.value = 1.0, 0
+    assert any(row[3] != row[4].split()[0] for row in table_rows(v.table.value))
+    v.reset.click()
+    assert (v.temperature.value, v.top_k.value, v.top_p.value, v.min_p.value) == (0.2, 40, 0.95, 0.05)
+    assert all(row[3] == row[4].split()[0] for row in table_rows(v.table.value))
+    v.close()
+
+
+def test_run_settings_say_what_was_sent_and_what_was_a_default() -> None:
+    from granite_magic._lens import run_settings
+
+    samplers, label = run_settings({"temperature": 0.8, "seed": 3})
+    assert samplers == Samplers(temperature=0.8)
+    assert label == "temperature 0.8 (sent); top-k off, top-p 1, min-p 0 (not sent: the API's documented defaults)"
+    samplers, label = run_settings({"top_k": 5}, {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05})
+    assert samplers == Samplers(temperature=0.2, top_k=5, top_p=0.95, min_p=0.05)
+    assert label == "top-k 5 (sent); temperature 0.2, top-p 0.95, min-p 0.05 (not sent: the backend's defaults)"
+
+
+def test_picks_outside_the_list_are_not_called_impossible(recorded_comms: list[Any]) -> None:
+    # the second pick was not among the three listed: at default settings it was as possible as the model said
+    tokens = [tok("a", *ABC), tok("z", ("x", 0.5), ("y", 0.2), ("w", 0.1), prob=0.05), tok("a", *ABC)]
+    v = lens_view(tokens, "server", run=Samplers())
+    assert "gm-lens-x" not in v.strip.value and "could not have been made" not in v.summary.value
+    assert "1 of the picks is not among the 3 listed alternatives" in v.summary.value
+    assert "token 2 · model 5.0% → now 5.0% · not among the 3 listed" in v.strip.value
+    v.token.value = 2
+    rows = table_rows(v.table.value)
+    assert rows[3][:5] == ["▶", "z", "5.0%", "5.0%", "not among the 3 listed · kept"]
+    assert rows[4][1:4] == ["all other tokens", "15.0%", "15.0%"]
+    v.top_k.value = 2  # top-k inside the list: the pick is certainly cut
+    assert "gm-lens-x" in v.strip.value and "1 of the picks could not have been made" in v.summary.value
+    v.top_k.value = 0
+    v.top_p.value = 0.9  # the cut lies among the tokens not listed: the pick may or may not survive
+    assert "gm-lens-m" in v.strip.value and "1 might not have been (dotted" in v.summary.value
+    assert "may be cut by top-p (the tokens not listed decide)" in v.table.value
+    v.close()
+
+
+def test_a_pick_appended_past_the_k_asked_for_is_shown_as_not_listed() -> None:
+    # a server that sent 20 alternatives for --probs 2 has the pick's own kept after the first two
+    token = tok("c", ("a", 0.5), ("b", 0.3), ("c", 0.01))
+    lens = Lens([token], "server", listed=2)
+    assert lens.unlisted() == [0] and lens.steps[0].texts == ("a", "b")
+    lens.set_samplers(Samplers(top_k=3))  # one place after the list, but the rest may hold a likelier token
+    assert lens.uncertain() == [0] and lens.impossible() == []
+
+
+@st.composite
+def vocabularies(draw: st.DrawFn) -> tuple[list[float], int, int]:
+    """A whole vocabulary's probabilities (most likely first), how many are listed, and which was picked."""
+    weights = draw(st.lists(st.floats(0.001, 1.0), min_size=2, max_size=30, unique=True))
+    power = draw(st.sampled_from([1.0, 3.0, 8.0]))  # from flat to peaked
+    weights = sorted((w**power for w in weights), reverse=True)
+    total = sum(weights)
+    listed = draw(st.integers(1, min(8, len(weights))))
+    return [w / total for w in weights], listed, draw(st.integers(0, len(weights) - 1))
+
+
+def whole_chain(probs: list[float], s: Samplers) -> list[float]:
+    """llama.cpp's chain over a whole (small) vocabulary, everything known."""
+    alive = list(range(len(probs)))[: s.top_k] if s.top_k else list(range(len(probs)))
+    if s.top_p is not None:
+        total, running, kept = sum(probs[i] for i in alive), 0.0, []
+        for i in alive:
+            if running / total >= s.top_p - 1e-9:
+                break
+            kept.append(i)
+            running += probs[i]
+        alive = kept
+    if s.min_p is not None:
+        alive = [i for i in alive if math.log(probs[i]) >= math.log(probs[alive[0]]) + math.log(s.min_p) - 1e-9]
+    alive = alive[:1] if s.temperature == 0 else alive
+    weights = {i: math.exp((math.log(probs[i]) - math.log(probs[alive[0]])) / (s.temperature or 1.0)) for i in alive}
+    return [weights.get(i, 0.0) / sum(weights.values()) for i in range(len(probs))]
+
+
+@given(vocabularies(), settings_strategy)
+def test_the_bounds_hold_however_the_unlisted_tokens_are_spread(vocabulary: tuple[list[float], int, int], s: Samplers) -> None:
+    """The lens sees the top K of a whole vocabulary and the pick; the truth, computed over all of it, lies within
+    every row's bounds, a cut row is never picked, and a kept one always can be."""
+    probs, listed, picked = vocabulary
+    texts = [f"t{i}" for i in range(len(probs))]
+    token = Token(texts[picked], math.log(probs[picked]), tuple(Alternative(texts[i], math.log(probs[i])) for i in range(listed)))
+    truth = whole_chain(probs, s)
+    rows = step_rows(token, s, listed=listed)
+    shown = {texts.index(row.text) for row in rows if row.text is not None}
+    noise = 1e-6  # what 1 - listed - pick leaves by rounding (1e-16) can weigh its square root at temperature 2
+    for row in rows:
+        value = truth[texts.index(row.text)] if row.text is not None else sum(truth[i] for i in range(len(probs)) if i not in shown)
+        assert row.now.lo - noise <= value <= row.now.hi + noise, (row, value)
+        assert row.fate != "cut" or value == 0
+        assert row.fate != "kept" or row.text is None or value > 0
+    assert sum(row.now.lo for row in rows) <= 1 + noise <= sum(row.now.hi for row in rows) + 2 * noise
+    neutral = step_rows(token, Samplers(), listed=listed)
+    assert all(row.now.lo == row.now.hi == pytest.approx(row.model, abs=1e-12) for row in neutral)

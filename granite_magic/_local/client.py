@@ -122,6 +122,10 @@ class LocalClient(BaseClient):
         """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
         return "prompted"
 
+    def sampler_defaults(self) -> dict[str, Any]:
+        """What llama.cpp samples with when a request does not set a parameter (the sampling lens starts there)."""
+        return dict(_chat_defaults())
+
     def model_file(self) -> tuple[str, Path | None]:
         """The GGUF's name, and its path when the file is here already (without loading or downloading it)."""
         return self.model, self.model_path()

@@ -63,7 +63,10 @@ CELL_SOURCE_MAX_CHARS = 8000
 CELL_OUTPUT_MAX_CHARS = 2000  # Out[N] is a repr; pandas already shortens frames, other objects may not
 
 # Shown parts of big values: enough for a model to see the shape of the data, few enough to stay small.
-HEAD_ROWS = (3, 2, 1)  # the most head rows that fit the cap, tried in this order
+# (head rows, rows with a missing value after them): the most that fit the cap, tried in this order.  Rows with a
+# missing value are shown besides the head because questions are often about them.
+HEAD_ROWS = ((3, 3), (3, 1), (2, 1), (1, 1))
+SMALL_FRAME_ROWS = 10  # a frame this small is shown whole (when it fits the cap)
 FRAME_COLUMNS = 12  # columns listed with their dtypes (a wide frame says how many more)
 HEAD_COLUMNS = 10
 STAT_COLUMNS = 6
@@ -229,13 +232,27 @@ def _has_default_index(index: Any) -> bool:
     return type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1
 
 
-def _frame_head(frame: Any, n: int) -> str:
-    head = frame.iloc[:n, :HEAD_COLUMNS]  # only these cells are ever turned into text
+def _shown_rows(frame: Any, rows: tuple[int, int] | None) -> tuple[list[int], str]:
+    """The positions of the rows to show and how to call them: every row (``rows`` None), or the first ``n`` and
+    the first ``missing`` rows with a missing value after them."""
+    if rows is None:
+        return list(range(len(frame))), f"all {_count(len(frame), 'row')}"
+    n, missing = rows
+    first = list(range(min(n, len(frame))))
+    gaps = [int(i) for i in frame.isna().to_numpy().any(axis=1).nonzero()[0][: n + missing] if i >= n][:missing]
+    words = f"first {_count(len(first), 'row')}"
+    return first + gaps, words + (f", and {_count(len(gaps), 'row')} with a missing value" if gaps else "")
+
+
+def _frame_head(frame: Any, rows: tuple[int, int] | None) -> str:
+    positions, words = _shown_rows(frame, rows)
+    head = frame.iloc[positions, :HEAD_COLUMNS]  # only these cells are ever turned into text
     if len(head) == 0:
         return ""
-    with_index = not _has_default_index(frame.index)
+    # A row's label says where it is when the rows shown are not the first ones in order.
+    with_index = not _has_default_index(frame.index) or positions != list(range(len(positions)))
     names = (["(index)"] if with_index else []) + [_cut(_safe_str(c)) for c in head.columns]
-    lines = [f"first {_count(len(head), 'row')}" + (f" (first {HEAD_COLUMNS} columns):" if frame.shape[1] > HEAD_COLUMNS else ":")]
+    lines = [words + (f" (first {HEAD_COLUMNS} columns):" if frame.shape[1] > HEAD_COLUMNS else ":")]
     lines.append(" | ".join(names))
     for i in range(len(head)):
         cells = [_cell(head.index[i])] if with_index else []
@@ -248,8 +265,8 @@ def _describe_frame(frame: Any, budget: int) -> str:
     missing = _missing([_cut(_safe_str(c)) for c in frame.columns], [rows - int(n) for n in frame.count()])
     fixed = [f"{_count(rows, 'row')}, {_count(cols, 'column')}", _frame_columns(frame), missing, _frame_stats(frame)]
     # Head rows come last and shrink first: the shape, dtypes and statistics say more per character.
-    for n in HEAD_ROWS:
-        blocks = [*fixed, _frame_head(frame, n)]
+    for shown in ((None,) if rows <= SMALL_FRAME_ROWS else ()) + HEAD_ROWS:
+        blocks = [*fixed, _frame_head(frame, shown)]
         if _fits(blocks, budget):
             return "\n".join(block for block in blocks if block)
     return _fit(blocks, budget)

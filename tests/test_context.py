@@ -80,6 +80,17 @@ def test_a_frame_is_described_by_shape_dtypes_missing_values_statistics_and_head
     assert "1 | 10 | Oslo | True | 2024-01-01 00:00:00 | A" in text
 
 
+def test_a_small_frame_is_shown_whole_and_a_big_one_shows_its_rows_with_missing_values() -> None:
+    """A 5-row frame was described by its first 3 rows, so the row with the missing value never reached the model."""
+    rain = pd.DataFrame({"city": ["Oslo", "Lisbon", "Nairobi", "Osaka", "Lima"], "mm": [763, 774, 869, 1279, np.nan]})
+    text = describe("rain", rain)
+    assert "all 5 rows:" in text and "Lima | nan" in text
+    big = pd.DataFrame({"x": np.arange(40.0)})
+    big.loc[25, "x"] = np.nan
+    text = describe("big", big)
+    assert "first 3 rows, and 1 row with a missing value:" in text and "\n25 | nan" in text and "\n0 | 0" in text
+
+
 def test_a_frame_without_missing_values_says_so() -> None:
     assert "missing values: none" in describe("df", pd.DataFrame({"a": [1, 2]}))
 

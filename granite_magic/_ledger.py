@@ -52,7 +52,11 @@ def usd(amount: float | None, decimals: int = 6) -> str:
     known = known_cost(amount)
     if known is None:
         return "an unknown amount"
-    return f"${known:.3g}" if known >= 1e9 else f"${known:,.{decimals}f}"
+    if known >= 1e9:
+        return f"${known:.3g}"
+    while 0 < known < 10 ** -decimals * 5 and decimals < 10:  # $0.00001 is not "$0.00": enough digits to show it
+        decimals += 1
+    return f"${known:,.{decimals}f}"
 
 
 class BudgetError(InvalidParameterError):

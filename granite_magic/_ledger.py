@@ -54,7 +54,7 @@ def usd(amount: float | None, decimals: int = 6) -> str:
         return "an unknown amount"
     if known >= 1e9:
         return f"${known:.3g}"
-    while 0 < known < 10 ** -decimals * 5 and decimals < 10:  # $0.00001 is not "$0.00": enough digits to show it
+    while known and round(known, decimals) == 0 and decimals < 10:  # $0.00001 is not "$0.00": the digits to show it
         decimals += 1
     return f"${known:,.{decimals}f}"
 

@@ -256,5 +256,5 @@ def test_an_interrupted_reply_counts_what_it_can_have_cost(session: Session, ser
 def test_amounts_are_printed_with_enough_digits_to_be_seen() -> None:
     from granite_magic._ledger import Ledger, usd
 
-    assert Ledger().budget_line(0.00001) == "$0.000000 of $0.000010 budget spent"  # not "of $0.00 budget"
+    assert Ledger().budget_line(0.00001) == "$0.000000 of $0.00001 budget spent"  # not "of $0.00 budget"
     assert (usd(0.5, 2), usd(0.0, 2), usd(1e308, 2), usd(0.000123)) == ("$0.50", "$0.00", "$1e+308", "$0.000123")

@@ -92,20 +92,21 @@ class CacheUse:
         so a recording stays the baseline that later --verify runs are compared with."""
         return self.mode == "record" or (recording is None and (self.mode == "auto" or self.verify))
 
-    async def keep(self, live: Accumulator, recording: Recording | None) -> tuple[str | None, list[str]]:
+    async def keep(self, live: Accumulator, recording: Recording | None) -> tuple[str | None, list[str], bool]:
         """After a whole live reply: store it if it ``records``, and compare it with ``recording`` (--verify).
 
-        Returns how it compares (None without --verify) and the warnings to show.
+        Returns how it compares (None without --verify), the warnings to show, and whether it was recorded.
         """
         verified = verification(recording, live) if self.verify and recording is not None else None
         warnings: list[str] = []
+        stored = False
         if self.records(recording) and isinstance(live, RecordingAccumulator):
             stored = await asyncio.to_thread(self.cache.store, self.key, live.recorder.recording(), secrets=self.secrets)
             if not stored and self.cache.recording_off:
                 warnings.append(self.cache.recording_off)
             if self.verify and recording is None:
                 verified = "no recording yet: this run is now the recording"
-        return verified, warnings
+        return verified, warnings, stored
 
 
 class RecordingAccumulator(Accumulator):

@@ -278,11 +278,11 @@ class GraniteMagics(Magics):
             job.loop.run(job.stream(view))
         result, error = self.session.finish(job)
         self._finish(request, view, result, error, warnings=job.warnings, verified=job.verified,
-                     lens=job if job.request.sampling.get("logprobs") else None)
+                     lens=job if job.request.sampling.get("logprobs") else None, recorded=job.recorded)
 
     def _finish(self, request: CellRequest, view: Any, result: Result, error: errors.GraniteError | None, *,
                 warnings: Sequence[str] = (), verified: str | None = None, lens: SingleJob | None = None,
-                stopped: str | None = None) -> None:
+                stopped: str | None = None, recorded: bool = False) -> None:
         """How a single run ends, whatever ran it (one request or a tool loop): the final view, ``-o``, the next
         cell for ``-f code``, the warnings, the drift check, the lens, and one message saying what to do."""
         from ._advice import explain
@@ -290,7 +290,8 @@ class GraniteMagics(Magics):
         format_problem = _parse_format(result, request.format)
         if request.out:  # first: whatever showing it meets, the result is the user's
             self._namespace()[request.out] = result
-        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=self._budget_note())
+        notes = [note for note in ("recorded" if recorded else None, self._budget_note()) if note]  # the status line says so
+        view.finish(result, request.format, {"chat": request.turn.chat} if request.turn.chat else None, note=" · ".join(notes) or None)
         if request.format == "code" and result.value and not result.partial and self.shell is not None:
             self.shell.set_next_input(result.value, replace=False)
         for warning in warnings:

@@ -376,6 +376,7 @@ class SingleJob:
         self.probes = probes
         self.cache = cache
         self.verified: str | None = None  # with --verify: how the live reply compares with the recording
+        self.recorded = False  # the live reply was stored as a recording
         self._preloaded: Recording | None = None
         self.on_done = on_done  # called once the stream has ended, however it ended (the ledger records it)
         self.acc = Accumulator(request.sampling)
@@ -467,7 +468,7 @@ class SingleJob:
         """After a whole live reply: the cache keeps it and compares it (--verify)."""
         if self.cache is None or self._result is None or self._result.partial:
             return
-        self.verified, warnings = await self.cache.keep(self.acc, recording)
+        self.verified, warnings, self.recorded = await self.cache.keep(self.acc, recording)
         self.warnings += warnings
 
 

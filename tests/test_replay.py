@@ -25,13 +25,14 @@ def cached(ip: InteractiveShell, tmp_path: Path) -> Any:
 
 
 def test_auto_records_a_miss_and_serves_the_hit_without_sending(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:
-    run(ip, "--seed 4 --max-tokens 12 -o first", "Tell me about granite")
+    recorded = run(ip, "--seed 4 --max-tokens 12 -o first", "Tell me about granite")
+    assert " · recorded" in shown(recorded)  # the status line confirms it
     out = run(ip, "--seed 4 --max-tokens 12 -o again", "Tell me about granite")
     first, again = ip.user_ns["first"], ip.user_ns["again"]
     assert len(server.chat_requests) == 1  # the second cell sent nothing
     assert again.cached and not first.cached and again.text == first.text and again.usage == first.usage
     assert again.ttft_s == pytest.approx(first.ttft_s, abs=2e-4)  # the recorded timings, not the replay's
-    assert "cached" in shown(out)
+    assert "cached" in shown(out) and "recorded" not in shown(out)
     entries = cached.session.ledger.entries
     assert entries[-1].cached and entries[-1].cost == 0 and entries[-2].cost > 0
     files = list(Path(cached.cache_dir).rglob("*.json.gz"))

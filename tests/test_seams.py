@@ -351,3 +351,61 @@ def test_the_import_graph_has_no_cycle_and_its_arrows_point_down() -> None:
     for module in sorted(graph):
         if module not in seen:
             visit(module, ())
+
+
+# --- a backend is one client class ----------------------------------------------------------------------------
+
+
+class _EchoClient:
+    """A third backend written the way a contributor would: one BaseClient subclass, nothing else touched."""
+
+    @staticmethod
+    def make() -> Any:
+        from granite_magic._client import BaseClient, ModelInfo
+        from granite_magic._events import Accumulator, Done, Finish, TextDelta, UsageReport
+        from granite_magic._result import Result, Usage
+
+        class EchoClient(BaseClient):
+            kind = "echo"
+            model = "echo-1"
+            base_url = "echo://"
+
+            @property
+            def target(self) -> str:
+                return "echo"
+
+            def describe(self, request: Request) -> dict[str, Any]:
+                return {"messages": [dict(m) for m in request.messages], **request.sampling.for_target("chat")}
+
+            async def stream(self, request: Request, acc: Accumulator, on_update: Any = None) -> Result:
+                acc.sent = True
+                for event in (TextDelta(str(request.messages[-1]["content"])[::-1]), Finish("stop", "stop"),
+                              UsageReport(Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2, cost=0.5)), Done()):
+                    acc.feed(event)
+                return acc.result()
+
+            async def _fetch_models(self, refresh: bool) -> dict[str, ModelInfo]:
+                return {"echo-1": ModelInfo("echo-1", prompt_price=0.25, completion_price=0.25, max_completion_tokens=1)}
+
+        return EchoClient()
+
+
+def test_a_third_backend_is_one_client_class(tmp_path: Any) -> None:
+    """The session, the cache, the budget and the ledger ask a client what it can do; none of them knows its class."""
+    from granite_magic._comparison import plan_runs
+    from granite_magic._params import Sampling
+    from granite_magic._session import QuietGrid, Target, Turn
+
+    client = _EchoClient.make()
+    session = Session()
+    session.configure(cache="auto", cache_dir=str(tmp_path), budget_usd=10.0)
+    target = Target(client, client.model, "chat")
+    result, error = session.run(Turn("granite"), target=target)
+    assert error is None and result.text == "etinarg" and result.cost == 0.5
+    again, _ = session.run(Turn("granite"), target=target)
+    assert again.cached and again.text == "etinarg"  # keyed on what the client describes
+    job = session.start_compare(Turn("basalt", sampling=Sampling({"max_tokens": 1})), plan_runs([1, 2]), target=target)
+    job.loop.run(job.stream(QuietGrid()))
+    assert session.finish_compare(job).texts == ["tlasab", "tlasab"]
+    assert [entry.backend for entry in session.ledger.entries] == ["echo", "echo", "echo", "echo"]
+    assert session.ledger.total_cost == 1.5  # three billed runs; the cached one is free

@@ -342,7 +342,8 @@ def test_the_import_graph_has_no_cycle_and_its_arrows_point_down() -> None:
 
     def visit(module: str, path: tuple[str, ...]) -> None:
         seen[module] = 1
-        for target in sorted(graph.get(module, ())):
+        # the named upward arrows are lazy, made when a result shows itself: no import ever runs them in a circle
+        for target in sorted(graph.get(module, set()) - {b for a, b in UPWARD if a == module}):
             assert seen.get(target) != 1, f"an import cycle: {' -> '.join((*path, module, target))}"
             if target not in seen:
                 visit(target, (*path, module))

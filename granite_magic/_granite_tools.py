@@ -70,6 +70,10 @@ class ToolCallScanner:
     flushes: held-back text is shown, an unclosed block is read as a call (a model stopped right before
     ``</tool_call>`` still asked for it).  A block that is not ``{"name": ..., "arguments": {...}}`` (or a
     list of those) becomes a call with ``problem`` set, its text kept in ``arguments``: reported, not lost.
+
+    The protocol's own fragments never show: a ``</tool_call>`` outside a block (a small model closes a call
+    twice, or one it never opened) is dropped, and so is a tag the reply ends in the middle of (``<tool_call``
+    cut off by the token limit): the calls are shown as blocks of their own.
     """
 
     def __init__(self) -> None:
@@ -81,16 +85,23 @@ class ToolCallScanner:
         self._pending += text
         visible: list[str] = []
         calls: list[ParsedCall] = []
-        while (at := self._pending.find(CALL_CLOSE if self._inside else CALL_OPEN)) >= 0:
-            before = self._pending[:at]
-            self._pending = self._pending[at + len(CALL_CLOSE if self._inside else CALL_OPEN) :]
+        while True:
             if self._inside:
-                calls += self._read(before)
-            else:
-                visible.append(before)
-            self._inside = not self._inside
+                at = self._pending.find(CALL_CLOSE)
+                if at < 0:
+                    break
+                calls += self._read(self._pending[:at])
+                self._pending = self._pending[at + len(CALL_CLOSE) :]
+                self._inside = False
+                continue
+            at, tag = _first_tag(self._pending)
+            if at < 0:
+                break
+            visible.append(self._pending[:at])
+            self._pending = self._pending[at + len(tag) :]
+            self._inside = tag == CALL_OPEN  # a stray closing tag is dropped, and the text goes on
         if not self._inside:
-            keep = _partial_tag(self._pending, CALL_OPEN)
+            keep = max(_partial_tag(self._pending, CALL_OPEN), _partial_tag(self._pending, CALL_CLOSE))
             visible.append(self._pending[: len(self._pending) - keep])
             self._pending = self._pending[len(self._pending) - keep :]
         return "".join(visible), calls
@@ -98,7 +109,9 @@ class ToolCallScanner:
     def close(self) -> tuple[str, list[ParsedCall]]:
         pending, inside = self._pending, self._inside
         self._pending, self._inside = "", False
-        return ("", self._read(pending)) if inside else (pending, [])
+        if inside:
+            return "", self._read(pending)
+        return ("" if len(pending) > 1 else pending), []  # "<tool_c" cut off is a fragment; a lone "<" is text
 
     def _read(self, block: str) -> list[ParsedCall]:
         try:
@@ -125,6 +138,12 @@ class ToolCallScanner:
     def _next(self, name: str, arguments: str, problem: str | None) -> ParsedCall:
         self._count += 1
         return ParsedCall(self._count - 1, name, arguments, None, problem)
+
+
+def _first_tag(text: str) -> tuple[int, str]:
+    """Where the first opening or closing tag in ``text`` starts, and which it is (-1 when there is none)."""
+    found = [(at, tag) for tag in (CALL_OPEN, CALL_CLOSE) if (at := text.find(tag)) >= 0]
+    return min(found) if found else (-1, "")
 
 
 def _partial_tag(text: str, tag: str) -> int:

@@ -311,12 +311,14 @@ class GraniteMagics(Magics):
         from ._render import describe_params
         from ._toolrun import MAX_STEPS, plan_tools
 
+        approval = self._approver() if request.approve else None
         plan = target.client.loop.run(plan_tools(target.client, target.model, request.tools, request.tool_mode,
-                                                 approve=self._approver() if request.approve else None,
-                                                 max_steps=request.max_steps or MAX_STEPS))
+                                                 approve=approval, max_steps=request.max_steps or MAX_STEPS))
         title = describe_params(target.label, request.turn.sampling) + f" · tools: {', '.join(t.name for t in plan.tools)} ({plan.mode})"
         view = self._view(title)
         view.show()
+        if approval is not None:
+            approval.view = view  # its status line says when the cell waits for an answer
         result, error, tools = self.session.run_tools(request.turn, target, plan, view)
         stopped = respell(tools.stopped, ("max_steps",), cell_spelling) if tools.stopped else None
         self._finish(request, view, result, error, stopped=stopped)
@@ -328,9 +330,9 @@ class GraniteMagics(Magics):
 
     def _approver(self) -> Any:
         """Ask before each call, through the notebook's (or the terminal's) input prompt."""
-        from ._approve import ask
+        from ._approve import Approval
 
-        return ask
+        return Approval()
 
     def _show_lens(self, job: SingleJob, result: Result) -> None:
         """Under a --probs reply: the sampler lens with branching, or one line if no probabilities came back."""

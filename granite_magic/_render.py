@@ -131,18 +131,18 @@ def tool_calls_bundle(result: Result) -> tuple[dict[str, Any], dict[str, Any]]:
     from ._values import PREVIEW_CHARS, value_text
 
     blocks, markdown, plain = [], [], []
+    e = html_module.escape
     for i, call in enumerate(result.tool_calls[:CALL_BLOCKS]):
         arguments = value_text(call.arguments if call.arguments is not None else call.raw_arguments, ARGUMENTS_PREVIEW)
         outcome = f"error: {value_text(call.error, PREVIEW_CHARS)}" if call.error else value_text(call.result, PREVIEW_CHARS)
         if not call.error and len(outcome) > PREVIEW_CHARS:  # cut: say where the whole value is
             outcome += f" (the whole value: .tool_calls[{i}].result of the Result, -o NAME)"
-        took = f" · {call.duration_s * 1000:.0f} ms" if call.duration_s else ""
-        head = f"{'⚠ ' if call.error else ''}Ran {call.name}{took}" if call.ran else f"⚠ Did not run {call.name}"
-        e = html_module.escape
-        blocks.append(f'<details class="gm-tool"><summary><code>{e(head)}</code></summary><div>arguments: <code>{e(arguments)}</code>'
-                      f'</div><pre style="white-space:pre-wrap">{e(outcome)}</pre></details>')
+        before, name, after = call_head(call)  # the row says which tool and, when it did not run or failed, why
+        head = f"{before}{name}{after}"
+        blocks.append(f'<details class="gm-tool"><summary>{e(before)}<code>{e(name)}</code>{e(after)}</summary><div>arguments: '
+                      f'<code>{e(arguments)}</code></div><pre style="white-space:pre-wrap">{e(outcome)}</pre></details>')
         markdown.append(f"**{markdown_literal(head)}** · arguments `{markdown_literal(arguments)}`\n\n{fenced(outcome, 'text')}")
-        plain.append(f"{head}({arguments}) -> {outcome}")
+        plain.append(f"{head}\n  arguments {arguments} -> {outcome}")
     if len(result.tool_calls) > CALL_BLOCKS:
         more = f"… and {calls_summary(result.tool_calls[CALL_BLOCKS:])} (all in .tool_calls of the Result, -o NAME)"
         blocks.append(f"<div>{html_module.escape(more)}</div>")
@@ -150,6 +150,28 @@ def tool_calls_bundle(result: Result) -> tuple[dict[str, Any], dict[str, Any]]:
         plain.append(more)
     data = {"text/html": "".join(blocks), MIME_MARKDOWN: "\n\n".join(markdown), MIME_PLAIN: "\n".join(plain)}
     return data, {}  # the reply's own output below carries the metadata, calls included
+
+
+REASON_CHARS = 160  # of why a call did not run or failed, on its row (the block holds all of it)
+
+
+def call_head(call: Any) -> tuple[str, str, str]:
+    """A call's row as (before the name, the name, after it): ``Ran convert · 3 ms``, ``⚠ convert failed · 2 ms:
+    ValueError: ...``, ``⚠ Did not run convert: the user declined to run this call``.  Rows of calls that went
+    wrong differ by what went wrong, not only by a warning sign."""
+    name = call.name or "(no name)"
+    took = f" · {call.duration_s * 1000:.0f} ms" if call.duration_s else ""
+    reason = _one_line(call.error or "", REASON_CHARS)
+    if not call.ran:
+        return "⚠ Did not run ", name, f": {reason}" if reason else ""
+    if call.error:
+        return "⚠ ", name, f" failed{took}: {reason}"
+    return "Ran ", name, took
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def status_bundle(text: str) -> dict[str, Any]:
@@ -246,13 +268,27 @@ class WidgetView(ThrottledOutput):
         super().__init__(rate=rate, embedded=embedded)
         self.title = title
         self.lines: list[str] = []  # what the tool loop did so far: "calling convert(amount=120)", "  → 14400.0"
+        self._state: Progress | None = None  # the step shown last: between two steps the view still shows it
+        self._status: str | None = None  # what the status line says between steps instead of the stream's own
 
     def show(self) -> None:
         self.show_widget((self._header(), _markdown_output(""), _plain_output("▌ sending…")))
 
+    async def run(self, state: Progress) -> None:
+        self._state, self._status = state, None  # a step streams: the status line is the stream's again
+        await super().run(state)
+
     def log(self, line: str) -> None:
+        """A line of what the tool loop does, shown at once: between two steps nothing else refreshes the view."""
         self.lines.append(line)
-        self._sent_progress = -1  # show it at the next refresh
+        self.status(self._status or "running the tool calls")
+
+    def status(self, text: str | None) -> None:
+        """Say ``text`` on the status line now (the cell is between two steps: running a tool, or waiting for an
+        answer); None: the stream's own status again."""
+        self._status = text
+        if self._state is not None:
+            self.refresh(self._state, force=True)
 
     def _header(self) -> dict[str, Any]:
         return _markdown_output(f"**{markdown_literal(self.title)}**")
@@ -262,7 +298,8 @@ class WidgetView(ThrottledOutput):
 
     def outputs(self, state: Progress) -> tuple[dict[str, Any], ...]:
         calls = (_plain_output("\n".join(self.lines)),) if self.lines else ()
-        return (self._header(), *calls, _markdown_output(safe_markdown(live_text(state))), _plain_output(live_status(state)))
+        status = f"▌ {self._status}" if self._status else live_status(state)
+        return (self._header(), *calls, _markdown_output(safe_markdown(live_text(state))), _plain_output(status))
 
     def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
         line = f"{self.title} · {status_line(result)}" + (f" · {note}" if note else "")

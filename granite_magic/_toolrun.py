@@ -119,8 +119,9 @@ class ToolLoop:
         return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": '
 
     def visible(self, acc: Accumulator) -> Any:
-        """What the live view should show of a step: the text without ``<tool_call>`` blocks in prompted mode."""
-        return acc if self.plan.mode == "native" else _Visible(acc)
+        """What the live view should show of a step: the text without ``<tool_call>`` blocks in prompted mode (a
+        reply that continues a forced call starts inside one: what it writes up to ``</tool_call>`` is hidden)."""
+        return acc if self.plan.mode == "native" else _Visible(acc, self._prefix)
 
     def after(self, result: Result) -> Request | None:
         """Run the calls ``result`` asked for (in this thread) and return the next request; None when done."""
@@ -219,11 +220,11 @@ class ToolLoop:
 class _Visible:
     """A step's progress as the live view shows it in prompted mode: ``<tool_call>`` blocks hidden."""
 
-    def __init__(self, acc: Accumulator) -> None:
+    def __init__(self, acc: Accumulator, begun: str = "") -> None:
         self.acc = acc
         self._scanner = ToolCallScanner()
         self._seen = 0
-        self._shown = ""
+        self._shown, _ = self._scanner.feed(begun)  # what the reply continues (a forced call's start) is not shown
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.acc, name)

@@ -680,10 +680,19 @@ def scan(pieces: Sequence[str]) -> tuple[str, list[ParsedCall]]:
 
 
 def test_the_scanner_hides_calls_and_keeps_the_text_around_them() -> None:
-    reply = 'Checking. <tool_call>\n{"name": "convert", "arguments": {"amount": 120}}\n</tool_call>\n<tool_call>{"name": "now"}</tool_call> Done <tool'
+    reply = 'Checking. <tool_call>\n{"name": "convert", "arguments": {"amount": 120}}\n</tool_call>\n<tool_call>{"name": "now"}</tool_call> Done <'
     visible, calls = scan(list(reply))  # one character at a time
-    assert visible == "Checking. \n Done <tool"
+    assert visible == "Checking. \n Done <"  # a lone "<" at the end is text
     assert calls == [ParsedCall(0, "convert", '{"amount": 120}'), ParsedCall(1, "now", "{}")]
+
+
+@pytest.mark.parametrize(("reply", "visible"), [
+    ("The answer is 42.\n<tool_call", "The answer is 42.\n"),  # a call the token limit cut off in its tag
+    ("The answer is 42.</tool_call>\n</tool_call>", "The answer is 42.\n"),  # closing a call twice, or one never opened
+    ('{"amount": 1}}\n</tool_call> and so on </tool_c', '{"amount": 1}}\n and so on '),
+])
+def test_the_protocols_fragments_never_show(reply: str, visible: str) -> None:
+    assert scan(list(reply)) == scan([reply]) == (visible, [])
 
 
 def test_the_scanner_shows_text_as_soon_as_it_cannot_be_a_tag() -> None:
@@ -712,6 +721,36 @@ def test_an_unclosed_call_is_still_a_call() -> None:
     assert scan(['<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n']) == ("", [ParsedCall(0, "f", '{"x": 1}')])
 
 
+class Growing:
+    """A step's progress as the live view reads it: only its text, grown by the test."""
+
+    text = ""
+
+
+def test_the_live_view_of_a_forced_prompted_call_shows_none_of_it() -> None:
+    """Prompted, a forced call begins the reply: the model writes only the arguments and ``</tool_call>``, then maybe
+    an answer.  Read after every character, the live text never shows a piece of the call or of its tags."""
+    from granite_magic._params import Sampling
+    from granite_magic._shapes import Request
+    from granite_magic._toolrun import ToolLoop, ToolPlan
+    from granite_magic._tools import tool_from_function
+
+    def convert(amount: float, currency: str) -> float:
+        """Convert dollars."""
+        return amount
+
+    loop = ToolLoop(ToolPlan((tool_from_function(convert),), "prompted"),
+                    Request("m", ({"role": "user", "content": "120 dollars in yen?"},), Sampling({"tool_choice": "convert"})))
+    assert loop.request.messages[-1]["content"].endswith('"arguments": ')  # the reply is begun with the call
+    step = Growing()
+    live = loop.visible(step)  # type: ignore[arg-type]
+    reply = '{"amount": 120, "currency": "yen"}}\n</tool_call>\nLet me check.</tool_call>'
+    for i in range(1, len(reply) + 1):
+        step.text = reply[:i]
+        assert "{" not in live.text and "<" not in live.text and live.text in ("", "\n", "\nLet me check."[: len(live.text)])
+    assert live.text == "\nLet me check."
+
+
 # Text made of pieces that look like parts of tags, so splits fall inside and around near-misses.
 TEXT = st.lists(st.sampled_from([*"ab <>/_\n", "<tool", "<tool_call", "</tool_call>", "_call>"]), max_size=8).map("".join)
 ARGUMENTS = st.dictionaries(st.sampled_from(["x", "y", "city"]), st.one_of(st.integers(-5, 5), st.text(alphabet="a<>é ", max_size=4)), max_size=3)
@@ -737,11 +776,13 @@ def replies(draw: st.DrawFn) -> tuple[str, str, list[ParsedCall]]:
         name, arguments = draw(st.sampled_from(["convert", "now"])), draw(ARGUMENTS)
         raw = json.dumps(arguments, ensure_ascii=False)
         stream += [text, f'<tool_call>\n{{"name": "{name}", "arguments": {raw}}}\n</tool_call>']
-        visible.append(text)
+        visible.append(text.replace("</tool_call>", ""))  # a closing tag outside a call is dropped
         calls.append(ParsedCall(len(calls), name, raw))
     tail = draw(TEXT)
     stream.append(tail)
-    visible.append(tail)
+    *before, last = tail.split("</tool_call>")
+    cut = max((n for tag in ("<tool_call>", "</tool_call>") for n in range(2, len(tag)) if last.endswith(tag[:n])), default=0)
+    visible.append("".join(before) + last[: len(last) - cut])  # and so is a tag the reply ends in the middle of
     shown = "".join(visible)
     return "".join(stream), shown, calls
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import pytest
@@ -136,7 +138,7 @@ def test_the_saved_output_has_a_block_per_call_above_the_answer(tools_ns: Intera
     replies = [i for i, o in enumerate(out.outputs) if "granite_magic" in (o.metadata or {})]
     assert blocks and replies and blocks[0] < replies[-1]  # the calls come above the answer they led to
     html = out.outputs[blocks[0]].data["text/html"]
-    assert "Ran convert" in html and "18000.0" in html
+    assert "Ran <code>convert</code>" in html and "18000.0" in html
     assert out.outputs[replies[-1]].metadata["granite_magic"]["tool_calls"][0]["result"] == 18000.0
 
 
@@ -169,3 +171,64 @@ def test_a_bare_value_for_a_one_parameter_tool_is_read_as_that_parameter(tools_n
     server.push(Scenario(tool_arguments="12"))
     run(tools_ns, "--tools convert --tool-mode native -o r", "How much is 12 dollars in yen?")
     assert tools_ns.user_ns["r"].tool_calls[0].error and CALLS == []  # two parameters: a bare value is not guessed at
+
+
+def call_rows(out: Any) -> list[str]:
+    """The rows of the saved call blocks (each block's <summary>), as a person reads them."""
+    blocks = next(str(o.data["text/html"]) for o in out.outputs if "<details" in str(o.data.get("text/html", "")))
+    return [html.unescape(re.sub(r"<[^>]+>", "", row)) for row in re.findall(r"<summary>(.*?)</summary>", blocks, re.S)]
+
+
+def test_each_call_row_names_its_tool_and_why_it_did_not_run(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                              recorded_comms: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    magics_of(tools_ns).live = "widget"
+    server.push(Scenario(tool_calls=3, tool_arguments="{not json"))  # three calls in one reply, the first malformed
+    out = run(tools_ns, "--tools broken,convert --tool-mode native", "How much is 5 dollars in yen?")
+    first, second, third = call_rows(out)
+    assert first.startswith("⚠ Did not run broken: the arguments are not valid JSON")
+    assert second.startswith("Ran convert · ")
+    assert third.startswith("⚠ broken failed · ") and "ValueError: the rates service is down" in third
+    server.push(Scenario(tool_name="nope"))
+    out = run(tools_ns, "--tools convert --tool-mode native", "How much is 3 dollars in yen?")
+    assert call_rows(out) == ["⚠ Did not run nope: there is no tool named 'nope'; the tools are: convert"]
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    out = run(tools_ns, "--tools convert --tool-mode native --approve", "How much is 7 dollars in yen?")
+    assert call_rows(out) == ["⚠ Did not run convert: the user declined to run this call"]
+
+
+def shown_live(sent: list[Any]) -> str:
+    """What the live view's Output widget shows after the last update sent to the front end, as text."""
+    states = [data["state"]["outputs"] for _, kind, data in sent if kind == "comm_msg" and "outputs" in data.get("state", {})]
+    return "\n".join(str(o.get("data", {}).get("text/plain", "")) for o in states[-1]) if states else ""
+
+
+def test_while_approve_waits_the_status_line_says_so(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                      recorded_comms: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    magics_of(tools_ns).live = "widget"
+    seen: list[str] = []
+
+    def answer(prompt: str) -> str:
+        seen.append(shown_live(recorded_comms))  # what the cell shows while the question waits
+        return "y"
+
+    monkeypatch.setattr("builtins.input", answer)
+    run(tools_ns, "--tools convert --tool-mode native --approve -o r", "How much is 7 dollars in yen?")
+    (while_asking,) = seen
+    status = while_asking.splitlines()[-1]
+    assert status == "▌ waiting for your approval: answer y or n in the box below" and "streaming" not in while_asking
+    assert "calling convert(amount=7, currency='yen')" in while_asking  # the call it asks about is shown above
+    assert CALLS == [(7.0, "yen")] and tools_ns.user_ns["r"].text.startswith("The tool said: 1050.0")
+
+
+def test_prompted_replies_never_show_the_protocols_fragments(tools_ns: InteractiveShell, server: FakeOpenRouter,
+                                                             recorded_comms: list[Any]) -> None:
+    magics_of(tools_ns).live = "widget"
+    # a forced call: the first reply continues '<tool_call>{"name": "convert", "arguments": ' and closes it; the answer
+    # then closes a call it never opened and ends cut off in the middle of another
+    server.push(Scenario(), Scenario(text="It is 18000 yen.</tool_call>\n<tool_call"))
+    out = run(tools_ns, "--tools convert --tool-mode prompted --tool-choice convert -o r", "How much is 120 dollars in yen?")
+    r: Result = tools_ns.user_ns["r"]
+    assert CALLS == [(120.0, "yen")] and r.text == "It is 18000 yen."
+    live = [str(data) for _, kind, data in recorded_comms if kind == "comm_msg"]
+    assert live and not any("tool_call" in update for update in live)
+    assert "tool_call" not in shown(out).replace("tool choice", "")

@@ -320,7 +320,7 @@ class GraniteMagics(Magics):
         if approval is not None:
             approval.view = view  # its status line says when the cell waits for an answer
         result, error, tools = self.session.run_tools(request.turn, target, plan, view)
-        stopped = respell(tools.stopped, ("max_steps",), cell_spelling) if tools.stopped else None
+        stopped = respell(tools.stopped, ("max_steps", "tool_choice"), cell_spelling) if tools.stopped else None
         self._finish(request, view, result, error, stopped=stopped)
 
     def _tool_loop_for(self, request: CellRequest, target: Target, wire: Any) -> Any:

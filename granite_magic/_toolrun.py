@@ -104,6 +104,7 @@ class ToolLoop:
 
     def __post_init__(self) -> None:
         self.request = self.plan.first_request(self.request)
+        self._forced = self.request.sampling.get("tool_choice")  # what the first step was told to call (if anything)
         self._asked = len(self.request.messages)  # the messages before this turn's calls and results
         self._prefix = self._forced_prefix()
         if self._prefix:
@@ -131,9 +132,7 @@ class ToolLoop:
         if not calls or result.partial:
             return None
         if self.steps >= self.plan.max_steps:
-            steps = f"{self.steps} step{'s' if self.steps != 1 else ''}"
-            self.stopped = (f"stopped after {steps} (max_steps={self.plan.max_steps}): the model was still calling tools; the "
-                            "last calls were not run")
+            self.stopped = self._stop_line()
             return None
         logged = self.logged
         records = [self._run(call) for call in calls]
@@ -147,6 +146,19 @@ class ToolLoop:
             sampling = sampling | Sampling._trusted({"tool_choice": "auto"})  # a forced call every step would never end
         self.request = dataclasses.replace(self.request, messages=(*asked, *self._history(text, calls, records)), sampling=sampling)
         return self.request
+
+    def _stop_line(self) -> str:
+        """Why the turn stopped with calls still asked for, and whose calls they were: a forced ``tool_choice`` holds
+        for the first step only (natively the choice goes back to ``auto``, prompted the reply is no longer begun with
+        a call), so after it the model called tools on its own."""
+        steps = f"stopped after {self.steps} step{'s' if self.steps != 1 else ''} (max_steps={self.plan.max_steps})"
+        choice = self.request.sampling.get("tool_choice") if self.steps == 1 else self._forced
+        forced = f"tool_choice='{choice}'" if isinstance(choice, str) and choice not in ("auto", "none") else None
+        if self.steps == 1:
+            return f"{steps}: " + (f"that call was forced by {forced}, and was not run" if forced else
+                                   "the model asked for tools, and its calls were not run")
+        own = f" ({forced} forced only the first call)" if forced else ""
+        return f"{steps}: the model kept calling tools on its own{own}; its last calls were not run"
 
     def stop_at(self, result: Result) -> None:
         """The turn ended at this step without asking for more (a failure or an interrupt)."""

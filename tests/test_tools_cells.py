@@ -232,3 +232,49 @@ def test_prompted_replies_never_show_the_protocols_fragments(tools_ns: Interacti
     live = [str(data) for _, kind, data in recorded_comms if kind == "comm_msg"]
     assert live and not any("tool_call" in update for update in live)
     assert "tool_call" not in shown(out).replace("tool choice", "")
+
+
+def test_a_forced_choice_holds_for_the_first_call_only_and_the_stop_line_says_whose_calls_remain(
+        tools_ns: InteractiveShell, server: FakeOpenRouter) -> None:
+    server.push(*[Scenario(tool_steps=9)] * 3)  # a model that keeps calling on its own
+    out = run(tools_ns, "--tools convert --tool-mode prompted --tool-choice convert --max-steps 2", "How much is 1 dollar in yen?")
+    first, second = (req.body["messages"] for req in server.chat_requests)
+    assert first[-1]["role"] == "assistant" and first[-1]["content"].startswith('<tool_call>\n{"name": "convert"')
+    assert second[-1]["role"] == "user" and "<tool_response>" in second[-1]["content"]  # not begun with a call again
+    assert ("stopped after 2 steps (--max-steps 2): the model kept calling tools on its own (--tool-choice convert forced "
+            "only the first call); its last calls were not run") in out.stderr
+    server.push(Scenario(tool_steps=9))
+    out = run(tools_ns, "--tools convert --tool-mode prompted --tool-choice convert --max-steps 1", "How much is 1 dollar in yen?")
+    assert "stopped after 1 step (--max-steps 1): that call was forced by --tool-choice convert, and was not run" in out.stderr
+    server.push(*[Scenario(tool_steps=9)] * 2)
+    out = run(tools_ns, "--tools convert --tool-mode native --max-steps 2", "How much is 1 dollar in yen?")
+    assert "the model kept calling tools on its own; its last calls were not run" in out.stderr and "forced" not in out.stderr
+
+
+@pytest.mark.slow
+def test_on_the_local_model_a_forced_choice_holds_for_the_first_call_only(local: Any) -> None:
+    """The local backend reads tools in Granite's prompted convention: a forced choice begins the first reply with the
+    call; the next request lets the model choose (``auto``), and the stop line says whose calls were left."""
+    from granite_magic._events import Accumulator
+    from granite_magic._toolrun import ToolLoop, ToolPlan
+    from granite_magic._tools import tool_from_function
+
+    assert local.default_tool_mode(None) == "prompted"
+    loop = ToolLoop(ToolPlan((tool_from_function(square),), "prompted", max_steps=2),
+                    local.request("What is 12 squared?", tool_choice="square", temperature=0, seed=1, max_tokens=24))
+    first = loop.request
+    assert first.messages[-1] == {"role": "assistant", "content": '<tool_call>\n{"name": "square", "arguments": '}
+    step: Any = first
+    while step is not None:
+        result = local.loop.run(local.stream(step, Accumulator(step.sampling)))
+        step = loop.after(result)
+        if loop.steps == 1:
+            assert step is not None  # a forced call is always a call, well formed or not
+            assert step.sampling["tool_choice"] == "auto" and step.messages[-1]["role"] == "user"
+            assert "<tool_response>" in step.messages[-1]["content"] and step.messages[-2]["role"] == "assistant"
+            assert step.messages[-2]["content"].startswith('<tool_call>\n{"name": "square"')  # the call, in the history
+    final = loop.final()
+    assert final.tool_calls and final.tool_calls[0].name == "square"
+    assert "<tool_call" not in final.text and "</tool_call>" not in final.text
+    if loop.stopped:  # the small model kept calling: the stop line says it did so on its own
+        assert "the model kept calling tools on its own (tool_choice='square' forced only the first call)" in loop.stopped

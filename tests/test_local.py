@@ -39,7 +39,8 @@ def test_streams_real_text_with_usage_and_no_cost(local: LocalClient) -> None:
     assert result.finish_reason in ("stop", "length") and not result.partial
     assert result.usage.completion_tokens and 0 < result.usage.completion_tokens <= 30
     assert result.usage.prompt_tokens and result.usage.prompt_tokens > 5
-    assert result.cost == 0.0 and result.provider == "llama.cpp (local)" and result.model == Path(local.reference or "").name
+    assert result.cost == 0.0 and result.model == Path(local.reference or "").name
+    assert result.provider == "llama.cpp (local, plain framing)"  # the stand-in is a base model: its framing is saved
 
 
 def test_same_seed_same_text_other_seed_other_text(local: LocalClient) -> None:
@@ -133,7 +134,8 @@ def test_auto_picks_local_without_a_key_and_says_so(keyless_ip: InteractiveShell
     out = run(keyless_ip, "--seed 1 --max-tokens 10 -o r", PROMPT)
     assert "local llama.cpp" in shown(out) and " · free" in shown(out) and "$0.000000" not in shown(out)
     result = keyless_ip.user_ns["r"]
-    assert result.text and result.provider == "llama.cpp (local)"
+    assert result.text and result.provider == "llama.cpp (local, plain framing)"
+    assert "local llama.cpp · plain framing (base model)" in shown(out)  # the status line names the framing
 
 
 def test_a_local_reply_is_capped_unless_asked_for_more(keyless_ip: InteractiveShell, local: LocalClient) -> None:
@@ -168,7 +170,7 @@ def test_dry_run_shows_the_prompt_the_model_reads_verbatim(keyless_ip: Interacti
     block = block[: block.index("\n```")]
     text, _ = magics_of(keyless_ip).session.resolve(Turn("", backend="local")).client.prompt_preview(
         Request("m", ({"role": "system", "content": "### rain (pandas.DataFrame)"}, {"role": "user", "content": PROMPT})))
-    assert block == text and "\n### rain (pandas.DataFrame)\n" in block
+    assert block == text and block.startswith("<bos>### rain (pandas.DataFrame)\n")
 
 
 def test_top_a_is_flagged_as_unsupported_locally(keyless_ip: InteractiveShell) -> None:

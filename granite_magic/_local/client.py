@@ -27,11 +27,20 @@ from .._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, To
 from .._result import Result, Usage
 from .._runner import BackgroundLoop
 from .._shapes import Request, chat_tools
-from .model import LocalModelError, existing_path, explicit_chat_format, model_name, resolve_model
+from .model import (
+    PLAIN,
+    LocalModelError,
+    existing_path,
+    explicit_chat_format,
+    has_chat_template,
+    local_file,
+    model_name,
+    resolve_model,
+)
 from .pool import MIN_CONTEXT, Pool, Slot, context_size, generated_tokens, reply_limit
 from .prefix import PrefixReuse
 from .probs import Probe
-from .template import Prompt
+from .template import Prompt, read_template
 
 # Parameters the local backend honours itself rather than passing to llama.cpp: token probabilities are read
 # from the logits, and a tool choice is kept by the tool loop.
@@ -75,7 +84,9 @@ class LocalClient(BaseClient):
     ``n_ctx`` is the smallest context an instance is loaded with (a request that needs more reloads it
     bigger, up to the model's trained context).  ``prefix_reuse`` says how a prompt that begins like the
     previous one reuses what llama.cpp already read (see ``PrefixReuse``); the text is the same either way.
-    ``chat_template`` (Jinja) replaces the GGUF's own, for a GGUF that has none or a wrong one.
+    ``template`` (a Jinja file, a llama-cpp-python chat format's name, or ``plain``) or ``chat_template`` (Jinja
+    source) replaces the GGUF's own, for a GGUF that has none or a wrong one.  A GGUF with no template of its own is
+    a base model: without either, its prompt is the plain framing (``framing``), not chat turns it never saw.
     """
 
     base_url = "local"  # where probes of it are filed; nothing compares it
@@ -88,7 +99,8 @@ class LocalClient(BaseClient):
     default_max_tokens: ClassVar[int | None] = 512
 
     def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
-                 prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, loop: BackgroundLoop | None = None) -> None:
+                 prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, template: str | None = None,
+                 loop: BackgroundLoop | None = None) -> None:
         if instances < 1:
             raise errors.InvalidParameterError(f"instances={instances} is out of range: must be an integer >= 1")
         if prefix_reuse not in ("auto", "state", "off"):
@@ -97,6 +109,12 @@ class LocalClient(BaseClient):
         self.instances = instances
         self.n_ctx = n_ctx
         self.prefix_reuse: PrefixReuse = prefix_reuse
+        if template is not None and chat_template is not None:
+            raise errors.InvalidParameterError("give template= or chat_template=, not both", names=("template",))
+        self.template = template
+        self.chat_format: str | None = None  # a llama-cpp-python chat format, or "plain", chosen by template=
+        if template is not None:
+            chat_template, self.chat_format = read_template(template)
         self.chat_template = chat_template
         self._loop = loop
         self._pool: Pool | None = None
@@ -116,7 +134,27 @@ class LocalClient(BaseClient):
         return f"local llama.cpp: {self.model}"
 
     def label(self, model: str) -> str:
-        return f"{model} · local llama.cpp"
+        return f"{model} · local llama.cpp" + self._framing_words()
+
+    def _framing_words(self) -> str:
+        """How the prompt is made, when it is not the GGUF's own template: the status line says so."""
+        if self.framing == PLAIN:
+            return " · plain framing (base model)"
+        chosen = self._template_chosen()
+        return f" · template {chosen['chat_format']}" if "chat_format" in chosen else " · Jinja template chosen" if chosen else ""
+
+    @property
+    def framing(self) -> str:
+        """``plain`` for a base model (a GGUF with no chat template, none chosen, or ``template="plain"``), else
+        ``template``.  Known without loading the model: from the GGUF's header when the file is here, else from
+        the loaded model; a file not here yet is assumed to carry its template (IBM's Granite GGUF does)."""
+        chosen = self.chat_format or (explicit_chat_format() if self.chat_template is None else None)
+        if chosen is not None or self.chat_template is not None:
+            return PLAIN if chosen == PLAIN else "template"
+        if self._pool is not None and self._pool.template is not None:
+            return self._pool.template.framing
+        path = local_file(self.reference)
+        return "template" if path is None or has_chat_template(path) else PLAIN
 
     def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]:
         """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
@@ -136,7 +174,8 @@ class LocalClient(BaseClient):
     def _get_pool(self) -> Pool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = Pool(resolve_model(self.reference), self.instances, self.n_ctx, self.prefix_reuse, self.chat_template)
+                self._pool = Pool(resolve_model(self.reference), self.instances, self.n_ctx, self.prefix_reuse, self.chat_template,
+                                  self.chat_format)
             return self._pool
 
     @property
@@ -150,6 +189,8 @@ class LocalClient(BaseClient):
         shows the prompt text itself, which needs the model's template and tokenizer."""
         described: dict[str, Any] = {"messages": [dict(m) for m in request.messages]}
         described |= self._template_chosen()
+        if self.framing == PLAIN:  # a base model's prompt is text, not chat turns: another prompt, another key
+            described["framing"] = PLAIN
         if request.documents:
             described["documents"] = [dict(d) for d in request.documents]
         if request.tools:
@@ -161,8 +202,8 @@ class LocalClient(BaseClient):
         shown and keyed; a Jinja source by its hash, not its text."""
         if self.chat_template is not None:
             return {"chat_template": "sha256:" + hashlib.sha256(self.chat_template.encode()).hexdigest()[:16]}
-        chosen = explicit_chat_format()
-        return {"chat_format": chosen} if chosen else {}
+        chosen = self.chat_format or explicit_chat_format()
+        return {"chat_format": chosen} if chosen and chosen != PLAIN else {}
 
     def model_path(self) -> Path | None:
         """The GGUF file when it is here already (for the record/replay key), without loading or downloading it."""
@@ -250,7 +291,8 @@ class LocalClient(BaseClient):
         limit = reply_limit(len(prompt.tokens), request.sampling.get("max_tokens"), pool.trained, self.n_ctx)
         pool.fit(slot, context_size(len(prompt.tokens) + limit, pool.trained, self.n_ctx))
         arguments = _arguments(request, prompt, limit)
-        emit([ChunkMeta(self.model, "llama.cpp (local)")])
+        framing = "" if pool.template is None or pool.template.framing != PLAIN else ", plain framing"
+        emit([ChunkMeta(self.model, f"llama.cpp (local{framing})")])  # the saved metadata names the framing
         llm = slot.llm
         reused = slot.prefix.read(prompt.tokens)  # the prompt's logits are ready: create_completion samples at once
         llm.picks = 0

@@ -7,8 +7,11 @@ cannot use).  The other ``GRANITE_*`` variables are read by ``_settings.py``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import io
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,18 +102,80 @@ def explicit_chat_format() -> str | None:
     return os.environ.get("GRANITE_LOCAL_CHAT_FORMAT") or None
 
 
-def chat_format_for(llm: Any) -> str | None:
-    """The chat format for a model, when its GGUF carries no template llama.cpp can use.
+PLAIN = "plain"  # the framing of a base model: text, not chat turns (see ``template.PlainFraming``)
 
-    Granite's GGUF carries its own Jinja template (None: use it).  The Gemma 3
-    stand-in used in tests carries none that llama-cpp-python recognises and then
-    answers with nothing, so Gemma models get the built-in ``gemma`` format.
+
+def chat_format_for(llm: Any) -> str | None:
+    """The chat format for a model whose own template is not to be used; None: use the GGUF's template.
+
+    ``GRANITE_LOCAL_CHAT_FORMAT`` wins.  A GGUF with no chat template is a base model (the Gemma 3 stand-in
+    used in tests is one): it was never trained on chat-turn markers, so it gets the plain framing (``PLAIN``).
     """
     explicit = explicit_chat_format()
     if explicit:
         return explicit
     metadata = getattr(llm, "metadata", {}) or {}
-    if "tokenizer.chat_template" in metadata:
-        return None
-    return "gemma" if str(metadata.get("general.architecture", "")).startswith("gemma") else None
+    return None if "tokenizer.chat_template" in metadata else PLAIN
 
+
+def local_file(reference: str | None = None) -> Path | None:
+    """The GGUF file when it is on this machine (a path, or a Hugging Face download already in the cache), without
+    downloading anything; None otherwise."""
+    path = existing_path(reference)
+    ref = model_reference(reference) or DEFAULT_LOCAL_MODEL
+    if path is not None or ref.endswith(".gguf") or Path(ref).expanduser().exists():
+        return path
+    repo, _, filename = ref.partition(":")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(repo, filename or DEFAULT_LOCAL_FILE)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the GGUF at ``path`` carries a chat template (``tokenizer.chat_template``), read from its header
+    without loading the model (a fraction of a second even for a 262k-token vocabulary)."""
+    stat = path.stat()
+    return _gguf_has_key(str(path), stat.st_size, stat.st_mtime_ns, "tokenizer.chat_template")
+
+
+# GGUF value types: their sizes in bytes (8 is a string, 9 an array).
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+@functools.cache
+def _gguf_has_key(path: str, size: int, mtime: int, key: str) -> bool:
+    """Whether the GGUF's metadata names ``key`` (``size`` and ``mtime`` make a changed file a new question)."""
+    try:
+        with open(path, "rb") as raw, io.BufferedReader(raw, 1 << 20) as file:
+            if file.read(4) != b"GGUF":
+                return False
+            _version, _tensors, count = struct.unpack("<IQQ", file.read(20))
+            for _ in range(count):
+                (length,) = struct.unpack("<Q", file.read(8))
+                if file.read(length).decode("utf-8", errors="replace") == key:
+                    return True
+                (kind,) = struct.unpack("<I", file.read(4))
+                _skip_value(file, kind)
+    except (OSError, struct.error, ValueError):
+        return False  # unreadable here: llama.cpp says why when it loads the file
+    return False
+
+
+def _skip_value(file: Any, kind: int) -> None:
+    if kind in _GGUF_SIZES:
+        file.seek(_GGUF_SIZES[kind], 1)
+    elif kind == 8:
+        (length,) = struct.unpack("<Q", file.read(8))
+        file.seek(length, 1)
+    elif kind == 9:
+        item, count = struct.unpack("<IQ", file.read(12))
+        if item in _GGUF_SIZES:
+            file.seek(_GGUF_SIZES[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(file, item)
+    else:
+        raise ValueError(f"unknown GGUF value type {kind}")

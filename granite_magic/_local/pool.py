@@ -72,8 +72,9 @@ class Pool:
     loaded yet.  Last in, first out, so an idle loaded instance is taken before another is loaded.
     """
 
-    def __init__(self, path: Path, size: int, n_ctx: int, reuse: PrefixReuse, chat_template: str | None) -> None:
-        self.path, self.reuse, self.chat_template = path, reuse, chat_template
+    def __init__(self, path: Path, size: int, n_ctx: int, reuse: PrefixReuse, chat_template: str | None,
+                 chat_format: str | None = None) -> None:
+        self.path, self.reuse, self.chat_template, self.chat_format = path, reuse, chat_template, chat_format
         self.n_ctx = n_ctx  # what a new instance is loaded with: the largest context asked for so far
         self.trained = 0  # the model's trained context, once an instance is loaded
         self.template: Template | None = None
@@ -115,7 +116,7 @@ class Pool:
             import llama_cpp
 
             self.trained = int(llama_cpp.llama_model_n_ctx_train(llm.model))
-            self.template = Template.of(llm, self.chat_template)
+            self.template = Template.of(llm, self.chat_template, self.chat_format)
         return llm
 
 

@@ -1,7 +1,9 @@
 """The prompt: the model's own chat template turning a ``Request``'s messages into text and tokens.
 
 The prompt is rendered here from the model's own chat template (``Template``): the GGUF's Jinja
-template, or llama-cpp-python's built-in format for a GGUF with none it can use.  Rendering it
+template, a chat format or Jinja file chosen instead (``--template``), or, for a GGUF with no template (a
+base model, never tuned on chat turns), the plain framing base models are prompted with: the system text,
+then ``Question: ...`` / ``Answer:`` turns, the reply cut at the next ``Question:``.  Rendering it
 ourselves is what lets the prompt be shown and counted exactly before anything runs
 (``LocalClient.prompt_preview``), documents reach a template that takes them, and an assistant
 prefix be continued rather than closed (branching in the sampling lens).
@@ -9,13 +11,15 @@ prefix be continued rather than closed (branching in the sampling lens).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import _errors as errors
 from .._shapes import Request, chat_tools
-from .model import LocalModelError, chat_format_for
+from .model import PLAIN, LocalModelError, chat_format_for
 
 
 @dataclass(frozen=True)
@@ -37,18 +41,23 @@ class Template:
     template looks at, so documents and tools go to a template only if it has a place for them.
     """
 
+    framing = "template"  # what the status line and the saved metadata call how the prompt is made
+
     def __init__(self, name: str, formatter: Callable[..., Any], reads: frozenset[str], *, jinja: bool = False) -> None:
         self.name, self.formatter, self.reads, self.jinja = name, formatter, reads, jinja
 
     @classmethod
-    def of(cls, llm: Any, template: str | None = None) -> Template:
-        """``template`` (Jinja) if given, else the format named by ``GRANITE_LOCAL_CHAT_FORMAT``, the GGUF's
-        template, the ``gemma`` format for a Gemma GGUF without one, or llama-cpp-python's ``llama-2`` fallback."""
-        chat_format = None if template else chat_format_for(llm)
-        source = template or (None if chat_format else (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template"))
+    def of(cls, llm: Any, template: str | None = None, chat_format: str | None = None) -> Template:
+        """``template`` (Jinja) if given, else ``chat_format`` (a llama-cpp-python format name, or ``plain``), else
+        the format named by ``GRANITE_LOCAL_CHAT_FORMAT``, the GGUF's template, or for a GGUF without one (a base
+        model) the plain framing."""
+        chosen = None if template else chat_format or chat_format_for(llm)
+        if chosen == PLAIN:
+            return PlainFraming()
+        source = template or (None if chosen else (getattr(llm, "metadata", {}) or {}).get("tokenizer.chat_template"))
         if source:
             return cls._jinja(llm, source)
-        return cls(chat_format or "llama-2", _registered_formatter(chat_format or "llama-2"), frozenset())
+        return cls(chosen or "llama-2", _registered_formatter(chosen or "llama-2"), frozenset())
 
     @classmethod
     def _jinja(cls, llm: Any, source: str) -> Template:
@@ -101,6 +110,84 @@ class Template:
         except Exception as exc:  # jinja2's errors and the template's own raise_exception (ValueError)
             raise errors.InvalidParameterError(f"The model's chat template refused this conversation ({type(exc).__name__}: {exc}).") from None
         return response
+
+
+# The plain framing's turn markers: a base model continues a text of questions and answers, and the next
+# "Question:" it starts is where its answer ended.
+QUESTION, ANSWER = "Question:", "Answer:"
+PLAIN_STOP = "\n" + QUESTION
+_RESULT = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.DOTALL)
+
+
+class PlainFraming(Template):
+    """How a base model is prompted: plain text, no chat-turn markers it was never trained on.
+
+    The system text comes first, then each user turn as ``Question: ...`` and each reply as ``Answer: ...``; the
+    prompt ends with ``Answer:``, and the reply is cut where the model starts the next ``Question:``.  Tool results
+    (Granite's ``<tool_response>`` turns) are ``Result: ...`` lines before the next ``Answer:``; when the system text
+    teaches ``<tool_call>`` blocks, the reply also ends at ``</tool_call>`` (the scanner reads an unclosed call).
+    """
+
+    framing = PLAIN
+
+    def __init__(self) -> None:
+        super().__init__("plain (a base model: no chat template)", _no_formatter, frozenset())
+
+    def _format(self, messages: list[dict[str, Any]], documents: list[dict[str, str]] | None, tools: list[dict[str, Any]] | None) -> Any:
+        from types import SimpleNamespace
+
+        from .._granite_tools import CALL_CLOSE, CALL_OPEN
+
+        system = "\n\n".join(str(m.get("content") or "").strip() for m in messages if m.get("role") == "system")
+        parts = [f"{system}\n\n"] if system else []
+        for message in (m for m in messages if m.get("role") != "system"):
+            content = str(message.get("content") or "").strip()
+            if message.get("role") == "assistant":
+                parts.append(f" {content}\n\n")
+            elif results := _RESULT.findall(content):
+                parts.append("".join(f"Result: {result}\n" for result in results) + ANSWER)
+            else:
+                parts.append(f"{QUESTION} {content}\n{ANSWER}")
+        stop = [PLAIN_STOP, *([CALL_CLOSE] if CALL_OPEN in system else [])]
+        return SimpleNamespace(prompt="".join(parts), stop=stop, stopping_criteria=None, added_special=False)
+
+
+def _no_formatter(**_: Any) -> Any:
+    raise NotImplementedError  # the plain framing writes its text itself
+
+
+TEMPLATE_FILE_BYTES = 1 << 20  # a chat template is a few kilobytes: a bigger file is not one
+
+
+def read_template(template: str) -> tuple[str | None, str | None]:
+    """``template=`` (``--template NAME|FILE``) as (Jinja source, chat format name): a Jinja file's text, or a
+    llama-cpp-python chat format's name (or ``plain``, the framing of a base model).  Refused before anything runs."""
+    path = Path(template).expanduser()
+    if path.is_file():
+        try:
+            with open(path, "rb") as file:
+                source = file.read(TEMPLATE_FILE_BYTES + 1)
+        except OSError as exc:
+            raise errors.InvalidParameterError(f"template={template!r} could not be read ({exc.strerror})", names=("template",)) from None
+        if len(source) > TEMPLATE_FILE_BYTES:
+            raise errors.InvalidParameterError(f"template={template!r} is over 1 MB: not a chat template", names=("template",))
+        return source.decode("utf-8", errors="replace"), None
+    if template == PLAIN:
+        return None, PLAIN
+    names = chat_format_names()
+    if template in names:
+        return None, template
+    if "/" in template or "." in template:
+        raise errors.InvalidParameterError(f"template={template!r} is not a file", names=("template",))
+    raise errors.InvalidParameterError(f"template={template!r} is neither a file nor a chat format: use a Jinja file, plain, "
+                                       f"or one of {', '.join(names)}", names=("template",))
+
+
+def chat_format_names() -> list[str]:
+    """llama-cpp-python's registered chat formats."""
+    from llama_cpp import llama_chat_format
+
+    return sorted(llama_chat_format.LlamaChatCompletionHandlerRegistry()._chat_handlers)  # type: ignore[no-untyped-call]
 
 
 def _token_text(llm: Any, token: int) -> str:

@@ -1122,8 +1122,8 @@ def lens_view_class() -> type[Any]:
             self._settings_changed()
 
         def _make_controls(self) -> None:
-            style = {"description_width": "6em"}
-            wide = w.Layout(width="22em")
+            style = {"description_width": "7em"}  # "temperature" whole
+            wide = w.Layout(width="23em")
             t, k, p, m = self._start()
             self.temperature = w.FloatSlider(value=t, min=0.0, max=max(2.0, t), step=0.05, description="temperature", style=style, layout=wide)
             self.top_k = w.IntSlider(value=k, min=0, max=max(1, self.lens.width, k), description="top-k (0 off)", style=style, layout=wide)
@@ -1135,9 +1135,10 @@ def lens_view_class() -> type[Any]:
             self.reset.on_click(lambda _: self._reset())
             count = max(1, len(self.lens.tokens))
             self.token = w.IntSlider(value=self.lens.selected + 1, min=1, max=count, description="token", style=style,
-                                     layout=w.Layout(width="100%"))
-            self.prev_fork = w.Button(description="◀ fork", tooltip="the previous fork", layout=w.Layout(width="auto"))
-            self.next_fork = w.Button(description="fork ▶", tooltip="the next fork", layout=w.Layout(width="auto"))
+                                     layout=w.Layout(width="auto", flex="1 1 auto"))
+            # the buttons keep their width beside the slider, which takes the rest of the row
+            self.prev_fork = w.Button(description="◀ fork", tooltip="the previous fork", layout=w.Layout(width="auto", flex="0 0 auto"))
+            self.next_fork = w.Button(description="fork ▶", tooltip="the next fork", layout=w.Layout(width="auto", flex="0 0 auto"))
             self.prev_fork.on_click(lambda _: self._jump(-1))
             self.next_fork.on_click(lambda _: self._jump(1))
 

@@ -52,6 +52,10 @@ TOOLS_CELL = "%%granite --tools convert --tool-mode native\nHow much is 120 doll
 APPROVE_CELL = "%%granite --tools convert --tool-mode native --approve\nHow much is 7 dollars in yen?"
 CACHE_CELL = "%%granite --cache auto --seed 9 --max-tokens 30\nName a mineral found in granite"
 VERIFY_CELL = "%%granite --cache auto --seeds 4-5 --max-tokens 12 --verify\nName a rock"
+BROKEN_DEF_CELL = "def broken(amount: float) -> float:\n    raise ValueError('the rates service is down')"
+FAILING_TOOLS_CELL = "%%granite --tools broken,convert --tool-mode native\nHow much is 5 dollars in yen?"
+PROMPTED_CELL = "%%granite --tools convert --tool-mode prompted --tool-choice convert\nHow much is 120 dollars in yen?"
+KEEPS_CALLING_CELL = "%%granite --max-steps 2 --tools convert --tool-mode prompted --tool-choice convert\nHow much is 1 dollar in yen?"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -75,7 +79,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nb = nbformat.read(Path(__file__).parent.parent / "demo_notebooks" / "01_quickstart.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
     for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL,
-                                   CACHE_CELL, VERIFY_CELL]):
+                                   CACHE_CELL, VERIFY_CELL, BROKEN_DEF_CELL, FAILING_TOOLS_CELL, PROMPTED_CELL,
+                                   KEEPS_CALLING_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -271,19 +276,40 @@ def test_the_sampling_lens_shades_explains_resamples_and_branches(page: Page, fa
     # the lens under it: moving the temperature slider changes the shown distribution, with no request
     table = output.locator(".gm-lens-table").last
     table.wait_for(timeout=30_000)
+    # it starts at the run's settings (temperature 0.8 as sent, the rest the provider's), and untouched they change
+    # nothing: "now" is the "at the run" column, the probability no token was listed for has its own row, and a
+    # pick outside the five listed is said to be so, never called impossible
+    temperature = output.locator(".widget-slider", has_text="temperature")
+    assert temperature.locator(".widget-readout").inner_text().strip() == "0.80"
+    lens_text = output.locator(".gm-lens-head").filter(has_text="sliders start").inner_text()
+    assert "temperature 0.8 (sent)" in lens_text and "not sent: the API's documented defaults" in lens_text
+    assert "at the run" in table.locator("tr").first.inner_text() and "all other tokens" in table.inner_text()
+    columns = table.evaluate("t => [...t.querySelectorAll('tr')].slice(1).map(r => [...r.cells].map(c => c.innerText.trim()))")
+    assert columns and all(row[3] == row[4].split()[0] for row in columns), columns
+    summary = output.locator(".gm-lens-note").filter(has_text="forks").first.inner_text()
+    assert "could not have been made" not in summary
+    # one numbering: the token slider, the table and (below) the branch's column count tokens from 1
+    picked = int(output.locator(".widget-slider", has_text="token").locator(".widget-readout").inner_text())
+    assert f"token {picked} of " in table.locator("xpath=..").inner_text()  # the head above the table
+    target.screenshot(path=str(ARTIFACTS / "06-lens-start-cell.png"))
     before, requests = table.inner_text(), len(fake.chat_requests)
-    slider = output.locator(".widget-slider", has_text="temperature").locator(".noUi-handle")
+    slider = temperature.locator(".noUi-handle")
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
     page.wait_for_function("([el, before]) => el.innerText !== before", arg=[table.element_handle(), before], timeout=10_000)
     assert len(fake.chat_requests) == requests
+    assert temperature.locator(".widget-readout").inner_text().strip() == "0.30"
+    assert "\u2013" in table.inner_text()  # at 0.3 what the unlisted tokens could hold shows as ranges (an en dash)
     shot(page, "06-lens")
+    target.screenshot(path=str(ARTIFACTS / "06-lens-cell.png"))
     # clicking an alternative continues the reply from there, in a new column beside the original
     output.locator("button.gm-lens-branch").last.click()
     page.wait_for_function("el => el.querySelectorAll('.gm-col').length === 2 && el.textContent.includes('identical groups')",
                            arg=output.element_handle(), timeout=30_000)
     assert fake.chat_requests[-1].body["messages"][-1]["role"] == "assistant"
+    assert output.locator(".gm-label", has_text=f"branch at token {picked}:").count() == 1  # the lens's own number
+    output.locator(".gm-col").last.scroll_into_view_if_needed()
     shot(page, "07-lens-branch")
 
 
@@ -308,11 +334,47 @@ def test_approve_asks_under_the_cell_while_it_runs(page: Page, fake: FakeOpenRou
     box = output.locator(".jp-Stdin-input")
     box.wait_for(timeout=30_000)
     assert "Run convert(amount=7, currency='yen')? [y/N]" in output.inner_text()
+    waiting = output.inner_text()
+    assert "waiting for your approval" in waiting and "streaming" not in waiting  # the status line says what it waits for
+    assert "calling convert(amount=7, currency='yen')" in waiting
+    target.screenshot(path=str(ARTIFACTS / "09-approve-waiting-cell.png"))
     box.fill("y")
     box.press("Enter")  # answered while the cell is still running
     output.get_by_text("The tool said: 1050.0").first.wait_for(timeout=30_000)
     assert output.locator("details.gm-tool").count() == 1
     shot(page, "09-approve")
+
+
+def test_each_failed_call_says_which_tool_and_why_on_its_row(page: Page, fake: FakeOpenRouter) -> None:
+    run_cell(page, BROKEN_DEF_CELL)
+    fake.push(Scenario(tool_calls=3, tool_arguments="{not json"))  # three calls in one reply, the first malformed
+    target = run_cell(page, FAILING_TOOLS_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    rows = [row.inner_text() for row in output.locator("details.gm-tool summary").all()]
+    assert len(rows) == 3 and len(set(rows)) == 3, rows
+    assert rows[0].startswith("⚠ Did not run broken: the arguments are not valid JSON")
+    assert rows[1].startswith("Ran convert")
+    assert rows[2].startswith("⚠ broken failed") and "ValueError: the rates service is down" in rows[2]
+    target.screenshot(path=str(ARTIFACTS / "08-tool-failures-cell.png"))
+
+
+def test_prompted_tools_show_no_protocol_fragments_and_say_whose_calls_were_left(page: Page, fake: FakeOpenRouter) -> None:
+    # a forced call, then an answer that closes a call it never opened and ends cut off inside another tag
+    fake.push(Scenario(), Scenario(text="It is 18000 yen.</tool_call>\n<tool_call"))
+    target = run_cell(page, PROMPTED_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(FINAL_STATUS).wait_for(timeout=30_000)
+    assert output.get_by_text("It is 18000 yen.").count() >= 1
+    assert "tool_call" not in output.inner_text() and output.locator("details.gm-tool").count() == 1
+    target.screenshot(path=str(ARTIFACTS / "08-tools-prompted-cell.png"))
+    fake.push(*[Scenario(tool_steps=9)] * 2)  # a model that keeps calling on its own
+    target = run_cell(page, KEEPS_CALLING_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text("forced only the first call").wait_for(timeout=30_000)
+    assert ("stopped after 2 steps (--max-steps 2): the model kept calling tools on its own (--tool-choice convert forced "
+            "only the first call)") in output.inner_text()
+    target.screenshot(path=str(ARTIFACTS / "08-tools-stop-line-cell.png"))
 
 
 def test_a_rerun_from_the_cache_says_cached_and_sends_nothing(page: Page, fake: FakeOpenRouter) -> None:

@@ -36,17 +36,18 @@ def compare(
     backend: str | None = None,
     api: str | None = None,
     verify: bool = False,
+    template: str | None = None,
     **params: Any,
 ) -> Comparison:
     """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
 
     ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
     takes the same target arguments as a single turn (``model``, ``base_url``,
-    ``backend``, ``api``, ``system``).  ``verify=True`` runs live and compares each run with its recording
+    ``backend``, ``api``, ``system``; ``template``, the local model's chat template).  ``verify=True`` runs live and compares each run with its recording
     (when the cache is in replay mode, nothing runs live: the recordings are shown, marked not checked).
     """
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template)
     return session.compare(turn, specs)
 
 
@@ -63,11 +64,12 @@ async def acompare(
     backend: str | None = None,
     api: str | None = None,
     verify: bool = False,
+    template: str | None = None,
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)

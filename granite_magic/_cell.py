@@ -167,6 +167,9 @@ def options() -> tuple[Option, ...]:
         Option(("--backend",), "turn.backend", "http (OpenRouter or --base-url), local (llama.cpp here: pip install "
                "'granite-magic[local]'), or auto (default, env GRANITE_BACKEND): http with a key or base URL, else local", None,
                {"choices": BACKENDS}),
+        Option(("--template",), "turn.template", "the local model's chat template: a llama.cpp chat format (gemma, "
+               "chatml, ...), plain (a base model's Question/Answer text), or a Jinja file; default: the GGUF's own, or "
+               "plain for a GGUF without one", "NAME|FILE"),
         Option(("--api",), "turn.api", "HTTP request format: OpenAI chat completions (default), OpenAI Responses, or "
                "Anthropic Messages", None, {"choices": _params.APIS}),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),

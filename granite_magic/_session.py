@@ -93,13 +93,16 @@ class Session:
         settings = self.settings
         api = turn.api or settings.api
         if self._backend(turn) == "http":
+            if turn.template is not None:
+                raise errors.InvalidParameterError(f"template={turn.template!r} chooses the local model's chat template: the "
+                                                   "HTTP server applies its own", names=("template",))
             base_url = turn.base_url or settings.base_url
             timeout_s = turn.timeout_s if turn.timeout_s is not None else settings.timeout_s
             return Target(self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
         if api != "chat":
             raise errors.InvalidParameterError(f"api={api!r} needs the HTTP backend: the local model has no request format",
                                                names=("api",))
-        client = self._local_client(turn.model)
+        client = self._local_client(turn.model, turn.template)
         return Target(client, client.model, "chat")
 
     def _backend(self, turn: Turn) -> Literal["http", "local"]:
@@ -127,13 +130,13 @@ class Session:
             self.clients[key] = client
         return client
 
-    def _local_client(self, model: str | None) -> BaseClient:
-        key = ("local", model, self.settings.local_instances)
+    def _local_client(self, model: str | None, template: str | None = None) -> BaseClient:
+        key = ("local", model, self.settings.local_instances, template)
         client = self.clients.get(key)
         if client is None:
             from ._local import LocalClient
 
-            client = self.clients[key] = LocalClient(model, instances=self.settings.local_instances)
+            client = self.clients[key] = LocalClient(model, instances=self.settings.local_instances, template=template)
         return client
 
     # --- requests ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ class Turn:
     pace: Pace = "instant"  # --pace original: a replay streams at the recorded pace
     verify: bool = False  # --verify: run live and compare with the recording
     strict: bool | None = None  # --strict: only providers that honour every parameter (None: the session's setting)
+    template: str | None = None  # --template: the local model's chat format name, "plain", or a Jinja file
 
     def __post_init__(self) -> None:
         if self.backend is not None:

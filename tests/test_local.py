@@ -221,3 +221,24 @@ def test_bad_model_reference_is_explained(tmp_path: Path) -> None:
         resolve_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(LocalModelError, match="Name the file"):
         resolve_model("someone/some-GGUF")
+
+
+def test_template_chooses_the_chat_format_or_a_jinja_file(keyless_ip: InteractiveShell, tmp_path: Path) -> None:
+    """``--template`` reaches the local client (a client per template, so each prompt is its own), is shown by a dry
+    run and keyed; a name that is neither a file nor a format, or a template over HTTP, is refused in one line."""
+    plain = shown(run(keyless_ip, "--dry-run --seed 1", PROMPT))
+    assert f"Question: {PROMPT}\nAnswer:" in plain and '"framing": "plain"' in plain and "<start_of_turn>" not in plain
+    gemma = shown(run(keyless_ip, "--template gemma --dry-run --seed 1", PROMPT))
+    assert f"<start_of_turn>user\n{PROMPT}<end_of_turn>\n<start_of_turn>model\n" in gemma and '"chat_format": "gemma"' in gemma
+    assert '"framing"' not in gemma
+    jinja = tmp_path / "turns.jinja"
+    jinja.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]")
+    chosen = shown(run(keyless_ip, f"--template {jinja} --dry-run --seed 1", PROMPT))
+    assert f"[user] {PROMPT}\n[assistant]" in chosen and '"chat_template": "sha256:' in chosen
+    out = run(keyless_ip, "--template gemma --seed 1 --max-tokens 3 -o r", PROMPT)
+    assert "local llama.cpp · template gemma" in shown(out) and keyless_ip.user_ns["r"].provider == "llama.cpp (local)"
+
+    refused = run(keyless_ip, "--template nope --seed 1", PROMPT)
+    assert "--template nope is neither a file nor a chat format" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "--template gemma chooses the local model's chat template" in run(keyless_ip, "--backend http --base-url "
+                                                                             "http://127.0.0.1:9/v1 --template gemma", PROMPT).stderr

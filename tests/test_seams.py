@@ -187,7 +187,7 @@ def test_every_field_of_a_request_changes_its_cache_key(backend: str, tmp_path: 
 # below, and with one it must come back through to_cell and parse_cell unchanged.
 OPTION_EXAMPLES = {
     "--model": "-m fake/model", "--system": "-s 'Be brief.'", "--base-url": "--base-url http://localhost:8080/v1",
-    "--backend": "--backend local", "--api": "--api responses", "--out": "-o answer", "--format": "-f json",
+    "--backend": "--backend local", "--template": "--template chatml", "--api": "--api responses", "--out": "-o answer", "--format": "-f json",
     "--chat": "--chat notes", "--seeds": "--seeds 1-3", "--sweep": "--sweep temperature=0,0.7 --sweep top_p=0.5,0.9",
     "--repeat": "--repeat 2", "--concurrency": "--concurrency 2", "--probs": "--probs 3", "--timeout": "--timeout 2.5",
     "--context": "--context numbers,title", "--docs": "--docs notes.md", "--cell": "--cell -1", "--tools": "--tools add",

@@ -220,7 +220,12 @@ def test_a_gguf_without_a_template_is_framed_as_plain_text(local: LocalClient) -
     assert text == ("<bos>Answer in French.\n\nQuestion: Name a river in France.\nAnswer: The Loire is the longest river in "
                     "France.\n\nQuestion: Where does it reach the sea?\nAnswer:")
     assert local.framing == "plain" and local.label(local.model).endswith("local llama.cpp · plain framing (base model)")
-    assert local.describe(Request(local.model, tuple(messages)))["framing"] == "plain"  # so the record/replay key covers it
+    # By itself the framing follows from the GGUF, whose fingerprint the record/replay key holds (and remembers for a
+    # replay without the file); chosen for a GGUF that has a template, it is keyed.
+    assert "framing" not in local.describe(Request(local.model, tuple(messages)))
+    chosen = LocalClient(local.reference, template="plain")
+    assert chosen.describe(Request(chosen.model, tuple(messages)))["framing"] == "plain"
+    chosen.close()
     result = reply(local, QUESTION, seed=1, temperature=0.7, max_tokens=200)
     assert result.provider == "llama.cpp (local, plain framing)" and result.usage.prompt_tokens == preview(local, QUESTION)[1]
     assert "Question:" not in result.text and "<start_of_turn>" not in result.text

@@ -148,13 +148,17 @@ class LocalClient(BaseClient):
         """``plain`` for a base model (a GGUF with no chat template, none chosen, or ``template="plain"``), else
         ``template``.  Known without loading the model: from the GGUF's header when the file is here, else from
         the loaded model; a file not here yet is assumed to carry its template (IBM's Granite GGUF does)."""
-        chosen = self.chat_format or (explicit_chat_format() if self.chat_template is None else None)
+        chosen = self._chosen_format()
         if chosen is not None or self.chat_template is not None:
             return PLAIN if chosen == PLAIN else "template"
         if self._pool is not None and self._pool.template is not None:
             return self._pool.template.framing
         path = local_file(self.reference)
         return "template" if path is None or has_chat_template(path) else PLAIN
+
+    def _chosen_format(self) -> str | None:
+        """The chat format chosen (``template=``, or ``GRANITE_LOCAL_CHAT_FORMAT`` when no Jinja template is given)."""
+        return self.chat_format or (explicit_chat_format() if self.chat_template is None else None)
 
     def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]:
         """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
@@ -189,8 +193,8 @@ class LocalClient(BaseClient):
         shows the prompt text itself, which needs the model's template and tokenizer."""
         described: dict[str, Any] = {"messages": [dict(m) for m in request.messages]}
         described |= self._template_chosen()
-        if self.framing == PLAIN:  # a base model's prompt is text, not chat turns: another prompt, another key
-            described["framing"] = PLAIN
+        if self._chosen_format() == PLAIN:  # plain framing chosen (a GGUF without a template gets it by itself, and
+            described["framing"] = PLAIN  # its fingerprint, which a replay without the file remembers, keys that)
         if request.documents:
             described["documents"] = [dict(d) for d in request.documents]
         if request.tools:

@@ -208,6 +208,11 @@ class BaseClient:
         model runs elsewhere.  The cache keys a local run on the file's fingerprint, not its name."""
         return None
 
+    def sampler_defaults(self) -> dict[str, Any] | None:
+        """What the backend samples with when a request does not set a parameter; None: the API's documented
+        defaults (the parameter table's), which a self-hosted server may not follow."""
+        return None
+
     def prompt_preview(self, request: Request) -> tuple[str, int] | None:
         """The exact prompt text and its token count, when the backend can tell (it has the tokenizer)."""
         return None

@@ -352,8 +352,8 @@ class GraniteMagics(Magics):
 
         branches = Branches(self.session, job.turn, job.target, result)
         sampling = job.request.sampling
-        stated = getattr(job.target.client, "sampler_defaults", None)  # what the backend samples with when not told
-        run, label = run_settings(sampling, stated() if callable(stated) else None)  # the sliders start there
+        # the sliders start where the run was: what was sent, else what the backend says it samples with
+        run, label = run_settings(sampling, job.target.client.sampler_defaults())
         lens = lens_view(result.tokens, result.probs_kind, on_branch=branches.branch, run=run, run_label=label,
                          listed=sampling.get("top_logprobs"))
         box = w.VBox([lens, branches.widget])

@@ -45,6 +45,7 @@ pytestmark = pytest.mark.slow
 
 STREAM_CELL = "%%granite --seed 1\nTell me about granite"
 PANEL_CELL = "%granite panel Tell me about granite"
+SHIPPED_WITH_WIDGETS = ("04_panel.ipynb", "05_sampling_lens.ipynb")
 UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
 LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the sentence: The oldest rocks on Earth are"
 TOOL_DEF_CELL = "def convert(amount: float, currency: str) -> float:\n    return round(amount * 150.0, 2)"
@@ -86,6 +87,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if each.cell_type == "code":
             each.execution_count = None
     nbformat.write(nb, root / "demo.ipynb")
+    for shipped in SHIPPED_WITH_WIDGETS:  # as a person opens them from the repository, never run here
+        (root / shipped).write_bytes((Path(__file__).parent.parent / "demo_notebooks" / shipped).read_bytes())
     settings = root / ".settings"
     for plugin, values in {
         "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the DOM
@@ -416,3 +419,21 @@ def test_the_reply_survives_saving_and_reopening(page: Page, lab: str, workdir: 
     output = cell(page, STREAM_CELL).locator(".jp-Cell-outputArea")
     assert output.locator(".jp-RenderedMarkdown").first.inner_text().strip() == expected
     shot(page, "06-reopened")
+
+
+@pytest.mark.parametrize("shipped", SHIPPED_WITH_WIDGETS)
+def test_a_shipped_demo_opened_without_running_shows_no_widget_error(page: Page, lab: str, shipped: str) -> None:
+    """A shipped demo opened before any cell runs (as from the repository): where the panel and the lens were, one
+    line says what was there; never "Error displaying widget: model not found", never a VBox(...) repr."""
+    page.goto(f"{lab}/lab/tree/{shipped}?token={TOKEN}&reset")
+    page.locator(".lm-TabBar-tab.lm-mod-current", has_text=shipped).wait_for(timeout=60_000)
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    said = notebook.get_by_text("(an interactive widget: run the cell in Jupyter to use it").first
+    said.wait_for(timeout=60_000)
+    said.scroll_into_view_if_needed()
+    shot(page, f"12-reopened-{shipped.removesuffix('.ipynb')}")
+    text = notebook.inner_text()
+    assert "Error displaying widget" not in text and "model not found" not in text
+    assert "VBox(" not in text and "LensView(" not in text and "Panel(children" not in text
+    page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
+    page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)

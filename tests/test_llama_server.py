@@ -24,6 +24,7 @@ def cells(shell: InteractiveShell, llama_server: str, monkeypatch: pytest.Monkey
     """A kernel whose cells go to the llama.cpp server, as ``GRANITE_BASE_URL`` would send them: a fresh session."""
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     magics = magics_of(shell)
+    before = {name: getattr(magics, name) for name in ("base_url", "backend", "default_params", "live")}
     magics.session.close()
     magics.session.conversations.clear()
     magics.base_url = llama_server
@@ -32,7 +33,8 @@ def cells(shell: InteractiveShell, llama_server: str, monkeypatch: pytest.Monkey
     magics.live = "terminal"
     yield shell
     magics.session.close()
-    magics.backend = "auto"
+    for name, value in before.items():  # the shell is shared with other modules' tests
+        setattr(magics, name, value)
 
 
 def test_the_first_cell_streams_a_whole_reply(cells: InteractiveShell) -> None:

@@ -120,28 +120,26 @@ class Samplers:
 SAMPLER_NAMES = ("temperature", "top_k", "top_p", "min_p")  # the samplers the lens models
 
 
-def run_settings(sent: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> tuple[Samplers, str]:
+def run_settings(sent: Mapping[str, Any], defaults: Mapping[str, Any], *, stated: bool = False) -> tuple[Samplers, str]:
     """The samplers a reply was made with, and a line saying which were sent and which were defaults.
 
-    A sampler the request set is taken as sent; one it did not set is the backend's default: ``defaults`` (what
-    the backend states it uses, as the local model's llama.cpp does), else the documented API default
-    (``PARAMETERS``).  ``"temperature 0.8 (sent); top-k off, top-p 1, min-p 0 (not sent: the API's documented
-    defaults)"``.
+    A sampler the request set is taken as sent; one it did not set is ``defaults``: what the backend states it uses
+    (``stated``, as the local model's llama.cpp does), else the API's documented defaults, as the caller reads them
+    from the parameter table.  ``"temperature 0.8 (sent); top-k off, top-p 1, min-p 0 (not sent: the API's
+    documented defaults)"``.
     """
-    from ._params import get_param
-
     values: dict[str, Any] = {}
     given: list[str] = []
     assumed: list[str] = []
     for name in SAMPLER_NAMES:
-        value = sent[name] if name in sent else (defaults.get(name) if defaults is not None else get_param(name).default)
+        value = sent[name] if name in sent else defaults.get(name)
         values[name] = value
         (given if name in sent else assumed).append(_setting(name, value))
     try:
         samplers = Samplers(**values)
     except (TypeError, ValueError):  # a default the lens cannot model: start from the model's own distribution
         return Samplers(), "unknown (the model's own distribution is shown)"
-    where = "the backend's defaults" if defaults is not None else "the API's documented defaults"
+    where = "the backend's defaults" if stated else "the API's documented defaults"
     parts = ([f"{', '.join(given)} (sent)"] if given else []) + ([f"{', '.join(assumed)} (not sent: {where})"] if assumed else [])
     return samplers, "; ".join(parts)
 

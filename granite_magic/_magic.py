@@ -348,12 +348,15 @@ class GraniteMagics(Magics):
         from IPython.display import display
 
         from ._branch import Branches
-        from ._lens import lens_view, run_settings
+        from ._lens import SAMPLER_NAMES, lens_view, run_settings
+        from ._params import get_param
 
         branches = Branches(self.session, job.turn, job.target, result)
         sampling = job.request.sampling
         # the sliders start where the run was: what was sent, else what the backend says it samples with
-        run, label = run_settings(sampling, job.target.client.sampler_defaults())
+        stated = job.target.client.sampler_defaults()
+        documented = {name: get_param(name).default for name in SAMPLER_NAMES}
+        run, label = run_settings(sampling, stated if stated is not None else documented, stated=stated is not None)
         lens = lens_view(result.tokens, result.probs_kind, on_branch=branches.branch, run=run, run_label=label,
                          listed=sampling.get("top_logprobs"))
         box = w.VBox([lens, branches.widget])

@@ -550,10 +550,11 @@ def test_the_sliders_start_at_the_runs_settings(recorded_comms: list[Any]) -> No
 def test_run_settings_say_what_was_sent_and_what_was_a_default() -> None:
     from granite_magic._lens import run_settings
 
-    samplers, label = run_settings({"temperature": 0.8, "seed": 3})
+    documented = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}  # as the magic reads them from the table
+    samplers, label = run_settings({"temperature": 0.8, "seed": 3}, documented)
     assert samplers == Samplers(temperature=0.8)
     assert label == "temperature 0.8 (sent); top-k off, top-p 1, min-p 0 (not sent: the API's documented defaults)"
-    samplers, label = run_settings({"top_k": 5}, {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05})
+    samplers, label = run_settings({"top_k": 5}, {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}, stated=True)
     assert samplers == Samplers(temperature=0.2, top_k=5, top_p=0.95, min_p=0.05)
     assert label == "top-k 5 (sent); temperature 0.2, top-p 0.95, min-p 0.05 (not sent: the backend's defaults)"
 

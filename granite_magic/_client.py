@@ -628,6 +628,8 @@ class GraniteClient(BaseClient):
             raise errors.ConnectionDroppedError(f"The model listing at {self.base_url}/models failed recently; not asked again yet.")
         if self._models_reading is None or self._models_reading.done():
             self._models_reading = asyncio.ensure_future(self._read_models())
+            # a read whose waiters all stopped waiting still fails quietly: its failure is remembered, not logged
+            self._models_reading.add_done_callback(_retrieved)
         try:  # shielded: a caller that stops waiting does not cancel the read that others wait for
             self._models = await asyncio.shield(self._models_reading)
         except errors.GraniteError as exc:
@@ -877,3 +879,9 @@ def tls_context() -> ssl.SSLContext:
 def _close_soon(loop: BackgroundLoop, http: httpx.AsyncClient) -> None:
     if not loop.loop.is_closed():
         loop.submit(http.aclose())
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a finished future's exception as seen (asyncio would log it as never retrieved)."""
+    if not future.cancelled():
+        future.exception()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import comm
+import hypothesis  # noqa: F401  (compiled here, before any test: see below)
 import pytest
 from comm.base_comm import BaseComm
 from IPython.core.interactiveshell import InteractiveShell
@@ -17,6 +18,12 @@ from granite_magic import GraniteClient, RetryPolicy
 from granite_magic._magic import GraniteMagics
 from granite_magic._session import Session
 from granite_magic.testing import FakeOpenRouter
+
+from .hostile import HOSTILE_KEY, HostileServer
+
+# CPython 3.11 can fail to compile a module ("AST constructor recursion depth mismatch") after a test has caught
+# the RecursionError of 100,000-deep JSON, as the hostile tests do on purpose; hypothesis's plugin compiles its
+# modules at the end of a session, so it is imported above, before any test runs.
 
 TEST_KEY = "sk-or-v1-test-0123456789abcdef-do-not-leak"
 
@@ -219,3 +226,39 @@ def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+# --- shared by the hostile-server, cache and replay tests -------------------------------------------------------
+
+KEY = HOSTILE_KEY
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., GraniteClient]]:
+    """GraniteClient(base_url, ...) with the fake key and fast retries; every client is closed afterwards."""
+    made: list[GraniteClient] = []
+
+    def make(base_url: str, **options: Any) -> GraniteClient:
+        client = GraniteClient(base_url=base_url, **{"api_key": KEY, "retry": FAST_RETRY, "read_timeout_s": 5.0, **options})
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def cached(ip: InteractiveShell, tmp_path: Any) -> Iterator[Any]:
+    magics = magics_of(ip)
+    magics.cache_dir = str(tmp_path / "recordings")
+    magics.cache = "auto"
+    yield magics
+    magics.cache = ""
+    magics.cache_dir = ""

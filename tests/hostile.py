@@ -152,6 +152,9 @@ def trickle(pattern: bytes = b":\n", *, interval_s: float = 0.2, for_s: float = 
 # --- the server -----------------------------------------------------------------------------
 
 
+HOSTILE_KEY = "sk-or-v1-hostile-0123456789abcdef0123"  # the key the hostile tests give (and that servers echo)
+
+
 class HostileServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 (port 0) answering from a script; a context manager."""
 

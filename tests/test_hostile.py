@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 
 import granite_magic
-from granite_magic import AuthenticationError, GraniteClient, GraniteError, InvalidParameterError, Result, RetryPolicy, StallError
+from granite_magic import AuthenticationError, GraniteClient, GraniteError, InvalidParameterError, Result, StallError
 
-from .conftest import run, shown
+from .conftest import KEY, run, shown
 from .hostile import (
     DONE,
     SSE_HEADERS,
@@ -41,8 +41,6 @@ from .hostile import (
 if TYPE_CHECKING:
     from granite_magic.testing import FakeOpenRouter
 
-KEY = "sk-or-v1-hostile-0123456789abcdef0123"
-FAST_RETRY = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
 HELLO = (text_chunk("Hel"), text_chunk("lo "))  # two good chunks before the fault: "Hello " must be kept
 FULL = "Hello world."  # HELLO, then "world." if the fault is skipped
 
@@ -52,25 +50,6 @@ T = TypeVar("T")
 # --- fixtures and helpers -----------------------------------------------------------------
 
 
-@pytest.fixture
-def hostile() -> Iterator[HostileServer]:
-    with HostileServer() as server:
-        yield server
-
-
-@pytest.fixture
-def make_client() -> Iterator[Callable[..., GraniteClient]]:
-    """GraniteClient(base_url, ...) with the fake key and fast retries; every client is closed afterwards."""
-    made: list[GraniteClient] = []
-
-    def make(base_url: str, **options: Any) -> GraniteClient:
-        client = GraniteClient(base_url=base_url, **{"api_key": KEY, "retry": FAST_RETRY, "read_timeout_s": 5.0, **options})
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 @pytest.fixture

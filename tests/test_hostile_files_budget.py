@@ -27,10 +27,8 @@ from granite_magic._cache import MAX_FILE_BYTES
 from granite_magic._ledger import Ledger
 from granite_magic.testing import FakeOpenRouter
 
-from .conftest import TEST_KEY, magics_of, run, shown
+from .conftest import KEY, TEST_KEY, magics_of, run, shown
 from .hostile import SSE_HEADERS, HostileServer, Reply, finish_chunk, json_reply, sse_reply, text_chunk
-
-FAST_RETRY = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
 
 
 def granite_lines(out: CapturedIO) -> list[str]:
@@ -44,14 +42,6 @@ def assert_no_traceback(out: CapturedIO) -> None:
 # --- recordings a repository can ship -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cached(ip: InteractiveShell, tmp_path: Path) -> Iterator[Any]:
-    magics = magics_of(ip)
-    magics.cache_dir = str(tmp_path / "recordings")
-    magics.cache = "auto"
-    yield magics
-    magics.cache = ""
-    magics.cache_dir = ""
 
 
 def _dev_zero(path: Path, tmp: Path) -> None:
@@ -220,27 +210,8 @@ def test_docs_name_what_a_path_is(ip: InteractiveShell, server: FakeOpenRouter, 
 
 # --- secrets ---------------------------------------------------------------------------------------------------
 
-KEY = "sk-or-v1-hostile-0123456789abcdef0123"
 
 
-@pytest.fixture
-def hostile() -> Iterator[HostileServer]:
-    with HostileServer() as server:
-        yield server
-
-
-@pytest.fixture
-def make_client() -> Iterator[Callable[..., GraniteClient]]:
-    made: list[GraniteClient] = []
-
-    def make(base_url: str, **options: Any) -> GraniteClient:
-        client = GraniteClient(base_url=base_url, **{"api_key": KEY, "retry": FAST_RETRY, "read_timeout_s": 5.0, **options})
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def _pieces(text: str, cuts: list[int]) -> list[str]:

@@ -11,17 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from granite_magic import Comparison, Result
 from granite_magic.testing import FakeOpenRouter
 
-from .conftest import TEST_KEY, magics_of, run, shown
-
-
-@pytest.fixture
-def cached(ip: InteractiveShell, tmp_path: Path) -> Any:
-    magics = magics_of(ip)
-    magics.cache_dir = str(tmp_path / "recordings")
-    magics.cache = "auto"
-    yield magics
-    magics.cache = ""
-    magics.cache_dir = ""
+from .conftest import TEST_KEY, run, shown
 
 
 def test_auto_records_a_miss_and_serves_the_hit_without_sending(ip: InteractiveShell, server: FakeOpenRouter, cached: Any) -> None:

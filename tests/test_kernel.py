@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,9 @@ def _execute(kc: Any, code: str, timeout: float = 30) -> list[dict[str, Any]]:
             return messages
 
 
-def test_kernel_interrupt_stops_the_stream_and_keeps_the_partial_text(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+@contextmanager
+def _kernel(server: FakeOpenRouter) -> Iterator[tuple[KernelManager, Any]]:
+    """A real kernel with the extension loaded and pointed at ``server``; shut down afterwards."""
     km = KernelManager(kernel_name="python3")
     km.start_kernel()
     kc = km.client()
@@ -72,6 +75,15 @@ def test_kernel_interrupt_stops_the_stream_and_keeps_the_partial_text(server: Fa
     try:
         kc.wait_for_ready(timeout=60)
         _execute(kc, f"%load_ext granite_magic\n%config GraniteMagics.base_url = {server.base_url!r}")
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_kernel_interrupt_stops_the_stream_and_keeps_the_partial_text(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
+    with _kernel(server) as (km, kc):
         server.push(Scenario(tokens=600, tokens_per_s=20))  # 30 s if nobody stops it
         msg_id = kc.execute("%%granite -o partial\nWrite slowly")
         while True:  # wait until the widget shows streamed text
@@ -90,9 +102,6 @@ def test_kernel_interrupt_stops_the_stream_and_keeps_the_partial_text(server: Fa
         printed = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
         ended, words = printed.split()
         assert ended == "interrupted" and 0 < int(words) < 600
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def _wait_disconnected(server: FakeOpenRouter) -> bool:
@@ -106,13 +115,7 @@ def test_after_loading_the_warm_up_finishes_and_the_first_cell_works(server: Fak
     """The cell that loads the extension starts a warm-up thread when it has finished (imports, the option parser,
     the background loop, one loopback request); it ends on its own and leaves the first cell working."""
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        _execute(kc, f"%load_ext granite_magic\n%config GraniteMagics.base_url = {server.base_url!r}")
+    with _kernel(server) as (_, kc):
 
         def printed(code: str) -> str:
             messages = _execute(kc, code)
@@ -131,6 +134,3 @@ def test_after_loading_the_warm_up_finishes_and_the_first_cell_works(server: Fak
         _execute(kc, "%%granite --seed 4 -o r\nTell me about granite")
         expected = "".join(fake_reply([{"role": "user", "content": "Tell me about granite"}], {"seed": 4}))
         assert printed(f"print(r.text == {expected!r}, r.finish_reason)").strip() == "True stop"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)

@@ -26,6 +26,8 @@ import pytest
 
 from granite_magic.testing import FakeOpenRouter, Scenario, fake_reply
 
+from .readable import cell_prompt, notebook_sources, problems
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "browser"
 TOKEN = "browser-test-token"
@@ -46,6 +48,8 @@ pytestmark = pytest.mark.slow
 STREAM_CELL = "%%granite --seed 1\nTell me about granite"
 PANEL_CELL = "%granite panel Tell me about granite"
 SHIPPED_WITH_WIDGETS = ("04_panel.ipynb", "05_sampling_lens.ipynb")
+QUICKSTART = "01_quickstart.ipynb"
+DEMOS = Path(__file__).parent.parent / "demo_notebooks"
 UNSAFE_CELL = "%%granite --seed 2\nShow me something unsafe"
 LENS_CELL = "%%granite --probs 5 --seed 3 --temperature 0.8\nComplete the sentence: The oldest rocks on Earth are"
 TOOL_DEF_CELL = "def convert(amount: float, currency: str) -> float:\n    return round(amount * 150.0, 2)"
@@ -87,8 +91,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if each.cell_type == "code":
             each.execution_count = None
     nbformat.write(nb, root / "demo.ipynb")
-    for shipped in SHIPPED_WITH_WIDGETS:  # as a person opens them from the repository, never run here
-        (root / shipped).write_bytes((Path(__file__).parent.parent / "demo_notebooks" / shipped).read_bytes())
+    for shipped in (*SHIPPED_WITH_WIDGETS, QUICKSTART):  # as a person opens them from the repository, never run here
+        (root / shipped).write_bytes((DEMOS / shipped).read_bytes())
     settings = root / ".settings"
     for plugin, values in {
         "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},  # every cell in the DOM
@@ -435,5 +439,35 @@ def test_a_shipped_demo_opened_without_running_shows_no_widget_error(page: Page,
     text = notebook.inner_text()
     assert "Error displaying widget" not in text and "model not found" not in text
     assert "VBox(" not in text and "LensView(" not in text and "Panel(children" not in text
+    page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
+    page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)
+
+
+def test_the_shipped_quick_start_s_first_reply_reads_as_text(page: Page, lab: str) -> None:
+    """The quick start opened as from the repository: the first reply it shows does not begin by repeating its
+    prompt, has no letters of a script the notebook does not use and no line three times (tests/readable.py)."""
+    shipped: Any = nbformat.read(DEMOS / QUICKSTART, as_version=4)
+    # the first output the package marked as a reply (not a listing, a dry run, a tool block or a status line)
+    cell_index, index, meta = next((n, i, o.metadata["granite_magic"]) for n, c in enumerate(shipped.cells) if c.cell_type == "code"
+                                   for i, o in enumerate(c.outputs) if "granite_magic" in o.get("metadata", {}))
+    source = shipped.cells[cell_index].source
+    page.goto(f"{lab}/lab/tree/{QUICKSTART}?token={TOKEN}&reset")
+    page.locator(".lm-TabBar-tab.lm-mod-current", has_text=QUICKSTART).wait_for(timeout=60_000)
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    target = notebook.locator(".jp-Cell").nth(cell_index)  # every cell is in the DOM (windowingMode none), in order
+    assert source.split("\n")[0] in target.locator(".jp-InputArea").inner_text()
+    output = target.locator(".jp-OutputArea-child").nth(index)
+    # a single reply is Markdown; a comparison is a grid whose first column is its first reply
+    shown_at = output.locator(".gm-col .gm-text" if "comparison" in meta else ".jp-RenderedMarkdown").first
+    shown_at.wait_for(timeout=60_000)
+    shown_at.scroll_into_view_if_needed()
+    target.screenshot(path=str(ARTIFACTS / "13-quickstart-first-reply-cell.png"))
+    # textContent, not innerText: a Markdown paragraph keeps the line breaks of its source there, which the rule
+    # on repeated lines needs (innerText shows a soft break as the space the reader sees)
+    shown = shown_at.evaluate("el => el.textContent")
+    assert shown.strip(), "the first reply shows no text"
+    prompt, system = cell_prompt(source)
+    prompt = meta.get("comparison", {}).get("prompt") or prompt  # a comparison keeps the prompt as sent
+    assert problems(shown, prompt, notebook_sources(shipped), system=system) == [], shown
     page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
     page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)

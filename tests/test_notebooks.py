@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -14,6 +17,7 @@ from granite_magic._local import local_available
 from granite_magic.testing import FakeOpenRouter
 
 from .conftest import TEST_KEY
+from .readable import cell_prompt, notebook_sources, problems
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "demo_notebooks").glob("*.ipynb"))
@@ -109,3 +113,170 @@ def _reply_texts(cell: nbformat.NotebookNode) -> tuple[str, list[str]]:
             continue
         texts += [run["text"] for run in meta["comparison"]["runs"]] if "comparison" in meta else [output.data["text/plain"]]
     return cell.source, [text for text in texts if text]  # a reply that failed has no text, recorded or replayed
+
+
+# --- every saved reply reads as text (the rules: tests/readable.py) ------------------------------------------
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@dataclass(frozen=True)
+class SavedReply:
+    """A reply as a saved notebook shows it, with what it answers."""
+
+    cell: int | None  # the index in the notebook's cells; None for a widget no cell's output shows
+    label: str  # a comparison's column ("seed 1", "temperature 0.8"); "" for a single reply
+    text: str
+    prompt: str
+    system: str | None
+    widget: str = ""  # the Output widget's model id, for a reply kept in the widget state
+
+    def where(self) -> str:
+        place = f"cell {self.cell}" if self.cell is not None else f"widget {self.widget[:8]}, which no cell shows"
+        return place + (f" [{self.label}]" if self.label else "")
+
+
+def saved_replies(nb: Mapping[str, Any]) -> list[SavedReply]:
+    """Every reply a saved notebook shows, in order.
+
+    A reply is an output the package marked as one: its metadata holds ``granite_magic`` (``reply_bundle`` and
+    ``comparison_bundle`` write it, nothing else does).  A single reply's text is the output's ``text/plain`` (for
+    ``-f code`` the code pulled out of it, which is what is shown); a comparison's (a grid of seeds or a sweep) is
+    each run's ``text`` in its metadata, one reply per column: the ``text/html`` grid escapes the same texts.  Such
+    outputs are found in a cell's outputs and, for the panel, in the saved widget state: the ``Output`` widgets
+    reachable from a cell's widget view, whose reply is answered by the panel's own prompt box.
+
+    Not replies: the status line under a reply, the collapsible tool-call blocks above one, dry runs (the request
+    that would be sent), stream outputs (errors, refusals, ``%granite history``, what a cell printed), listings and
+    probes, and the widget state a streaming view left behind (its last refresh: the header, part of the reply, a
+    "streaming" line, all carrying no ``granite_magic`` mark; the finished reply is the cell's output).  A reply with
+    no text (a failed request, a turn that only called tools) has nothing to read and is skipped.
+
+    The prompt is the cell's body under ``%%granite`` with ``{name}`` left as written (a comparison's metadata holds
+    the prompt as sent, used when present); the system prompt is the magic line's ``-s``/``--system``.
+    """
+    state: Mapping[str, Any] = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    replies: list[SavedReply] = []
+    shown: set[str] = set()
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = _joined(cell["source"])
+        prompt, system = cell_prompt(source) if source.startswith("%%granite") else ("", None)
+        for output in cell.get("outputs", []):
+            replies += _replies(output, index, prompt, system)
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                models = list(_reachable(state, view["model_id"]))
+                shown.update(models)
+                boxes = {state[m]["state"].get("placeholder"): state[m]["state"].get("value", "") for m in models
+                         if state[m]["model_name"] == "TextareaModel"}
+                for model in models:
+                    if state[model]["model_name"] == "OutputModel":
+                        for each in state[model]["state"].get("outputs", []):
+                            replies += _replies(each, index, boxes.get("Prompt", prompt),
+                                                boxes.get("System prompt (optional)") or system, model)
+    for model_id, model in state.items():  # a widget with a reply that no cell shows is still judged
+        if model_id not in shown and model["model_name"] == "OutputModel":
+            for each in model["state"].get("outputs", []):
+                replies += _replies(each, None, "", None, model_id)
+    return replies
+
+
+def _replies(output: Mapping[str, Any], cell: int | None, prompt: str, system: str | None, widget: str = "") -> list[SavedReply]:
+    meta = output.get("metadata", {}).get("granite_magic")
+    if meta is None:
+        return []
+    if "comparison" in meta:
+        comparison = meta["comparison"]
+        texts = [(run["label"], run["text"]) for run in comparison["runs"]]
+        prompt = comparison.get("prompt") or prompt
+    else:
+        texts = [("", _joined(output["data"]["text/plain"]))]
+    return [SavedReply(cell, label, text, prompt, system, widget) for label, text in texts if text.strip()]
+
+
+def _reachable(state: Mapping[str, Any], model_id: str) -> Iterator[str]:
+    """The widget models a view shows: it and every model its state refers to (``IPY_MODEL_<id>``), depth first."""
+    seen: set[str] = set()
+    stack = [model_id]
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in state:
+            continue
+        seen.add(current)
+        yield current
+        stack += reversed(list(_references(state[current]["state"])))
+
+
+def _references(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and value.startswith("IPY_MODEL_"):
+        yield value.removeprefix("IPY_MODEL_")
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def _joined(text: str | list[str]) -> str:
+    return text if isinstance(text, str) else "".join(text)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_saved_reply_reads_as_text(path: Path) -> None:
+    """No saved reply begins by repeating its prompt, has letters of a script the notebook does not use, or says
+    the same line three times (tests/readable.py).  A failure names the cell (its index in the notebook's cells,
+    from 0), the column of a comparison, the prompt and the problem."""
+    nb = nbformat.read(path, as_version=4)
+    replies = saved_replies(nb)
+    assert replies, "no saved reply found: the notebook shows none, or saved_replies no longer finds them"
+    allowed = notebook_sources(nb)
+    found = [f"{reply.where()}{f', prompt {reply.prompt.strip()[:40]!r}' if reply.prompt.strip() else ''}: {problem}" for reply in replies
+             for problem in problems(reply.text, reply.prompt, allowed, system=reply.system)]
+    assert not found, f"{path.name}: {len(found)} problems in {len(replies)} saved replies\n" + "\n".join(found)
+
+
+def test_saved_replies_are_the_outputs_marked_as_replies() -> None:
+    """What counts as a reply (saved_replies), on a notebook made by hand."""
+    def output(text: str | list[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"output_type": "display_data", "data": {"text/plain": text}, "metadata": {"granite_magic": meta} if meta else {}}
+
+    def model(name: str, **values: Any) -> dict[str, Any]:
+        return {"model_name": name, "state": values}
+
+    comparison = {"comparison": {"prompt": "Describe basalt.", "runs": [{"label": "seed 1", "text": "Basalt is dark."},
+                                                                        {"label": "seed 2", "text": ""}]}}
+    nb = {
+        "metadata": {"widgets": {WIDGET_STATE: {"state": {
+            "panel": model("VBoxModel", children=["IPY_MODEL_prompt", "IPY_MODEL_box", "IPY_MODEL_system"]),
+            "box": model("HBoxModel", children=["IPY_MODEL_out"], layout="IPY_MODEL_layout"),
+            "prompt": model("TextareaModel", placeholder="Prompt", value="Write a haiku."),
+            "system": model("TextareaModel", placeholder="System prompt (optional)", value="Be a poet."),
+            "out": model("OutputModel", outputs=[output("Stone holds the cold.", {"params": {}}), output("1.0 s · 5 tokens")]),
+            "layout": model("LayoutModel"),
+            "live": model("OutputModel", outputs=[output("**model**"), output("Stone holds"), output("▌ streaming · 0.4 s")]),
+            "lost": model("OutputModel", outputs=[output("A reply no cell shows.", {"params": {}})]),
+        }}}},
+        "cells": [
+            {"cell_type": "markdown", "source": "%%granite\nNot code."},
+            {"cell_type": "code", "source": '%%granite -s "Be brief." --seed 1\nDescribe {rock}.', "outputs": [
+                {"output_type": "display_data", "data": {"text/plain": "Ran convert · 2 ms"}, "metadata": {}},
+                output(["Basalt ", "is dark."], {"params": {}}),  # text saved as a list of lines
+                output("1.2 s · 8 tokens"),
+                {"output_type": "stream", "name": "stdout", "text": "granite: stopped after 2 steps"}]},
+            {"cell_type": "code", "source": "%%granite --dry-run\nHello", "outputs": [output("local llama.cpp: ...")]},
+            {"cell_type": "code", "source": "%%granite --seeds 1-2\nDescribe {rock}.", "outputs": [output("[seed 1]...", comparison)]},
+            {"cell_type": "code", "source": "%%granite --backend http\nNo server.", "outputs": [output("", {"error": "refused"})]},
+            {"cell_type": "code", "source": "import granite_magic\ngranite_magic.panel()", "outputs": [
+                {"output_type": "execute_result", "data": {WIDGET_VIEW: {"model_id": "panel"}, "text/plain": "panel"}, "metadata": {}}]},
+        ],
+    }
+    assert saved_replies(nb) == [
+        SavedReply(1, "", "Basalt is dark.", "Describe {rock}.", "Be brief."),
+        SavedReply(3, "seed 1", "Basalt is dark.", "Describe basalt.", None),
+        SavedReply(5, "", "Stone holds the cold.", "Write a haiku.", "Be a poet.", "out"),
+        SavedReply(None, "", "A reply no cell shows.", "", None, "lost"),
+    ]

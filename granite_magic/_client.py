@@ -179,6 +179,13 @@ class BaseClient:
     default_max_tokens: ClassVar[int | None] = None
 
     @property
+    def framing(self) -> str:
+        """How the prompt is made: ``template`` (chat turns, the model's own template or the provider's), or ``plain``
+        for a base model prompted as ``Question:`` / ``Answer:`` text, which never learnt a chat or tool convention
+        (prompted tools then come with a worked example of each call)."""
+        return "template"
+
+    @property
     def requires_key(self) -> bool:
         return False
 

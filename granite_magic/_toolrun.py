@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from ._errors import InvalidParameterError
 from ._events import Accumulator, ParsedCall
-from ._granite_tools import ToolCallScanner, prompted_assistant, prompted_results, prompted_system
+from ._granite_tools import PLAIN, ToolCallScanner, plain_tools_system, prompted_assistant, prompted_results, prompted_system
 from ._params import Sampling
 from ._result import Result, ToolCall, Usage
 from ._shapes import Request
@@ -55,6 +55,8 @@ def check_mode(value: str) -> ToolMode:
 class ToolHost(Protocol):
     """What planning a tool turn asks of a client."""
 
+    @property
+    def framing(self) -> str: ...
     async def supported_parameters(self, model: str) -> tuple[str, ...] | None: ...
     def default_tool_mode(self, supported: Sequence[str] | None) -> Literal["native", "prompted"]: ...
 
@@ -62,12 +64,12 @@ class ToolHost(Protocol):
 async def plan_tools(client: ToolHost, model: str, tools: Sequence[Tool], mode: str, *, approve: Approve | None = None,
                      max_steps: int = MAX_STEPS) -> ToolPlan:
     """How a tool-using turn offers ``tools`` to ``client``: in ``mode``, or under ``auto`` as the client prefers for
-    what the model's listing says (natively when it names ``tools``; the local model reads Granite's convention)."""
+    what the model's listing says (natively when it names ``tools``; the local model reads Granite's convention).
+    A base model (the client's ``framing`` is ``plain``) is shown a worked call of each tool as well."""
     chosen = check_mode(mode)
-    if chosen != "auto":
-        return ToolPlan(tuple(tools), chosen, approve, max_steps)
-    supported = await client.supported_parameters(model)
-    return ToolPlan(tuple(tools), client.default_tool_mode(supported), approve, max_steps)
+    if chosen == "auto":
+        chosen = client.default_tool_mode(await client.supported_parameters(model))
+    return ToolPlan(tuple(tools), chosen, approve, max_steps, framing=client.framing)
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,18 @@ class ToolPlan:
     mode: Literal["native", "prompted"]
     approve: Approve | None = None
     max_steps: int = MAX_STEPS
+    framing: str = "template"  # the client's: ``plain`` for a base model, which is taught the calls by example
 
     def __post_init__(self) -> None:
         check_max_steps(self.max_steps)
 
     def first_request(self, request: Request) -> Request:
-        """The request of the first step: tools offered natively, or described in the system message."""
+        """The request of the first step: tools offered natively, or described in the system message (Granite's own
+        tool block; for a base model, which never learnt it, a short description and a worked call of each tool)."""
         if self.mode == "native":
             return dataclasses.replace(request, tools=self.tools)
-        return dataclasses.replace(request, messages=_with_system(request.messages, prompted_system(self.tools)))
+        system = plain_tools_system(self.tools) if self.framing == PLAIN else prompted_system(self.tools)
+        return dataclasses.replace(request, messages=_with_system(request.messages, system))
 
 
 @dataclass
@@ -117,7 +122,11 @@ class ToolLoop:
         if self.plan.mode != "prompted" or choice in (None, "auto", "none"):
             return ""
         name = self.plan.tools[0].name if choice == "required" else choice
-        return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": '
+        # A base model read the worked examples' `"arguments": {"`, which its tokenizer splits as `":` + ` {"` (Gemma's
+        # does): a prefix ending in the space leaves it a split it never saw, and the stand-in then skipped the brace
+        # (`120, "currency": ...`).  Ending at the colon lets it write ` {"` as in the examples.
+        after = "" if self.plan.framing == PLAIN else " "
+        return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments":{after}'
 
     def visible(self, acc: Accumulator) -> Any:
         """What the live view should show of a step: the text without ``<tool_call>`` blocks in prompted mode (a

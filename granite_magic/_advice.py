@@ -42,15 +42,15 @@ def respell(text: str, names: tuple[str, ...], spell: Spelling | None) -> str:
     for name in names:
         spelled = spell(name)
         if spelled is not None:
-            text = re.sub(rf"(?<![\w-]){re.escape(name)}=(?:(True\b)|'([\w.:/-]*)'|(?=\s))?", functools.partial(_spelled, spelled), text)
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}=(?:(True\b)|'([\w.:/-]*)'|((?=\s)))?", functools.partial(_spelled, spelled), text)
     return text
 
 
 def _spelled(spelled: str, found: re.Match[str]) -> str:
     # ``verify=True`` is a bare flag in a cell (``--verify``); ``api='messages'`` is typed ``--api messages``;
     # ``seeds= and`` names the parameter without a value.
-    flag, word = found.group(1), found.group(2)
-    if flag is not None:
+    flag, word, bare = found.group(1), found.group(2), found.group(3)
+    if flag is not None or bare is not None:  # a bare flag, or a name with no value: the text's own space follows
         return spelled.rstrip()
     return spelled + word if word is not None else spelled
 

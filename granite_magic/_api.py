@@ -37,17 +37,19 @@ def compare(
     api: str | None = None,
     verify: bool = False,
     template: str | None = None,
+    raw: bool = False,
     **params: Any,
 ) -> Comparison:
     """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
 
     ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
     takes the same target arguments as a single turn (``model``, ``base_url``,
-    ``backend``, ``api``, ``system``; ``template``, the local model's chat template).  ``verify=True`` runs live and compares each run with its recording
+    ``backend``, ``api``, ``system``; ``template``, the local model's chat template; ``raw=True``, the prompt continued
+    as written).  ``verify=True`` runs live and compares each run with its recording
     (when the cache is in replay mode, nothing runs live: the recordings are shown, marked not checked).
     """
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw)
     return session.compare(turn, specs)
 
 
@@ -65,11 +67,12 @@ async def acompare(
     api: str | None = None,
     verify: bool = False,
     template: str | None = None,
+    raw: bool = False,
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)

@@ -172,6 +172,9 @@ def options() -> tuple[Option, ...]:
                "plain for a GGUF without one", "NAME|FILE"),
         Option(("--api",), "turn.api", "HTTP request format: OpenAI chat completions (default), OpenAI Responses, or "
                "Anthropic Messages", None, {"choices": _params.APIS}),
+        Option(("--raw",), "turn.raw", "continue the cell's text as written: no chat turns, no template, no framing (the "
+               "completions endpoint over HTTP); not with --system, --chat, --tools, --context, --docs or --template", None,
+               {"action": "store_true"}, spell=_switch),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),
@@ -382,6 +385,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     turn = Turn(prompt=prompt.strip("\n"), sampling=sampling, context=_context(values.get("context", ()), values.get("cell"), reading),
                 documents=tuple(load_documents(docs, base=reading.cwd)) if docs else (), **fields)
     request = CellRequest(turn=turn, warnings=_out_warnings(values.get("out")), **values)
+    _check_raw(request)
     _check_grid(request)
     return request
 
@@ -403,6 +407,12 @@ def _context(names: Sequence[str], cell: int | None, reading: Reading) -> str | 
         blocks.append("The user points at this notebook cell:\n"
                       + cell_source(typed, namespace.get("Out") or {}, cell))  # the running cell is the last entry
     return "\n\n".join(b for b in blocks if b) or None
+
+
+def _check_raw(request: CellRequest) -> None:
+    if request.turn.raw and request.tools:
+        raise InvalidParameterError("--raw continues the prompt as written, with no chat turn, so tools cannot go with it: "
+                                    "leave out --tools or --raw")
 
 
 def _check_grid(request: CellRequest) -> None:

@@ -28,7 +28,7 @@ from ._params import Sampling
 from ._result import Result
 from ._runner import BackgroundLoop, get_loop
 from ._settings import Settings, check_base_url, host_of
-from ._shapes import Request, build_messages, shape
+from ._shapes import COMPLETIONS_DEFAULT_MAX_TOKENS, Request, Shape, build_messages, shape, shape_for
 from ._version import __version__
 from ._vocab import MAX_STEPS
 
@@ -177,6 +177,8 @@ class BaseClient:
     #: The reply's length when none is asked for (None: the provider's own). A request carries it, so it is shown
     #: in the title, sent, and keyed like any ``max_tokens``.
     default_max_tokens: ClassVar[int | None] = None
+    #: It continues a prompt as written (``--raw``: a completions endpoint, or the local model without its template).
+    completes_raw: ClassVar[bool] = False
 
     @property
     def framing(self) -> str:
@@ -198,9 +200,9 @@ class BaseClient:
         """Where the replies come from, as a recording names it: a host name, never a port, a path or credentials."""
         return ""
 
-    def label(self, model: str) -> str:
-        """The model as a status line names it."""
-        return model
+    def label(self, model: str, *, raw: bool = False) -> str:
+        """The model as a status line names it, and a raw completion (``--raw``) as one."""
+        return model + (RAW_WORDS if raw else "")
 
     def routing(self, *, strict: bool) -> dict[str, Any]:
         """Top-level request fields that choose who answers (OpenRouter's ``provider``); none by default."""
@@ -224,9 +226,8 @@ class BaseClient:
         """The exact prompt text and its token count, when the backend can tell (it has the tokenizer)."""
         return None
 
-    @property
-    def target(self) -> str:
-        """Where requests go, for people: ``POST https://…/chat/completions``."""
+    def destination(self, request: Request) -> str:
+        """Where ``request`` goes, for people: ``POST https://…/chat/completions``."""
         raise NotImplementedError
 
     @property
@@ -248,28 +249,42 @@ class BaseClient:
         system: str | None = None,
         model: str | None = None,
         sampling: Sampling | None = None,
+        raw: bool = False,
         **params: Any,
     ) -> Request:
         """What would be sent, validated; nothing is sent.  Raises before any I/O.
 
         Sampling parameters come either as keyword arguments (validated here) or
-        as a ready ``Sampling`` (validated where it was made).
+        as a ready ``Sampling`` (validated where it was made).  ``raw=True`` continues ``prompt`` as written
+        (a completion: no chat turns, no template), so it takes no ``messages`` or ``system``.
         """
         if sampling is None:
             sampling = Sampling(params)
         elif params:
             raise errors.InvalidParameterError(f"give sampling= or parameters ({', '.join(params)}), not both")
+        if raw:
+            return Request(model or self.model, (), self.with_default_length(sampling, raw=True), prompt=self._raw_prompt(prompt, messages, system))
         if messages is None:
             if prompt is None:
                 raise errors.InvalidParameterError("give a prompt or messages")
             messages = build_messages(prompt, system=system)
         return Request(model or self.model, tuple(messages), self.with_default_length(sampling))
 
-    def with_default_length(self, sampling: Sampling) -> Sampling:
-        """``sampling`` with this backend's ``default_max_tokens`` when it asks for no length."""
-        if self.default_max_tokens is None or "max_tokens" in sampling:
+    def _raw_prompt(self, prompt: str | None, messages: Sequence[Mapping[str, Any]] | None, system: str | None) -> str:
+        if not self.completes_raw:
+            raise errors.InvalidParameterError(f"raw=True needs a completions endpoint, and {self.kind} has none", names=("raw",))
+        if prompt is None or messages is not None or system is not None:
+            raise errors.InvalidParameterError("raw=True continues one prompt as written: give prompt, without messages or system",
+                                               names=("raw",))
+        return prompt
+
+    def with_default_length(self, sampling: Sampling, *, raw: bool = False) -> Sampling:
+        """``sampling`` with this backend's ``default_max_tokens`` when it asks for no length, and for a raw completion
+        (which the completions API would stop at 16 tokens) ``COMPLETIONS_DEFAULT_MAX_TOKENS``."""
+        limit = self.default_max_tokens or (COMPLETIONS_DEFAULT_MAX_TOKENS if raw else None)
+        if limit is None or "max_tokens" in sampling:
             return sampling
-        return sampling | Sampling._trusted({"max_tokens": self.default_max_tokens})
+        return sampling | Sampling._trusted({"max_tokens": limit})
 
     def describe(self, request: Request) -> dict[str, Any]:
         """Exactly what this backend would send for ``request`` (shown by ``--dry-run``)."""
@@ -327,6 +342,9 @@ class BaseClient:
         from ._toolrun import ToolLoop, plan_tools
         from ._tools import as_tools
 
+        if request.raw:
+            raise errors.InvalidParameterError("raw=True continues the prompt as written, with no chat turn, so tools cannot go "
+                                               "with it: leave out tools= or raw=True", names=("raw", "tools"))
         return ToolLoop(await plan_tools(self, request.model, as_tools(tools), mode, approve=approve, max_steps=max_steps), request)
 
     async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
@@ -428,6 +446,7 @@ class GraniteClient(BaseClient):
         return f"GraniteClient(base_url={self.base_url!r}, model={self.model!r}, api={self.shape.name!r}, api_key={key})"
 
     kind: ClassVar[str] = "http"
+    completes_raw: ClassVar[bool] = True  # POST /completions: OpenRouter, vLLM, llama.cpp's and Ollama's servers
 
     async def billed(self, model: str) -> bool:
         """Whether the model's listing has a price (OpenRouter's when the listing is unavailable): self-hosted servers
@@ -452,16 +471,11 @@ class GraniteClient(BaseClient):
     def api(self) -> str:
         return self.shape.name
 
-    @property
-    def endpoint(self) -> str:
-        return self.base_url + self.shape.path
-
-    @property
-    def target(self) -> str:
-        return f"POST {self.endpoint}"
+    def destination(self, request: Request) -> str:
+        return f"POST {self.base_url}{shape_for(self.shape, request).path}"
 
     def describe(self, request: Request) -> dict[str, Any]:
-        return self.shape.body(request)
+        return shape_for(self.shape, request).body(request)
 
     @property
     def has_key(self) -> bool:
@@ -489,14 +503,15 @@ class GraniteClient(BaseClient):
 
     async def stream(self, request: Request, acc: Accumulator, on_update: UpdateCallback | None = None) -> Result:
         """Run one request on the current (background) loop; the core of every call."""
-        body = self.shape.body(request)
+        form = shape_for(self.shape, request)  # the client's API, or completions for a raw prompt
+        body = form.body(request)
         asked_again = False
         try:
             while True:
                 async with self._streams.slot() as slot:
                     try:
                         watch = _Watch(self.read_timeout_s, self.timeout_s)
-                        await watch.run(self._with_retries(body, acc, on_update, watch, slot))
+                        await watch.run(self._with_retries(form, body, acc, on_update, watch, slot))
                         break
                     except errors.StreamClosedError:
                         if asked_again or not slot.overlapped:
@@ -513,7 +528,7 @@ class GraniteClient(BaseClient):
             raise
         return acc.result()
 
-    async def _with_retries(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch,
+    async def _with_retries(self, form: Shape, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch,
                             slot: _Slot) -> None:
         if self.requires_key and self._key is None:
             raise errors.MissingKeyError()
@@ -521,7 +536,7 @@ class GraniteClient(BaseClient):
         while True:
             attempt += 1
             try:
-                await self._attempt(body, acc, on_update, watch)
+                await self._attempt(form, body, acc, on_update, watch)
                 return
             except _Retry as retry:
                 # A reply cut short while another request was in flight is sent again one at a time, by ``stream``.
@@ -536,20 +551,20 @@ class GraniteClient(BaseClient):
                 watch.pause()
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+    async def _attempt(self, form: Shape, body: Mapping[str, Any], acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
         import httpx
 
         http = self._http()
         try:
             timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)  # per request: settings may change
             acc.sent = True
-            async with http.stream("POST", self.endpoint, json=body, headers=self._headers(), timeout=timeout) as response:
+            async with http.stream("POST", self.base_url + form.path, json=body, headers=self._headers(), timeout=timeout) as response:
                 acc.generation_id = response.headers.get("x-generation-id") or acc.generation_id
                 if response.status_code != 200:
                     await self._raise_for_status(response, str(body.get("model")), _sent_parameters(body))
                 _check_content_type(response.headers.get("content-type", ""))
                 watch.saw_event()
-                await self._read_stream(response, acc, on_update, watch)
+                await self._read_stream(form, response, acc, on_update, watch)
         except httpx.TimeoutException as exc:
             raise self._timeout_error(exc) from None
         except httpx.DecodingError as exc:
@@ -557,8 +572,8 @@ class GraniteClient(BaseClient):
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _Retry(errors.ConnectionDroppedError(self._dropped_message(exc))) from None
 
-    async def _read_stream(self, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
-        decoder = self.shape.decoder()
+    async def _read_stream(self, form: Shape, response: httpx.Response, acc: Accumulator, on_update: UpdateCallback | None, watch: _Watch) -> None:
+        decoder = form.decoder()
         redactor = StreamRedactor(self.secrets())  # a server that streams the key back as text shows no key
         try:
             # Read to the end even after [DONE]: a fully read body returns the connection to the pool.
@@ -734,6 +749,7 @@ class GraniteClient(BaseClient):
             await self.loop.run_async(client.aclose())
 
 
+RAW_WORDS = " · raw completion"  # what a status line adds for --raw
 ONE_AT_A_TIME_NOTE = ("the server cut this reply short when another request arrived (llama-cpp-python's server does): "
                       "asking again, one request at a time")
 

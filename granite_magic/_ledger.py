@@ -201,11 +201,11 @@ def _unknown_runs(entries: Sequence[LedgerEntry]) -> str:
     return f"{count} run{'s' if count != 1 else ''} without a valid reported cost{counted}"
 
 
-def prompt_token_bound(messages: Sequence[Any]) -> int:
+def prompt_token_bound(request: Request) -> int:
     """At most this many prompt tokens: a byte-level tokenizer never makes more tokens than UTF-8 bytes,
-    plus what the chat template adds around each message.  Deliberately an upper bound, not a guess."""
-    size = sum(len(str(m.get("content", "")).encode()) for m in messages)
-    return size + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+    plus what the chat template adds around each message (a raw prompt has none).  Deliberately an upper bound."""
+    size = sum(len(text.encode()) for text in request.texts)
+    return size + TEMPLATE_TOKENS_PER_MESSAGE * len(request.messages)
 
 
 def worst_case_cost(prompt_tokens: int, max_tokens: int | None, prompt_price: float | None,
@@ -222,7 +222,7 @@ def worst_case(info: ModelInfo | None, requests: Sequence[Request]) -> float | N
     """The most ``requests`` can cost at the prices of the model's listing ``info``; None when unknown."""
     if info is None:
         return None
-    costs = [worst_case_cost(prompt_token_bound(r.messages), r.sampling.get("max_tokens"), info.prompt_price,
+    costs = [worst_case_cost(prompt_token_bound(r), r.sampling.get("max_tokens"), info.prompt_price,
                              info.completion_price, info.max_completion_tokens or info.context_length) for r in requests]
     return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
@@ -231,7 +231,7 @@ def spent_bound(info: ModelInfo | None, request: Request, completion_tokens: int
     """The most a reply stopped after ``completion_tokens`` can have cost: the prompt at most, and those tokens."""
     if info is None:
         return None
-    return worst_case_cost(prompt_token_bound(request.messages), completion_tokens, info.prompt_price, info.completion_price, None)
+    return worst_case_cost(prompt_token_bound(request), completion_tokens, info.prompt_price, info.completion_price, None)
 
 
 def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1) -> None:

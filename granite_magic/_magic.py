@@ -233,7 +233,7 @@ class GraniteMagics(Magics):
         if request.tools:  # what the first step of the tool loop sends: tools offered, or described in the system message
             wire = self._tool_loop_for(request, target, wire).request
         text = json.dumps(target.client.describe(wire), indent=2, ensure_ascii=False)
-        where = target.client.target
+        where = target.client.destination(wire)
         size, prompt = self._prompt_size(target, wire)
         read = f"\n\n{fenced(prompt, 'text')}" if prompt is not None else ""  # verbatim: it is what the model reads
         _display({"text/plain": f"{where}\n{size}" + (f"\n{prompt}" if prompt is not None else "") + f"\n{text}",
@@ -250,9 +250,10 @@ class GraniteMagics(Magics):
             return f"prompt: not counted ({exc.message})", None
         if preview is not None:
             text, tokens = preview
-            return f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, its chat template applied:", text
-        estimate = sum(len(str(m.get("content", ""))) for m in request.messages) // 4 + 4 * len(request.messages)
-        size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request.messages):,}"
+            how = "as written (a raw completion: no template)" if request.raw else "its chat template applied"
+            return f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, {how}:", text
+        estimate = sum(map(len, request.texts)) // 4 + 4 * len(request.messages)
+        size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request):,}"
         worst = self.session.worst_case(target, [request])
         cost = "worst-case cost unknown (no prices listed)" if worst is None else f"worst-case cost ${worst:.6f}"
         return f"{size}; {cost} (prompt at most x input price + max tokens x output price)", None
@@ -272,7 +273,7 @@ class GraniteMagics(Magics):
     def _stream(self, request: CellRequest, job: SingleJob) -> None:
         from ._render import describe_params
 
-        view = self._view(describe_params(job.target.label, job.request.sampling))
+        view = self._view(describe_params(job.target.label_for(job.request), job.request.sampling))
         view.show()
         with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
             job.loop.run(job.stream(view))
@@ -372,7 +373,7 @@ class GraniteMagics(Magics):
         from ._render import describe_params
 
         varied = {name for spec in job.specs for name in spec.params}  # each column says its own: not in the title
-        title = describe_params(job.target.label, {name: value for name, value in job.base.items() if name not in varied})
+        title = describe_params(job.target.label_for(job.columns[0].request), {name: value for name, value in job.base.items() if name not in varied})
         labels = [spec.label for spec in job.specs]
         grid: GridView | TerminalGridView
         rate = self.session.settings.updates_per_second

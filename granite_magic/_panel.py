@@ -160,6 +160,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         seeds: str = "1-3",
         sweep: str = "",
         mode: str = "single",
+        raw: bool = False,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -178,18 +179,20 @@ class Panel(w.VBox):  # type: ignore[misc]
         # %config GraniteMagics.default_params start switched on, like the cells they apply to
         for name, value in (session.settings.default_params | Sampling(params)).items():
             self.controls[name].set(value)
-        self._make_inputs(prompt, system, model, seeds, sweep, mode)
+        self._make_inputs(prompt, system, model, seeds, sweep, mode, raw)
         self._make_buttons()
         self.children = self._layout()
         self.refresh_support()
 
-    def _make_inputs(self, prompt: str, system: str, model: str | None, seeds: str, sweep: str, mode: str) -> None:
+    def _make_inputs(self, prompt: str, system: str, model: str | None, seeds: str, sweep: str, mode: str, raw: bool) -> None:
         settings = self.session.settings
         self.prompt = w.Textarea(value=prompt, placeholder="Prompt", rows=4, layout=w.Layout(width="100%"))
         self.system = w.Textarea(value=system, placeholder="System prompt (optional)", rows=2, layout=w.Layout(width="100%"))
         self.model = w.Text(value=model or "", placeholder=settings.model, description="model", layout=w.Layout(width="24em"))
         self.preset = w.Dropdown(options=["(preset)", *PRESETS], value="(preset)", description="preset", layout=w.Layout(width="14em"))
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
+        self.raw = w.Checkbox(value=raw, description="raw: continue the prompt as written (no chat template)", indent=False,
+                              layout=w.Layout(width="auto"))
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
         self.sweep = w.Text(value=sweep, description="sweep", placeholder="temperature=0,0.7,1.4", layout=w.Layout(width="22em"))
         self.repeat = w.IntText(value=1, description="repeat", layout=w.Layout(width="10em"))  # checked at Run, never clamped
@@ -197,6 +200,8 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.preset.observe(self._apply_preset, names="value")
         self.model.observe(lambda _: self.refresh_support(), names="value")
         self.mode.observe(lambda _: self._show_mode(), names="value")
+        self.raw.observe(lambda _: self._show_raw(), names="value")
+        self._show_raw()
 
     def _make_buttons(self) -> None:
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
@@ -217,7 +222,7 @@ class Panel(w.VBox):  # type: ignore[misc]
 
     def _layout(self) -> tuple[w.Widget, ...]:
         self.compare_fields = w.HBox([self.seeds, self.sweep, self.repeat, self.concurrency], layout=w.Layout(flex_flow="row wrap"))
-        mode_row = w.HBox([self.mode, self.compare_fields], layout=w.Layout(flex_flow="row wrap"))
+        mode_row = w.HBox([self.mode, self.raw, self.compare_fields], layout=w.Layout(flex_flow="row wrap"))
         controls = w.VBox([w.HBox([self.model, self.preset], layout=w.Layout(flex_flow="row wrap")),
                            *(c.row for c in self.controls.values())],
                           layout=w.Layout(flex="0 0 auto"))  # never squeezed by a wide grid
@@ -231,6 +236,11 @@ class Panel(w.VBox):  # type: ignore[misc]
     def _show_mode(self) -> None:
         """Only what the mode uses: the seeds, sweep, repeat and at-once fields in compare mode."""
         self.compare_fields.layout.display = "" if self.mode.value == "compare" else "none"
+
+    def _show_raw(self) -> None:
+        """A raw completion has no system prompt: its box is greyed out and says so (its text is kept for later)."""
+        self.system.disabled = self.raw.value
+        self.system.placeholder = "No system prompt: raw continues the prompt as written" if self.raw.value else "System prompt (optional)"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         # Where widgets are not rendered (GitHub, a reopened notebook) say so, not the VBox repr.
@@ -247,8 +257,9 @@ class Panel(w.VBox):  # type: ignore[misc]
 
     def cell_request(self) -> CellRequest:
         """What Run would send, validated: the same value a ``%%granite`` cell parses into."""
-        turn = Turn(prompt=self.prompt.value.strip("\n"), system=self.system.value or None, model=self.model.value.strip() or None,
-                    sampling=Sampling(self.chosen_params()), **self.target_fields)
+        raw = self.raw.value
+        turn = Turn(prompt=self.prompt.value.strip("\n"), system=None if raw else self.system.value or None,
+                    model=self.model.value.strip() or None, sampling=Sampling(self.chosen_params()), raw=raw, **self.target_fields)
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
         if self.mode.value == "single":
@@ -357,12 +368,12 @@ class Panel(w.VBox):  # type: ignore[misc]
         specs = request.plan()
         if specs is None:
             job = self.session.start(request.turn, target, kind="panel")
-            view = WidgetView(describe_params(target.label, job.request.sampling), rate=rate, embedded=True)
+            view = WidgetView(describe_params(target.label_for(job.request), job.request.sampling), rate=rate, embedded=True)
             return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
         grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
         varied = {name for spec in specs for name in spec.params}  # each column says its own: not in the title
         shared = {name: value for name, value in grid_job.base.items() if name not in varied}
-        grid = GridView(describe_params(target.label, shared), [s.label for s in specs], rate=rate, embedded=True)
+        grid = GridView(describe_params(target.label_for(grid_job.columns[0].request), shared), [s.label for s in specs], rate=rate, embedded=True)
         return grid_job.loop, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
 
     async def _drive(self, stream: Coroutine[Any, Any, None], finish: Callable[[], None]) -> None:

@@ -33,8 +33,8 @@ __all__ = [
     "write_escapes",
 ]
 
-# Where a request goes: the three HTTP API shapes and llama.cpp in this process.
-WireTarget = Literal[Api, "llama_cpp"]
+# Where a request goes: the three HTTP API shapes, raw completions (--raw) and llama.cpp in this process.
+WireTarget = Literal[Api, "completions", "llama_cpp"]
 TARGETS: tuple[WireTarget, ...] = get_args(WireTarget)
 
 
@@ -135,13 +135,14 @@ PARAMETERS: tuple[Param, ...] = (
     # Token probabilities (--probs K sets both).  Anthropic's Messages API has none; the local backend reads
     # top_logprobs itself and computes the top K from the model's logits, so llama.cpp is given neither.
     Param("logprobs", "bool", "Return the log probability of each generated token.", absent="false",
-          wire={"responses": None, "messages": None, "llama_cpp": None}),
+          wire={"responses": None, "messages": None, "completions": None, "llama_cpp": None}),
+    # The completions API's logprobs is this number (the body builder sends 0 for logprobs alone).
     Param("top_logprobs", "int", "How many most likely alternatives to return for each token (needs logprobs).", None, 0, 20,
-          step=1, start=10, absent="none", wire={"messages": None, "llama_cpp": None}),
+          step=1, start=10, absent="none", wire={"messages": None, "completions": "logprobs", "llama_cpp": None}),
     # Which tool the model must call; each shape spells the value differently, so the body builders
     # write it (only when tools are offered) rather than a wire name.
     Param("tool_choice", "choice", "Whether the model may, must or must not call a tool, or which one.", absent="auto",
-          wire={"chat": None, "responses": None, "messages": None, "llama_cpp": None}),
+          wire={"chat": None, "responses": None, "messages": None, "completions": None, "llama_cpp": None}),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}

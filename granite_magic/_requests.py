@@ -50,12 +50,22 @@ def build_request(turn: Turn, target: Target, conversation: Conversation, *, str
                   extra: Sampling | None = None) -> Request:
     """What goes to ``target`` for ``turn``: documents in the chat template's slot when the client has one, else in
     the system message; the client's routing for ``strict``; ``extra`` sampling over the turn's (a column's)."""
-    sampling = target.client.with_default_length(turn.sampling | extra if extra is not None else turn.sampling)
+    sampling = target.client.with_default_length(turn.sampling | extra if extra is not None else turn.sampling, raw=turn.raw)
+    if turn.raw:  # the text as written, and a branch's prefix after it (a raw prompt's reply continues it directly)
+        prompt = turn.prompt + (turn.prefix or "")
+        _refuse_secrets(turn, (), target.client.secrets())
+        return Request(target.model, (), sampling, prompt=_raw_prompt(target, prompt), extra=target.client.routing(strict=strict))
     apart = target.client.documents_in_template
     documents = tuple(granite_documents(turn.documents)) if apart else ()
     messages = turn_messages(turn, conversation, documents_apart=apart)
     _refuse_secrets(turn, messages, target.client.secrets())
     return Request(target.model, messages, sampling, documents=documents, extra=target.client.routing(strict=strict))
+
+
+def _raw_prompt(target: Target, prompt: str) -> str:
+    if not target.client.completes_raw:
+        raise errors.InvalidParameterError(f"raw=True needs a completions endpoint, and {target.label} has none", names=("raw",))
+    return prompt
 
 
 def _refuse_secrets(turn: Turn, messages: tuple[dict[str, Any], ...], secrets: tuple[str, ...]) -> None:
@@ -80,7 +90,7 @@ def check_context(target: Target, request: Request) -> None:
     refuses on its own, exactly; elsewhere only long prompts ask the listing, so short ones never wait for it."""
     if target.client.counts_prompt_tokens:
         return
-    characters = sum(len(str(m.get("content", ""))) for m in request.messages)
+    characters = sum(map(len, request.texts))
     if characters < LONG_PROMPT_CHARS:
         return
     info = target.client.loop.run(target.client.listing(target.model))

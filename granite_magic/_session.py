@@ -99,7 +99,7 @@ class Session:
             base_url = turn.base_url or settings.base_url
             timeout_s = turn.timeout_s if turn.timeout_s is not None else settings.timeout_s
             return Target(self._http_client(base_url, api, timeout_s), turn.model or settings.model, api)
-        if api != "chat":
+        if api != "chat" and not turn.raw:  # a raw completion has no chat format to choose
             raise errors.InvalidParameterError(f"api={api!r} needs the HTTP backend: the local model has no request format",
                                                names=("api",))
         client = self._local_client(turn.model, turn.template)

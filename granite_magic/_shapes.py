@@ -6,7 +6,9 @@ events (``_events``), so everything above the client is shape-blind:
 
 * ``chat``: OpenAI chat completions, ``POST /chat/completions`` (the default);
 * ``responses``: OpenAI Responses, ``POST /responses`` (stateless);
-* ``messages``: Anthropic Messages, ``POST /messages`` (named SSE events).
+* ``messages``: Anthropic Messages, ``POST /messages`` (named SSE events);
+* ``completions``: a raw completion (``--raw``), ``POST /completions`` with a ``prompt`` to continue: no
+  chat turns, so it is not an ``api=`` choice but the shape of every request that carries a ``prompt``.
 
 Tools: ``Request.tools`` are offered in each shape's spelling (``tools_for``,
 ``tool_choice_for``; ``chat_tools`` is also the form the local chat template and
@@ -40,12 +42,15 @@ from ._tokens import Alternative, Token, spelled
 from ._tools import TOOL_NAME, Tool
 from ._values import loads
 
-__all__ = ["API_SHAPES", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
-           "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "tool_choice_for",
+__all__ = ["API_SHAPES", "COMPLETIONS", "COMPLETIONS_DEFAULT_MAX_TOKENS", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
+           "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "shape_for", "tool_choice_for",
            "tools_for"]
 
 # The Messages API requires max_tokens; this is sent when the user set none (and shown by --dry-run).
 MESSAGES_DEFAULT_MAX_TOKENS = 4096
+# The completions API stops at 16 tokens unless told otherwise (OpenAI, vLLM, llama.cpp's server); a raw completion
+# asks for 256 when the user set no length, as simonw/llm does for completion models (``with_default_length``).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Request:
     them (the local backend; over HTTP they travel in the system message).  ``tools`` are offered natively;
     in prompted mode they are already in the system message instead.  ``extra`` holds top-level body fields
     of the HTTP API that are not sampling parameters (OpenRouter's ``provider`` routing for ``--strict``).
+    ``prompt`` makes it a raw completion (``--raw``): the text is continued as written, with no messages, no
+    template and no framing.
     """
 
     model: str
@@ -65,6 +72,18 @@ class Request:
     documents: tuple[Mapping[str, str], ...] = ()
     tools: tuple[Tool, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+
+    @property
+    def raw(self) -> bool:
+        return self.prompt is not None
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """What the model reads, before any template: the prompt of a raw completion, else each message's content."""
+        if self.prompt is not None:
+            return (self.prompt,)
+        return tuple(str(m.get("content") or "") for m in self.messages)
 
 
 def build_messages(prompt: str, *, system: str | None = None, history: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], ...]:
@@ -90,7 +109,7 @@ class StreamDecoder(Protocol):
 class Shape:
     """One request format: where it is sent, how its body is built, how its stream is read."""
 
-    name: Api
+    name: str  # an Api, or "completions"
     path: str
     body: Callable[[Request], dict[str, Any]]
     decoder: Callable[[], StreamDecoder]
@@ -101,6 +120,11 @@ def shape(name: str) -> Shape:
         return API_SHAPES[name]
     except KeyError:
         raise InvalidParameterError(f"api={name!r} is invalid: must be one of {', '.join(API_SHAPES)}") from None
+
+
+def shape_for(api_shape: Shape, request: Request) -> Shape:
+    """The shape ``request`` goes out in: a raw completion's whatever the client's ``api``, else the client's own."""
+    return COMPLETIONS if request.raw else api_shape
 
 
 # --- reading JSON of unknown shape ----------------------------------------------------------
@@ -448,6 +472,7 @@ class ChatStreamDecoder(SSEStreamDecoder[Event]):
     """
 
     recovered: tuple[ErrorEvent, ...] = ()  # an error chunk ends a chat reply: there is nothing to recover from
+    read_chunk = staticmethod(chunk_events)
 
     def __init__(self) -> None:
         super().__init__()
@@ -464,7 +489,7 @@ class ChatStreamDecoder(SSEStreamDecoder[Event]):
         if meta != self._meta and (meta[0] or meta[1]):
             self._meta = meta
             events.append(ChunkMeta(meta[0], meta[1], _str(chunk.get("id"))))
-        events.extend(chunk_events(chunk))
+        events.extend(self.read_chunk(chunk))
         return events
 
 
@@ -769,6 +794,81 @@ class MessagesStreamDecoder(SSEStreamDecoder[Event]):
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=self._cost,
                      cached_tokens=counts.get("cache_read_input_tokens"))
 
+
+# --- raw completions (--raw) --------------------------------------------------------------------
+
+
+def completions_body(request: Request) -> dict[str, Any]:
+    """The completions request body: the prompt as written, and only the sampling fields that were set.
+
+    The completions API spells token probabilities as one number (``logprobs: K``, the alternatives per token):
+    the table sends ``top_logprobs`` under that name, and ``logprobs`` alone asks for the chosen tokens only (0).
+    """
+    body: dict[str, Any] = {
+        "model": request.model,
+        "prompt": request.prompt or "",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **request.sampling.for_target("completions"),
+    }
+    if request.sampling.get("logprobs") is True:
+        body.setdefault("logprobs", 0)
+    for name, value in request.extra.items():
+        body.setdefault(name, value)
+    return body
+
+
+def completion_chunk_events(chunk: Mapping[str, Any]) -> list[Event]:
+    """The events of one completions chunk: a choice's ``text`` (chat says ``delta.content``) and its token
+    probabilities, usage and errors as in chat."""
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise _wrong("choices", choices)
+    events: list[Event] = []
+    for choice in choices or ():
+        if choice is None:
+            continue
+        if not isinstance(choice, dict):
+            raise _wrong("a choice", choice)
+        text = choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise _wrong("text", text)
+        if text:
+            events.append(TextDelta(text))
+        events.extend(_token_logprobs(_completion_logprobs(choice.get("logprobs")), text or ""))
+        if reason := choice.get("finish_reason"):
+            events.append(Finish(str(reason), _str(choice.get("native_finish_reason"))))
+    if chunk.get("usage"):
+        events.append(UsageReport(_chat_usage(_obj(chunk["usage"]))))
+    if "error" in chunk and chunk["error"] is not None:
+        events.append(_error_event(chunk["error"]))
+    return events
+
+
+def _completion_logprobs(logprobs: Any) -> Any:
+    """A completions choice's ``logprobs`` as chat's entries: the classic parallel lists (``tokens``,
+    ``token_logprobs``, ``top_logprobs`` as ``{token: logprob}``, as OpenAI, vLLM and llama-cpp-python send them), or
+    chat's own ``content`` list (llama.cpp's C++ server).  Whatever does not fit is left out."""
+    logprobs = _obj(logprobs)
+    if isinstance(logprobs.get("content"), list):
+        return logprobs["content"]
+    tokens, chosen, tops = (logprobs.get(name) for name in ("tokens", "token_logprobs", "top_logprobs"))
+    if not isinstance(tokens, list) or not isinstance(chosen, list):
+        return None
+    tops = tops if isinstance(tops, list) else []
+    return [{"token": token, "logprob": logprob,
+             "top_logprobs": [{"token": text, "logprob": value} for text, value in _obj(top).items()]}
+            for token, logprob, top in zip(tokens, chosen, [*tops, *[None] * (len(tokens) - len(tops))], strict=False)]
+
+
+class CompletionsStreamDecoder(ChatStreamDecoder):
+    """A completions stream: chat's framing, model and provider, with ``text`` choices."""
+
+    read_chunk = staticmethod(completion_chunk_events)
+
+
+# Not an ``api=`` choice: the shape of every request that carries a prompt to continue (``shape_for``).
+COMPLETIONS = Shape("completions", "/completions", completions_body, CompletionsStreamDecoder)
 
 API_SHAPES: dict[str, Shape] = {
     "chat": Shape("chat", "/chat/completions", chat_body, ChatStreamDecoder),

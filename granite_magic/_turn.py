@@ -15,7 +15,7 @@ from ._client import BaseClient
 from ._context import Document
 from ._params import Sampling
 from ._settings import Backend, check_backend, check_base_url, check_cache_mode
-from ._shapes import Api, shape
+from ._shapes import Api, Request, shape
 from ._vocab import PACES, CacheMode, Pace
 
 __all__ = ["Target", "Turn", "new_turn"]
@@ -42,6 +42,7 @@ class Turn:
     verify: bool = False  # --verify: run live and compare with the recording
     strict: bool | None = None  # --strict: only providers that honour every parameter (None: the session's setting)
     template: str | None = None  # --template: the local model's chat format name, "plain", or a Jinja file
+    raw: bool = False  # --raw: the prompt is continued as written (a completion: no turns, no template, no framing)
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -55,6 +56,23 @@ class Turn:
                                                names=("verify", "cache"))
         if self.pace not in PACES:
             raise errors.InvalidParameterError(f"pace={self.pace!r} is invalid: must be one of {', '.join(PACES)}", names=("pace",))
+        if self.raw:
+            _check_raw(self)
+
+
+# What a raw completion cannot take: each is a part of a chat turn, which a raw prompt does not have.
+_NOT_RAW = {"system": "a system prompt", "chat": "a conversation", "context": "a context block",
+            "documents": "documents", "template": "a chat template", "api": "a chat API format"}
+
+
+def _check_raw(turn: Turn) -> None:
+    """``raw=True`` with a part of a chat turn is refused, naming it, before anything is sent."""
+    for name, what in _NOT_RAW.items():
+        value = getattr(turn, name)
+        if value not in (None, ()) and not (name == "api" and value == "chat"):
+            spelled = "docs" if name == "documents" else name
+            raise errors.InvalidParameterError(f"raw=True continues the prompt as written, with no chat turn, so {what} cannot "
+                                               f"go with it: leave out {spelled}= or raw=True", names=("raw", spelled))
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,10 @@ class Target:
     def label(self) -> str:
         """The model as a status line names it (the client says when it runs locally)."""
         return self.client.label(self.model)
+
+    def label_for(self, request: Request) -> str:
+        """The model as a status line names it for ``request`` (a raw completion says so)."""
+        return self.client.label(self.model, raw=request.raw)
 
 
 def new_turn(prompt: str, params: Mapping[str, Any], **target: Any) -> Turn:

@@ -18,6 +18,10 @@ A provider that ignores a parameter: the model ``fake/ignores-NAME`` (``seed``,
 ``stop``, ``logprobs``, ``max_tokens``, ``tools``, any sampling field) is served
 without being listed, and answers as if ``NAME`` had not been sent.
 
+Raw completions (``--raw``): ``POST /completions`` with a ``prompt`` is answered as a chat request whose one user
+message is the prompt, as a ``text_completion`` stream; ``"logprobs": K`` gets the classic parallel lists
+(``tokens``, ``token_logprobs``, ``top_logprobs``) with the same numbers as chat's entries.
+
 Tool calls, in all three API shapes, driven by the request's ``tools``.  When tools
 are offered (and ``tool_choice`` is not ``"none"``) and the model has not called
 them yet since the last user message, the reply calls the first tool (or the one
@@ -1032,8 +1036,33 @@ class _MessagesFormat(_Format):
         return [("message_stop", {"type": "message_stop"})]
 
 
-_FORMATS: dict[str, type[_Format]] = {"chat": _ChatFormat, "responses": _ResponsesFormat, "messages": _MessagesFormat}
-_API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
+class _CompletionsFormat(_ChatFormat):
+    """The completions stream: chat's chunks with a choice's ``text``, and probabilities in the classic parallel lists
+    (``tokens``, ``token_logprobs``, ``top_logprobs`` as ``{token: logprob}``), as OpenAI and vLLM send them."""
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> SSE:
+        return (None, {"id": self.generation_id, "provider": "FakeProvider", "model": self.model, "object": "text_completion",
+                       "created": self.created, "choices": choices, **extra})
+
+    def text(self, token: str, probs: dict[str, Any] | None) -> list[SSE]:
+        logprobs = None if probs is None else {
+            "tokens": [probs["token"]], "token_logprobs": [probs["logprob"]], "text_offset": [0],
+            "top_logprobs": [{entry["token"]: entry["logprob"] for entry in probs["top_logprobs"]}]}
+        return [self._chunk([{"index": 0, "text": token, "logprobs": logprobs, "finish_reason": None}])]
+
+    def finish(self, reason: str | None, usage: dict[str, Any] | None) -> list[SSE]:
+        events = [self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": reason}])] if reason else []
+        return events + ([self._chunk([], usage=usage)] if usage else [])
+
+    def error(self, code: int | str) -> list[SSE]:
+        choice = {"index": 0, "text": "", "finish_reason": "error"}
+        return [self._chunk([choice], error={"code": code, "message": "Provider disconnected unexpectedly"})]
+
+
+_FORMATS: dict[str, type[_Format]] = {"chat": _ChatFormat, "responses": _ResponsesFormat, "messages": _MessagesFormat,
+                                      "completions": _CompletionsFormat}
+# Matched in this order by the path's end: "/chat/completions" ends in "/completions" too.
+_API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages", "completions": "/completions"}
 
 
 # --- every shape's request as a chat-completions body -----------------------------------------------
@@ -1047,6 +1076,8 @@ def _as_chat(api: str, body: dict[str, Any]) -> dict[str, Any]:
     """
     if api == "chat":
         return body
+    if api == "completions":
+        return _completion_as_chat(body)
     fixed = {"model", "stream", "stream_options", "input", "instructions", "system", "messages", "tools", "tool_choice"}
     params = {k: v for k, v in body.items() if k not in fixed}
     if api == "responses":
@@ -1062,6 +1093,17 @@ def _as_chat(api: str, body: dict[str, Any]) -> dict[str, Any]:
     params["tool_choice"] = _chat_choice(body.get("tool_choice"))
     messages = ([{"role": "system", "content": system}] if system else []) + turns
     return {"model": body.get("model"), "messages": messages, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _completion_as_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """A completions request as chat: the prompt is the one user message (no prompt: no messages, refused with a 400),
+    and ``logprobs: K`` (the alternatives per token) is chat's ``logprobs: true, top_logprobs: K``."""
+    params = {k: v for k, v in body.items() if k not in ("prompt", "logprobs")}
+    prompt = body.get("prompt")
+    k = body.get("logprobs")
+    if isinstance(k, int) and not isinstance(k, bool):
+        params |= {"logprobs": True, "top_logprobs": k}
+    return {**params, "messages": [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else []}
 
 
 def _from_responses(items: Any) -> list[dict[str, Any]]:

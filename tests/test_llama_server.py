@@ -73,3 +73,17 @@ def test_a_chat_follow_up_continues_the_conversation(cells: InteractiveShell) ->
     history = magics_of(cells).session.conversations["rocks"].messages
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["content"] == one.text and history[3]["content"] == two.text
+
+
+def test_a_raw_cell_continues_the_text_through_the_completions_endpoint(cells: InteractiveShell) -> None:
+    """``--raw`` goes to ``POST /completions``: the stand-in continues the text (no chat template around it), with
+    the completions stream's probabilities, and the same seed repeats the reply."""
+    prompt = "Question: Why do volcanoes erupt?\nAnswer:"
+    out = run(cells, "--raw --probs 3 --seed 4 --temperature 0.7 --max-tokens 12 -o raw", prompt)
+    result = cells.user_ns["raw"]
+    assert result.error is None and not result.partial and result.text.strip(), shown(out)
+    assert result.tokens and "".join(token.text for token in result.tokens) == result.text
+    # the 3 most likely, and the picked token after them when it is not among them (the server appends it)
+    assert all(token.text in {a.text for a in token.top} and len(token.top) <= 4 for token in result.tokens)
+    again = run(cells, "--raw --seed 4 --temperature 0.7 --max-tokens 12 -o again", prompt)
+    assert cells.user_ns["again"].text == result.text, shown(again)

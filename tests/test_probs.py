@@ -17,7 +17,7 @@ from granite_magic import GenerationInterrupted, GraniteClient, ProtocolError
 from granite_magic._events import Accumulator, Event, TextDelta, TokenLogprobs
 from granite_magic._local import LocalClient, TokenTexts
 from granite_magic._result import Alternative, Result, Token
-from granite_magic._shapes import chunk_events, shape
+from granite_magic._shapes import COMPLETIONS, chunk_events, shape
 from granite_magic._tokens import spelled
 from granite_magic.testing import FakeOpenRouter, Scenario
 
@@ -145,6 +145,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 
 LOGPROBS_TEMPLATES: list[tuple[str, dict[str, Any]]] = [
     ("chat", chat_chunk("Hi there", entry("Hi", -0.1, ("Hi", -0.1), ("Hey", -2.0)), entry(" there", -0.4, (" there", -0.4)))),
+    ("completions", {"choices": [{"index": 0, "text": "Hi there", "finish_reason": None, "logprobs": {
+        "tokens": ["Hi", " there"], "token_logprobs": [-0.1, -0.4], "text_offset": [0, 2],
+        "top_logprobs": [{"Hi": -0.1, "Hey": -2.0}, {" there": -0.4}]}}]}),
     ("responses", {"type": "response.output_text.delta", "delta": "Hi",
                    "logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": [{"token": "Hi", "logprob": -0.1}]}]}),
 ]
@@ -163,7 +166,7 @@ def test_decoding_is_total_whatever_json_arrives_in_a_probability_field(case: tu
     api, template, path = case
     payload = json.dumps(_replaced(template, path, value))  # NaN and Infinity are written as Python's JSON reads them
     try:
-        events = shape(api).decoder().feed(f"data: {payload}\n\n".encode())
+        events = (COMPLETIONS if api == "completions" else shape(api)).decoder().feed(f"data: {payload}\n\n".encode())
     except ProtocolError:
         return
     text = "".join(e.text for e in events if isinstance(e, TextDelta))

@@ -118,6 +118,7 @@ REQUEST_CHANGES: dict[str, Any] = {
     "documents": ({"doc_id": "1", "title": "notes.md", "text": "Granite is an igneous rock."},),
     "tools": "lookup",
     "extra": {"provider": {"require_parameters": True}},
+    "prompt": "Tell me about granite",  # the same words continued raw are another request
 }
 
 
@@ -193,7 +194,7 @@ OPTION_EXAMPLES = {
     "--context": "--context numbers,title", "--docs": "--docs notes.md", "--cell": "--cell -1", "--tools": "--tools add",
     "--tool-mode": "--tool-mode prompted", "--approve": "--approve", "--max-steps": "--max-steps 3", "--strict": "--strict",
     "--cache": "--cache auto", "--pace": "--pace original", "--verify": "--verify", "--dry-run": "--dry-run",
-    "--no-interpolate": "--no-interpolate",
+    "--no-interpolate": "--no-interpolate", "--raw": "--raw",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from .. import _errors as errors
 from .. import _params
-from .._client import BaseClient, ModelInfo, UpdateCallback
+from .._client import RAW_WORDS, BaseClient, ModelInfo, UpdateCallback
 from .._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, TokenLogprobs, UsageReport
 from .._result import Result, Usage
 from .._runner import BackgroundLoop
@@ -97,6 +97,7 @@ class LocalClient(BaseClient):
     # On two CPU cores a 3B model writes a few tokens a second: an open-ended reply would hold the kernel for
     # minutes, so a reply is capped unless --max-tokens / max_tokens= asks for more.
     default_max_tokens: ClassVar[int | None] = 512
+    completes_raw: ClassVar[bool] = True  # the text tokenized as written, with no template
 
     def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
                  prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, template: str | None = None,
@@ -129,12 +130,11 @@ class LocalClient(BaseClient):
         """A readable name: the GGUF file's name."""
         return model_name(self.reference)
 
-    @property
-    def target(self) -> str:
-        return f"local llama.cpp: {self.model}"
+    def destination(self, request: Request) -> str:
+        return f"local llama.cpp: {self.model}" + (" (raw completion)" if request.raw else "")
 
-    def label(self, model: str) -> str:
-        return f"{model} · local llama.cpp" + self._framing_words()
+    def label(self, model: str, *, raw: bool = False) -> str:
+        return f"{model} · local llama.cpp" + (RAW_WORDS if raw else self._framing_words())
 
     def _framing_words(self) -> str:
         """How the prompt is made, when it is not the GGUF's own template: the status line says so."""
@@ -191,6 +191,8 @@ class LocalClient(BaseClient):
         """What the model is given for ``request``, without loading it: the messages (and documents and tools)
         its chat template turns into the prompt, and llama.cpp's sampling arguments.  ``prompt_preview``
         shows the prompt text itself, which needs the model's template and tokenizer."""
+        if request.raw:  # no template and no framing: the text is all the model reads
+            return {"prompt": request.prompt, **request.sampling.for_target("llama_cpp")}
         described: dict[str, Any] = {"messages": [dict(m) for m in request.messages]}
         described |= self._template_chosen()
         if self._chosen_format() == PLAIN:  # plain framing chosen (a GGUF without a template gets it by itself, and
@@ -295,7 +297,7 @@ class LocalClient(BaseClient):
         limit = reply_limit(len(prompt.tokens), request.sampling.get("max_tokens"), pool.trained, self.n_ctx)
         pool.fit(slot, context_size(len(prompt.tokens) + limit, pool.trained, self.n_ctx))
         arguments = _arguments(request, prompt, limit)
-        framing = "" if pool.template is None or pool.template.framing != PLAIN else ", plain framing"
+        framing = ", raw" if request.raw else "" if pool.template is None or pool.template.framing != PLAIN else ", plain framing"
         emit([ChunkMeta(self.model, f"llama.cpp (local{framing})")])  # the saved metadata names the framing
         llm = slot.llm
         reused = slot.prefix.read(prompt.tokens)  # the prompt's logits are ready: create_completion samples at once

@@ -20,7 +20,7 @@ from .. import _errors as errors
 from .._shapes import Request
 from .model import LocalModelError
 from .prefix import Prefix, PrefixReuse
-from .template import Prompt, Template
+from .template import Prompt, Template, raw_prompt
 
 if TYPE_CHECKING:
     from .probs import Probe
@@ -92,6 +92,8 @@ class Pool:
             self._places.put(slot if slot is not None and slot.llm is not None else None)
 
     def prompt(self, slot: Slot, request: Request) -> Prompt:
+        if request.prompt is not None:  # a raw completion: the text as written, no template
+            return raw_prompt(slot.llm, request.prompt)
         assert self.template is not None  # set by the load that gave the slot its model
         return self.template.render(slot.llm, request)
 

@@ -112,6 +112,16 @@ class Template:
         return response
 
 
+def raw_prompt(llm: Any, text: str) -> Prompt:
+    """A raw completion's prompt (``--raw``): the text as written, tokenized as llama-cpp-python's ``create_completion``
+    does (special tokens parsed, so chat markers typed by hand are the model's own; a BOS first unless written)."""
+    bos = int(llm.token_bos())
+    written = bos != -1 and text.startswith(_token_text(llm, bos))
+    tokens = list(llm.tokenize(text.encode("utf-8"), add_bos=not written, special=True))
+    shown = _token_text(llm, bos) + text if tokens[:1] == [bos] and not written else text
+    return Prompt(shown, tokens, [], None)
+
+
 # The plain framing's turn markers: a base model continues a text of questions and answers, and the next
 # "Question:" it starts is where its answer ended.
 QUESTION, ANSWER = "Question:", "Answer:"

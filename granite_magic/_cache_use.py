@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._shapes import Request
     from ._turn import Target, Turn
 
-__all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint", "verification"]
+__all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint", "remembered_framing", "verification"]
 
 _MODELS_FILE_BYTES = 1 << 20  # models.json: a fingerprint (~80 characters) per model name
 
@@ -46,7 +46,7 @@ def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mod
     verify = turn.verify and mode != "replay"
     client = target.client
     model_file = client.model_file()
-    fingerprint = local_fingerprint(*model_file, cache) if model_file is not None else None
+    fingerprint = local_fingerprint(*model_file, cache, framing=client.framing) if model_file is not None else None
     fields = request_fields(backend=client.kind, host=client.host, model=request.model, api=target.api,
                             sent=client.describe(request), repeat=repeat, fingerprint=fingerprint)
     return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, client.secrets(), verify, unverified=turn.verify and not verify)
@@ -140,29 +140,48 @@ def verification(recording: Recording, live: Accumulator) -> str:
     return f"differs from the recording at {where}, token {token}"
 
 
-def local_fingerprint(model: str, path: Path | str | None, cache: RunCache) -> str | None:
-    """The local model file's fingerprint (remembered for its name in the cache's ``models.json``), or, when
-    the file is not here, the one remembered for its name: a classroom replaying a teacher's recordings
-    has no model."""
+def local_fingerprint(model: str, path: Path | str | None, cache: RunCache, *, framing: str | None = None) -> str | None:
+    """The local model file's fingerprint (remembered for its name in the cache's ``models.json``, with the
+    ``framing`` its prompts are made in), or, when the file is not here, the one remembered for its name: a classroom
+    replaying a teacher's recordings has no model."""
     known = cache.directory / "models.json"
-    try:  # shipped with the recordings: a regular file of a small size, never a FIFO or a link to a device
-        names = json.loads(read_capped(known, _MODELS_FILE_BYTES))
-    except (OSError, ValueError, RecursionError):  # FileRefused is a ValueError
-        names = {}
-    if not isinstance(names, dict):
-        names = {}
+    names = _remembered(known)
     if path is None:
-        value = names.get(model)
-        return value if isinstance(value, str) else None
+        return _entry(names.get(model))[0]
     fingerprint = model_fingerprint(path)
-    if names.get(model) != fingerprint:
+    if _entry(names.get(model)) != (fingerprint, framing):
         with contextlib.suppress(OSError):  # a read-only cache: the recordings' own warning says so
             known.parent.mkdir(parents=True, exist_ok=True)
             # a new file renamed into place: a link shipped as models.json is replaced, never written through
             temporary = known.with_name(f".models.json.{token_hex(8)}.tmp")
+            entry = {"fingerprint": fingerprint, "framing": framing} if framing else fingerprint
             try:
-                temporary.write_text(json.dumps({**names, model: fingerprint}, indent=1))
+                temporary.write_text(json.dumps({**names, model: entry}, indent=1))
                 os.replace(temporary, known)
             finally:
                 temporary.unlink(missing_ok=True)
     return fingerprint
+
+
+def remembered_framing(model: str, cache: RunCache) -> str | None:
+    """How prompts for the local model file ``model`` were made when it was here (``plain`` for a base model), so a
+    replay without the file builds the same requests (a base model's tools are taught by example)."""
+    return _entry(_remembered(cache.directory / "models.json").get(model))[1]
+
+
+def _remembered(known: Path) -> dict[str, Any]:
+    try:  # shipped with the recordings: a regular file of a small size, never a FIFO or a link to a device
+        names = json.loads(read_capped(known, _MODELS_FILE_BYTES))
+    except (OSError, ValueError, RecursionError):  # FileRefused is a ValueError
+        return {}
+    return names if isinstance(names, dict) else {}
+
+
+def _entry(value: Any) -> tuple[str | None, str | None]:
+    """A ``models.json`` entry as (fingerprint, framing): a bare fingerprint (as first written), or both."""
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, dict):
+        fingerprint, framing = value.get("fingerprint"), value.get("framing")
+        return (fingerprint if isinstance(fingerprint, str) else None), (framing if isinstance(framing, str) else None)
+    return None, None

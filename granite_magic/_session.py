@@ -134,9 +134,12 @@ class Session:
         key = ("local", model, self.settings.local_instances, template)
         client = self.clients.get(key)
         if client is None:
+            from ._cache_use import remembered_framing
             from ._local import LocalClient
 
-            client = self.clients[key] = LocalClient(model, instances=self.settings.local_instances, template=template)
+            # without its file (a classroom replaying recordings), the framing the recordings were made in
+            client = self.clients[key] = LocalClient(model, instances=self.settings.local_instances, template=template,
+                                                     remembered=lambda name: remembered_framing(name, self.cache_for()))
         return client
 
     # --- requests ----------------------------------------------------------------------

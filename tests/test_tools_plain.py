@@ -280,3 +280,26 @@ def test_a_dry_run_shows_the_worked_call_the_base_model_reads(ip: InteractiveShe
     ip.user_ns["convert"] = convert
     out = shown(run(ip, "--backend local --tools convert --tool-choice convert --dry-run", CONVERT_PROMPT))
     assert CONVERT_SYSTEM in out and f"Question: {CONVERT_PROMPT}\nAnswer:<tool_call>" in out
+
+
+def test_a_replay_without_the_model_file_frames_prompts_as_the_recordings_were(tmp_path: Path) -> None:
+    """A classroom replays a teacher's recordings without the GGUF: the framing it was prompted in is remembered with its
+    fingerprint, so a base model's tool turn builds the same example-taught request, and so the same cache key."""
+    from granite_magic._cache import RunCache
+    from granite_magic._cache_use import local_fingerprint, remembered_framing
+    from granite_magic._local import LocalClient
+
+    cache = RunCache(tmp_path / "cache")
+    model = tmp_path / "base.gguf"
+    model.write_bytes(b"GGUF" + bytes(64))
+    fingerprint = local_fingerprint("base.gguf", model, cache, framing="plain")
+    assert remembered_framing("base.gguf", cache) == "plain"
+    assert local_fingerprint("base.gguf", None, cache) == fingerprint  # the file gone: both still known
+    absent = LocalClient(str(tmp_path / "elsewhere" / "base.gguf"), remembered=lambda name: remembered_framing(name, cache))
+    try:
+        assert absent.framing == "plain"
+    finally:
+        absent.close()
+    # models.json as first written (a bare fingerprint per name) is still read; its framing is unknown
+    (cache.directory / "models.json").write_text('{"old.gguf": "1:abc"}')
+    assert local_fingerprint("old.gguf", None, cache) == "1:abc" and remembered_framing("old.gguf", cache) is None

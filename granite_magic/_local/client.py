@@ -101,7 +101,7 @@ class LocalClient(BaseClient):
 
     def __init__(self, model: str | None = None, *, instances: int = 1, n_ctx: int = MIN_CONTEXT,
                  prefix_reuse: PrefixReuse = "auto", chat_template: str | None = None, template: str | None = None,
-                 loop: BackgroundLoop | None = None) -> None:
+                 loop: BackgroundLoop | None = None, remembered: Callable[[str], str | None] | None = None) -> None:
         if instances < 1:
             raise errors.InvalidParameterError(f"instances={instances} is out of range: must be an integer >= 1")
         if prefix_reuse not in ("auto", "state", "off"):
@@ -118,6 +118,7 @@ class LocalClient(BaseClient):
             chat_template, self.chat_format = read_template(template)
         self.chat_template = chat_template
         self._loop = loop
+        self._remembered = remembered  # the framing remembered for a model file that is not here
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
         # Replies waiting for an instance, oldest first, and the number generating (both changed on the loop only).
@@ -147,14 +148,17 @@ class LocalClient(BaseClient):
     def framing(self) -> str:
         """``plain`` for a base model (a GGUF with no chat template, none chosen, or ``template="plain"``), else
         ``template``.  Known without loading the model: from the GGUF's header when the file is here, else from
-        the loaded model; a file not here yet is assumed to carry its template (IBM's Granite GGUF does)."""
+        the loaded model; a file not here is framed as when it was here (``remembered``, from the recordings' cache),
+        else assumed to carry its template (IBM's Granite GGUF does)."""
         chosen = self._chosen_format()
         if chosen is not None or self.chat_template is not None:
             return PLAIN if chosen == PLAIN else "template"
         if self._pool is not None and self._pool.template is not None:
             return self._pool.template.framing
         path = local_file(self.reference)
-        return "template" if path is None or has_chat_template(path) else PLAIN
+        if path is None:
+            return (self._remembered(self.model) if self._remembered is not None else None) or "template"
+        return "template" if has_chat_template(path) else PLAIN
 
     def _chosen_format(self) -> str | None:
         """The chat format chosen (``template=``, or ``GRANITE_LOCAL_CHAT_FORMAT`` when no Jinja template is given)."""

@@ -250,7 +250,9 @@ class GraniteMagics(Magics):
             return f"prompt: not counted ({exc.message})", None
         if preview is not None:
             text, tokens = preview
-            how = "as written (a raw completion: no template)" if request.raw else "its chat template applied"
+            how = ("as written (a raw completion: no template)" if request.raw else
+                   "framed as plain text (a base model: no chat template)" if target.client.framing == "plain" else
+                   "its chat template applied")
             return f"prompt: {tokens:,} tokens, counted by the model's tokenizer; the model reads exactly this, {how}:", text
         estimate = sum(map(len, request.texts)) // 4 + 4 * len(request.messages)
         size = f"prompt: about {estimate:,} tokens (an estimate: 4 characters a token), at most {prompt_token_bound(request):,}"

@@ -137,6 +137,9 @@ class SavedReply:
         return place + (f" [{self.label}]" if self.label else "")
 
 
+COUNTER_EXAMPLE = "counter-example"  # a cell's tag: its reply is the lesson's deliberate noise
+
+
 def saved_replies(nb: Mapping[str, Any]) -> list[SavedReply]:
     """Every reply a saved notebook shows, in order.
 
@@ -153,6 +156,9 @@ def saved_replies(nb: Mapping[str, Any]) -> list[SavedReply]:
     "streaming" line, all carrying no ``granite_magic`` mark; the finished reply is the cell's output).  A reply with
     no text (a failed request, a turn that only called tools) has nothing to read and is skipped.
 
+    A cell tagged ``counter-example`` shows noise on purpose (notebook 05's base model prompted through chat markers it
+    never learnt) and is not judged; a notebook may have one, and its text must say so.
+
     The prompt is the cell's body under ``%%granite`` with ``{name}`` left as written (a comparison's metadata holds
     the prompt as sent, used when present); the system prompt is the magic line's ``-s``/``--system``.
     """
@@ -160,7 +166,7 @@ def saved_replies(nb: Mapping[str, Any]) -> list[SavedReply]:
     replies: list[SavedReply] = []
     shown: set[str] = set()
     for index, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
+        if cell["cell_type"] != "code" or COUNTER_EXAMPLE in cell.get("metadata", {}).get("tags", []):
             continue
         source = _joined(cell["source"])
         prompt, system = cell_prompt(source) if source.startswith("%%granite") else ("", None)
@@ -231,6 +237,10 @@ def test_every_saved_reply_reads_as_text(path: Path) -> None:
     the same line three times (tests/readable.py).  A failure names the cell (its index in the notebook's cells,
     from 0), the column of a comparison, the prompt and the problem."""
     nb = nbformat.read(path, as_version=4)
+    tagged = [i for i, cell in enumerate(nb.cells) if COUNTER_EXAMPLE in cell.get("metadata", {}).get("tags", [])]
+    assert len(tagged) <= 1, f"{path.name}: cells {tagged} are all tagged {COUNTER_EXAMPLE}: one lesson's worth at most"
+    for index in tagged:  # the noise is announced where it is shown
+        assert "noise on purpose" in "".join(cell.source for cell in nb.cells[index + 1 : index + 2]), f"{path.name}: cell {index}"
     replies = saved_replies(nb)
     assert replies, "no saved reply found: the notebook shows none, or saved_replies no longer finds them"
     allowed = notebook_sources(nb)

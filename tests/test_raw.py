@@ -213,16 +213,17 @@ def test_the_local_model_reads_a_raw_prompt_exactly_as_written(local: Any) -> No
 
 
 @pytest.mark.slow
-def test_a_raw_cell_on_the_local_model(shell: InteractiveShell, model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_raw_cell_on_the_local_model(ip: InteractiveShell, model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
-    magics = magics_of(shell)
-    backend, magics.backend, live, magics.live = magics.backend, "local", magics.live, "terminal"
-    try:
-        out = run(shell, "--raw --seeds 1,2 --temperature 0.8 --max-tokens 8 -o g", "The capital of France is")
-        grid = shell.user_ns["g"]
-        assert [r.error for r in grid.runs] == [None, None] and all(r.result.text for r in grid.runs), shown(out)
-        assert "raw completion" in shown(out)
-        dry = shown(run(shell, "--raw --dry-run", "The capital of France is"))
-        assert "(raw completion)" in dry and '"prompt": "The capital of France is"' in dry and "as written" in dry
-    finally:
-        magics.backend, magics.live = backend, live
+    monkeypatch.delenv("GRANITE_BASE_URL", raising=False)
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
+    magics = magics_of(ip)
+    magics.base_url = ""
+    magics.session.set_api_key(None)
+    magics.session.clients.clear()
+    out = run(ip, "--raw --seeds 1,2 --temperature 0.8 --max-tokens 8 -o g", "The capital of France is")
+    grid = ip.user_ns["g"]
+    assert [r.error for r in grid.runs] == [None, None] and all(r.result.text for r in grid.runs), shown(out)
+    assert "local llama.cpp · raw completion" in shown(out)
+    dry = shown(run(ip, "--raw --dry-run", "The capital of France is"))
+    assert "(raw completion)" in dry and '"prompt": "The capital of France is"' in dry and "as written" in dry

@@ -6,7 +6,10 @@ the function runs; anything else that asks a model for JSON of a given form can 
 * ``SchemaBuilder().codec(hint, where)`` → ``Codec``: the hint's JSON Schema, and ``decode``, which turns
   a JSON value that fits it into the Python value the hint asks for (an Enum member, a dataclass, a
   tuple, a ``Path``, a date).  What has no JSON form becomes ``{}`` (anything) and a line in ``notes``.
-* ``schema_errors(value, schema)``: what is wrong with a value decoded by ``json.loads``; empty when it fits.
+* ``schema_errors(value, schema)``: what is wrong with a value decoded by ``json.loads``; empty when it fits
+  (``constraints=True``, for structured output: bounds, lengths, patterns and unique items too).
+* ``schema_problems(schema)``: what ``schema_errors`` could not check as written (a keyword it does not know, a
+  checked keyword of the wrong form), so that a schema given by a person is refused before it is used.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeGuard, Union, get_args, get_origin
 
 from ._values import clip
 
-__all__ = ["Codec", "JsonSchema", "SchemaBuilder", "clip", "json_kind", "object_schema", "schema_errors", "type_hints"]
+__all__ = ["Codec", "JsonSchema", "SchemaBuilder", "clip", "json_kind", "object_schema", "schema_errors", "schema_problems",
+           "type_hints"]
 
 JsonSchema = dict[str, Any]
 
@@ -262,6 +267,10 @@ _CLASSES: tuple[tuple[Callable[[type], bool], Callable[[SchemaBuilder, Any, str]
 
 # --- checking a value against a schema ----------------------------------------------------------------
 
+# A check's way down into the schemas it holds, and a check: (value, schema, where, recurse) → errors.
+_Recurse = Callable[[Any, Any, str], list[str]]
+_Check = Callable[[Any, Mapping[str, Any], str, _Recurse], list[str]]
+
 # JSON Schema type name → does a value decoded by json.loads have it?
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
@@ -274,14 +283,22 @@ _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def schema_errors(value: Any, schema: Any, where: str = "") -> list[str]:
+def schema_errors(value: Any, schema: Any, where: str = "", *, constraints: bool = False) -> list[str]:
     """What is wrong with ``value`` against ``schema``: empty when it fits.
 
     A small validator of our own for what ``SchemaBuilder`` writes and tool definitions use: ``type``,
     ``enum``, ``const``, ``properties``, ``required``, ``additionalProperties`` (false, or a schema),
-    ``items``, ``prefixItems``, ``minItems``/``maxItems``, ``anyOf``, ``oneOf`` and ``allOf``; other
-    keywords are not checked.  ``where`` names the value in messages (nothing: "the arguments").
+    ``items``, ``prefixItems``, ``minItems``/``maxItems``, ``anyOf``, ``oneOf`` and ``allOf``.  With
+    ``constraints`` (structured output) also the value constraints: ``minimum``/``maximum``,
+    ``exclusiveMinimum``/``exclusiveMaximum`` (numbers, as since draft 6), ``minLength``/``maxLength``,
+    ``pattern`` (``re.search``) and ``uniqueItems``; ``schema_problems`` names every other keyword.
+    Tools' arguments are checked without them, as they always were.  ``where`` names the value in messages
+    (nothing: "the arguments").
     """
+    return _validate(value, schema, where, _CONSTRAINED if constraints else _CHECKS)
+
+
+def _validate(value: Any, schema: Any, where: str, checks: tuple[_Check, ...]) -> list[str]:
     if schema is False:
         return [f"{_label(where)}: not allowed here"]
     if not isinstance(schema, Mapping):
@@ -289,7 +306,11 @@ def schema_errors(value: Any, schema: Any, where: str = "") -> list[str]:
     wrong_type = _check_type(value, schema, where)
     if wrong_type:  # the other checks would only repeat it
         return wrong_type
-    return [error for check in _CHECKS for error in check(value, schema, where)]
+
+    def recurse(item: Any, sub: Any, place: str) -> list[str]:  # the same checks all the way down
+        return _validate(item, sub, place, checks)
+
+    return [error for check in checks for error in check(value, schema, where, recurse)]
 
 
 def _label(where: str) -> str:
@@ -326,7 +347,7 @@ def _check_type(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
     return [f"{_label(where)}: expected {' or '.join(names)}, got {json_kind(value)} {_shown(value)}"]
 
 
-def _check_enum(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+def _check_enum(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
     if "enum" in schema and not any(_json_equal(value, choice) for choice in schema["enum"]):
         return [f"{_label(where)}: {_shown(value)} is not one of {_shown(schema['enum'])}"]
     if "const" in schema and not _json_equal(value, schema["const"]):
@@ -334,7 +355,7 @@ def _check_enum(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
     return []
 
 
-def _check_object(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+def _check_object(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
     if not isinstance(value, dict):
         return []
     properties = schema.get("properties") or {}
@@ -342,15 +363,15 @@ def _check_object(value: Any, schema: Mapping[str, Any], where: str) -> list[str
     extra = schema.get("additionalProperties", True)
     for key, item in value.items():
         if key in properties:
-            errors += schema_errors(item, properties[key], _at(where, key))
+            errors += recurse(item, properties[key], _at(where, key))
         elif extra is False:
             errors.append(f"{_at(where, key)}: unexpected (expected only {', '.join(properties) or 'no arguments'})")
         else:
-            errors += schema_errors(item, extra, _at(where, key))
+            errors += recurse(item, extra, _at(where, key))
     return errors
 
 
-def _check_array(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+def _check_array(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
     if not isinstance(value, list):
         return []
     prefix = schema.get("prefixItems") or []
@@ -360,15 +381,73 @@ def _check_array(value: Any, schema: Mapping[str, Any], where: str) -> list[str]
     if "maxItems" in schema and len(value) > schema["maxItems"]:
         errors.append(f"{_label(where)}: expected at most {schema['maxItems']} items, got {len(value)}")
     for i, item in enumerate(value):
-        errors += schema_errors(item, prefix[i] if i < len(prefix) else schema.get("items", True), f"{where}[{i}]")
+        errors += recurse(item, prefix[i] if i < len(prefix) else schema.get("items", True), f"{where}[{i}]")
     return errors
 
 
-def _check_branches(value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
-    errors = [error for branch in schema.get("allOf", ()) for error in schema_errors(value, branch, where)]
+def _check_unique(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
+    if not isinstance(value, list) or schema.get("uniqueItems") is not True:
+        return []
+    first: dict[str, int] = {}  # each item's canonical JSON -> its first index (1 and true differ, as in JSON)
+    for i, item in enumerate(value):
+        key = json.dumps(item, sort_keys=True, default=repr)
+        if key in first:
+            return [f"{_label(where)}: items {first[key]} and {i} are equal (the items must be unique)"]
+        first[key] = i
+    return []
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Numeric bound keyword -> (does a value break it, how the rule reads).
+_BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "minimum": (lambda value, bound: value < bound, "at least"),
+    "maximum": (lambda value, bound: value > bound, "at most"),
+    "exclusiveMinimum": (lambda value, bound: value <= bound, "more than"),
+    "exclusiveMaximum": (lambda value, bound: value >= bound, "less than"),
+}
+
+
+def _check_bounds(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
+    if not _is_number(value):
+        return []
+    # A bound that is not a number (draft 4's boolean exclusiveMinimum among them) is not checked: schema_problems names it.
+    return [f"{_label(where)}: must be {rule} {bound}, got {_shown(value)}"
+            for keyword, (breaks, rule) in _BOUNDS.items()
+            if _is_number(bound := schema.get(keyword)) and breaks(value, bound)]
+
+
+def _check_string(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
+    if not isinstance(value, str):
+        return []
+    errors = []
+    # JSON Schema counts characters (code points), as len() does.
+    if _is_number(least := schema.get("minLength")) and len(value) < least:
+        errors.append(f"{_label(where)}: must be at least {least} characters long, got {len(value)}: {_shown(value)}")
+    if _is_number(most := schema.get("maxLength")) and len(value) > most:
+        errors.append(f"{_label(where)}: must be at most {most} characters long, got {len(value)}: {_shown(value)}")
+    pattern = schema.get("pattern")
+    compiled = _pattern(pattern) if isinstance(pattern, str) else None
+    if compiled is not None and not compiled.search(value):
+        errors.append(f"{_label(where)}: {_shown(value)} does not match the pattern {_shown(pattern)}")
+    return errors
+
+
+def _pattern(pattern: str) -> re.Pattern[str] | None:
+    """The compiled pattern (re caches it), or None when Python cannot read it: schema_problems names that."""
+    try:
+        return re.compile(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return None
+
+
+def _check_branches(value: Any, schema: Mapping[str, Any], where: str, recurse: _Recurse) -> list[str]:
+    errors = [error for branch in schema.get("allOf", ()) for error in recurse(value, branch, where)]
     for keyword, (fits, fail) in _BRANCH_RULES.items():
         if keyword in schema:
-            verdicts = [schema_errors(value, branch, where) for branch in schema[keyword]]
+            verdicts = [recurse(value, branch, where) for branch in schema[keyword]]
             if not fits(sum(not v for v in verdicts)):
                 reasons = "; ".join(v[0] for v in verdicts if v) or "it fits more than one"
                 errors.append(f"{_label(where)}: {_shown(value)} fits {fail} of the allowed forms ({reasons})")
@@ -382,10 +461,144 @@ _BRANCH_RULES: dict[str, tuple[Callable[[int], bool], str]] = {
 }
 
 
-# The checks after the type check, each returning its errors.
-_CHECKS: tuple[Callable[[Any, Mapping[str, Any], str], list[str]], ...] = (
-    _check_enum,
-    _check_object,
-    _check_array,
-    _check_branches,
-)
+# The checks after the type check, each returning its errors: those tools' arguments always had ...
+_CHECKS: tuple[_Check, ...] = (_check_enum, _check_object, _check_array, _check_branches)
+# ... and with the value constraints, for structured output.
+_CONSTRAINED: tuple[_Check, ...] = (*_CHECKS, _check_unique, _check_bounds, _check_string)
+
+
+# --- what a schema asks that schema_errors cannot check -------------------------------------------------
+
+# Keywords that only describe (JSON Schema's annotations, and OpenAPI's discriminator, which sits beside a oneOf
+# that is checked): nothing to check, nothing to refuse.  "format" is an annotation unless a validator opts in.
+ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "format", "readOnly",
+                         "writeOnly", "deprecated", "contentEncoding", "contentMediaType", "discriminator"})
+
+
+def schema_problems(schema: Any, where: str = "") -> list[str]:
+    """What ``schema_errors`` could not check in ``schema`` as written: empty when it checks every keyword.
+
+    The checker of a schema a person gives for ``schema_errors(..., constraints=True)``.  One line each, naming
+    the keyword and where it is ("field address.city", "field tags[]", "the top level"): a keyword the validator
+    does not know (``if``, ``$ref``, ``multipleOf``...), or a known keyword whose value has the wrong form
+    (``type: "str"``, a draft-4 boolean ``exclusiveMinimum``, a pattern Python cannot compile, a required name
+    that additionalProperties false makes impossible).  Annotations (``ANNOTATIONS``) pass.
+    """
+    if isinstance(schema, bool):
+        return []
+    if not isinstance(schema, Mapping):
+        return [f"{_place(where)} is {json_kind(schema)} {_shown(schema)}: a schema is a JSON object (or true/false)"]
+    problems: list[str] = []
+    for keyword, value in schema.items():
+        if keyword in ANNOTATIONS:
+            continue
+        check = _KEYWORD_FORMS.get(keyword)
+        if check is None:
+            problems.append(f"unsupported keyword {keyword!r} at {_place(where)}")
+        else:
+            problems += check(keyword, value, schema, where)
+    return problems
+
+
+def _place(where: str) -> str:
+    return f"field {where}" if where else "the top level"
+
+
+def _wrong(keyword: str, where: str, value: Any, must: str) -> list[str]:
+    return [f"{keyword!r} at {_place(where)} must be {must}, not {_shown(value)}"]
+
+
+def _form_type(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    if names and all(isinstance(name, str) and name in _JSON_TYPES for name in names):
+        return []
+    return _wrong(keyword, where, value, f"one of {', '.join(_JSON_TYPES)} (or a list of them)")
+
+
+def _form_list(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    return [] if isinstance(value, list) and value else _wrong(keyword, where, value, "a non-empty list")
+
+
+def _form_anything(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    return []
+
+
+def _form_properties(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if not isinstance(value, Mapping):
+        return _wrong(keyword, where, value, "an object of field schemas")
+    return [problem for name, sub in value.items() for problem in schema_problems(sub, _at(where, name))]
+
+
+def _form_required(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        return _wrong(keyword, where, value, "a list of field names")
+    properties = schema.get("properties")
+    if schema.get("additionalProperties") is False and isinstance(properties, Mapping):
+        # Required but not allowed: no value could ever fit, so it is a typo, not a wish.
+        missing = [name for name in value if name not in properties]
+        if missing:
+            return [f"'required' at {_place(where)} names {', '.join(map(repr, missing))}, which is not among its properties "
+                    f"(and additionalProperties is false)"]
+    return []
+
+
+def _form_subschema(suffix: str) -> Callable[[str, Any, Mapping[str, Any], str], list[str]]:
+    def check(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+        if keyword == "items" and isinstance(value, list):
+            return [f"'items' at {_place(where)} is a list (draft 4's tuples): write prefixItems"]
+        return schema_problems(value, f"{where}{suffix}")
+    return check
+
+
+def _form_branches(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        return _wrong(keyword, where, value, "a non-empty list of schemas")
+    suffix = "[{}]" if keyword == "prefixItems" else ""  # each tuple place is its own place; a branch is the same place
+    return [problem for i, sub in enumerate(value) for problem in schema_problems(sub, where + suffix.format(i))]
+
+
+def _form_count(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return [] if ok else _wrong(keyword, where, value, "a whole number, 0 or more")
+
+
+def _form_bound(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if isinstance(value, bool):  # draft 4 wrote exclusiveMinimum: true beside minimum
+        return [f"{keyword!r} at {_place(where)} is {_shown(value)} (draft 4's form): write the bound itself, as in {keyword}: 0"]
+    return [] if _is_number(value) else _wrong(keyword, where, value, "a number")
+
+
+def _form_flag(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    return [] if isinstance(value, bool) else _wrong(keyword, where, value, "true or false")
+
+
+def _form_pattern(keyword: str, value: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    if isinstance(value, str) and _pattern(value) is not None:
+        return []
+    return _wrong(keyword, where, value, "a regular expression Python can read")
+
+
+# Each keyword schema_errors checks -> the check of its value's form (which walks into the schemas it holds).
+_KEYWORD_FORMS: dict[str, Callable[[str, Any, Mapping[str, Any], str], list[str]]] = {
+    "type": _form_type,
+    "enum": _form_list,
+    "const": _form_anything,
+    "properties": _form_properties,
+    "required": _form_required,
+    "additionalProperties": _form_subschema("{}"),
+    "items": _form_subschema("[]"),
+    "prefixItems": _form_branches,
+    "anyOf": _form_branches,
+    "oneOf": _form_branches,
+    "allOf": _form_branches,
+    "minItems": _form_count,
+    "maxItems": _form_count,
+    "minLength": _form_count,
+    "maxLength": _form_count,
+    "uniqueItems": _form_flag,
+    "minimum": _form_bound,
+    "maximum": _form_bound,
+    "exclusiveMinimum": _form_bound,
+    "exclusiveMaximum": _form_bound,
+    "pattern": _form_pattern,
+}

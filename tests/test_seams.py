@@ -296,7 +296,7 @@ def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, 
 # The rows of ARCHITECTURE.md's picture, lowest first; a module may import its own row and the rows below.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_params", "_settings", "_vocab", "_errors", "_result", "_tokens", "_values", "_version"}),  # facts
-    frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_docstrings", "_context"}),  # sans-I/O
+    frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_spec", "_docstrings", "_context"}),  # sans-I/O
     frozenset({"_client", "_runner", "_local"}),  # transport
     frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
                "_comparison", "_kernel"}),  # running

@@ -10,6 +10,7 @@ from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._probe import ProbeReport
 from ._session import QuietGrid, Session, Turn, new_turn, shared_session
+from ._spec import output_schema
 
 __all__ = ["acompare", "compare", "probe", "usage"]
 
@@ -38,6 +39,7 @@ def compare(
     verify: bool = False,
     template: str | None = None,
     raw: bool = False,
+    schema: Any = None,
     **params: Any,
 ) -> Comparison:
     """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
@@ -45,11 +47,12 @@ def compare(
     ``compare("Name a colour", seeds="1-4", sweep={"temperature": [0, 0.7]}, max_tokens=20)``
     takes the same target arguments as a single turn (``model``, ``base_url``,
     ``backend``, ``api``, ``system``; ``template``, the local model's chat template; ``raw=True``, the prompt continued
-    as written).  ``verify=True`` runs live and compares each run with its recording
+    as written; ``schema``, a field list, class or JSON Schema the reply must fit: each run's ``Result.value``).  ``verify=True`` runs live and compares each run with its recording
     (when the cache is in replay mode, nothing runs live: the recordings are shown, marked not checked).
     """
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
+                                    schema=output_schema(schema) if schema is not None else None)
     return session.compare(turn, specs)
 
 
@@ -68,11 +71,13 @@ async def acompare(
     verify: bool = False,
     template: str | None = None,
     raw: bool = False,
+    schema: Any = None,
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
-                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw)
+                                    base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
+                                    schema=output_schema(schema) if schema is not None else None)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from IPython.core.magic_arguments import MagicArgumentParser
 
     from ._comparison import RunSpec
+    from ._spec import OutputSchema
     from ._tools import Tool
     from ._turn import Turn
     from ._vocab import ToolMode
@@ -150,6 +151,23 @@ def _tools(text: str, reading: Reading) -> tuple[Tool, ...]:
     return tuple(resolve_tools(_names(text), reading.namespace))
 
 
+def _schema(text: str, reading: Reading) -> OutputSchema:
+    """``--schema``: a field list (``"sentiment positive|negative, reason"``), or the name of a dataclass, TypedDict,
+    pydantic model or JSON Schema dict of the notebook (a name the notebook defines as one of these wins)."""
+    from ._spec import output_schema
+
+    named = reading.namespace.get(text.strip()) if text.strip().isidentifier() else None
+    if isinstance(named, (type, Mapping)):
+        return dataclasses.replace(output_schema(named), source=text.strip())
+    return output_schema(text)
+
+
+def _schema_words(schema: OutputSchema) -> Spelled:
+    from ._spec import spec_text
+
+    return [[schema.source or spec_text(schema)]]  # the notebook's name for it, else a text that reads back the same
+
+
 def _chat_words(name: str) -> Spelled:
     return [[]] if name == "default" else [[name]]
 
@@ -175,6 +193,11 @@ def options() -> tuple[Option, ...]:
         Option(("--raw",), "turn.raw", "continue the cell's text as written: no chat turns, no template, no framing (the "
                "completions endpoint over HTTP); not with --system, --chat, --tools, --context, --docs or --template", None,
                {"action": "store_true"}, spell=_switch),
+        Option(("--schema",), "turn.schema", "the reply is JSON of this shape, validated (Result.value) and repaired once: "
+               "fields like 'sentiment positive|negative|neutral, reason, score float' (types str int float bool, a|b "
+               "choices, [] lists, ': description'), or the name of a dataclass, TypedDict, pydantic model or JSON Schema "
+               "dict; a grammar on the local model, the provider's response_format where listed, else the prompt",
+               "SPEC|NAME", read=_schema, spell=_schema_words),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),
@@ -410,6 +433,8 @@ def _context(names: Sequence[str], cell: int | None, reading: Reading) -> str | 
 
 
 def _check_raw(request: CellRequest) -> None:
+    if request.turn.schema is not None and request.tools:
+        raise InvalidParameterError("--schema asks for one JSON reply and --tools for calls before an answer: use one of them")
     if request.turn.raw and request.tools:
         raise InvalidParameterError("--raw continues the prompt as written, with no chat turn, so tools cannot go with it: "
                                     "leave out --tools or --raw")

@@ -30,7 +30,7 @@ from ._runner import BackgroundLoop, get_loop
 from ._settings import Settings, check_base_url, host_of
 from ._shapes import COMPLETIONS_DEFAULT_MAX_TOKENS, Request, Shape, build_messages, shape, shape_for
 from ._version import __version__
-from ._vocab import MAX_STEPS
+from ._vocab import MAX_STEPS, SchemaMethod
 
 if TYPE_CHECKING:
     import ssl
@@ -212,6 +212,11 @@ class BaseClient:
         """How tools are offered under ``--tool-mode auto``: natively when the listing names ``tools``."""
         return "native" if supported is not None and "tools" in supported else "prompted"
 
+    def schema_method(self, supported: Sequence[str] | None) -> SchemaMethod:
+        """How a reply of a schema is obtained (``--schema``), given the model's listed parameters: in the prompt
+        alone, checked here, unless the backend can do better."""
+        return "prompted"
+
     def model_file(self) -> tuple[str, Path | None] | None:
         """The model's weights as a file on this machine: its name, and its path when it is here; None when the
         model runs elsewhere.  The cache keys a local run on the file's fingerprint, not its name."""
@@ -291,15 +296,21 @@ class BaseClient:
         raise NotImplementedError
 
     def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
-             tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS, **kwargs: Any) -> Result:
+             tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS,
+             schema: Any = None, **kwargs: Any) -> Result:
         """Send one chat turn and block until the reply is complete.
 
         ``tools``: functions (or ``(json_schema_tool, function)`` pairs, or ``Tool`` objects) the model may
         call; the calls run here, their results go back, until the model answers (``result.tool_calls``
-        lists them).  Ctrl-C (a kernel interrupt) cancels the request at once and raises
-        ``GenerationInterrupted`` whose ``result`` holds the partial reply.
+        lists them).  ``schema``: a field list (``"sentiment positive|negative, reason"``), a dataclass, TypedDict,
+        pydantic model or JSON Schema dict the reply must fit: ``result.value`` is the validated object (repaired once
+        by sending what is wrong back), ``result.schema_method`` says how it was obtained.  Ctrl-C (a kernel
+        interrupt) cancels the request at once and raises ``GenerationInterrupted`` whose ``result`` holds the
+        partial reply.
         """
         request = self.request(prompt, **kwargs)
+        if schema is not None:
+            return self.loop.run(self._structured(request, schema, tools, on_update))
         if tools:
             return self._chat_with_tools(request, tools, tool_mode, approve, max_steps, on_update)
         acc = Accumulator(request.sampling)
@@ -312,9 +323,11 @@ class BaseClient:
 
     async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
                     tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS,
-                    **kwargs: Any) -> Result:
+                    schema: Any = None, **kwargs: Any) -> Result:
         """Awaitable twin of ``chat()``, usable from any event loop (tool functions run in the awaiting thread)."""
         request = self.request(prompt, **kwargs)
+        if schema is not None:
+            return await self.loop.run_async(self._structured(request, schema, tools, on_update))
         if not tools:
             return await self.loop.run_async(self.stream(request, Accumulator(request.sampling), on_update))
         loop = await self._tool_loop(request, tools, tool_mode, approve, max_steps)
@@ -323,6 +336,25 @@ class BaseClient:
             result = await self.loop.run_async(self.stream(step, Accumulator(step.sampling), on_update))
             step = loop.after(result)
         return loop.final()
+
+    async def _structured(self, request: Request, given: Any, tools: Sequence[Any], on_update: UpdateCallback | None) -> Result:
+        """A reply that must fit a schema: asked by the method this backend has for it, checked, repaired once."""
+        from ._spec import output_schema
+        from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, structured_request
+
+        schema = output_schema(given)  # refused before anything is sent
+        if tools or request.raw:
+            raise errors.InvalidParameterError("schema= asks for one JSON reply: it cannot go with tools= or raw=True",
+                                               names=("schema",))
+        method = self.schema_method(await self.supported_parameters(request.model))
+        request = structured_request(request, schema, method)
+        results: list[Result] = []
+        while True:
+            results.append(await self.stream(request, Accumulator(request.sampling), on_update))
+            _, problems = read_reply(results[-1].text, schema)
+            if not problems or len(results) == MOST_ATTEMPTS:
+                return finished(results[-1], schema, method, len(results), results[:-1])
+            request = repair_request(request, results[-1].text, problems)
 
     def _chat_with_tools(self, request: Request, tools: Sequence[Any], mode: str, approve: Callable[[Any], bool] | None,
                          max_steps: int, on_update: UpdateCallback | None) -> Result:
@@ -466,6 +498,13 @@ class GraniteClient(BaseClient):
     def routing(self, *, strict: bool) -> dict[str, Any]:
         """``--strict``: only providers that honour every parameter sent (OpenRouter's ``require_parameters``)."""
         return {"provider": {"require_parameters": True}} if strict else {}
+
+    def schema_method(self, supported: Sequence[str] | None) -> SchemaMethod:
+        """By the provider when the model's listing says it honours ``response_format`` (or ``structured_outputs``)
+        and the API has a field for it (Anthropic's Messages API has none); else in the prompt.  OpenRouter's listing
+        of Granite 4.0 Micro names neither: a schema sent there would be dropped without a word."""
+        honours = supported is not None and bool({"response_format", "structured_outputs"} & set(supported))
+        return "provider" if honours and self.api in ("chat", "responses") else "prompted"
 
     @property
     def api(self) -> str:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from ._cell import CellRequest
     from ._result import Result
-    from ._session import CompareJob, Session, SingleJob, Target
+    from ._session import CompareJob, Job, Session, Target
     from ._settings import Settings
 
 # Loading the extension imports only this module, the grammar, the settings, the parameter table
@@ -272,10 +272,11 @@ class GraniteMagics(Magics):
         budget = self.session.settings.budget_usd
         return None if budget is None else self.session.ledger.budget_line(budget)
 
-    def _stream(self, request: CellRequest, job: SingleJob) -> None:
+    def _stream(self, request: CellRequest, job: Job) -> None:
         from ._render import describe_params
 
         view = self._view(describe_params(job.target.label_for(job.request), job.request.sampling))
+        view.monospace = request.turn.schema is not None
         view.show()
         with contextlib.suppress(KeyboardInterrupt):  # the job keeps what arrived
             job.loop.run(job.stream(view))
@@ -284,13 +285,13 @@ class GraniteMagics(Magics):
                      lens=job if job.request.sampling.get("logprobs") else None, recorded=job.recorded)
 
     def _finish(self, request: CellRequest, view: Any, result: Result, error: errors.GraniteError | None, *,
-                warnings: Sequence[str] = (), verified: str | None = None, lens: SingleJob | None = None,
+                warnings: Sequence[str] = (), verified: str | None = None, lens: Job | None = None,
                 stopped: str | None = None, recorded: bool = False) -> None:
         """How a single run ends, whatever ran it (one request or a tool loop): the final view, ``-o``, the next
         cell for ``-f code``, the warnings, the drift check, the lens, and one message saying what to do."""
         from ._advice import explain
 
-        format_problem = _parse_format(result, request.format)
+        format_problem = _parse_format(result, request.format) if result.schema_method is None else None
         if request.out:  # first: whatever showing it meets, the result is the user's
             self._namespace()[request.out] = result
         notes = [note for note in ("recorded" if recorded else None, self._budget_note()) if note]  # the status line says so
@@ -337,7 +338,7 @@ class GraniteMagics(Magics):
 
         return Approval()
 
-    def _show_lens(self, job: SingleJob, result: Result) -> None:
+    def _show_lens(self, job: Job, result: Result) -> None:
         """Under a --probs reply: the sampler lens with branching, or one line if no probabilities came back."""
         if not result.tokens:
             if result.text:

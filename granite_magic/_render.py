@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import Progress
 from ._markdown import extract_code, fenced, markdown_literal, safe_markdown
-from ._result import Result, json_ready
+from ._result import Result, json_ready, plain_value
 from ._settings import UPDATES_PER_SECOND
 
 if TYPE_CHECKING:
@@ -80,11 +80,21 @@ def status_line(result: Result) -> str:
         parts.append("free")  # a local model, or a free model: not "$0.000000"
     elif result.cost is not None:
         parts.append(f"${result.cost:.6f}")
+    if result.schema_method is not None:
+        parts.append(schema_words(result))
     if result.partial:
         parts.append(f"partial reply ({result.ended})")
     elif result.finish_reason and result.finish_reason != "stop":
         parts.append(f"finish: {result.finish_reason}")
     return " · ".join(parts)
+
+
+def schema_words(result: Result) -> str:
+    """``schema valid (grammar, 1 request)``: whether the reply fits its ``--schema``, how that was obtained, and the
+    requests it took (a repair is the second)."""
+    requests = f"{result.schema_attempts} request{'s' if result.schema_attempts != 1 else ''}"
+    verdict = "valid" if not result.schema_errors else "INVALID"
+    return f"schema {verdict} ({result.schema_method}, {requests})"
 
 
 # --- the final output ----------------------------------------------------------------------
@@ -93,7 +103,10 @@ def status_line(result: Result) -> str:
 def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(data, metadata) of the static output that stays in the saved notebook."""
     data: dict[str, Any] = {MIME_PLAIN: result.text}
-    if fmt == "markdown":
+    if result.schema_method is not None:  # --schema: the JSON as written, and the fields it gave
+        data[MIME_MARKDOWN] = fenced(result.text, "json")
+        data["text/html"] = structured_html(result)
+    elif fmt == "markdown":
         data[MIME_MARKDOWN] = safe_markdown(result.text)
         if result.tokens:  # --probs: the reply shaded by probability, alternatives in each token's tooltip (escaped HTML)
             from ._lens import shaded_html
@@ -112,6 +125,31 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
     facts = {k: v for k, v in result.to_dict().items() if k not in ("text", "value")}
     metadata = {METADATA_KEY: {**facts, "format": fmt, **(extra or {})}}
     return data, metadata
+
+
+def structured_html(result: Result) -> str:
+    """A ``--schema`` reply as a person reads it: the JSON as the model wrote it (monospace), the validated value as a
+    small field/value table, and a line saying whether it fits, how that was obtained and in how many requests (or
+    what is still wrong).  Escaped HTML, static in the saved notebook."""
+    import html as html_module
+
+    e = html_module.escape
+    parts = [f'<pre class="gm-json" style="white-space:pre-wrap">{e(result.text)}</pre>']
+    value = plain_value(result.value)
+    if isinstance(value, Mapping):
+        rows = "".join(f"<tr><th style=\"text-align:left\">{e(str(name))}</th><td style=\"text-align:left\">{e(_cell_text(item))}</td></tr>"
+                       for name, item in value.items())
+        parts.append(f'<table class="gm-fields">{rows}</table>')
+    note = schema_words(result)
+    if result.schema_errors:
+        note += ": " + "; ".join(result.schema_errors[:5]) + ("; ..." if len(result.schema_errors) > 5 else "") + " (the raw text is kept)"
+    parts.append(f'<div class="gm-schema-note" style="font-size:90%;opacity:.8">{e(note)}</div>')
+    return "".join(parts)
+
+
+def _cell_text(value: Any) -> str:
+    """A field's value in a table cell: text as it is, anything else as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 # A tool-using turn's saved output shows this many calls one by one and counts the rest in a line (a model can
@@ -270,6 +308,7 @@ class WidgetView(ThrottledOutput):
         self.lines: list[str] = []  # what the tool loop did so far: "calling convert(amount=120)", "  → 14400.0"
         self._state: Progress | None = None  # the step shown last: between two steps the view still shows it
         self._status: str | None = None  # what the status line says between steps instead of the stream's own
+        self.monospace = False  # --schema: the JSON streams as written, not as Markdown
 
     def show(self) -> None:
         self.show_widget((self._header(), _markdown_output(""), _plain_output("▌ sending…")))
@@ -299,7 +338,8 @@ class WidgetView(ThrottledOutput):
     def outputs(self, state: Progress) -> tuple[dict[str, Any], ...]:
         calls = (_plain_output("\n".join(self.lines)),) if self.lines else ()
         status = f"▌ {self._status}" if self._status else live_status(state)
-        return (self._header(), *calls, _markdown_output(safe_markdown(live_text(state))), _plain_output(status))
+        text = fenced(live_text(state), "json") if self.monospace else safe_markdown(live_text(state))
+        return (self._header(), *calls, _markdown_output(text), _plain_output(status))
 
     def finish(self, result: Result, fmt: str = "markdown", extra: Mapping[str, Any] | None = None, *, note: str | None = None) -> None:
         line = f"{self.title} · {status_line(result)}" + (f" · {note}" if note else "")
@@ -318,6 +358,7 @@ class TerminalView:
     def __init__(self, title: str, *, stream: Any = None) -> None:
         self.title = title
         self.stream = stream or sys.stdout
+        self.monospace = False  # text in a terminal is monospace already
         self._printed = 0
 
     def show(self) -> None:

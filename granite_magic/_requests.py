@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from . import _errors as errors
 from ._context import documents_block, granite_documents
 from ._shapes import Request, build_messages
+from ._structured import structured_request
+from ._vocab import SchemaMethod
 
 if TYPE_CHECKING:
     from ._params import Sampling
@@ -47,9 +49,10 @@ def turn_messages(turn: Turn, conversation: Conversation, *, documents_apart: bo
 
 
 def build_request(turn: Turn, target: Target, conversation: Conversation, *, strict: bool,
-                  extra: Sampling | None = None) -> Request:
+                  extra: Sampling | None = None, schema_method: SchemaMethod = "prompted") -> Request:
     """What goes to ``target`` for ``turn``: documents in the chat template's slot when the client has one, else in
-    the system message; the client's routing for ``strict``; ``extra`` sampling over the turn's (a column's)."""
+    the system message; the client's routing for ``strict``; ``extra`` sampling over the turn's (a column's); a
+    ``--schema`` in the system message and asked for by ``schema_method``."""
     sampling = target.client.with_default_length(turn.sampling | extra if extra is not None else turn.sampling, raw=turn.raw)
     if turn.raw:  # the text as written, and a branch's prefix after it (a raw prompt's reply continues it directly)
         prompt = turn.prompt + (turn.prefix or "")
@@ -59,7 +62,8 @@ def build_request(turn: Turn, target: Target, conversation: Conversation, *, str
     documents = tuple(granite_documents(turn.documents)) if apart else ()
     messages = turn_messages(turn, conversation, documents_apart=apart)
     _refuse_secrets(turn, messages, target.client.secrets())
-    return Request(target.model, messages, sampling, documents=documents, extra=target.client.routing(strict=strict))
+    request = Request(target.model, messages, sampling, documents=documents, extra=target.client.routing(strict=strict))
+    return structured_request(request, turn.schema, schema_method) if turn.schema is not None else request
 
 
 def _raw_prompt(target: Target, prompt: str) -> str:

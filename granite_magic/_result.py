@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 from ._tokens import Alternative, ProbsKind, Token
 
-__all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage", "json_ready"]
+__all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "Usage", "json_ready", "plain_value"]
 
 # How a reply ended: every token arrived, the user stopped it, or something failed.
 Ended = Literal["complete", "interrupted", "failed"]
@@ -60,6 +61,11 @@ class Result:
     probs_kind: ProbsKind | None = None
     cached: bool = False  # replayed from a recording: nothing was sent, nothing billed
     value: Any = None  # what a format extracted: the code for -f code, the parsed object for -f json
+    # --schema: how the shape was obtained (grammar, provider, prompted), the requests it took (a repair is the second),
+    # and what was still wrong with the last reply (empty: ``value`` is the validated object)
+    schema_method: str | None = None
+    schema_attempts: int = 0
+    schema_errors: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -106,6 +112,7 @@ class Result:
         data["partial"] = self.partial
         data["tokens_per_s"] = self.tokens_per_s
         data["cost"] = self.cost
+        data["value"] = plain_value(self.value)  # an instance of the user's class is saved as the JSON it came from
         return data
 
     def __repr__(self) -> str:
@@ -160,6 +167,15 @@ def _saved_token(token: dict[str, Any]) -> dict[str, Any]:
         if not math.isfinite(item["logprob"]):
             item["logprob"] = None
     return token
+
+
+def plain_value(value: Any) -> Any:
+    """A value as JSON holds it: a pydantic model by its own dump, a dataclass as a dict, anything else as it is."""
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 def json_ready(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import _errors as errors
 from ._cache import RecordedClock, Recorder, Recording, RunCache, replay
@@ -34,10 +34,16 @@ from ._result import Result
 from ._runner import BackgroundLoop
 from ._settings import Settings
 from ._shapes import Api, Request, build_messages
+from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request
 from ._toolrun import ToolLoop, ToolPlan
 from ._turn import Target, Turn, new_turn
+from ._vocab import SchemaMethod
 
-__all__ = ["CompareJob", "Conversation", "GridLike", "LiveLike", "Session", "SingleJob", "Target", "Turn", "new_turn", "shared_session"]
+if TYPE_CHECKING:
+    from ._spec import OutputSchema
+
+__all__ = ["CompareJob", "Conversation", "GridLike", "Job", "LiveLike", "Session", "SingleJob", "StructuredJob", "Target", "Turn", "new_turn",
+           "shared_session"]
 
 logger = logging.getLogger("granite_magic")
 
@@ -151,9 +157,15 @@ class Session:
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
         """What goes to ``target`` for ``turn`` (with a column's ``extra`` sampling): sent, shown and keyed as it is."""
         strict = turn.strict if turn.strict is not None else self.settings.strict
-        return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra)
+        method = self.schema_method(target) if turn.schema is not None else "prompted"
+        return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra, schema_method=method)
 
-    def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> SingleJob:
+    def schema_method(self, target: Target) -> SchemaMethod:
+        """How ``target`` obtains a reply of a schema: what the client can do with what the model's listing says."""
+        client = target.client
+        return client.schema_method(client.loop.run(client.supported_parameters(target.model)))
+
+    def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> Job:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""
         target = target or self.resolve(turn)
         request = self.request(turn, target)
@@ -165,7 +177,29 @@ class Session:
         job = SingleJob(turn, target, request, on_done=self._recorder(kind), probes=self.probes, cache=use, bound=bounds[0])
         if use is not None and use.mode == "replay":
             job.preload()  # a request never recorded is refused here, before any view is shown
-        return job
+        return self._structured(job, kind)
+
+    def _structured(self, job: SingleJob, kind: RunKind) -> Job:
+        """``job`` as a turn whose reply must fit its ``--schema`` (validated, repaired once), or as it is."""
+        if job.turn.schema is None or job.request.structure is None:
+            return job
+        return StructuredJob(job, job.turn.schema, job.request.structure.method, self._repairer(kind))
+
+    def _repairer(self, kind: RunKind) -> Callable[[SingleJob, Request], SingleJob]:
+        """How a repair request becomes a run of its own: its cache entry, its budget check, its row in the ledger.
+        Called on the loop, so it asks nothing of it: the listing was read for the first request."""
+        def repair(first: SingleJob, request: Request) -> SingleJob:
+            use = self.cache_use(first.turn, first.target, request)
+            bound: float | None = None
+            if (use is None or use.mode != "replay") and self.settings.budget_usd is not None:
+                worst = worst_case(first.target.client.listed(request.model), [request])
+                check_budget(self.ledger.total_cost, worst, self.settings.budget_usd)
+                bound = worst
+            job = SingleJob(first.turn, first.target, request, on_done=self._recorder(kind), probes=self.probes, cache=use, bound=bound)
+            job.acc.note = REPAIR_NOTE
+            return job
+
+        return repair
 
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None, kind: RunKind = "grid") -> CompareJob:
@@ -187,7 +221,7 @@ class Session:
         if not all(use is not None and use.mode == "replay" for use in uses):
             bounds = self.check_budget(target, requests)
         record = self._recorder(kind)
-        columns = [SingleJob(each, target, request, on_done=record, cache=use, bound=bound)
+        columns = [self._structured(SingleJob(each, target, request, on_done=record, cache=use, bound=bound), kind)
                    for each, request, use, bound in zip(turns, requests, uses, bounds, strict=True)]
         job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
         job.probes = self.probes
@@ -272,7 +306,7 @@ class Session:
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
 
-    def finish(self, job: SingleJob) -> tuple[Result, errors.GraniteError | None]:
+    def finish(self, job: Job) -> tuple[Result, errors.GraniteError | None]:
         """The job's result and error; a complete chat turn joins its conversation."""
         result, error = job.outcome()
         if not result.partial and job.turn.chat is not None:
@@ -509,7 +543,7 @@ def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore |
 class CompareJob:
     """The columns of a comparison, streamed concurrently behind a semaphore."""
 
-    def __init__(self, turn: Turn, target: Target, base: Sampling, specs: list[RunSpec], columns: list[SingleJob], concurrency: int) -> None:
+    def __init__(self, turn: Turn, target: Target, base: Sampling, specs: list[RunSpec], columns: list[Job], concurrency: int) -> None:
         self.turn, self.target, self.base, self.specs = turn, target, base, specs
         self.columns, self.concurrency = columns, concurrency
         self.warnings: list[str] = []
@@ -527,8 +561,9 @@ class CompareJob:
         return self.target.client.loop
 
     @property
-    def accumulators(self) -> list[Accumulator]:
-        return [column.acc for column in self.columns]
+    def accumulators(self) -> Sequence[Accumulator]:
+        """Each column's progress, read when it is looked at: a repaired column shows its second attempt."""
+        return _Live(self.columns)
 
     async def stream(self, grid: GridLike) -> None:
         self._started = time.perf_counter()
@@ -572,6 +607,75 @@ class CompareJob:
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         not_run = [spec.label for i, spec in enumerate(self.specs) if i not in ran]
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base), not_run=not_run)
+
+
+REPAIR_NOTE = "the reply did not fit the schema: asked again with what is wrong"
+
+
+class StructuredJob:
+    """A turn whose reply must fit a schema (``--schema``): the first request, and one repair when the reply does not
+    fit.  Each attempt is a ``SingleJob`` of its own (its cache entry, budget check and ledger row); the view follows
+    whichever is streaming, and the outcome is the last reply with its validated value, method and attempts."""
+
+    def __init__(self, first: SingleJob, schema: OutputSchema, method: SchemaMethod,
+                 repair: Callable[[SingleJob, Request], SingleJob]) -> None:
+        self.attempts = [first]
+        self.schema, self.method, self._repair = schema, method, repair
+        self._error: errors.GraniteError | None = None  # a repair the budget refused
+
+    turn = property(lambda self: self.attempts[0].turn)
+    target = property(lambda self: self.attempts[0].target)
+    request = property(lambda self: self.attempts[0].request)
+    loop = property(lambda self: self.attempts[0].loop)
+    acc = property(lambda self: self.attempts[-1].acc)
+    verified = property(lambda self: self.attempts[-1].verified)
+    recorded = property(lambda self: any(job.recorded for job in self.attempts))
+    ran = property(lambda self: any(job.ran for job in self.attempts))
+    warnings = property(lambda self: [warning for job in self.attempts for warning in job.warnings])
+
+    def preload(self) -> None:
+        self.attempts[0].preload()
+
+    async def stream(self, view: LiveLike | None = None, *, check_support: bool = True) -> None:
+        job = self.attempts[0]
+        await job.stream(view, check_support=check_support)
+        while len(self.attempts) < MOST_ATTEMPTS:
+            result, error = job.outcome()
+            if error is not None or result.partial:
+                return
+            _, problems = read_reply(result.text, self.schema)
+            if not problems:
+                return
+            try:
+                job = self._repair(job, repair_request(job.request, result.text, problems))
+            except BudgetError as exc:
+                self._error = BudgetError(f"{exc.message}; the reply that does not fit the schema was not repaired")
+                return
+            self.attempts.append(job)
+            await job.stream(view, check_support=False)
+
+    def outcome(self) -> tuple[Result, errors.GraniteError | None]:
+        result, error = self.attempts[-1].outcome()
+        earlier = [job.outcome()[0] for job in self.attempts[:-1]]
+        return finished(result, self.schema, self.method, len(self.attempts), earlier), error or self._error
+
+
+Job = SingleJob | StructuredJob  # one turn's run, as the front ends drive it
+
+
+class _Live(Sequence[Accumulator]):
+    """The columns' accumulators as they are now (a column's attempt may change while the grid is shown)."""
+
+    def __init__(self, columns: Sequence[Any]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [column.acc for column in self.columns[index]]
+        return self.columns[index].acc
 
 
 class _Showing:

@@ -41,6 +41,7 @@ from ._sse import ServerSentEvent, SSEStreamDecoder
 from ._tokens import Alternative, Token, spelled
 from ._tools import TOOL_NAME, Tool
 from ._values import loads
+from ._vocab import SchemaMethod
 
 __all__ = ["API_SHAPES", "COMPLETIONS", "COMPLETIONS_DEFAULT_MAX_TOKENS", "MESSAGES_DEFAULT_MAX_TOKENS", "TOOL_CHOICES", "Api", "Request", "Shape", "StreamDecoder",
            "build_messages", "chat_tools", "chunk_events", "messages_tools", "responses_tools", "shape", "shape_for", "tool_choice_for",
@@ -54,6 +55,17 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
+class Structure:
+    """The JSON shape a reply must have (``--schema``) and how it is obtained: ``grammar`` (the local model's tokens are
+    constrained), ``provider`` (``response_format`` json_schema) or ``prompted`` (the schema is only in the prompt, which
+    carries it in every method: a grammar constrains tokens, and the model never sees the schema's descriptions)."""
+
+    schema: Mapping[str, Any]
+    name: str
+    method: SchemaMethod
+
+
+@dataclass(frozen=True)
 class Request:
     """What is asked, independent of where it goes: model, messages, validated sampling.
 
@@ -63,7 +75,7 @@ class Request:
     in prompted mode they are already in the system message instead.  ``extra`` holds top-level body fields
     of the HTTP API that are not sampling parameters (OpenRouter's ``provider`` routing for ``--strict``).
     ``prompt`` makes it a raw completion (``--raw``): the text is continued as written, with no messages, no
-    template and no framing.
+    template and no framing.  ``structure`` asks for JSON of a schema (``--schema``), spelled by each shape.
     """
 
     model: str
@@ -73,6 +85,7 @@ class Request:
     tools: tuple[Tool, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     prompt: str | None = None
+    structure: Structure | None = None
 
     @property
     def raw(self) -> bool:
@@ -277,9 +290,40 @@ def _finished(body: dict[str, Any], request: Request, api: Api) -> dict[str, Any
         choice = request.sampling.get("tool_choice")
         if choice is not None:  # the table gives it no wire name: each shape spells the value differently
             body["tool_choice"] = tool_choice_for(api, choice, request.tools)
+    if request.structure is not None and request.structure.method == "provider":
+        body.update(_STRUCTURED[api](request.structure))
     for name, value in request.extra.items():
         body.setdefault(name, value)  # extras never replace what the request itself says
     return body
+
+
+def _json_schema(structure: Structure) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` format: strict (every field required, nothing else allowed) when the schema allows it,
+    since a strict provider refuses a schema that does not."""
+    return {"name": structure.name, "strict": strict_compatible(structure.schema), "schema": copy.deepcopy(dict(structure.schema))}
+
+
+# How each shape asks the provider for a reply of a schema (Anthropic's Messages API has no such field: the
+# client never chooses ``provider`` for it).
+_STRUCTURED: dict[str, Callable[[Structure], dict[str, Any]]] = {
+    "chat": lambda structure: {"response_format": {"type": "json_schema", "json_schema": _json_schema(structure)}},
+    "responses": lambda structure: {"text": {"format": {"type": "json_schema", **_json_schema(structure)}}},
+    "messages": lambda structure: {},
+}
+
+
+def strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes ``schema``: every object lists all its properties as required and allows
+    no others (the spec language always writes such schemas; a class with optional fields does not)."""
+    if isinstance(schema, Mapping):
+        if schema.get("type") == "object" or "properties" in schema:
+            properties = schema.get("properties") or {}
+            if schema.get("additionalProperties", True) is not False or set(schema.get("required", ())) != set(properties):
+                return False
+        return all(strict_compatible(value) for key, value in schema.items() if key not in ("enum", "const", "default", "examples"))
+    if isinstance(schema, list):
+        return all(strict_compatible(item) for item in schema)
+    return True
 
 
 @dataclass(frozen=True)

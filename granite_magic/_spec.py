@@ -50,10 +50,10 @@ from ._errors import InvalidParameterError
 from ._schema import JsonSchema, SchemaBuilder, object_schema, schema_errors, schema_problems
 from ._values import clip, safe_repr
 
-__all__ = ["OutputSchema", "output_schema", "parse_spec", "spec_text", "to_spec"]
+__all__ = ["SCHEMA_INSTRUCTION", "OutputSchema", "output_schema", "parse_spec", "spec_text", "to_spec"]
 
 REPLY = "reply"  # the name of a schema that has no class or title, and how its errors name the whole reply
-_INSTRUCTION = "Reply with one JSON object and nothing else, of this JSON Schema:"
+SCHEMA_INSTRUCTION = "Reply with one JSON object and nothing else, of this JSON Schema:"
 
 # Type word -> JSON Schema type.
 _TYPES: dict[str, str] = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -106,7 +106,7 @@ class OutputSchema:
     def prompt_text(self) -> str:
         """The words that tell a model the shape, for a system message: one instruction line, then the schema as
         one line of JSON (the same text for the same schema)."""
-        return f"{_INSTRUCTION}\n{json.dumps(self.schema, ensure_ascii=False)}"
+        return f"{SCHEMA_INSTRUCTION}\n{json.dumps(self.schema, ensure_ascii=False)}"
 
     def fields(self) -> list[str]:
         """The top-level field names, in order."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _errors as errors
 from ._client import BaseClient
@@ -17,6 +17,9 @@ from ._params import Sampling
 from ._settings import Backend, check_backend, check_base_url, check_cache_mode
 from ._shapes import Api, Request, shape
 from ._vocab import PACES, CacheMode, Pace
+
+if TYPE_CHECKING:
+    from ._spec import OutputSchema
 
 __all__ = ["Target", "Turn", "new_turn"]
 
@@ -43,6 +46,7 @@ class Turn:
     strict: bool | None = None  # --strict: only providers that honour every parameter (None: the session's setting)
     template: str | None = None  # --template: the local model's chat format name, "plain", or a Jinja file
     raw: bool = False  # --raw: the prompt is continued as written (a completion: no turns, no template, no framing)
+    schema: OutputSchema | None = None  # --schema: the reply is JSON of this schema, validated (and repaired once)
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -62,7 +66,8 @@ class Turn:
 
 # What a raw completion cannot take: each is a part of a chat turn, which a raw prompt does not have.
 _NOT_RAW = {"system": "a system prompt", "chat": "a conversation", "context": "a context block",
-            "documents": "documents", "template": "a chat template", "api": "a chat API format"}
+            "documents": "documents", "template": "a chat template", "api": "a chat API format",
+            "schema": "a schema (told in the system message)"}
 
 
 def _check_raw(turn: Turn) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "TOOL_MODES", "Api", "CacheMode", "Pace", "ToolMode"]
+__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "SCHEMA_METHODS", "TOOL_MODES", "Api", "CacheMode", "Pace", "SchemaMethod",
+           "ToolMode"]
 
 Api = Literal["chat", "responses", "messages"]  # the HTTP request formats (each an API shape in _shapes)
 APIS: tuple[Api, ...] = get_args(Api)
@@ -19,5 +20,9 @@ Pace = Literal["instant", "original"]  # how a recording is replayed
 PACES: tuple[Pace, ...] = get_args(Pace)
 ToolMode = Literal["native", "prompted", "auto"]  # how tools are offered: natively, in the prompt, or as the model allows
 TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
+# How a reply's JSON shape is obtained (--schema): a grammar constrains the tokens (the local model), the provider
+# guarantees it (response_format json_schema), or the schema is only in the prompt and the reply is checked here.
+SchemaMethod = Literal["grammar", "provider", "prompted"]
+SCHEMA_METHODS: tuple[SchemaMethod, ...] = get_args(SchemaMethod)
 
 MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

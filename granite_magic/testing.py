@@ -44,6 +44,12 @@ body is recorded as it was sent (``requests``).  Scenario switches: ``tool_calls
 an unknown tool), ``tool_arguments`` (exact, e.g. malformed, argument text),
 ``tool_steps`` (replies that call before the answer).
 
+Structured output: a request for JSON of a schema (``response_format`` json_schema in chat, ``text.format`` in
+Responses, or the schema told in a system message as granite-magic tells it) is answered with an object that fits
+it, filled like tool arguments (an enum's first value, the prompt's numbers and words); the model's listing names no
+``response_format``, as OpenRouter's for Granite does not (``server.models`` can list one that does).
+``Scenario(text=...)`` plays a model that writes something else (a first reply to repair).
+
 Prompted mode, Granite's own convention: a request without native ``tools`` whose
 system message holds a ``<tools>`` block is played the same way in text:
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (streamed in
@@ -526,7 +532,7 @@ class _Handler(BaseHTTPRequestHandler):
             written = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
             tokens, finish = _apply_limits(list(_text_pieces(written, scenario.tool_split)), _params(request))
             return tokens, [], finish
-        text = scenario.text if scenario.text is not None else _answer(view.messages)
+        text = scenario.text if scenario.text is not None else _answer(view.messages) or _structured(request)
         tokens, finish = self._reply_tokens(request, scenario, text)
         return tokens, [], finish
 
@@ -766,6 +772,34 @@ class _Filler:
         """The prompt's words from the last one backwards (the last word of a question is often its subject)."""
         self.words_used += 1
         return self.words[-self.words_used % len(self.words)] if self.words else "text"
+
+
+def _structured(request: dict[str, Any]) -> str | None:
+    """The reply to a request for JSON of a schema: an object that fits it (made as tool arguments are, from the
+    prompt's words and numbers), when the schema is asked for by ``response_format`` (chat), ``text.format``
+    (Responses) or told in a system message the way granite-magic tells it; None otherwise."""
+    schema = _schema_asked(request)
+    if schema is None:
+        return None
+    messages = request.get("messages") or []
+    prompt = next((_text_of(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+    return json.dumps(_Filler(prompt).object(schema), ensure_ascii=False)
+
+
+def _schema_asked(request: dict[str, Any]) -> dict[str, Any] | None:
+    from ._spec import SCHEMA_INSTRUCTION
+
+    for holder in (request.get("response_format"), (request.get("text") or {}).get("format") if isinstance(request.get("text"), dict) else None):
+        if isinstance(holder, dict) and holder.get("type") == "json_schema":
+            found = holder.get("json_schema", holder).get("schema") if isinstance(holder.get("json_schema", holder), dict) else None
+            return found if isinstance(found, dict) else None
+    for message in request.get("messages") or []:
+        text = _text_of(message.get("content")) if isinstance(message, dict) and message.get("role") == "system" else ""
+        if SCHEMA_INSTRUCTION in text:
+            line = text.split(SCHEMA_INSTRUCTION, 1)[1].strip().split("\n", 1)[0]
+            told = _json_or_none(line)
+            return told if isinstance(told, dict) else None
+    return None
 
 
 def _answer(messages: Sequence[dict[str, Any]]) -> str | None:

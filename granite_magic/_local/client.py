@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from .._events import Accumulator, ChunkMeta, Done, Event, Finish, TextDelta, To
 from .._result import Result, Usage
 from .._runner import BackgroundLoop
 from .._shapes import Request, chat_tools
+from .._vocab import SchemaMethod
 from .model import (
     PLAIN,
     LocalModelError,
@@ -70,8 +72,27 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
     sampling = request.sampling.for_target("llama_cpp")
     stop = sampling.pop("stop", None)
     asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    structure = request.structure
+    grammar = {"grammar": _grammar(json.dumps(structure.schema, sort_keys=True))} if structure and structure.method == "grammar" else {}
     return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
-            "stopping_criteria": prompt.stopping}
+            "stopping_criteria": prompt.stopping, **grammar}
+
+
+def _constrained(request: Request) -> bool:
+    return request.structure is not None and request.structure.method == "grammar"
+
+
+@functools.lru_cache(maxsize=16)
+def _grammar(schema: str) -> Any:
+    """llama.cpp's grammar for a JSON Schema (llama-cpp-python's converter, as its ``response_format`` with a schema
+    uses; its ``json_schema`` type would be ignored): only tokens that keep the reply inside the schema are drawn."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception as exc:  # the converter raises ValueError, or a RuntimeError from llama.cpp's parser
+        raise errors.InvalidParameterError(f"llama.cpp could not make a grammar of this schema ({type(exc).__name__}: {exc})",
+                                           names=("schema",)) from None
 
 
 _END = object()
@@ -168,6 +189,10 @@ class LocalClient(BaseClient):
         """Prompted: the model reads Granite's ``<tool_call>`` convention from its system message."""
         return "prompted"
 
+    def schema_method(self, supported: Sequence[str] | None) -> SchemaMethod:
+        """A grammar built from the schema constrains every token: the reply cannot have another shape."""
+        return "grammar"
+
     def sampler_defaults(self) -> dict[str, Any]:
         """What llama.cpp samples with when a request does not set a parameter (the sampling lens starts there)."""
         return dict(_chat_defaults())
@@ -205,6 +230,8 @@ class LocalClient(BaseClient):
             described["documents"] = [dict(d) for d in request.documents]
         if request.tools:
             described["tools"] = chat_tools(request.tools)
+        if _constrained(request):  # the shape llama-cpp-python constrains by: a grammar made from the schema
+            described["response_format"] = {"type": "json_object", "schema": dict(request.structure.schema)}  # type: ignore[union-attr]
         return {**described, **request.sampling.for_target("llama_cpp")}
 
     def _template_chosen(self) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 
 from ._errors import InvalidParameterError
 from ._params import Sampling, get_param, validate
-from ._result import Result, json_ready
+from ._result import Result, json_ready, plain_value
 
 __all__ = [
     "Comparison",
@@ -212,6 +213,27 @@ class Run:
     verified: str | None = None  # with --verify: how the live text compares with its recording
 
 
+@dataclass(frozen=True)
+class FieldAgreement:
+    """One field of a ``--schema`` comparison: each run's value (label, value), and whether they are all the same."""
+
+    name: str
+    values: list[tuple[str, Any]]
+
+    @property
+    def distinct(self) -> int:
+        return len({json.dumps(value, sort_keys=True, default=str) for _, value in self.values})
+
+    @property
+    def agree(self) -> bool:
+        return self.distinct == 1
+
+    @property
+    def summary(self) -> str:
+        """``sentiment agrees`` / ``reason differs (3 distinct of 3)``."""
+        return f"{self.name} agrees" if self.agree else f"{self.name} differs ({self.distinct} distinct of {len(self.values)})"
+
+
 @dataclass
 class Comparison:
     """The runs of one comparison, with metrics computed when first asked for."""
@@ -280,6 +302,16 @@ class Comparison:
                 audit.append((self.specs[members[0]].label, len(texts) == 1))
         return audit
 
+    @cached_property
+    def field_agreement(self) -> list[FieldAgreement]:
+        """With ``--schema``: per field of the validated values, what each run gave and whether they all agree (the
+        determinism audit, field by field).  Runs whose reply did not fit have no value and are left out; nothing
+        when no run has one."""
+        values = [(i, plain_value(run.result.value)) for i, run in enumerate(self.runs)
+                  if run.result.schema_method is not None and isinstance(plain_value(run.result.value), Mapping)]
+        names = list(dict.fromkeys(name for _, value in values for name in value))
+        return [FieldAgreement(name, [(self.labels[i], value.get(name)) for i, value in values]) for name in names]
+
     @property
     def seed_honoured(self) -> bool | None:
         """True if every repeated seed reproduced its text; None if nothing was repeated."""
@@ -313,6 +345,8 @@ class Comparison:
             div = self.divergences[i]
             if div is not None:
                 lines.append(f"first divergence: {self.labels[i]} at word {div.word} ({div.reference!r} -> {div.other!r})")
+        if self.field_agreement:
+            lines.append("fields: " + " · ".join(f.summary for f in self.field_agreement))
         verified = [f"{run.spec.label} {run.verified}" for run in self.runs if run.verified]
         if verified:
             lines.append("verified: " + " · ".join(verified))
@@ -377,6 +411,7 @@ class Comparison:
             "runs": [{"label": run.spec.label, **run.result.to_dict(), "run_error": run.error, "verified": run.verified}
                      for run in self.runs],
             "not_run": list(self.not_run),
+            "fields": [{"field": f.name, "agree": f.agree, "values": [value for _, value in f.values]} for f in self.field_agreement],
         }
 
     def _repr_html_(self) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ _STYLE = """<style>
 .gm-diff del{background:#ff000026;text-decoration:line-through}
 .gm-diff ins{background:#00aa0033;text-decoration:none}
 .gm-matrix td,.gm-matrix th{padding:2px 6px;text-align:right}
+.gm-fields td,.gm-fields th{padding:2px 6px;text-align:left;vertical-align:top}
 </style>"""
 
 
@@ -65,7 +67,25 @@ def comparison_html(comp: Comparison) -> str:
         _column(run.spec.label, run.result.text, f"{status_line(run.result)} · group {comp.group_of(i) + 1}", run.error)
         for i, run in enumerate(comp.runs)
     ]
-    return _grid(columns) + f'<div class="gm-summary">{_e(comp.summary)}</div>' + _matrix_html(comp) + _diffs_html(comp)
+    return (_grid(columns) + _fields_html(comp) + f'<div class="gm-summary">{_e(comp.summary)}</div>' + _matrix_html(comp)
+            + _diffs_html(comp))
+
+
+def _fields_html(comp: Comparison) -> str:
+    """With ``--schema``: one row per field, each run's value in its column, and whether they all agree."""
+    if not comp.field_agreement:
+        return ""
+    labels = [label for label, _ in comp.field_agreement[0].values]
+    head = "".join(f"<th>{_e(label)}</th>" for label in labels)
+    rows = "".join(
+        f"<tr><th>{_e(f.name)}</th>" + "".join(f"<td>{_e(_shown(value))}</td>" for _, value in f.values)
+        + f"<td>{'✓ agree' if f.agree else f'✗ {f.distinct} distinct'}</td></tr>"
+        for f in comp.field_agreement)
+    return f'<table class="gm-fields"><tr><th>field</th>{head}<th></th></tr>{rows}</table>'
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _matrix_html(comp: Comparison) -> str:

@@ -183,3 +183,17 @@ def test_the_local_dry_run_shows_the_grammar_s_schema(local: Any) -> None:
     described = local.describe(request)
     assert described["response_format"]["type"] == "json_object"  # the shape llama-cpp-python constrains by
     assert described["response_format"]["schema"]["required"] == ["sentiment", "reason", "score"]
+
+
+def test_a_schema_grid_says_which_fields_agree_across_seeds(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    server.push(Scenario(text='{"sentiment": "positive", "reason": "the view", "score": 0.9}'),
+                Scenario(text='{"sentiment": "positive", "reason": "long hike", "score": 0.9}'),
+                Scenario(text='{"sentiment": "positive", "reason": "granite", "score": 0.7}'))
+    out = run(ip, f"--schema '{SPEC}' --seeds 1-3 --concurrency 1 --max-tokens 200 -o g", PROMPT)
+    grid = ip.user_ns["g"]
+    agreement = {f.name: (f.agree, f.distinct) for f in grid.field_agreement}
+    assert agreement == {"sentiment": (True, 1), "reason": (False, 3), "score": (False, 2)}, shown(out)
+    assert "fields: sentiment agrees · reason differs (3 distinct of 3) · score differs (2 distinct of 3)" in grid.summary
+    html = grid._repr_html_()
+    assert 'class="gm-fields"' in html and "✓ agree" in html and "✗ 3 distinct" in html
+    assert grid.to_dict()["fields"][0] == {"field": "sentiment", "agree": True, "values": ["positive"] * 3}

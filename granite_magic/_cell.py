@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # built by the first cell, and the session, the client and asyncio are imported then (or by the warm-up).
 
 __all__ = ["FORMATS", "CellRequest", "Option", "Reading", "build_help", "build_parser", "grammar", "interpolate", "options",
-           "parse_cell", "to_cell"]
+           "parse_cell", "read_schema", "to_cell"]
 
 Format = Literal["markdown", "text", "code", "json"]
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -151,7 +151,7 @@ def _tools(text: str, reading: Reading) -> tuple[Tool, ...]:
     return tuple(resolve_tools(_names(text), reading.namespace))
 
 
-def _schema(text: str, reading: Reading) -> OutputSchema:
+def read_schema(text: str, reading: Reading) -> OutputSchema:
     """``--schema``: a field list (``"sentiment positive|negative, reason"``), or the name of a dataclass, TypedDict,
     pydantic model or JSON Schema dict of the notebook (a name the notebook defines as one of these wins)."""
     from ._spec import output_schema
@@ -197,7 +197,7 @@ def options() -> tuple[Option, ...]:
                "fields like 'sentiment positive|negative|neutral, reason, score float' (types str int float bool, a|b "
                "choices, [] lists, ': description'), or the name of a dataclass, TypedDict, pydantic model or JSON Schema "
                "dict; a grammar on the local model, the provider's response_format where listed, else the prompt",
-               "SPEC|NAME", read=_schema, spell=_schema_words),
+               "SPEC|NAME", read=read_schema, spell=_schema_words),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),

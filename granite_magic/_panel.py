@@ -16,7 +16,8 @@ import json
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
@@ -30,6 +31,9 @@ from ._params import Param, Sampling
 from ._render import WidgetView, describe_params
 from ._result import Result
 from ._session import Session, Target, Turn, shared_session
+
+if TYPE_CHECKING:
+    from ._spec import OutputSchema
 
 __all__ = ["PRESETS", "Panel", "panel"]
 
@@ -142,7 +146,8 @@ class HistoryEntry:
 
 
 # Controls whose label is not the parameter's name (an error that names the parameter names the control).
-_CONTROL_LABELS = {"concurrency": "at once", "seeds": "seeds", "repeat": "repeat", "sweep": "sweep", "model": "model"}
+_CONTROL_LABELS = {"concurrency": "at once", "seeds": "seeds", "repeat": "repeat", "sweep": "sweep", "model": "model", "raw": "raw",
+                   "schema": "schema"}
 
 class Panel(w.VBox):  # type: ignore[misc]
     """The widget panel; ``results`` holds the last run's Result or Comparison."""
@@ -161,6 +166,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         sweep: str = "",
         mode: str = "single",
         raw: bool = False,
+        schema: str = "",
         **params: Any,
     ) -> None:
         super().__init__()
@@ -179,18 +185,21 @@ class Panel(w.VBox):  # type: ignore[misc]
         # %config GraniteMagics.default_params start switched on, like the cells they apply to
         for name, value in (session.settings.default_params | Sampling(params)).items():
             self.controls[name].set(value)
-        self._make_inputs(prompt, system, model, seeds, sweep, mode, raw)
+        self._make_inputs(prompt, system, model, seeds, sweep, mode, raw, schema)
         self._make_buttons()
         self.children = self._layout()
         self.refresh_support()
 
-    def _make_inputs(self, prompt: str, system: str, model: str | None, seeds: str, sweep: str, mode: str, raw: bool) -> None:
+    def _make_inputs(self, prompt: str, system: str, model: str | None, seeds: str, sweep: str, mode: str, raw: bool,
+                     schema: str) -> None:
         settings = self.session.settings
         self.prompt = w.Textarea(value=prompt, placeholder="Prompt", rows=4, layout=w.Layout(width="100%"))
         self.system = w.Textarea(value=system, placeholder="System prompt (optional)", rows=2, layout=w.Layout(width="100%"))
         self.model = w.Text(value=model or "", placeholder=settings.model, description="model", layout=w.Layout(width="24em"))
         self.preset = w.Dropdown(options=["(preset)", *PRESETS], value="(preset)", description="preset", layout=w.Layout(width="14em"))
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
+        self.schema = w.Text(value=schema, description="schema", layout=w.Layout(width="100%"),
+                             placeholder="optional: fields like  sentiment positive|negative|neutral, reason  (or a class's name)")
         self.raw = w.Checkbox(value=raw, description="raw: continue the prompt as written (no chat template)", indent=False,
                               layout=w.Layout(width="auto"))
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
@@ -230,7 +239,7 @@ class Panel(w.VBox):  # type: ignore[misc]
                          layout=w.Layout(flex="1 1 24em", min_width="20em", overflow="auto"))
         self._show_mode()
         # In a narrow notebook the results go below the controls instead of past the right edge.
-        return (self.prompt, self.system, mode_row, w.HBox([controls, results], layout=w.Layout(flex_flow="row wrap")),
+        return (self.prompt, self.system, self.schema, mode_row, w.HBox([controls, results], layout=w.Layout(flex_flow="row wrap")),
                 self.cell_text, w.HBox([self.history_picker, self.show_button, self.diff_button], layout=w.Layout(flex_flow="row wrap")))
 
     def _show_mode(self) -> None:
@@ -259,7 +268,8 @@ class Panel(w.VBox):  # type: ignore[misc]
         """What Run would send, validated: the same value a ``%%granite`` cell parses into."""
         raw = self.raw.value
         turn = Turn(prompt=self.prompt.value.strip("\n"), system=None if raw else self.system.value or None,
-                    model=self.model.value.strip() or None, sampling=Sampling(self.chosen_params()), raw=raw, **self.target_fields)
+                    model=self.model.value.strip() or None, sampling=Sampling(self.chosen_params()), raw=raw,
+                    schema=self._schema(), **self.target_fields)
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
         if self.mode.value == "single":
@@ -271,6 +281,18 @@ class Panel(w.VBox):  # type: ignore[misc]
         )
         request.plan()  # refuses a grid that cannot run, here rather than on the loop
         return request
+
+    def _schema(self) -> OutputSchema | None:
+        """The schema box as a cell's ``--schema`` reads it: a field list, or the name of a class of the notebook."""
+        text = self.schema.value.strip()
+        if not text:
+            return None
+        from IPython import get_ipython
+
+        from ._cell import Reading, read_schema
+
+        shell = get_ipython()
+        return read_schema(text, Reading(shell.user_ns if shell is not None else {}, Path.cwd()))
 
     def refresh_support(self) -> None:
         """Flag (in the background) the controls of parameters the model's listing does not name."""
@@ -369,6 +391,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         if specs is None:
             job = self.session.start(request.turn, target, kind="panel")
             view = WidgetView(describe_params(target.label_for(job.request), job.request.sampling), rate=rate, embedded=True)
+            view.monospace = request.turn.schema is not None
             return job.loop, view, self._drive(job.stream(view), lambda: self._finish_single(job, view))
         grid_job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
         varied = {name for spec in specs for name in spec.params}  # each column says its own: not in the title

@@ -197,3 +197,19 @@ def test_a_schema_grid_says_which_fields_agree_across_seeds(ip: InteractiveShell
     html = grid._repr_html_()
     assert 'class="gm-fields"' in html and "✓ agree" in html and "✗ 3 distinct" in html
     assert grid.to_dict()["fields"][0] == {"field": "sentiment", "agree": True, "values": ["positive"] * 3}
+
+
+def test_the_panel_schema_box_runs_and_copies_as_a_cell(server: FakeOpenRouter, session: Any) -> None:
+    from granite_magic._panel import Panel
+
+    panel = Panel(session, prompt=PROMPT, backend="http", schema=SPEC, max_tokens=200)
+    assert f"--schema '{SPEC}'" in panel.copy_as_cell()
+    panel.run()
+    assert panel.wait(30)
+    assert isinstance(panel.results, Result) and panel.results.schema_method == "prompted" and panel.results.value is not None
+    shown_html = panel.output.children[0].outputs[0]["data"]["text/html"]
+    assert 'class="gm-fields"' in shown_html and "schema valid (prompted, 1 request)" in shown_html
+    sent = len(server.chat_requests)
+    panel.schema.value = "name wat"
+    panel.run()
+    assert "wat" in panel.message.value and len(server.chat_requests) == sent  # refused in the panel, nothing sent

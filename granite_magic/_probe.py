@@ -30,7 +30,7 @@ from ._events import Accumulator
 from ._ledger import known_cost
 from ._params import Sampling
 from ._result import Result
-from ._shapes import Request, build_messages
+from ._shapes import Request, Structure, build_messages
 from ._tools import Tool, tool_from_function
 
 __all__ = ["MAX_REQUESTS", "PROBES_FORMAT", "Observation", "ProbeReport", "ProbeStore", "probe", "probe_requests",
@@ -127,8 +127,10 @@ class _Runner:
         self.results.append(result)
         self.on_result(result)
 
-    async def run(self, *, prompt: str = PROMPT, tools: tuple[Tool, ...] = (), **params: Any) -> Result | GraniteError:
-        request = Request(self.model, build_messages(prompt), Sampling({"max_tokens": PROBE_TOKENS, **params}), tools=tools)
+    async def run(self, *, prompt: str = PROMPT, tools: tuple[Tool, ...] = (), structure: Structure | None = None,
+                  **params: Any) -> Result | GraniteError:
+        request = Request(self.model, build_messages(prompt), Sampling({"max_tokens": PROBE_TOKENS, **params}), tools=tools,
+                          structure=structure)
         try:
             result = await self.client.stream(request, Accumulator(request.sampling))
         except GraniteError as exc:
@@ -178,6 +180,18 @@ async def _measure_tools(runner: _Runner) -> Observation:
     return _tools(await runner.run(prompt="What is 2 plus 3?", tools=(_ADD,), tool_choice="required"))
 
 
+# Asked for by response_format alone (nothing in the prompt mentions JSON): a provider that honours it answers the
+# prose prompt with this object; one that drops the field silently writes a sentence.
+_COLOUR = Structure({"type": "object", "properties": {"colour": {"type": "string", "enum": ["crimson", "teal"]}},
+                     "required": ["colour"], "additionalProperties": False}, "probe", "provider")
+
+
+async def _measure_response_format(runner: _Runner) -> Observation:
+    if getattr(runner.client, "api", None) not in ("chat", "responses"):
+        return Observation("response_format", None, "not tested", "this API has no response_format field")
+    return _response_format(await runner.run(temperature=0.0, max_tokens=24, structure=_COLOUR))
+
+
 def probe_requests() -> int:
     """How many requests a probe sends at most (shown with the cost estimate before it runs)."""
     return sum(step.requests for step in _STEPS)
@@ -194,8 +208,7 @@ async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | Non
     ``on_result`` sees every reply (the session's ledger records them)."""
     runner = _Runner(client, model, on_result)
     observations = [await step.measure(runner) for step in _STEPS]
-    observations += [Observation("logit_bias", None, "not tested", "needs the model's token ids, which an HTTP API does not give"),
-                     Observation("response_format", None, "not tested", "structured output is not in the parameter table")]
+    observations += [Observation("logit_bias", None, "not tested", "needs the model's token ids, which an HTTP API does not give")]
     declared = [Observation(o.parameter, None if supported is None else o.parameter in supported, o.observed, o.evidence)
                 for o in observations]
     costs = [known_cost(r.cost) for r in runner.results]  # a billed NaN or negative amount is unknown, not a number
@@ -301,6 +314,19 @@ def _tools(result: Result | GraniteError) -> Observation:
     return Observation("tools", None, "honoured", f"a required call came back: {result.tool_calls[0].name}")
 
 
+def _response_format(result: Result | GraniteError) -> Observation:
+    failed = _failed("response_format", result)
+    if failed or not isinstance(result, Result):
+        return failed or Observation("response_format", None, "not tested", "")
+    try:
+        value = json.loads(result.text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("colour") in ("crimson", "teal") and len(value) == 1:
+        return Observation("response_format", None, "honoured", f"a prose prompt came back as the schema's object: {result.text.strip()}")
+    return Observation("response_format", None, "ignored", f"a json_schema response_format came back as {_quote(result)}")
+
+
 # The probe, step by step: the request count and the parameters announced before it runs are read from here.
 _STEPS = (
     _Step("seed", 3, _measure_seed),
@@ -310,6 +336,7 @@ _STEPS = (
     _Step("max_tokens", 1, _measure_max_tokens),
     _Step("logprobs", 1, _measure_logprobs),
     _Step("tools", 1, _measure_tools),
+    _Step("response_format", 1, _measure_response_format),
 )
 
 

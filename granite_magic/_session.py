@@ -161,9 +161,17 @@ class Session:
         return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra, schema_method=method)
 
     def schema_method(self, target: Target) -> SchemaMethod:
-        """How ``target`` obtains a reply of a schema: what the client can do with what the model's listing says."""
+        """How ``target`` obtains a reply of a schema: what the client can do with what the model's listing says, or
+        what a probe saw (``%granite probe``): a response_format it honoured is trusted, one it dropped is not."""
         client = target.client
-        return client.schema_method(client.loop.run(client.supported_parameters(target.model)))
+        supported = list(client.loop.run(client.supported_parameters(target.model)) or ())
+        seen = next((report.get("response_format") for report in self.probes.find(client.base_url, target.model)
+                     if report.get("response_format") is not None), None)
+        if seen is not None and seen.observed == "honoured":
+            supported.append("response_format")
+        elif seen is not None and seen.observed == "ignored":
+            supported = [name for name in supported if name not in ("response_format", "structured_outputs")]
+        return client.schema_method(supported)
 
     def start(self, turn: Turn, target: Target | None = None, *, kind: RunKind = "single") -> Job:
         """Prepare one turn (resolved here unless given); nothing is sent yet.  Refuses what the budget cannot hold."""

@@ -789,6 +789,8 @@ def _structured(request: dict[str, Any]) -> str | None:
 def _schema_asked(request: dict[str, Any]) -> dict[str, Any] | None:
     from ._spec import SCHEMA_INSTRUCTION
 
+    if _ignored(request.get("model")) == "response_format":  # a provider that drops the field: a sentence, as asked
+        return None
     for holder in (request.get("response_format"), (request.get("text") or {}).get("format") if isinstance(request.get("text"), dict) else None):
         if isinstance(holder, dict) and holder.get("type") == "json_schema":
             found = holder.get("json_schema", holder).get("schema") if isinstance(holder.get("json_schema", holder), dict) else None

@@ -89,6 +89,7 @@ def shell() -> InteractiveShell:
 def ip(shell: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     magics = magics_of(shell)
+    magics.session.set_api_key(None)  # a key kept by `%granite key` in an earlier test would be sent instead of the env's
     magics.session.clients.clear()
     magics.session.conversations.clear()
     magics.base_url = server.base_url

@@ -157,14 +157,15 @@ def test_the_probe_finds_a_correct_provider_honours_everything_it_tests(probes: 
     report = probes.probe(target)
     assert report.requests == len(server.chat_requests) <= 20
     seen = {o.parameter: o.observed for o in report.observations}
-    assert {seen[name] for name in ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "tools")} == {"honoured"}
+    assert {seen[name] for name in ("seed", "temperature", "top_k", "stop", "max_tokens", "logprobs", "tools",
+                                     "response_format")} == {"honoured"}
     assert report.cost is not None and estimate is not None and 0 < report.cost <= estimate < 0.001
     assert [e.kind for e in probes.ledger.entries] == ["probe"] * report.requests
     assert TEST_KEY not in report.table() and TEST_KEY not in probes.probes.path.read_text()
 
 
 @pytest.mark.parametrize(("model", "parameter"), [("fake/ignores-seed", "seed"), ("fake/ignores-stop", "stop"),
-                                                  ("fake/ignores-tools", "tools")])
+                                                  ("fake/ignores-tools", "tools"), ("fake/ignores-response_format", "response_format")])
 def test_the_probe_catches_a_provider_that_ignores_a_parameter(probes: Session, model: str, parameter: str) -> None:
     for _ in range(3):  # every time, not by luck
         report = probes.probe(probes.resolve(Turn("", model=model)))
@@ -172,6 +173,22 @@ def test_the_probe_catches_a_provider_that_ignores_a_parameter(probes: Session, 
         assert seen is not None and seen.observed == "ignored" and seen.evidence
         others = {o.parameter: o.observed for o in report.observations if o.parameter != parameter}
         assert "ignored" not in others.values()
+
+
+def test_a_probed_response_format_decides_how_a_schema_is_asked_for(probes: Session, server: FakeOpenRouter) -> None:
+    """The listing names no response_format (as OpenRouter's for Granite does not): prompted, until a probe sees the
+    provider honour it; a probe that sees it dropped keeps it prompted."""
+    from granite_magic._spec import output_schema
+
+    turn = Turn("Classify: great hike.", schema=output_schema("sentiment positive|negative"))
+    target = probes.resolve(turn)
+    assert probes.request(turn, target).structure.method == "prompted"  # type: ignore[union-attr]
+    probes.probe(target)
+    request = probes.request(turn, target)
+    assert request.structure is not None and request.structure.method == "provider"
+    ignoring = Turn("Classify: great hike.", model="fake/ignores-response_format", schema=turn.schema)
+    probes.probe(probes.resolve(ignoring))
+    assert probes.request(ignoring, probes.resolve(ignoring)).structure.method == "prompted"  # type: ignore[union-attr]
 
 
 def test_a_cell_setting_an_ignored_parameter_is_warned_with_the_evidence(ip: InteractiveShell, server: FakeOpenRouter,

@@ -164,7 +164,8 @@ class Session:
         """How ``target`` obtains a reply of a schema: what the client can do with what the model's listing says, or
         what a probe saw (``%granite probe``): a response_format it honoured is trusted, one it dropped is not."""
         client = target.client
-        supported = list(client.loop.run(client.supported_parameters(target.model)) or ())
+        listed: tuple[str, ...] | None = client.loop.run(client.supported_parameters(target.model))
+        supported = list(listed or ())
         seen = next((report.get("response_format") for report in self.probes.find(client.base_url, target.model)
                      if report.get("response_format") is not None), None)
         if seen is not None and seen.observed == "honoured":

@@ -40,6 +40,7 @@ def compare(
     template: str | None = None,
     raw: bool = False,
     schema: Any = None,
+    schema_mode: str = "auto",
     **params: Any,
 ) -> Comparison:
     """Run ``prompt`` once per seed and swept value (times ``repeat``), concurrently.
@@ -52,7 +53,7 @@ def compare(
     """
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
                                     base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
-                                    schema=output_schema(schema) if schema is not None else None)
+                                    schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode)
     return session.compare(turn, specs)
 
 
@@ -72,12 +73,13 @@ async def acompare(
     template: str | None = None,
     raw: bool = False,
     schema: Any = None,
+    schema_mode: str = "auto",
     **params: Any,
 ) -> Comparison:
     """Awaitable twin of ``compare()``, usable from any event loop."""
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
                                     base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
-                                    schema=output_schema(schema) if schema is not None else None)
+                                    schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode)
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)

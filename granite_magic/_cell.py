@@ -176,7 +176,7 @@ def _chat_words(name: str) -> Spelled:
 def options() -> tuple[Option, ...]:
     """The options besides the sampling parameters (the first call imports the modules that name their choices)."""
     from ._settings import BACKENDS
-    from ._vocab import CACHE_MODES, MAX_STEPS, PACES, TOOL_MODES
+    from ._vocab import CACHE_MODES, MAX_STEPS, PACES, SCHEMA_MODES, TOOL_MODES
 
     return (
         Option(("-m", "--model"), "turn.model", "model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)", "ID"),
@@ -198,6 +198,9 @@ def options() -> tuple[Option, ...]:
                "choices, [] lists, ': description'), or the name of a dataclass, TypedDict, pydantic model or JSON Schema "
                "dict; a grammar on the local model, the provider's response_format where listed, else the prompt",
                "SPEC|NAME", read=read_schema, spell=_schema_words),
+        Option(("--schema-mode",), "turn.schema_mode", "how --schema is obtained: auto (default: a grammar on the local "
+               "model, the provider's response_format where listed or probed, else the prompt), or grammar, provider or "
+               "prompted by name", None, {"choices": SCHEMA_MODES, "default": "auto"}),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),

@@ -217,6 +217,10 @@ class BaseClient:
         alone, checked here, unless the backend can do better."""
         return "prompted"
 
+    def schema_methods(self) -> tuple[SchemaMethod, ...]:
+        """The methods this backend can be asked for by ``--schema-mode`` (the prompt is always one)."""
+        return ("prompted",)
+
     def model_file(self) -> tuple[str, Path | None] | None:
         """The model's weights as a file on this machine: its name, and its path when it is here; None when the
         model runs elsewhere.  The cache keys a local run on the file's fingerprint, not its name."""
@@ -297,20 +301,21 @@ class BaseClient:
 
     def chat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
              tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS,
-             schema: Any = None, **kwargs: Any) -> Result:
+             schema: Any = None, schema_mode: str = "auto", **kwargs: Any) -> Result:
         """Send one chat turn and block until the reply is complete.
 
         ``tools``: functions (or ``(json_schema_tool, function)`` pairs, or ``Tool`` objects) the model may
         call; the calls run here, their results go back, until the model answers (``result.tool_calls``
         lists them).  ``schema``: a field list (``"sentiment positive|negative, reason"``), a dataclass, TypedDict,
         pydantic model or JSON Schema dict the reply must fit: ``result.value`` is the validated object (repaired once
-        by sending what is wrong back), ``result.schema_method`` says how it was obtained.  Ctrl-C (a kernel
+        by sending what is wrong back), ``result.schema_method`` says how it was obtained (``schema_mode`` names one:
+        ``grammar``, ``provider`` or ``prompted``).  Ctrl-C (a kernel
         interrupt) cancels the request at once and raises ``GenerationInterrupted`` whose ``result`` holds the
         partial reply.
         """
         request = self.request(prompt, **kwargs)
         if schema is not None:
-            return self.loop.run(self._structured(request, schema, tools, on_update))
+            return self.loop.run(self._structured(request, schema, schema_mode, tools, on_update))
         if tools:
             return self._chat_with_tools(request, tools, tool_mode, approve, max_steps, on_update)
         acc = Accumulator(request.sampling)
@@ -323,11 +328,11 @@ class BaseClient:
 
     async def achat(self, prompt: str | None = None, *, on_update: UpdateCallback | None = None, tools: Sequence[Any] = (),
                     tool_mode: str = "auto", approve: Callable[[Any], bool] | None = None, max_steps: int = MAX_STEPS,
-                    schema: Any = None, **kwargs: Any) -> Result:
+                    schema: Any = None, schema_mode: str = "auto", **kwargs: Any) -> Result:
         """Awaitable twin of ``chat()``, usable from any event loop (tool functions run in the awaiting thread)."""
         request = self.request(prompt, **kwargs)
         if schema is not None:
-            return await self.loop.run_async(self._structured(request, schema, tools, on_update))
+            return await self.loop.run_async(self._structured(request, schema, schema_mode, tools, on_update))
         if not tools:
             return await self.loop.run_async(self.stream(request, Accumulator(request.sampling), on_update))
         loop = await self._tool_loop(request, tools, tool_mode, approve, max_steps)
@@ -337,7 +342,8 @@ class BaseClient:
             step = loop.after(result)
         return loop.final()
 
-    async def _structured(self, request: Request, given: Any, tools: Sequence[Any], on_update: UpdateCallback | None) -> Result:
+    async def _structured(self, request: Request, given: Any, mode: str, tools: Sequence[Any],
+                          on_update: UpdateCallback | None) -> Result:
         """A reply that must fit a schema: asked by the method this backend has for it, checked, repaired once."""
         from ._spec import output_schema
         from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, structured_request
@@ -346,7 +352,7 @@ class BaseClient:
         if tools or request.raw:
             raise errors.InvalidParameterError("schema= asks for one JSON reply: it cannot go with tools= or raw=True",
                                                names=("schema",))
-        method = self.schema_method(await self.supported_parameters(request.model))
+        method = await self._schema_method(request.model, mode)
         request = structured_request(request, schema, method)
         results: list[Result] = []
         while True:
@@ -355,6 +361,15 @@ class BaseClient:
             if not problems or len(results) == MOST_ATTEMPTS:
                 return finished(results[-1], schema, method, len(results), results[:-1])
             request = repair_request(request, results[-1].text, problems)
+
+    async def _schema_method(self, model: str, mode: str) -> SchemaMethod:
+        if mode == "auto":
+            return self.schema_method(await self.supported_parameters(model))
+        for method in self.schema_methods():
+            if method == mode:
+                return method
+        raise errors.InvalidParameterError(f"schema_mode={mode!r} is not available here: {self.kind} offers "
+                                           f"{' or '.join(self.schema_methods())}", names=("schema_mode",))
 
     def _chat_with_tools(self, request: Request, tools: Sequence[Any], mode: str, approve: Callable[[Any], bool] | None,
                          max_steps: int, on_update: UpdateCallback | None) -> Result:
@@ -505,6 +520,9 @@ class GraniteClient(BaseClient):
         of Granite 4.0 Micro names neither: a schema sent there would be dropped without a word."""
         honours = supported is not None and bool({"response_format", "structured_outputs"} & set(supported))
         return "provider" if honours and self.api in ("chat", "responses") else "prompted"
+
+    def schema_methods(self) -> tuple[SchemaMethod, ...]:
+        return ("provider", "prompted") if self.api in ("chat", "responses") else ("prompted",)
 
     @property
     def api(self) -> str:

@@ -37,7 +37,7 @@ from ._shapes import Api, Request, build_messages
 from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request
 from ._toolrun import ToolLoop, ToolPlan
 from ._turn import Target, Turn, new_turn
-from ._vocab import SchemaMethod
+from ._vocab import SchemaMethod, SchemaMode
 
 if TYPE_CHECKING:
     from ._spec import OutputSchema
@@ -157,13 +157,19 @@ class Session:
     def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
         """What goes to ``target`` for ``turn`` (with a column's ``extra`` sampling): sent, shown and keyed as it is."""
         strict = turn.strict if turn.strict is not None else self.settings.strict
-        method = self.schema_method(target) if turn.schema is not None else "prompted"
+        method = self.schema_method(target, turn.schema_mode) if turn.schema is not None else "prompted"
         return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra, schema_method=method)
 
-    def schema_method(self, target: Target) -> SchemaMethod:
-        """How ``target`` obtains a reply of a schema: what the client can do with what the model's listing says, or
-        what a probe saw (``%granite probe``): a response_format it honoured is trusted, one it dropped is not."""
+    def schema_method(self, target: Target, mode: SchemaMode = "auto") -> SchemaMethod:
+        """How ``target`` obtains a reply of a schema: the method ``mode`` names, if the client has it, else (``auto``)
+        what the client can do with what the model's listing says, or what a probe saw (``%granite probe``): a
+        response_format it honoured is trusted, one it dropped is not."""
         client = target.client
+        if mode != "auto":
+            if mode not in client.schema_methods():
+                raise errors.InvalidParameterError(f"schema_mode={mode!r} is not available on {target.label}: it offers "
+                                                   f"{' or '.join(client.schema_methods())}", names=("schema_mode",))
+            return mode
         listed: tuple[str, ...] | None = client.loop.run(client.supported_parameters(target.model))
         supported = list(listed or ())
         seen = next((report.get("response_format") for report in self.probes.find(client.base_url, target.model)

@@ -16,7 +16,7 @@ from ._context import Document
 from ._params import Sampling
 from ._settings import Backend, check_backend, check_base_url, check_cache_mode
 from ._shapes import Api, Request, shape
-from ._vocab import PACES, CacheMode, Pace
+from ._vocab import PACES, SCHEMA_MODES, CacheMode, Pace, SchemaMode
 
 if TYPE_CHECKING:
     from ._spec import OutputSchema
@@ -47,6 +47,7 @@ class Turn:
     template: str | None = None  # --template: the local model's chat format name, "plain", or a Jinja file
     raw: bool = False  # --raw: the prompt is continued as written (a completion: no turns, no template, no framing)
     schema: OutputSchema | None = None  # --schema: the reply is JSON of this schema, validated (and repaired once)
+    schema_mode: SchemaMode = "auto"  # --schema-mode: the backend's best method, or one named
 
     def __post_init__(self) -> None:
         if self.backend is not None:
@@ -58,6 +59,12 @@ class Turn:
         if self.cache is not None and check_cache_mode(self.cache) == "replay" and self.verify:
             raise errors.InvalidParameterError("verify=True runs live and cache='replay' never does: use one of them",
                                                names=("verify", "cache"))
+        if self.schema_mode not in SCHEMA_MODES:
+            raise errors.InvalidParameterError(f"schema_mode={self.schema_mode!r} is invalid: must be one of {', '.join(SCHEMA_MODES)}",
+                                               names=("schema_mode",))
+        if self.schema_mode != "auto" and self.schema is None:
+            raise errors.InvalidParameterError("schema_mode= says how a schema= is obtained: give the schema too",
+                                               names=("schema_mode", "schema"))
         if self.pace not in PACES:
             raise errors.InvalidParameterError(f"pace={self.pace!r} is invalid: must be one of {', '.join(PACES)}", names=("pace",))
         if self.raw:

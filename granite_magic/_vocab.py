@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "SCHEMA_METHODS", "TOOL_MODES", "Api", "CacheMode", "Pace", "SchemaMethod",
+__all__ = ["APIS", "CACHE_MODES", "MAX_STEPS", "PACES", "SCHEMA_METHODS", "SCHEMA_MODES", "TOOL_MODES", "Api", "CacheMode", "Pace", "SchemaMethod", "SchemaMode",
            "ToolMode"]
 
 Api = Literal["chat", "responses", "messages"]  # the HTTP request formats (each an API shape in _shapes)
@@ -24,5 +24,7 @@ TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
 # guarantees it (response_format json_schema), or the schema is only in the prompt and the reply is checked here.
 SchemaMethod = Literal["grammar", "provider", "prompted"]
 SCHEMA_METHODS: tuple[SchemaMethod, ...] = get_args(SchemaMethod)
+SchemaMode = Literal["auto", "grammar", "provider", "prompted"]  # --schema-mode: auto is the backend's best method
+SCHEMA_MODES: tuple[SchemaMode, ...] = get_args(SchemaMode)
 
 MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

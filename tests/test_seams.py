@@ -200,6 +200,7 @@ OPTION_EXAMPLES = {
     "--tool-mode": "--tool-mode prompted", "--approve": "--approve", "--max-steps": "--max-steps 3", "--strict": "--strict",
     "--cache": "--cache auto", "--pace": "--pace original", "--verify": "--verify", "--dry-run": "--dry-run",
     "--no-interpolate": "--no-interpolate", "--raw": "--raw", "--schema": "--schema 'rock, hardness int: Mohs scale'",
+    "--schema-mode": "--schema 'rock' --schema-mode prompted",
 }
 
 

@@ -213,3 +213,28 @@ def test_the_panel_schema_box_runs_and_copies_as_a_cell(server: FakeOpenRouter, 
     panel.schema.value = "name wat"
     panel.run()
     assert "wat" in panel.message.value and len(server.chat_requests) == sent  # refused in the panel, nothing sent
+
+
+# --- choosing the method --------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("lists_response_format")
+def test_schema_mode_names_the_method_or_is_refused_before_sending(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(ip, f"--schema '{SPEC}' --schema-mode prompted --max-tokens 200 -o r", PROMPT)
+    assert ip.user_ns["r"].schema_method == "prompted" and "response_format" not in bodies(server)[-1]
+    out = run(ip, f"--schema '{SPEC}' --schema-mode grammar", PROMPT)
+    assert "--schema-mode grammar is not available" in out.stderr and "provider or prompted" in out.stderr
+    out = run(ip, "--schema-mode prompted", PROMPT)
+    assert "--schema" in out.stderr and len(server.chat_requests) == 1
+
+
+@pytest.mark.slow
+def test_the_local_model_prompted_is_checked_and_repaired_for_real(local: Any) -> None:
+    """Without its grammar the stand-in writes whatever it writes: the check and the repair are what stand between
+    that and a value (the method, the attempts and the errors say which happened)."""
+    results = [local.chat(PROMPT, schema=SPEC, schema_mode="prompted", temperature=0.8, seed=seed, max_tokens=80)
+               for seed in range(3)]
+    for result in results:
+        assert result.schema_method == "prompted" and result.schema_attempts in (1, 2)
+        assert (result.value is None) == bool(result.schema_errors)
+        assert result.schema_attempts == 2 or not result.schema_errors  # an invalid first reply is always asked again

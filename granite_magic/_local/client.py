@@ -193,6 +193,9 @@ class LocalClient(BaseClient):
         """A grammar built from the schema constrains every token: the reply cannot have another shape."""
         return "grammar"
 
+    def schema_methods(self) -> tuple[SchemaMethod, ...]:
+        return ("grammar", "prompted")  # prompted: to see what the model writes when nothing constrains it
+
     def sampler_defaults(self) -> dict[str, Any]:
         """What llama.cpp samples with when a request does not set a parameter (the sampling lens starts there)."""
         return dict(_chat_defaults())

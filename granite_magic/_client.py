@@ -346,7 +346,7 @@ class BaseClient:
                           on_update: UpdateCallback | None) -> Result:
         """A reply that must fit a schema: asked by the method this backend has for it, checked, repaired once."""
         from ._spec import output_schema
-        from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, structured_request
+        from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, structured_request, worth_repairing
 
         schema = output_schema(given)  # refused before anything is sent
         if tools or request.raw:
@@ -358,7 +358,7 @@ class BaseClient:
         while True:
             results.append(await self.stream(request, Accumulator(request.sampling), on_update))
             _, problems = read_reply(results[-1].text, schema)
-            if not problems or len(results) == MOST_ATTEMPTS:
+            if not worth_repairing(results[-1], problems) or len(results) == MOST_ATTEMPTS:
                 return finished(results[-1], schema, method, len(results), results[:-1])
             request = repair_request(request, results[-1].text, problems)
 

@@ -34,7 +34,7 @@ from ._result import Result
 from ._runner import BackgroundLoop
 from ._settings import Settings
 from ._shapes import Api, Request, build_messages
-from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request
+from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, worth_repairing
 from ._toolrun import ToolLoop, ToolPlan
 from ._turn import Target, Turn, new_turn
 from ._vocab import SchemaMethod, SchemaMode
@@ -659,7 +659,7 @@ class StructuredJob:
             if error is not None or result.partial:
                 return
             _, problems = read_reply(result.text, self.schema)
-            if not problems:
+            if not worth_repairing(result, problems):
                 return
             try:
                 job = self._repair(job, repair_request(job.request, result.text, problems))

@@ -24,12 +24,18 @@ from ._vocab import SchemaMethod
 if TYPE_CHECKING:
     from ._spec import OutputSchema
 
-__all__ = ["MOST_ATTEMPTS", "finished", "read_reply", "repair_request", "structured_request"]
+__all__ = ["CUT_SHORT", "MOST_ATTEMPTS", "finished", "read_reply", "repair_request", "structured_request", "worth_repairing"]
 
 MOST_ATTEMPTS = 2  # the first request, and one repair
 _REPAIR = ("That reply does not fit the schema: {problems}. Reply again with only the corrected JSON object, and "
            "nothing before or after it.")
 _MOST_PROBLEMS = 5  # named in a repair request; the rest are counted
+CUT_SHORT = "the reply was cut at its token limit (finish: length): ask for more tokens (max tokens)"
+
+
+def worth_repairing(result: Result, problems: Sequence[str]) -> bool:
+    """A reply that does not fit is asked again, unless the token limit cut it: the same limit would cut the next."""
+    return bool(problems) and result.finish_reason != "length"
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -46,8 +52,8 @@ def read_reply(text: str, schema: OutputSchema) -> tuple[Any, list[str]]:
     found = _json_text(text)
     if found is None:
         return None, ["it holds no JSON object"]
-    try:
-        value, _ = raw_decode(found)
+    try:  # a raw newline inside a string is read as one: llama.cpp's JSON grammar lets a model write it
+        value, _ = raw_decode(found, strict=False)
     except ValueError as exc:
         return None, [f"it is not valid JSON ({str(exc).split(':')[0]})"]
     problems = schema.errors(value)
@@ -65,6 +71,8 @@ def finished(result: Result, schema: OutputSchema, method: str, attempts: int, e
     """``result`` with the validated value (an instance when a class was given), how it was obtained, how many
     requests it took and, when it still does not fit, what is wrong; the usage counts every attempt's tokens."""
     value, problems = (None, ["the reply is not whole"]) if result.partial else read_reply(result.text, schema)
+    if problems and result.finish_reason == "length":
+        problems = [CUT_SHORT, *problems]
     decoded = schema.decode(value) if not problems else None
     usage = _total(result.usage, [each.usage for each in earlier]) if earlier else result.usage
     return dataclasses.replace(result, value=decoded, schema_method=method, schema_attempts=attempts,

@@ -72,12 +72,13 @@ def loads(text: str) -> Any:
         raise ValueError(_TOO_DEEP) from None
 
 
-def raw_decode(text: str) -> tuple[Any, int]:
-    """``json.JSONDecoder().raw_decode``: the first JSON value in ``text`` and where it ends, nesting bounded."""
+def raw_decode(text: str, *, strict: bool = True) -> tuple[Any, int]:
+    """``json.JSONDecoder().raw_decode``: the first JSON value in ``text`` and where it ends, nesting bounded;
+    ``strict=False`` takes control characters (a raw newline) inside strings."""
     if _too_deep(text):
         raise ValueError(_TOO_DEEP)
     try:
-        return json.JSONDecoder().raw_decode(text)
+        return json.JSONDecoder(strict=strict).raw_decode(text)
     except RecursionError:
         raise ValueError(_TOO_DEEP) from None
 

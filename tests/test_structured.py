@@ -238,3 +238,17 @@ def test_the_local_model_prompted_is_checked_and_repaired_for_real(local: Any) -
         assert result.schema_method == "prompted" and result.schema_attempts in (1, 2)
         assert (result.value is None) == bool(result.schema_errors)
         assert result.schema_attempts == 2 or not result.schema_errors  # an invalid first reply is always asked again
+
+
+def test_a_reply_cut_at_its_token_limit_is_not_asked_again(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    out = run(ip, f"--schema '{SPEC}' --max-tokens 3 -o r", PROMPT)
+    result = ip.user_ns["r"]
+    assert result.finish_reason == "length" and result.schema_attempts == 1 and len(server.chat_requests) == 1, shown(out)
+    assert result.value is None and "cut at its token limit" in result.schema_errors[0]
+
+
+def test_a_raw_newline_inside_a_string_is_read(ip: InteractiveShell, server: FakeOpenRouter) -> None:
+    """llama.cpp's JSON grammar lets a model write a newline inside a string; the value is still what it says."""
+    server.push(Scenario(text='{"sentiment": "positive", "reason": "line one\nline two", "score": 1}'))
+    run(ip, f"--schema '{SPEC}' --max-tokens 200 -o r", PROMPT)
+    assert ip.user_ns["r"].value == {"sentiment": "positive", "reason": "line one\nline two", "score": 1}

@@ -73,7 +73,8 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
     stop = sampling.pop("stop", None)
     asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     structure = request.structure
-    grammar = {"grammar": _grammar(json.dumps(structure.schema, sort_keys=True))} if structure and structure.method == "grammar" else {}
+    # in the schema's own order: the fields are written in it (a reason after the verdict, or before it, as asked)
+    grammar = {"grammar": _grammar(json.dumps(structure.schema))} if structure and structure.method == "grammar" else {}
     return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
             "stopping_criteria": prompt.stopping, **grammar}
 

@@ -129,8 +129,8 @@ def reply_bundle(result: Result, fmt: str = "markdown", extra: Mapping[str, Any]
 
 def structured_html(result: Result) -> str:
     """A ``--schema`` reply as a person reads it: the JSON as the model wrote it (monospace), the validated value as a
-    small field/value table, and a line saying whether it fits, how that was obtained and in how many requests (or
-    what is still wrong).  Escaped HTML, static in the saved notebook."""
+    small field/value table, or what is still wrong with it (the status line under it says the method and the
+    requests).  Escaped HTML, static in the saved notebook."""
     import html as html_module
 
     e = html_module.escape
@@ -140,10 +140,10 @@ def structured_html(result: Result) -> str:
         rows = "".join(f"<tr><th style=\"text-align:left\">{e(str(name))}</th><td style=\"text-align:left\">{e(_cell_text(item))}</td></tr>"
                        for name, item in value.items())
         parts.append(f'<table class="gm-fields">{rows}</table>')
-    note = schema_words(result)
-    if result.schema_errors:
-        note += ": " + "; ".join(result.schema_errors[:5]) + ("; ..." if len(result.schema_errors) > 5 else "") + " (the raw text is kept)"
-    parts.append(f'<div class="gm-schema-note" style="font-size:90%;opacity:.8">{e(note)}</div>')
+    if result.schema_errors:  # what is wrong, under the text it is wrong about (the status line says the rest)
+        problems = "; ".join(result.schema_errors[:5]) + ("; ..." if len(result.schema_errors) > 5 else "")
+        parts.append(f'<div class="gm-schema-note" style="font-size:90%;color:#b00020">does not fit the schema: {e(problems)} '
+                     "(the text is kept as the model wrote it)</div>")
     return "".join(parts)
 
 

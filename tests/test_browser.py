@@ -61,6 +61,8 @@ BROKEN_DEF_CELL = "def broken(amount: float) -> float:\n    raise ValueError('th
 FAILING_TOOLS_CELL = "%%granite --tools broken,convert --tool-mode native\nHow much is 5 dollars in yen?"
 PROMPTED_CELL = "%%granite --tools convert --tool-mode prompted --tool-choice convert\nHow much is 120 dollars in yen?"
 KEEPS_CALLING_CELL = "%%granite --max-steps 2 --tools convert --tool-mode prompted --tool-choice convert\nHow much is 1 dollar in yen?"
+SCHEMA_CELL = '%%granite --schema "sentiment: positive|negative|neutral, reason" --max-tokens 200\nClassify: a great hike.'
+STRUCTURED = "09_structured_output.ipynb"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -85,13 +87,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
     for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL,
                                    CACHE_CELL, VERIFY_CELL, BROKEN_DEF_CELL, FAILING_TOOLS_CELL, PROMPTED_CELL,
-                                   KEEPS_CALLING_CELL]):
+                                   KEEPS_CALLING_CELL, SCHEMA_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
             each.execution_count = None
     nbformat.write(nb, root / "demo.ipynb")
-    for shipped in (*SHIPPED_WITH_WIDGETS, QUICKSTART):  # as a person opens them from the repository, never run here
+    for shipped in (*SHIPPED_WITH_WIDGETS, QUICKSTART, STRUCTURED):  # as a person opens them from the repository, never run here
         (root / shipped).write_bytes((DEMOS / shipped).read_bytes())
     settings = root / ".settings"
     for plugin, values in {
@@ -469,5 +471,34 @@ def test_the_shipped_quick_start_s_first_reply_reads_as_text(page: Page, lab: st
     prompt, system = cell_prompt(source)
     prompt = meta.get("comparison", {}).get("prompt") or prompt  # a comparison keeps the prompt as sent
     assert problems(shown, prompt, notebook_sources(shipped), system=system) == [], shown
+    page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
+    page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)
+
+
+def test_a_schema_reply_ends_as_its_json_a_field_table_and_the_verdict(page: Page) -> None:
+    """What a person reads under a --schema cell: the JSON as written (monospace), a table of the checked fields, and
+    a line saying it fits, how it was obtained and in how many requests."""
+    target = run_cell(page, SCHEMA_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    table = output.locator("table.gm-fields")
+    table.wait_for(timeout=30_000)
+    assert [row.inner_text().split("\t")[0] for row in table.locator("tr").all()] == ["sentiment", "reason"]
+    assert output.locator("pre.gm-json").inner_text().startswith('{"sentiment": ')
+    assert "schema valid (prompted, 1 request)" in output.inner_text()
+    target.screenshot(path=str(ARTIFACTS / "14-schema-field-table.png"))
+
+
+def test_the_shipped_structured_output_notebook_shows_its_tables_when_opened(page: Page, lab: str) -> None:
+    """Opened from the repository, never run: every --schema reply shows its field table and verdict, and the
+    comparison its per-field agreement."""
+    page.goto(f"{lab}/lab/tree/{STRUCTURED}?token={TOKEN}&reset")
+    page.locator(".lm-TabBar-tab.lm-mod-current", has_text=STRUCTURED).wait_for(timeout=60_000)
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    notebook.locator("table.gm-fields").first.wait_for(timeout=60_000)
+    shown = notebook.inner_text()
+    assert shown.count("schema valid (grammar, 1 request)") >= 2 and "schema INVALID (prompted, 2 requests)" in shown
+    assert "✓ agree" in shown and "distinct" in shown  # the seeds' field agreement
+    notebook.locator("table.gm-fields").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "15-structured-output-notebook.png"))
     page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
     page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)

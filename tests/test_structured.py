@@ -208,7 +208,7 @@ def test_the_panel_schema_box_runs_and_copies_as_a_cell(server: FakeOpenRouter, 
     assert panel.wait(30)
     assert isinstance(panel.results, Result) and panel.results.schema_method == "prompted" and panel.results.value is not None
     shown_html = panel.output.children[0].outputs[0]["data"]["text/html"]
-    assert 'class="gm-fields"' in shown_html and "schema valid (prompted, 1 request)" in shown_html
+    assert 'class="gm-fields"' in shown_html and "schema valid (prompted, 1 request)" in str(panel.output.children[0].outputs)
     sent = len(server.chat_requests)
     panel.schema.value = "name wat"
     panel.run()

@@ -1,7 +1,8 @@
-"""The Python API's functions beside the client: ``compare`` and its async twin ``acompare``."""
+"""The Python API's functions beside the client: ``compare`` and ``map`` with their async twins."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,10 +10,11 @@ from . import _grid  # noqa: F401  (registers how a Comparison draws itself as H
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._probe import ProbeReport
+from ._rows import Rows, read_rows, row_prompts
 from ._session import QuietGrid, Session, Turn, new_turn, shared_session
 from ._spec import output_schema
 
-__all__ = ["acompare", "compare", "probe", "usage"]
+__all__ = ["acompare", "amap", "compare", "map", "probe", "usage"]
 
 
 def _prepare(prompt: str, seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int,
@@ -83,6 +85,56 @@ async def acompare(
     job = session.start_compare(turn, specs)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)
+
+
+def map(
+    over: Any,
+    prompt: str,
+    *,
+    schema: Any = None,
+    schema_mode: str = "auto",
+    limit: int | None = None,
+    sample: int | None = None,
+    concurrency: int | None = None,
+    system: str | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    backend: str | None = None,
+    api: str | None = None,
+    **params: Any,
+) -> Any:
+    """``prompt`` once per row of ``over`` (a DataFrame, a list of dicts or a list of strings), ``{column}`` filled from
+    the row (``{item}`` for strings): a DataFrame with one row per input row in input order, its columns, the reply
+    (``reply``, or the ``schema``'s fields), and ``_status``, ``_error``, ``_attempts``, ``_cost``, ``_latency_s``,
+    ``_method``.  One bad row never fails the run; rows are cached, so a rerun after an interrupt (which returns the
+    rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first."""
+    session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
+                                                 system=system, model=model, base_url=base_url, backend=backend, api=api)
+    job = session.start_map(turn, prompts, concurrency=concurrency)
+    with contextlib.suppress(KeyboardInterrupt):  # the rows finished so far are the result; the others say they did not run
+        job.loop.run(job.stream(QuietGrid()))
+    return session.finish_map(job, rows)
+
+
+async def amap(over: Any, prompt: str, *, schema: Any = None, schema_mode: str = "auto", limit: int | None = None,
+               sample: int | None = None, concurrency: int | None = None, system: str | None = None, model: str | None = None,
+               base_url: str | None = None, backend: str | None = None, api: str | None = None, **params: Any) -> Any:
+    """Awaitable twin of ``map()``, usable from any event loop."""
+    session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
+                                                 system=system, model=model, base_url=base_url, backend=backend, api=api)
+    job = session.start_map(turn, prompts, concurrency=concurrency)
+    await job.loop.run_async(job.stream(QuietGrid()))
+    return session.finish_map(job, rows)
+
+
+def _prepare_rows(over: Any, prompt: str, schema: Any, schema_mode: str, limit: int | None, sample: int | None,
+                  concurrency: int | None, params: Mapping[str, Any], **target: Any) -> tuple[Session, Turn, Rows, list[str]]:
+    """What both twins do before sending: the rows read, every row's prompt made, the turn validated."""
+    rows = read_rows(over, limit=limit, sample=sample)
+    prompts = row_prompts(prompt, rows)
+    turn = new_turn(prompt, params, schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode,
+                    **target)
+    return shared_session(concurrency=concurrency), turn, rows, prompts
 
 
 def usage() -> Any:

@@ -168,6 +168,13 @@ def _schema_words(schema: OutputSchema) -> Spelled:
     return [[schema.source or spec_text(schema)]]  # the notebook's name for it, else a text that reads back the same
 
 
+def _over(name: str, reading: Reading) -> str:
+    """``--over NAME``: a variable of the notebook holding the rows (read when the cell runs)."""
+    if name not in reading.namespace:
+        raise InvalidParameterError(f"--over names {name}, which this notebook does not define")
+    return name
+
+
 def _chat_words(name: str) -> Spelled:
     return [[]] if name == "default" else [[name]]
 
@@ -201,6 +208,11 @@ def options() -> tuple[Option, ...]:
         Option(("--schema-mode",), "turn.schema_mode", "how --schema is obtained: auto (default: a grammar on the local "
                "model, the provider's response_format where listed or probed, else the prompt), or grammar, provider or "
                "prompted by name", None, {"choices": SCHEMA_MODES, "default": "auto"}),
+        Option(("--over",), "over", "run the prompt once per row of this DataFrame, list of dicts or list of strings of the "
+               "notebook: {column} is the row's value ({item} for strings); the result is a DataFrame (with -o NAME)",
+               "NAME", read=_over),
+        Option(("--limit",), "limit", "with --over: only the first N rows (try a few first)", "N", {"type": int}),
+        Option(("--sample",), "sample", "with --over: N rows drawn at random (the same N each time)", "N", {"type": int}),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),
@@ -358,6 +370,9 @@ class CellRequest:
     approve: bool = False
     max_steps: int | None = None
     # What the cell points at, as written (the turn holds what they say: its context block and documents).
+    over: str | None = None  # --over: the notebook variable whose rows the prompt goes over
+    limit: int | None = None  # --limit / --sample: a few of those rows
+    sample: int | None = None
     context: tuple[str, ...] = ()  # --context: variable names
     docs: tuple[str, ...] = ()  # --docs: paths and globs, from the working directory
     cell: int | None = None  # --cell: an earlier cell's number
@@ -404,6 +419,8 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
     sampled = {path.removeprefix("turn.sampling."): values.pop(path) for path in list(values) if path.startswith("turn.sampling.")}
     sampling = (defaults or Sampling()) | Sampling(sampled) | values.pop("turn.sampling", Sampling())
     fields = {path.removeprefix("turn."): values.pop(path) for path in list(values) if path.startswith("turn.")}
+    if values.get("over"):  # {name} is each row's column, filled per row: not the notebook's variables
+        values["literal"] = True
     prompt = cell if values.get("literal") else interpolate(cell, namespace)
     if not prompt.strip():
         raise InvalidParameterError("the cell has no prompt: write it on the lines below %%granite")
@@ -412,6 +429,7 @@ def parse_cell(line: str, cell: str, namespace: Mapping[str, Any], *, defaults: 
                 documents=tuple(load_documents(docs, base=reading.cwd)) if docs else (), **fields)
     request = CellRequest(turn=turn, warnings=_out_warnings(values.get("out")), **values)
     _check_raw(request)
+    _check_over(request)
     _check_grid(request)
     return request
 
@@ -441,6 +459,17 @@ def _check_raw(request: CellRequest) -> None:
     if request.turn.raw and request.tools:
         raise InvalidParameterError("--raw continues the prompt as written, with no chat turn, so tools cannot go with it: "
                                     "leave out --tools or --raw")
+
+
+def _check_over(request: CellRequest) -> None:
+    if request.over is None:
+        if request.limit is not None or request.sample is not None:
+            raise InvalidParameterError("--limit and --sample choose rows of --over: give --over NAME too")
+        return
+    for flag, given in (("--chat", request.turn.chat is not None), ("--tools", bool(request.tools)), ("--raw", request.turn.raw),
+                        ("--seeds, --sweep or --repeat", request.is_grid)):
+        if given:
+            raise InvalidParameterError(f"--over runs the prompt once per row: it cannot take {flag} (not yet, for a grid)")
 
 
 def _check_grid(request: CellRequest) -> None:

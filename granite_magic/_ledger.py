@@ -32,7 +32,7 @@ __all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget",
 # Where an entry's cost comes from: the stream, a lookup after the run, the local backend (free), a request that
 # failed before anything was generated (nothing billed), or nowhere yet (unknown: none reported, or not a valid amount).
 CostSource = Literal["stream", "lookup", "local", "failed", "unknown"]
-RunKind = Literal["single", "grid", "panel", "tools", "probe", "branch"]
+RunKind = Literal["single", "grid", "panel", "tools", "probe", "branch", "map"]
 
 # Chat templates add a few tokens around every message (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 8

@@ -204,6 +204,8 @@ class GraniteMagics(Magics):
                 _warn(warning)
             if request.dry_run:
                 self._dry_run(request, target)
+            elif request.over is not None:
+                self._map(request, target)
             elif request.tools:
                 self._run_tools(request, target)
             elif request.is_grid:
@@ -401,6 +403,36 @@ class GraniteMagics(Magics):
         note = self._budget_note()
         if note:
             print(f"granite: {note}", file=sys.stderr, flush=True)
+
+    def _map(self, request: CellRequest, target: Target) -> None:
+        """A prompt over rows: the worst case said first when it is worth saying, live progress, a summary that stays,
+        and the result frame (``-o``).  An interrupt keeps every finished row, here and in the cache."""
+        from ._render import describe_params
+        from ._rows import read_rows, row_prompts
+        from ._rowsview import RowsView, TerminalRowsView
+
+        rows = read_rows(self._namespace()[request.over or ""], limit=request.limit, sample=request.sample)
+        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), concurrency=request.concurrency,
+                                     target=target)
+        worst = self.session.worst_case(target, [column.request for column in job.columns])
+        if worst is not None and worst > GRID_COST_NOTICE_USD:
+            _warn(f"these {len(rows)} rows cost at most ${worst:.4f} in all (worst case: every row to its token limit).")
+        title = f"{describe_params(target.label_for(job.columns[0].request), job.base)} · over {request.over}"
+        rate = self.session.settings.updates_per_second
+        view = RowsView(title, len(rows), rate=rate) if self._widgets() else TerminalRowsView(title, len(rows))
+        view.show()
+        with contextlib.suppress(KeyboardInterrupt):  # every finished row is kept
+            job.loop.run(job.stream(view))
+        frame = self.session.finish_map(job, rows)
+        view.finish(frame)
+        if request.out:
+            self._namespace()[request.out] = frame
+        for warning in job.warnings:
+            _warn(warning)
+        skipped = int((frame["_status"] == "skipped").sum())
+        if skipped:
+            _error(f"{skipped} of {len(rows)} rows did not run (interrupted, or the budget was spent); run the cell again: "
+                   "finished rows come from the cache, only the rest are sent.")
 
     def _widgets(self) -> bool:
         return self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)

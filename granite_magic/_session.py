@@ -31,9 +31,11 @@ from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._requests import Conversation, build_request, check_context
 from ._result import Result
+from ._rows import Rows, result_frame
 from ._runner import BackgroundLoop
 from ._settings import Settings
 from ._shapes import Api, Request, build_messages
+from ._spec import spec_text
 from ._structured import MOST_ATTEMPTS, finished, read_reply, repair_request, worth_repairing
 from ._toolrun import ToolLoop, ToolPlan
 from ._turn import Target, Turn, new_turn
@@ -242,6 +244,24 @@ class Session:
         job.probes = self.probes
         job.budget_reached = self._budget_reached
         return job
+
+    def start_map(self, turn: Turn, prompts: Sequence[str], *, concurrency: int | None = None,
+                  target: Target | None = None) -> CompareJob:
+        """One run per row's prompt (``--over``), a batch like a grid's.  Rows meet the cache in ``auto`` mode unless
+        the turn or the session chose a mode: an interrupted run, run again, re-pays no finished row."""
+        if turn.cache is None and self.settings.cache == "off":
+            turn = replace(turn, cache="auto")
+        specs = [RunSpec(f"row {i + 1}", prompt=prompt) for i, prompt in enumerate(prompts)]
+        return self.start_compare(turn, specs, concurrency=concurrency, target=target, kind="map")
+
+    def finish_map(self, job: CompareJob, rows: Rows) -> Any:
+        """The result frame of a prompt over ``rows``: every row in input order, however it ended, and the run's
+        settings in ``frame.attrs`` (provenance: what a later reader needs to know how the column was made)."""
+        schema = job.turn.schema
+        attrs = {"prompt": job.turn.prompt, "model": job.target.model, "backend": job.target.client.kind,
+                 "params": dict(job.base), "schema": spec_text(schema) if schema is not None else None, "rows": len(rows),
+                 "system": job.turn.system}
+        return result_frame(rows, job.outcomes(), schema.fields() if schema is not None else None, attrs)
 
     # --- record and replay -------------------------------------------------------------------
 
@@ -613,6 +633,19 @@ class CompareJob:
             return self.columns[index].acc.result(error=message), message
         result, error = self.columns[index].outcome()
         return result, error.message if error is not None else None
+
+    def outcomes(self) -> list[tuple[Result | None, str | None]]:
+        """Every column in order: its result and error, or no result when it never started (the budget, an interrupt)."""
+        found: list[tuple[Result | None, str | None]] = []
+        for index, column in enumerate(self.columns):
+            if index in self.skipped:
+                found.append((None, "not started: the session's budget was spent"))
+            elif not column.ran:
+                found.append((None, "not started: interrupted"))
+            else:
+                result, error = column.outcome()
+                found.append((result, error.message if error is not None else None))
+        return found
 
     def outcome(self) -> Comparison:
         """The runs that ran (or were refused by the budget); those an interrupt stopped before they started are

@@ -12,7 +12,7 @@ PUBLIC = {
     "DEFAULT_MODEL", "DeadlineError", "GenerationInterrupted", "GraniteClient", "GraniteError", "InsufficientCreditsError",
     "InvalidParameterError", "MissingKeyError", "ModelInfo", "ModelNotFoundError", "ModerationError", "PARAMETERS", "Panel",
     "Param", "Progress", "ProtocolError", "RateLimitError", "Result", "RetryPolicy", "Run", "RunSpec", "Sampling",
-    "ServerError", "StallError", "StreamError", "Token", "ToolCall", "Usage", "__version__", "acompare", "compare",
+    "ServerError", "StallError", "StreamError", "Token", "ToolCall", "Usage", "__version__", "acompare", "amap", "compare", "map",
     "load_ipython_extension", "panel", "probe", "unload_ipython_extension", "usage",
 }
 

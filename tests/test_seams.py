@@ -201,6 +201,7 @@ OPTION_EXAMPLES = {
     "--cache": "--cache auto", "--pace": "--pace original", "--verify": "--verify", "--dry-run": "--dry-run",
     "--no-interpolate": "--no-interpolate", "--raw": "--raw", "--schema": "--schema 'rock, hardness int: Mohs scale'",
     "--schema-mode": "--schema 'rock' --schema-mode prompted",
+    "--over": "--over rocks", "--limit": "--over rocks --limit 2", "--sample": "--over rocks --sample 2",
 }
 
 
@@ -226,7 +227,7 @@ def test_every_option_comes_back_through_to_cell(flag: str, tmp_path: Any) -> No
 
     assert set(OPTION_EXAMPLES) == {option.flags[-1] for option in options()}, "every option needs an example here"
     (tmp_path / "notes.md").write_text("# Notes\nGranite is an igneous rock.\n")
-    namespace = {"numbers": [1, 2, 3], "title": "Rocks", "add": _add, "In": [], "Out": {}}
+    namespace = {"numbers": [1, 2, 3], "title": "Rocks", "add": _add, "In": [], "Out": {}, "rocks": ["granite", "basalt"]}
     history = ["", "numbers = [1, 2, 3]", "%%granite --cell -1\nHi"]
     params = {p.option: p for p in _params.PARAMETERS}
     line = "--chat" if flag == "--chat (bare)" else OPTION_EXAMPLES.get(flag) or _parameter_example(params[flag])
@@ -303,11 +304,11 @@ def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_params", "_settings", "_vocab", "_errors", "_result", "_tokens", "_values", "_version"}),  # facts
     frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_spec", "_structured", "_docstrings",
-               "_context"}),  # sans-I/O
+               "_context", "_rows"}),  # sans-I/O
     frozenset({"_client", "_runner", "_local"}),  # transport
     frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
                "_comparison", "_kernel"}),  # running
-    frozenset({"_grid", "_render", "_lens", "_markdown"}),  # showing
+    frozenset({"_grid", "_render", "_lens", "_markdown", "_rowsview"}),  # showing
     frozenset({"_magic", "_panel", "_branch", "_api", "_advice", "_approve", "_cell"}),  # front ends
 )
 # The two arrows up the picture that ARCHITECTURE.md names, both lazy.

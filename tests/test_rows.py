@@ -1,0 +1,172 @@
+"""One prompt over every row (``--over``, ``map``): a typed result frame in input order, one bad row never failing
+the run, a cache entry per row so a rerun re-pays nothing finished, a worst case before sending, and live progress."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import granite_magic
+from granite_magic._errors import InvalidParameterError
+from granite_magic._rows import ROW_COLUMNS, read_rows, row_prompts
+from granite_magic.testing import FakeOpenRouter, Scenario
+
+from .conftest import magics_of, run, shown
+
+REVIEWS = pd.DataFrame({"text": ["Long hike, worth it.", "Closed trail, dirty centre.", "We walked, then went home.",
+                                 "Best view of granite cliffs.", "Rain all day."],
+                        "label": ["positive", "negative", "neutral", "positive", "negative"]},
+                       index=pd.Index([10, 11, 12, 13, 14], name="review_id"))
+PROMPT = "Classify the sentiment of this review: {text}"
+SPEC = "sentiment: positive|negative|neutral, reason"
+
+
+def prompts_sent(server: FakeOpenRouter) -> list[str]:
+    return [r.body["messages"][-1]["content"] for r in server.chat_requests]
+
+
+@pytest.fixture
+def cells(ip: InteractiveShell, tmp_path: Any) -> InteractiveShell:
+    magics = magics_of(ip)
+    magics.cache_dir = str(tmp_path / "recordings")  # rows are cached by default: a fresh directory per test
+    ip.user_ns["reviews"] = REVIEWS.copy()
+    yield ip
+    magics.cache_dir = ""
+
+
+# --- reading rows and making prompts -------------------------------------------------------------------------
+
+
+def test_rows_of_a_frame_a_list_of_dicts_and_a_list_of_strings() -> None:
+    assert read_rows(REVIEWS).index == [10, 11, 12, 13, 14] and read_rows(REVIEWS).columns == ["text", "label"]
+    assert read_rows([{"a": 1}, {"b": 2}]).columns == ["a", "b"]
+    assert row_prompts("Say {item}", read_rows(["hi", "bye"])) == ["Say hi", "Say bye"]
+    assert len(read_rows(REVIEWS, limit=2)) == 2 and read_rows(REVIEWS, limit=2).index == [10, 11]
+    sampled = read_rows(REVIEWS, sample=3)
+    assert len(sampled) == 3 and sampled.index == sorted(sampled.index) and sampled.index == read_rows(REVIEWS, sample=3).index
+    assert row_prompts("{{text}} is {text}", read_rows(REVIEWS, limit=1)) == ["{text} is Long hike, worth it."]
+
+
+@pytest.mark.parametrize(("over", "template", "words"), [
+    (REVIEWS, "Classify {txt}", "{txt}, which is no column"),
+    (REVIEWS, "Classify this", "names no column"),
+    (42, "x {a}", "not int"),
+    ([], "x {a}", "no rows"),
+])
+def test_bad_rows_or_prompts_are_refused(over: Any, template: str, words: str) -> None:
+    with pytest.raises(InvalidParameterError, match=words.replace("{", r"\{").replace("}", r"\}")):
+        row_prompts(template, read_rows(over))
+
+
+# --- the cell -------------------------------------------------------------------------------------------
+
+
+def test_a_prompt_over_rows_gives_a_frame_in_input_order(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    out = run(cells, "--over reviews --max-tokens 20 -o out", PROMPT)
+    frame = cells.user_ns["out"]
+    assert list(frame.index) == [10, 11, 12, 13, 14] and frame.index.name == "review_id"
+    assert list(frame.columns) == ["text", "label", "reply", *ROW_COLUMNS]
+    assert (frame["_status"] == "ok").all() and frame["reply"].str.len().gt(0).all(), shown(out)
+    assert sorted(prompts_sent(server)) == sorted(PROMPT.format(text=t) for t in REVIEWS["text"])
+    assert frame["_cost"].gt(0).all() and frame.attrs["prompt"] == PROMPT and frame.attrs["rows"] == 5
+    assert "5 rows · 5 ok" in shown(out)  # the summary that stays in the notebook
+
+
+def test_a_schema_over_rows_gives_typed_columns_and_one_bad_row_never_fails_the_run(cells: InteractiveShell,
+                                                                                    server: FakeOpenRouter) -> None:
+    server.push(Scenario(status=400), *[Scenario() for _ in range(4)])
+    run(cells, f"--over reviews --schema '{SPEC}' --concurrency 1 --max-tokens 200 -o out", PROMPT)
+    frame = cells.user_ns["out"]
+    assert list(frame.columns) == ["text", "label", "sentiment", "reason", *ROW_COLUMNS]
+    assert list(frame["_status"]) == ["error", "ok", "ok", "ok", "ok"]
+    assert frame.loc[10, "_error"] and pd.isna(frame.loc[10, "sentiment"])
+    assert frame.loc[11:, "sentiment"].isin(["positive", "negative", "neutral"]).all()
+    assert set(frame.loc[11:, "_method"]) == {"prompted"} and frame.attrs["schema"] == SPEC
+
+
+def test_a_rerun_re_pays_no_finished_row(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(cells, "--over reviews --limit 3 --max-tokens 20 -o first", PROMPT)
+    assert len(server.chat_requests) == 3
+    ledger = magics_of(cells).session.ledger
+    before = ledger.total_cost
+    out = run(cells, "--over reviews --max-tokens 20 -o out", PROMPT)
+    frame = cells.user_ns["out"]
+    assert len(server.chat_requests) == 5, shown(out)  # only the two rows the first run did not reach
+    assert list(frame["_status"]) == ["cached", "cached", "cached", "ok", "ok"]
+    assert list(frame["reply"])[:3] == list(cells.user_ns["first"]["reply"])
+    assert ledger.total_cost - before == pytest.approx(frame["_cost"][frame["_status"] == "ok"].sum())
+
+
+def test_a_changed_prompt_or_parameter_invalidates_only_what_it_changes(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    run(cells, "--over reviews --max-tokens 20", PROMPT)
+    cells.user_ns["reviews"].loc[12, "text"] = "A changed review."
+    run(cells, "--over reviews --max-tokens 20 -o out", PROMPT)
+    assert len(server.chat_requests) == 6 and list(cells.user_ns["out"]["_status"]).count("cached") == 4
+    run(cells, "--over reviews --max-tokens 21", PROMPT)
+    assert len(server.chat_requests) == 11
+
+
+def test_the_budget_refuses_rows_it_cannot_hold_before_sending(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    magics = magics_of(cells)
+    magics.budget_usd = 0.0000001
+    try:
+        out = run(cells, "--over reviews --max-tokens 2000", PROMPT)
+    finally:
+        magics.budget_usd = None
+    assert "budget" in out.stderr and "5 " in out.stderr and server.chat_requests == []
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("--over nothing", "does not define"),
+    ("--over reviews --chat", "--chat"),
+    ("--over reviews --seeds 1-2", "--seeds"),
+    ("--limit 2", "--over"),
+])
+def test_over_with_what_it_cannot_take_is_refused_before_sending(cells: InteractiveShell, server: FakeOpenRouter, line: str,
+                                                                  words: str) -> None:
+    out = run(cells, line, PROMPT)
+    assert len(out.stderr.strip().splitlines()) == 1 and words in out.stderr, out.stderr
+    assert server.chat_requests == []
+
+
+def test_a_missing_column_is_named_before_sending(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    out = run(cells, "--over reviews", "Classify {review}")
+    assert "{review}" in out.stderr and "text, label" in out.stderr and server.chat_requests == []
+
+
+# --- the Python API -------------------------------------------------------------------------------------
+
+
+def test_python_map_over_strings_and_dicts(session: Any, server: FakeOpenRouter, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
+    frame = granite_magic.map(["granite", "basalt"], "Describe {item}.", max_tokens=10)
+    assert list(frame["item"]) == ["granite", "basalt"] and (frame["_status"] == "ok").all()
+    frame = granite_magic.map([{"rock": "granite"}], "Describe {rock}.", schema="kind igneous|sedimentary", max_tokens=100)
+    assert frame.loc[0, "kind"] == "igneous" and frame.attrs["schema"] == "kind igneous|sedimentary"
+    assert json.loads(json.dumps(frame.attrs, default=str))["rows"] == 1
+
+
+@pytest.mark.slow
+def test_rows_on_the_local_model_one_after_another_with_a_grammar(ip: InteractiveShell, model_path: str, tmp_path: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("GRANITE_BASE_URL", raising=False)
+    monkeypatch.setenv("GRANITE_LOCAL_MODEL", model_path)
+    magics = magics_of(ip)
+    magics.base_url = ""
+    magics.cache_dir = str(tmp_path / "recordings")
+    magics.session.set_api_key(None)
+    magics.session.clients.clear()
+    ip.user_ns["reviews"] = REVIEWS.copy()
+    try:
+        out = run(ip, f"--over reviews --limit 3 --schema '{SPEC}' --temperature 0 --max-tokens 60 -o out", PROMPT)
+    finally:
+        magics.cache_dir = ""
+    frame = ip.user_ns["out"]
+    assert list(frame["_status"]) == ["ok"] * 3, shown(out)
+    assert set(frame["_method"]) == {"grammar"} and frame["sentiment"].isin(["positive", "negative", "neutral"]).all()
+    assert (frame["_cost"] == 0).all()  # free: the model runs here

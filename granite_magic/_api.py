@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _grid  # noqa: F401  (registers how a Comparison draws itself as HTML)
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._probe import ProbeReport
-from ._rows import Rows, read_rows, row_prompts
+from ._rows import Expect, Rows, expect_column, read_rows, row_prompts
 from ._session import QuietGrid, Session, Turn, new_turn, shared_session
 from ._spec import output_schema
 
@@ -95,6 +95,9 @@ def map(
     schema_mode: str = "auto",
     limit: int | None = None,
     sample: int | None = None,
+    seeds: str | Sequence[int] = (),
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    expect: str | Callable[[Mapping[str, Any], Any], Any] | None = None,
     concurrency: int | None = None,
     system: str | None = None,
     model: str | None = None,
@@ -107,24 +110,45 @@ def map(
     the row (``{item}`` for strings): a DataFrame with one row per input row in input order, its columns, the reply
     (``reply``, or the ``schema``'s fields), and ``_status``, ``_error``, ``_attempts``, ``_cost``, ``_latency_s``,
     ``_method``.  One bad row never fails the run; rows are cached, so a rerun after an interrupt (which returns the
-    rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first."""
+    rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first.  ``seeds``/``sweep`` run
+    every row under each setting (the index is then the row and the setting), and ``expect`` (a column, or a function
+    of the row and its answer) scores each reply in ``_score``; ``setting_summary(frame)`` in ``granite_magic._rows``
+    gives each setting's accuracy with a 95% interval."""
     session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
                                                  system=system, model=model, base_url=base_url, backend=backend, api=api)
-    job = session.start_map(turn, prompts, concurrency=concurrency)
+    settings, scorer = _settings(seeds, sweep), _expect(expect, rows)
+    job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
     with contextlib.suppress(KeyboardInterrupt):  # the rows finished so far are the result; the others say they did not run
         job.loop.run(job.stream(QuietGrid()))
-    return session.finish_map(job, rows)
+    return session.finish_map(job, rows, settings, scorer)
 
 
 async def amap(over: Any, prompt: str, *, schema: Any = None, schema_mode: str = "auto", limit: int | None = None,
-               sample: int | None = None, concurrency: int | None = None, system: str | None = None, model: str | None = None,
-               base_url: str | None = None, backend: str | None = None, api: str | None = None, **params: Any) -> Any:
+               sample: int | None = None, seeds: str | Sequence[int] = (), sweep: Mapping[str, Sequence[Any]] | None = None,
+               expect: str | Callable[[Mapping[str, Any], Any], Any] | None = None, concurrency: int | None = None,
+               system: str | None = None, model: str | None = None, base_url: str | None = None, backend: str | None = None,
+               api: str | None = None, **params: Any) -> Any:
     """Awaitable twin of ``map()``, usable from any event loop."""
     session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
                                                  system=system, model=model, base_url=base_url, backend=backend, api=api)
-    job = session.start_map(turn, prompts, concurrency=concurrency)
+    settings, scorer = _settings(seeds, sweep), _expect(expect, rows)
+    job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
     await job.loop.run_async(job.stream(QuietGrid()))
-    return session.finish_map(job, rows)
+    return session.finish_map(job, rows, settings, scorer)
+
+
+def _settings(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None) -> list[RunSpec]:
+    """The settings every row runs under: the grid ``compare`` would plan (nothing: the turn's own)."""
+    if not seeds and not sweep:
+        return []
+    checked = {name: [validate(name, v) for v in values] for name, values in (sweep or {}).items()}
+    return plan_runs(parse_seeds(seeds) if seeds else [], checked)
+
+
+def _expect(expect: str | Callable[[Mapping[str, Any], Any], Any] | None, rows: Rows) -> Expect | None:
+    if expect is None or callable(expect):
+        return expect
+    return expect_column(expect, rows)
 
 
 def _prepare_rows(over: Any, prompt: str, schema: Any, schema_mode: str, limit: int | None, sample: int | None,

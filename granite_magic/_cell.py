@@ -212,6 +212,9 @@ def options() -> tuple[Option, ...]:
                "notebook: {column} is the row's value ({item} for strings); the result is a DataFrame (with -o NAME)",
                "NAME", read=_over),
         Option(("--limit",), "limit", "with --over: only the first N rows (try a few first)", "N", {"type": int}),
+        Option(("--expect",), "expect", "with --over: score each reply against this column (the schema's field of that name, "
+               "or its first, equal to it; a plain reply holding it as a word): the cell shows each setting's accuracy "
+               "with a 95 percent interval", "COLUMN"),
         Option(("--sample",), "sample", "with --over: N rows drawn at random (the same N each time)", "N", {"type": int}),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
@@ -371,6 +374,7 @@ class CellRequest:
     max_steps: int | None = None
     # What the cell points at, as written (the turn holds what they say: its context block and documents).
     over: str | None = None  # --over: the notebook variable whose rows the prompt goes over
+    expect: str | None = None  # --expect: the column each row's reply is scored against
     limit: int | None = None  # --limit / --sample: a few of those rows
     sample: int | None = None
     context: tuple[str, ...] = ()  # --context: variable names
@@ -463,13 +467,12 @@ def _check_raw(request: CellRequest) -> None:
 
 def _check_over(request: CellRequest) -> None:
     if request.over is None:
-        if request.limit is not None or request.sample is not None:
-            raise InvalidParameterError("--limit and --sample choose rows of --over: give --over NAME too")
+        if request.limit is not None or request.sample is not None or request.expect is not None:
+            raise InvalidParameterError("--limit, --sample and --expect are about the rows of --over: give --over NAME too")
         return
-    for flag, given in (("--chat", request.turn.chat is not None), ("--tools", bool(request.tools)), ("--raw", request.turn.raw),
-                        ("--seeds, --sweep or --repeat", request.is_grid)):
+    for flag, given in (("--chat", request.turn.chat is not None), ("--tools", bool(request.tools)), ("--raw", request.turn.raw)):
         if given:
-            raise InvalidParameterError(f"--over runs the prompt once per row: it cannot take {flag} (not yet, for a grid)")
+            raise InvalidParameterError(f"--over runs the prompt once per row: it cannot take {flag}")
 
 
 def _check_grid(request: CellRequest) -> None:

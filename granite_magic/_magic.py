@@ -408,22 +408,26 @@ class GraniteMagics(Magics):
         """A prompt over rows: the worst case said first when it is worth saying, live progress, a summary that stays,
         and the result frame (``-o``).  An interrupt keeps every finished row, here and in the cache."""
         from ._render import describe_params
-        from ._rows import read_rows, row_prompts
+        from ._rows import expect_column, read_rows, row_prompts
         from ._rowsview import RowsView, TerminalRowsView
 
         rows = read_rows(self._namespace()[request.over or ""], limit=request.limit, sample=request.sample)
-        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), concurrency=request.concurrency,
-                                     target=target)
+        expect = expect_column(request.expect, rows) if request.expect is not None else None
+        settings = request.plan() or []
+        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), settings=settings,
+                                     concurrency=request.concurrency, target=target)
         worst = self.session.worst_case(target, [column.request for column in job.columns])
         if worst is not None and worst > GRID_COST_NOTICE_USD:
-            _warn(f"these {len(rows)} rows cost at most ${worst:.4f} in all (worst case: every row to its token limit).")
+            asked = f"{len(rows)} rows" + (f" x {len(settings)} settings" if settings else "")
+            _warn(f"these {asked} cost at most ${worst:.4f} in all (worst case: every reply to its token limit).")
         title = f"{describe_params(target.label_for(job.columns[0].request), job.base)} · over {request.over}"
         rate = self.session.settings.updates_per_second
-        view = RowsView(title, len(rows), rate=rate) if self._widgets() else TerminalRowsView(title, len(rows))
+        runs = len(job.columns)
+        view = RowsView(title, runs, rate=rate) if self._widgets() else TerminalRowsView(title, runs)
         view.show()
         with contextlib.suppress(KeyboardInterrupt):  # every finished row is kept
             job.loop.run(job.stream(view))
-        frame = self.session.finish_map(job, rows)
+        frame = self.session.finish_map(job, rows, settings, expect)
         view.finish(frame)
         if request.out:
             self._namespace()[request.out] = frame
@@ -431,7 +435,7 @@ class GraniteMagics(Magics):
             _warn(warning)
         skipped = int((frame["_status"] == "skipped").sum())
         if skipped:
-            _error(f"{skipped} of {len(rows)} rows did not run (interrupted, or the budget was spent); run the cell again: "
+            _error(f"{skipped} of {runs} runs did not start (interrupted, or the budget was spent); run the cell again: "
                    "finished rows come from the cache, only the rest are sent.")
 
     def _widgets(self) -> bool:

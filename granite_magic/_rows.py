@@ -10,16 +10,18 @@ row (a rerun re-pays no finished row) and the ledger come with it.
 
 from __future__ import annotations
 
+import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._errors import InvalidParameterError
 from ._result import Result, plain_value
 
-__all__ = ["ROW_COLUMNS", "STATUSES", "Rows", "read_rows", "result_frame", "row_prompts", "row_status"]
+__all__ = ["ROW_COLUMNS", "STATUSES", "Expect", "Rows", "Setting", "disagreeing_rows", "expect_column", "interval", "read_rows",
+           "result_frame", "row_prompts", "row_status", "score", "setting_summary"]
 
 # How a row went: replied (and fitted its schema), fitted after one repair, did not fit, failed, came from a
 # recording, or never ran (the budget was spent, or an interrupt came first).
@@ -114,19 +116,134 @@ def row_status(result: Result | None, error: str | None) -> Status:
     return "repaired" if result.schema_attempts > 1 else "ok"
 
 
+Expect = Callable[[Mapping[str, Any], Any], Any]  # (the row, its answer) -> a score: True/False or a number
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a dataset is run under (``--seeds``/``--sweep`` with ``--over``): its label and sampling values."""
+
+    label: str
+    params: Mapping[str, Any]
+
+
 def result_frame(rows: Rows, outcomes: Sequence[tuple[Result | None, str | None]], fields: Sequence[str] | None,
-                 attrs: Mapping[str, Any]) -> Any:
-    """The result as a DataFrame: one row per input row in input order, its index and columns, then the reply (the
-    schema's ``fields`` as columns, or ``reply``), then how it went (``ROW_COLUMNS``); ``attrs`` (the run's settings)
-    travel in ``frame.attrs``."""
+                 attrs: Mapping[str, Any], *, settings: Sequence[Setting] = (), expect: Expect | None = None) -> Any:
+    """The result as a DataFrame: one row per input row in input order (per setting, with ``settings``: the index is
+    then the input's index and the setting's label), its columns, the setting's values, the reply (the schema's
+    ``fields`` as columns, or ``reply``), ``_score`` with ``expect``, and how it went (``ROW_COLUMNS``); ``attrs``
+    (the run's settings) travel in ``frame.attrs``.  ``outcomes`` are row-major: every setting of a row, then the next."""
     import pandas as pd
 
-    table = [{**record, **_reply_columns(result, fields), **_row_columns(result, error)}
-             for record, (result, error) in zip(rows.records, outcomes, strict=True)]
+    each = list(settings) or [Setting("", {})]
+    swept = list(dict.fromkeys(name for setting in each for name in setting.params))
     reply = list(fields) if fields is not None else ["reply"]
-    frame = pd.DataFrame(table, index=pd.Index(rows.index, name=rows.index_name), columns=[*rows.columns, *reply, *ROW_COLUMNS])
+    table = []
+    for n, (result, error) in enumerate(outcomes):
+        record, setting = rows.records[n // len(each)], each[n % len(each)]
+        answer = _reply_columns(result, fields)
+        scored = {"_score": score(expect, record, answer, result, fields)} if expect is not None else {}
+        table.append({**record, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
+                      **_row_columns(result, error)})
+    columns = [*rows.columns, *swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
+    labels = [label for label in rows.index for _ in each]
+    index = (pd.MultiIndex.from_arrays([labels, [setting.label for _ in rows.index for setting in each]],
+                                       names=[rows.index_name or "row", "setting"])
+             if settings else pd.Index(labels, name=rows.index_name))
+    frame = pd.DataFrame(table, index=index, columns=columns)
     frame.attrs.update(attrs)
     return frame
+
+
+def expect_column(column: str, rows: Rows) -> Expect:
+    """``--expect COLUMN``: a reply scores 1 when it gives the row's value of ``column``: the schema's field of that
+    name (else its first field) equal to it, ignoring case and surrounding space; a plain reply holding it as a word."""
+    if column not in rows.columns:
+        raise InvalidParameterError(f"--expect names {column}, which is no column of the rows (they have "
+                                    f"{', '.join(rows.columns)})", names=("expect",))
+
+    def expected(record: Mapping[str, Any], answer: Any) -> bool:
+        wanted = str(record[column]).strip().casefold()
+        if isinstance(answer, str) and answer is not None and " " in answer.strip():  # a sentence: the value as a word
+            return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", answer.casefold()) is not None
+        return str(answer).strip().casefold() == wanted
+
+    expected.column = column  # type: ignore[attr-defined]  # which field of a schema it is compared with
+    return expected
+
+
+def score(expect: Expect, record: Mapping[str, Any], answer: Mapping[str, Any], result: Result | None,
+          fields: Sequence[str] | None) -> float | None:
+    """A row's score (None when it has no answer to score: it failed, did not fit, or never ran)."""
+    if result is None or result.partial or (fields is not None and result.schema_errors):
+        return None
+    if fields is None:
+        value: Any = answer["reply"]
+    else:
+        wanted = str(getattr(expect, "column", ""))
+        value = answer[wanted] if wanted in answer else answer[fields[0]] if fields else None
+    got = expect(record, value)
+    return float(got) if isinstance(got, (bool, int, float)) else None
+
+
+def setting_summary(frame: Any) -> Any:
+    """Per setting of a ``--over`` grid: rows, the mean score with its 95% interval (Wilson's for 0/1 scores, else
+    the normal approximation), the agreement of the answers across seeds (rows whose answer all seeds of the other
+    values share), the cost and the median latency.  A DataFrame, one row per setting."""
+    import pandas as pd
+
+    answer = _answer_columns(frame)
+    rows = []
+    for label, group in frame.groupby(level="setting", sort=False):
+        scores = group["_score"].dropna() if "_score" in group else pd.Series(dtype=float)
+        low, mean, high = interval(list(scores))
+        rows.append({"setting": label, "rows": len(group), "score": mean, "ci_low": low, "ci_high": high,
+                     "cost": group["_cost"].fillna(0).sum(), "latency_s": group["_latency_s"].median(),
+                     "failed": int(group["_status"].isin(["error", "invalid"]).sum())})
+    summary = pd.DataFrame(rows).set_index("setting")
+    swept = list(frame.attrs.get("swept") or ())
+    if "seed" in swept and frame["seed"].nunique() > 1:
+        agreement = _seed_agreement(frame, answer, [name for name in swept if name != "seed"])
+        summary["seed_agreement"] = [agreement.get(label) for label in summary.index]
+    return summary
+
+
+def disagreeing_rows(frame: Any) -> list[Any]:
+    """The input rows whose answer is not the same under every setting (where the settings change the outcome)."""
+    keys = frame[_answer_columns(frame)].astype(str).agg("\x1f".join, axis=1)
+    return [row for row, values in keys.groupby(level=0, sort=False) if values.nunique() > 1]
+
+
+def _answer_columns(frame: Any) -> list[str]:
+    return list(frame.attrs.get("fields") or ["reply"])
+
+
+def _seed_agreement(frame: Any, answer: Sequence[str], others: Sequence[str]) -> dict[Any, float]:
+    """For every setting: the share of rows whose answer all the seeds of its other values give alike."""
+    found: dict[Any, float] = {}
+    groups = frame.groupby(list(others), sort=False, dropna=False) if others else [((), frame)]
+    for _, group in groups:
+        keys = group[list(answer)].astype(str).agg("\x1f".join, axis=1)
+        share = float((keys.groupby(level=0, sort=False).nunique() == 1).mean())
+        for label in group.index.get_level_values("setting").unique():
+            found[label] = share
+    return found
+
+
+def interval(scores: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """(low, mean, high): the mean score and its 95% interval; Wilson's score interval when every score is 0 or 1
+    (it stays inside [0, 1] and is honest for small samples), else mean ± 1.96 standard errors."""
+    n = len(scores)
+    if not n:
+        return None, None, None
+    mean = sum(scores) / n
+    z = 1.959963984540054
+    if all(value in (0.0, 1.0) for value in scores):
+        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), mean, min(1.0, centre + half)
+    spread = math.sqrt(sum((value - mean) ** 2 for value in scores) / (n - 1)) if n > 1 else 0.0
+    return mean - z * spread / math.sqrt(n), mean, mean + z * spread / math.sqrt(n)
 
 
 def _reply_columns(result: Result | None, fields: Sequence[str] | None) -> dict[str, Any]:

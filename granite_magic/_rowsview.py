@@ -19,13 +19,14 @@ from typing import Any
 from ._events import Progress
 from ._render import ThrottledOutput
 from ._result import Result
-from ._rows import STATUSES, row_status
+from ._rows import STATUSES, disagreeing_rows, row_status, setting_summary
 from ._settings import UPDATES_PER_SECOND
 
 __all__ = ["RowsProgress", "RowsView", "TerminalRowsView", "summary_bundle"]
 
 LAST_REPLIES = 3  # shown under the progress line
 SHOWN_ROWS = 5  # of the result frame, in the saved summary
+SHOWN_DISAGREEMENTS = 10  # row labels named
 
 
 class RowsProgress:
@@ -123,6 +124,19 @@ class TerminalRowsView:
         print(data["text/plain"], file=self.stream, flush=True)
 
 
+def _settings_parts(frame: Any) -> tuple[str, str]:
+    """With settings (``--seeds``/``--sweep``): one row per setting (its score with a 95% interval, the agreement
+    across seeds, cost, latency) and the rows where the settings disagree; nothing otherwise."""
+    if not frame.attrs.get("settings"):
+        return "", ""
+    summary = setting_summary(frame).round(3)
+    disagree = disagreeing_rows(frame)
+    shown = ", ".join(map(str, disagree[:SHOWN_DISAGREEMENTS])) + (" ..." if len(disagree) > SHOWN_DISAGREEMENTS else "")
+    line = f"rows where the settings disagree: {len(disagree)} of {frame.attrs.get('rows')}" + (f" ({shown})" if disagree else "")
+    return (f'{summary.to_html(escape=True, na_rep="")}<div>{html.escape(line)}</div>',
+            f"\n\n{summary.to_string(na_rep='')}\n{line}")
+
+
 def summary_bundle(title: str, frame: Any, wall_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """What stays in the saved notebook: rows by status, the cost and time, and the first rows of the result."""
     counts = frame["_status"].value_counts().to_dict() if len(frame) else {}
@@ -135,6 +149,8 @@ def summary_bundle(title: str, frame: Any, wall_s: float) -> tuple[dict[str, Any
     with pd.option_context("display.max_colwidth", 80):  # a long reply is cut in the summary, whole in the frame
         table = head.to_html(escape=True)
         plain = f"{title}\n{line}\n{head.to_string()}"
-    data = {"text/html": f"<b>{html.escape(title)}</b><div>{html.escape(line)}</div>{table}", "text/plain": plain}
+    settings_html, settings_plain = _settings_parts(frame)
+    data = {"text/html": f"<b>{html.escape(title)}</b><div>{html.escape(line)}</div>{settings_html}{table}",
+            "text/plain": plain + settings_plain}
     metadata = {"granite_magic_rows": {"total": len(frame), "statuses": counts, "cost": cost, "wall_s": wall_s}}
     return data, metadata

@@ -31,7 +31,7 @@ from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._requests import Conversation, build_request, check_context
 from ._result import Result
-from ._rows import Rows, result_frame
+from ._rows import Expect, Rows, Setting, result_frame
 from ._runner import BackgroundLoop
 from ._settings import Settings
 from ._shapes import Api, Request, build_messages
@@ -245,23 +245,31 @@ class Session:
         job.budget_reached = self._budget_reached
         return job
 
-    def start_map(self, turn: Turn, prompts: Sequence[str], *, concurrency: int | None = None,
+    def start_map(self, turn: Turn, prompts: Sequence[str], *, settings: Sequence[RunSpec] = (), concurrency: int | None = None,
                   target: Target | None = None) -> CompareJob:
-        """One run per row's prompt (``--over``), a batch like a grid's.  Rows meet the cache in ``auto`` mode unless
-        the turn or the session chose a mode: an interrupted run, run again, re-pays no finished row."""
+        """One run per row's prompt (``--over``), under each of ``settings`` (a grid's columns: rows x settings, row
+        by row), a batch like a grid's.  Rows meet the cache in ``auto`` mode unless the turn or the session chose a
+        mode: an interrupted run, run again, re-pays no finished row."""
         if turn.cache is None and self.settings.cache == "off":
             turn = replace(turn, cache="auto")
-        specs = [RunSpec(f"row {i + 1}", prompt=prompt) for i, prompt in enumerate(prompts)]
+        each = list(settings) or [RunSpec("")]
+        specs = [RunSpec(f"row {i + 1}" + (f" · {setting.label}" if setting.label else ""), setting.params, setting.repeat,
+                         prompt=prompt) for i, prompt in enumerate(prompts) for setting in each]
         return self.start_compare(turn, specs, concurrency=concurrency, target=target, kind="map")
 
-    def finish_map(self, job: CompareJob, rows: Rows) -> Any:
-        """The result frame of a prompt over ``rows``: every row in input order, however it ended, and the run's
-        settings in ``frame.attrs`` (provenance: what a later reader needs to know how the column was made)."""
+    def finish_map(self, job: CompareJob, rows: Rows, settings: Sequence[RunSpec] = (), expect: Expect | None = None) -> Any:
+        """The result frame of a prompt over ``rows`` (under each of ``settings``): every row in input order, however
+        it ended, scored by ``expect``, and the run's settings in ``frame.attrs`` (provenance: what a later reader
+        needs to know how the column was made)."""
         schema = job.turn.schema
+        fields = schema.fields() if schema is not None else None
+        swept = list(dict.fromkeys(name for setting in settings for name in setting.params))
         attrs = {"prompt": job.turn.prompt, "model": job.target.model, "backend": job.target.client.kind,
                  "params": dict(job.base), "schema": spec_text(schema) if schema is not None else None, "rows": len(rows),
-                 "system": job.turn.system}
-        return result_frame(rows, job.outcomes(), schema.fields() if schema is not None else None, attrs)
+                 "system": job.turn.system, "fields": fields or ["reply"], "swept": swept,
+                 "settings": [setting.label for setting in settings]}
+        return result_frame(rows, job.outcomes(), fields, attrs, expect=expect,
+                            settings=[Setting(setting.label, dict(setting.params)) for setting in settings])
 
     # --- record and replay -------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ def test_the_budget_refuses_rows_it_cannot_hold_before_sending(cells: Interactiv
 @pytest.mark.parametrize(("line", "words"), [
     ("--over nothing", "does not define"),
     ("--over reviews --chat", "--chat"),
-    ("--over reviews --seeds 1-2", "--seeds"),
+    ("--over reviews --raw", "--raw"),
     ("--limit 2", "--over"),
 ])
 def test_over_with_what_it_cannot_take_is_refused_before_sending(cells: InteractiveShell, server: FakeOpenRouter, line: str,
@@ -170,3 +170,46 @@ def test_rows_on_the_local_model_one_after_another_with_a_grammar(ip: Interactiv
     assert list(frame["_status"]) == ["ok"] * 3, shown(out)
     assert set(frame["_method"]) == {"grammar"} and frame["sentiment"].isin(["positive", "negative", "neutral"]).all()
     assert (frame["_cost"] == 0).all()  # free: the model runs here
+
+
+# --- parameters compared across a dataset -------------------------------------------------------------------
+
+
+def test_rows_times_settings_are_scored_with_an_interval_per_setting(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    from granite_magic._rows import disagreeing_rows, setting_summary
+
+    out = run(cells, "--over reviews --schema 'sentiment positive|negative|neutral' --seeds 1,2 --sweep temperature=0,1 "
+                     "--expect label --max-tokens 100 -o out", PROMPT)
+    frame = cells.user_ns["out"]
+    assert frame.index.names == ["review_id", "setting"] and len(frame) == 20, shown(out)
+    assert list(frame.loc[10].index) == ["seed 1 · temperature 0", "seed 1 · temperature 1", "seed 2 · temperature 0",
+                                         "seed 2 · temperature 1"]
+    assert list(frame.columns[:4]) == ["text", "label", "seed", "temperature"]
+    # the fake answers a schema with its first choice: right exactly where the label is "positive"
+    assert list(frame.xs("seed 1 · temperature 0", level="setting")["_score"]) == [1.0, 0.0, 0.0, 1.0, 0.0]
+    summary = setting_summary(frame)
+    assert list(summary["score"]) == [0.4] * 4 and list(summary["rows"]) == [5] * 4
+    assert summary["ci_low"].iloc[0] == pytest.approx(0.1176, abs=1e-3) and summary["ci_high"].iloc[0] == pytest.approx(0.7693, abs=1e-3)
+    assert list(summary["seed_agreement"]) == [1.0] * 4 and disagreeing_rows(frame) == []
+    assert "rows where the settings disagree: 0 of 5" in shown(out) and "seed_agreement" in shown(out)
+
+
+def test_plain_replies_across_seeds_disagree_where_they_differ(session: Any, server: FakeOpenRouter, tmp_path: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from granite_magic._rows import disagreeing_rows, setting_summary
+
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
+    frame = granite_magic.map(REVIEWS, PROMPT, seeds="1-2", max_tokens=5, temperature=1,
+                              expect=lambda row, answer: len(answer.split()) == 5)
+    assert sorted(disagreeing_rows(frame)) == [10, 11, 12, 13, 14]  # a different seed, different words (the fake draws by seed)
+    assert list(setting_summary(frame)["seed_agreement"]) == [0.0, 0.0] and (frame["_score"] == 1.0).all()
+
+
+def test_the_interval_is_wilson_s_for_right_or_wrong_and_normal_for_scores() -> None:
+    from granite_magic._rows import interval
+
+    low, mean, high = interval([1.0] * 10)
+    assert mean == 1.0 and high == pytest.approx(1.0) and low == pytest.approx(0.7225, abs=1e-3)  # no certainty from 10 rows
+    assert interval([]) == (None, None, None)
+    low, mean, high = interval([0.5, 0.7, 0.9])
+    assert mean == pytest.approx(0.7) and low == pytest.approx(0.7 - 1.96 * 0.2 / 3 ** 0.5, abs=1e-3)

@@ -202,6 +202,7 @@ OPTION_EXAMPLES = {
     "--no-interpolate": "--no-interpolate", "--raw": "--raw", "--schema": "--schema 'rock, hardness int: Mohs scale'",
     "--schema-mode": "--schema 'rock' --schema-mode prompted",
     "--over": "--over rocks", "--limit": "--over rocks --limit 2", "--sample": "--over rocks --sample 2",
+    "--expect": "--over rocks --expect item",
 }
 
 

@@ -602,6 +602,8 @@ class GraniteClient(BaseClient):
                     raise retry.error from None
                 delay = self.retry.delay(attempt, retry.retry_after)
                 acc.note = _retry_note(retry, delay, attempt, self.retry.max_attempts)
+                if acc.on_throttled is not None and getattr(retry.error, "status", None) in (429, 503):
+                    acc.on_throttled(delay)
                 if on_update is not None:
                     on_update(acc)
                 logger.info("attempt %d failed (%s); retrying in %.2f s", attempt, retry.error.message, delay)

@@ -177,6 +177,9 @@ class Accumulator:
         self.done = False
         self.note: str | None = None  # what the client is doing while no text arrives ("rate limited, retrying in 4 s")
         self.sent = False  # the request left (or the local model began on it): a run, not one that never started
+        # Told when the server rate-limits this request (429, or 503 with Retry-After) and the client waits ``delay``
+        # seconds before trying again: a batch's gate lowers how many run at once (``AdaptiveGate``).
+        self.on_throttled: Callable[[float], None] | None = None
         self._parts: list[str] = []
         self._joined = ""
         self._joined_parts = 0

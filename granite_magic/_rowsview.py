@@ -143,6 +143,9 @@ def summary_bundle(title: str, frame: Any, wall_s: float) -> tuple[dict[str, Any
     ended = " · ".join(f"{counts[status]} {status}" for status in STATUSES if counts.get(status))
     cost = float(frame["_cost"].fillna(0).sum()) if len(frame) else 0.0
     line = f"{len(frame)} rows · {ended} · ${cost:.6f} · {wall_s:.1f} s"
+    if frame.attrs.get("rate_limited"):
+        line += (f" · rate limited {frame.attrs['rate_limited']} times: down to {frame.attrs.get('fewest_at_once')} at once, "
+                 "then back up")
     import pandas as pd
 
     head = frame.head(SHOWN_ROWS)

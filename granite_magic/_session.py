@@ -267,7 +267,9 @@ class Session:
         attrs = {"prompt": job.turn.prompt, "model": job.target.model, "backend": job.target.client.kind,
                  "params": dict(job.base), "schema": spec_text(schema) if schema is not None else None, "rows": len(rows),
                  "system": job.turn.system, "fields": fields or ["reply"], "swept": swept,
-                 "settings": [setting.label for setting in settings]}
+                 "settings": [setting.label for setting in settings],
+                 "rate_limited": job.gate.throttles if job.gate else 0,  # times the server said to slow down
+                 "fewest_at_once": max(1, int(job.gate.lowest)) if job.gate else None}
         return result_frame(rows, job.outcomes(), fields, attrs, expect=expect,
                             settings=[Setting(setting.label, dict(setting.params)) for setting in settings])
 
@@ -483,7 +485,9 @@ class SingleJob:
             await self._replay(recording, view)
             return
         if self.cache is not None and self.cache.records(recording):
+            throttled = self.acc.on_throttled  # a batch's gate listens to whichever accumulator streams
             self.acc = RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields))
+            self.acc.on_throttled = throttled
         companion = asyncio.ensure_future(view.run(self.acc)) if view is not None else None
         try:
             self._result = await self.target.client.stream(self.request, self.acc)
@@ -598,6 +602,7 @@ class CompareJob:
         self.first_column = 0  # where these columns start in the grid
         self._started: float | None = None
         self._ended: float | None = None
+        self.gate: AdaptiveGate | None = None  # how many run at once, lowered while the server rate-limits
 
     @property
     def loop(self) -> BackgroundLoop:
@@ -610,7 +615,7 @@ class CompareJob:
 
     async def stream(self, grid: GridLike) -> None:
         self._started = time.perf_counter()
-        gate = asyncio.Semaphore(self.concurrency)
+        gate = self.gate = AdaptiveGate(self.concurrency)
         companion = asyncio.ensure_future(grid.run(self.shown if self.shown is not None else self.accumulators))
         swept = [name for spec in self.specs for name in spec.params]
 
@@ -621,7 +626,9 @@ class CompareJob:
                     self.skipped.add(index)
                 else:
                     job.acc.restart_clock()  # time a column from when it may start, not while it queued
+                    job.acc.on_throttled = gate.throttled
                     await job.stream(check_support=False)
+                    gate.succeeded()
             grid.column_done(self.first_column + index, self._column_outcome(index)[0])
 
         tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
@@ -663,6 +670,50 @@ class CompareJob:
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         not_run = [spec.label for i, spec in enumerate(self.specs) if i not in ran]
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base), not_run=not_run)
+
+
+class AdaptiveGate:
+    """How many runs of a batch are in flight: at most ``limit``, halved (and all new starts paused for the server's
+    ``Retry-After``) each time the server rate-limits one, raised again by one for every ``window`` runs that end
+    (additive increase, multiplicative decrease, as TCP does).  The client retries the limited request itself, so no
+    run fails for rate limiting alone while its retries remain; the gate keeps the others from making it worse."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.window = float(limit)
+        self.lowest = float(limit)  # how far it fell (the summary says so)
+        self.throttles = 0
+        self._in_flight = 0
+        self._resume_at = 0.0
+        self._changed = asyncio.Event()
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.window))
+
+    async def __aenter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._in_flight >= self.allowed or loop.time() < self._resume_at:
+            self._changed.clear()
+            wait = self._resume_at - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=wait if wait > 0 else None)
+        self._in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._in_flight -= 1
+        self._changed.set()
+
+    def throttled(self, delay: float) -> None:
+        """The server rate-limited a run, which will try again in ``delay`` seconds: halve, and pause new starts."""
+        self.throttles += 1
+        self.window = max(1.0, self.window / 2)
+        self.lowest = min(self.lowest, self.window)
+        self._resume_at = max(self._resume_at, asyncio.get_running_loop().time() + delay)
+
+    def succeeded(self) -> None:
+        self.window = min(float(self.limit), self.window + 1 / self.window)
+        self._changed.set()
 
 
 REPAIR_NOTE = "the reply did not fit the schema: asked again with what is wrong"

@@ -213,3 +213,32 @@ def test_the_interval_is_wilson_s_for_right_or_wrong_and_normal_for_scores() -> 
     assert interval([]) == (None, None, None)
     low, mean, high = interval([0.5, 0.7, 0.9])
     assert mean == pytest.approx(0.7) and low == pytest.approx(0.7 - 1.96 * 0.2 / 3 ** 0.5, abs=1e-3)
+
+
+def test_rate_limits_lower_the_rows_in_flight_and_no_row_fails_for_them(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    cells.user_ns["many"] = [f"rock {n}" for n in range(24)]
+    server.push(*[Scenario(status=429, retry_after="0") for _ in range(3)])
+    out = run(cells, "--over many --concurrency 8 --max-tokens 5 -o out", "Describe {item}.")
+    frame = cells.user_ns["out"]
+    assert (frame["_status"] == "ok").all(), shown(out)
+    assert frame.attrs["rate_limited"] == 3 and frame.attrs["fewest_at_once"] == 1  # 8 -> 4 -> 2 -> 1
+    assert len(server.chat_requests) == 24 + 3
+    assert "rate limited 3 times: down to 1 at once" in shown(out)
+
+
+def test_the_gate_halves_on_a_limit_and_climbs_back_one_window_at_a_time() -> None:
+    import asyncio
+
+    from granite_magic._session import AdaptiveGate
+
+    async def drive() -> list[int]:
+        gate = AdaptiveGate(8)
+        seen = [gate.allowed]
+        gate.throttled(0.0)
+        seen.append(gate.allowed)
+        for _ in range(5):  # about one more at once for every window's worth of runs that end
+            gate.succeeded()
+        seen.append(gate.allowed)
+        return seen
+
+    assert asyncio.run(drive()) == [8, 4, 5]

@@ -162,14 +162,21 @@ def test_rows_on_the_local_model_one_after_another_with_a_grammar(ip: Interactiv
     magics.session.set_api_key(None)
     magics.session.clients.clear()
     ip.user_ns["reviews"] = REVIEWS.copy()
+    # a shared instruction longer than one of llama.cpp's 512-token read batches (what a prefix is kept in)
+    ip.user_ns["guide"] = " ".join(f"Rule {n}: judge the review by what the writer felt, not by the facts." for n in range(1, 50))
     try:
-        out = run(ip, f"--over reviews --limit 3 --schema '{SPEC}' --temperature 0 --max-tokens 60 -o out", PROMPT)
+        out = run(ip, f"--over reviews --limit 3 --schema '{SPEC}' --system '{ip.user_ns['guide']}' --temperature 0 "
+                      "--max-tokens 60 -o out", PROMPT)
     finally:
         magics.cache_dir = ""
     frame = ip.user_ns["out"]
     assert list(frame["_status"]) == ["ok"] * 3, shown(out)
     assert set(frame["_method"]) == {"grammar"} and frame["sentiment"].isin(["positive", "negative", "neutral"]).all()
     assert (frame["_cost"] == 0).all()  # free: the model runs here
+    # one after another on the loaded model: the shared start (instruction and schema) is read once, then reused in
+    # whole 512-token batches (so the same seed gives the same text either way)
+    rows = [entry for entry in magics.session.ledger.entries if entry.kind == "map"][-3:]
+    assert rows[0].cached_tokens == 0 and all(entry.cached_tokens and entry.cached_tokens >= 512 for entry in rows[1:]), rows
 
 
 # --- parameters compared across a dataset -------------------------------------------------------------------
@@ -242,3 +249,31 @@ def test_the_gate_halves_on_a_limit_and_climbs_back_one_window_at_a_time() -> No
         return seen
 
     assert asyncio.run(drive()) == [8, 4, 5]
+
+
+def test_an_interrupted_run_keeps_its_finished_rows_and_a_rerun_sends_only_the_rest(cells: InteractiveShell,
+                                                                                  server: FakeOpenRouter) -> None:
+    import os
+    import signal
+    import threading
+
+    from .conftest import wait_until
+
+    cells.user_ns["many"] = [f"rock {n}" for n in range(12)]
+    server.default = Scenario(tokens_per_s=200, tokens=20)  # about a tenth of a second a row
+    stopper = threading.Thread(target=lambda: wait_until(lambda: len(server.chat_requests) >= 5, timeout=30)
+                               and os.kill(os.getpid(), signal.SIGINT))
+    stopper.start()
+    try:
+        out = run(cells, "--over many --concurrency 1 --max-tokens 20 -o first", "Describe {item}.")
+    finally:
+        stopper.join()
+    first = cells.user_ns["first"]
+    finished = int((first["_status"] == "ok").sum())
+    assert 3 <= finished < 12 and (first["_status"] == "skipped").any(), shown(out)
+    assert "did not start" in out.stderr and "run the cell again" in out.stderr
+    sent = len(server.chat_requests)
+    run(cells, "--over many --concurrency 1 --max-tokens 20 -o again", "Describe {item}.")
+    again = cells.user_ns["again"]
+    assert len(server.chat_requests) - sent == 12 - finished  # no finished row is sent again
+    assert int((again["_status"] == "cached").sum()) == finished and (again["_status"] != "skipped").all()

@@ -61,6 +61,8 @@ BROKEN_DEF_CELL = "def broken(amount: float) -> float:\n    raise ValueError('th
 FAILING_TOOLS_CELL = "%%granite --tools broken,convert --tool-mode native\nHow much is 5 dollars in yen?"
 PROMPTED_CELL = "%%granite --tools convert --tool-mode prompted --tool-choice convert\nHow much is 120 dollars in yen?"
 KEEPS_CALLING_CELL = "%%granite --max-steps 2 --tools convert --tool-mode prompted --tool-choice convert\nHow much is 1 dollar in yen?"
+OVER_CELL = "%%granite --over rows --max-tokens 30\nDescribe {item} in one line."
+ROWS_CELL = "rows = [f'rock {n}' for n in range(30)]"
 SCHEMA_CELL = '%%granite --schema "sentiment: positive|negative|neutral, reason" --max-tokens 200\nClassify: a great hike.'
 STRUCTURED = "09_structured_output.ipynb"
 FINAL_STATUS = re.compile(r"first token \d")
@@ -87,7 +89,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
     for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL,
                                    CACHE_CELL, VERIFY_CELL, BROKEN_DEF_CELL, FAILING_TOOLS_CELL, PROMPTED_CELL,
-                                   KEEPS_CALLING_CELL, SCHEMA_CELL]):
+                                   KEEPS_CALLING_CELL, SCHEMA_CELL, ROWS_CELL, OVER_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -502,3 +504,23 @@ def test_the_shipped_structured_output_notebook_shows_its_tables_when_opened(pag
     page.screenshot(path=str(ARTIFACTS / "15-structured-output-notebook.png"))
     page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
     page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)
+
+
+def test_a_prompt_over_rows_shows_its_progress_then_a_summary_that_stays(page: Page, fake: FakeOpenRouter) -> None:
+    """While the rows run: a progress bar and a line of rows done, rows a second and the cost; when they end, the
+    summary (rows by status, cost) and the first rows of the result, as static HTML."""
+    fake.default = Scenario(tokens_per_s=60, tokens=12)  # about a fifth of a second a row: the progress can be seen
+    try:
+        run_cell(page, ROWS_CELL)
+        target = run_cell(page, OVER_CELL, wait=False)
+        output = target.locator(".jp-Cell-outputArea")
+        output.locator("progress").wait_for(timeout=30_000)
+        output.get_by_text(re.compile(r"[1-9]\d* of 30 rows · .* rows/s · .* left")).first.wait_for(timeout=30_000)
+        target.screenshot(path=str(ARTIFACTS / "16-rows-progress.png"))
+        output.get_by_text(re.compile(r"30 rows · 30 ok")).wait_for(timeout=120_000)
+        assert output.locator("progress").count() == 0  # the live view gave way to the summary
+        table = output.locator("table.dataframe")
+        assert table.count() == 1 and "rock 0" in table.inner_text() and "_status" in table.inner_text()
+        target.screenshot(path=str(ARTIFACTS / "17-rows-summary.png"))
+    finally:
+        fake.default = Scenario()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import sys
 import time
 from collections import Counter, deque
@@ -155,5 +156,10 @@ def summary_bundle(title: str, frame: Any, wall_s: float) -> tuple[dict[str, Any
     settings_html, settings_plain = _settings_parts(frame)
     data = {"text/html": f"<b>{html.escape(title)}</b><div>{html.escape(line)}</div>{settings_html}{table}",
             "text/plain": plain + settings_plain}
-    metadata = {"granite_magic_rows": {"total": len(frame), "statuses": counts, "cost": cost, "wall_s": wall_s}}
+    fields = list(frame.attrs.get("fields") or ["reply"])
+    shown = [str(row["reply"]) if fields == ["reply"] else json.dumps({name: row[name] for name in fields}, default=str)
+             for _, row in head.iterrows() if row["_status"] not in ("error", "skipped")]
+    metadata = {"granite_magic": {"rows": {"total": len(frame), "statuses": counts, "cost": cost, "wall_s": wall_s,
+                                           "backend": frame.attrs.get("backend"), "prompt": frame.attrs.get("prompt"),
+                                           "replies": shown}}}  # the first rows' answers, as the summary shows them
     return data, metadata

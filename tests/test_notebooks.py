@@ -77,6 +77,9 @@ def test_saved_copy_shows_real_outputs_and_says_which_model(path: Path) -> None:
             continue
         assert saved, f"no saved reply for {cell.source[:60]!r}"
         meta = saved[0].metadata["granite_magic"]
+        if "rows" in meta:  # a prompt over rows: the local model answered the rows the summary shows
+            assert meta["rows"]["backend"] == "local" and meta["rows"]["replies"] and all(r.strip() for r in meta["rows"]["replies"])
+            continue
         # a single reply keeps its text in the output's data; a comparison keeps each run's in the metadata
         runs = meta["comparison"]["runs"] if "comparison" in meta else [{**meta, "text": saved[0].data["text/plain"]}]
         for run in runs:
@@ -111,7 +114,8 @@ def _reply_texts(cell: nbformat.NotebookNode) -> tuple[str, list[str]]:
         meta = output.get("metadata", {}).get("granite_magic")
         if meta is None:
             continue
-        texts += [run["text"] for run in meta["comparison"]["runs"]] if "comparison" in meta else [output.data["text/plain"]]
+        texts += ([run["text"] for run in meta["comparison"]["runs"]] if "comparison" in meta else meta["rows"]["replies"]
+                  if "rows" in meta else [output.data["text/plain"]])
     return cell.source, [text for text in texts if text]  # a reply that failed has no text, recorded or replayed
 
 
@@ -198,6 +202,8 @@ def _replies(output: Mapping[str, Any], cell: int | None, prompt: str, system: s
         comparison = meta["comparison"]
         texts = [(run["label"], run["text"]) for run in comparison["runs"]]
         prompt = comparison.get("prompt") or prompt
+    elif "rows" in meta:  # a prompt over rows: the answers of the rows its summary shows (each row's own prompt is not kept)
+        texts = [(f"row {n}", text) for n, text in enumerate(meta["rows"]["replies"])]
     else:
         texts = [("", _joined(output["data"]["text/plain"]))]
     return [SavedReply(cell, label, text, prompt, system, widget) for label, text in texts if text.strip()]

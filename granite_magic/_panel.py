@@ -173,7 +173,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.session = session
         self.target_fields: dict[str, Any] = {"base_url": base_url, "backend": backend, "api": api}
         Turn("", **self.target_fields)  # refuses a bad base URL, backend or API before any widget is made
-        self.results: Result | Comparison | None = None
+        self.results: Result | Comparison | Any = None  # a Result, a Comparison, or a prompt over rows' DataFrame
         self.history: list[HistoryEntry] = []
         self.support_checked = threading.Event()
         self._task: Any = None
@@ -200,6 +200,9 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.mode = w.ToggleButtons(options=["single", "compare"], value=mode)
         self.schema = w.Text(value=schema, description="schema", layout=w.Layout(width="100%"),
                              placeholder="optional: fields like  sentiment positive|negative|neutral, reason  (or a class's name)")
+        self.over = w.Dropdown(options=[NO_ROWS, *_tables()], value=NO_ROWS, description="over",
+                               tooltip="run the prompt once per row of a table of the notebook ({column} is the row's value)",
+                               layout=w.Layout(width="18em"))
         self.raw = w.Checkbox(value=raw, description="raw: continue the prompt as written (no chat template)", indent=False,
                               layout=w.Layout(width="auto"))
         self.seeds = w.Text(value=seeds, description="seeds", placeholder="1-4 or 1,2,3", layout=w.Layout(width="16em"))
@@ -231,7 +234,7 @@ class Panel(w.VBox):  # type: ignore[misc]
 
     def _layout(self) -> tuple[w.Widget, ...]:
         self.compare_fields = w.HBox([self.seeds, self.sweep, self.repeat, self.concurrency], layout=w.Layout(flex_flow="row wrap"))
-        mode_row = w.HBox([self.mode, self.raw, self.compare_fields], layout=w.Layout(flex_flow="row wrap"))
+        mode_row = w.HBox([self.mode, self.raw, self.over, self.compare_fields], layout=w.Layout(flex_flow="row wrap"))
         controls = w.VBox([w.HBox([self.model, self.preset], layout=w.Layout(flex_flow="row wrap")),
                            *(c.row for c in self.controls.values())],
                           layout=w.Layout(flex="0 0 auto"))  # never squeezed by a wide grid
@@ -272,10 +275,14 @@ class Panel(w.VBox):  # type: ignore[misc]
                     schema=self._schema(), **self.target_fields)
         if not turn.prompt.strip():
             raise errors.InvalidParameterError("the prompt is empty: type one above")
+        over = self.over.value if self.over.value != NO_ROWS else None
+        if over is not None:  # {column} is each row's value, filled per row: the prompt is kept as typed
+            _namespace_rows(over)
         if self.mode.value == "single":
-            return CellRequest(turn)
+            return CellRequest(turn, over=over, literal=over is not None)
         request = CellRequest(
-            turn, seeds=tuple(parse_seeds(self.seeds.value)) if self.seeds.value.strip() else (),
+            turn, over=over, literal=over is not None,
+            seeds=tuple(parse_seeds(self.seeds.value)) if self.seeds.value.strip() else (),
             sweeps=parse_sweeps(text for text in self.sweep.value.split(";") if text.strip()),
             repeat=self.repeat.value, concurrency=self.concurrency.value,
         )
@@ -385,9 +392,11 @@ class Panel(w.VBox):  # type: ignore[misc]
         self._say("")
         self._task = loop.submit(work)
 
-    def _start(self, request: CellRequest, target: Target) -> tuple[Any, WidgetView | GridView, Coroutine[Any, Any, None]]:
+    def _start(self, request: CellRequest, target: Target) -> tuple[Any, Any, Coroutine[Any, Any, None]]:
         rate = self.session.settings.updates_per_second
         specs = request.plan()
+        if request.over is not None:
+            return self._start_rows(request, target, specs or [])
         if specs is None:
             job = self.session.start(request.turn, target, kind="panel")
             view = WidgetView(describe_params(target.label_for(job.request), job.request.sampling), rate=rate, embedded=True)
@@ -398,6 +407,24 @@ class Panel(w.VBox):  # type: ignore[misc]
         shared = {name: value for name, value in grid_job.base.items() if name not in varied}
         grid = GridView(describe_params(target.label_for(grid_job.columns[0].request), shared), [s.label for s in specs], rate=rate, embedded=True)
         return grid_job.loop, grid, self._drive(grid_job.stream(grid), lambda: self._finish_grid(grid_job, grid))
+
+    def _start_rows(self, request: CellRequest, target: Target, settings: list[RunSpec]) -> tuple[Any, Any, Coroutine[Any, Any, None]]:
+        """A prompt over the chosen table's rows, as a cell's ``--over`` runs it: progress here, the frame in ``results``."""
+        from ._rows import read_rows, row_prompts
+        from ._rowsview import RowsView
+
+        rows = read_rows(_namespace_rows(request.over or ""))
+        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), settings=settings,
+                                     concurrency=request.concurrency, target=target)
+        title = f"{describe_params(target.label_for(job.columns[0].request), job.base)} · over {request.over}"
+        view = RowsView(title, len(job.columns), rate=self.session.settings.updates_per_second, embedded=True)
+
+        def finish() -> None:
+            frame = self.session.finish_map(job, rows, settings)
+            view.finish(frame)
+            self.results = frame
+
+        return job.loop, view, self._drive(job.stream(view), finish)
 
     async def _drive(self, stream: Coroutine[Any, Any, None], finish: Callable[[], None]) -> None:
         # ``finish`` runs after the stream has ended or been cancelled and has closed its connection;
@@ -482,6 +509,34 @@ class Panel(w.VBox):  # type: ignore[misc]
         out = w.Output()
         out.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
         self.output.children = (out,)
+
+
+NO_ROWS = "(no table)"  # the "over" selector's first choice: one prompt, not one per row
+
+
+def _user_namespace() -> dict[str, Any]:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell.user_ns if shell is not None else {}
+
+
+def _tables() -> list[str]:
+    """The notebook's variables a prompt can go over: DataFrames, and lists of strings or of dicts."""
+    def is_table(value: Any) -> bool:
+        if hasattr(value, "itertuples") and hasattr(value, "columns"):
+            return True
+        return isinstance(value, list) and bool(value) and (all(isinstance(v, str) for v in value[:50])
+                                                           or all(isinstance(v, dict) for v in value[:50]))
+
+    return sorted(name for name, value in _user_namespace().items() if not name.startswith("_") and is_table(value))
+
+
+def _namespace_rows(name: str) -> Any:
+    value = _user_namespace().get(name)
+    if value is None:
+        raise errors.InvalidParameterError(f"over={name!r}: the notebook no longer defines {name}", names=("over",))
+    return value
 
 
 def panel(prompt: str = "", **kwargs: Any) -> Panel:

@@ -68,8 +68,8 @@ class RowsProgress:
 class RowsView(ThrottledOutput):
     """The live view in a notebook: a progress bar and line, and the last few replies."""
 
-    def __init__(self, title: str, total: int, *, rate: float = UPDATES_PER_SECOND) -> None:
-        super().__init__(rate=rate)
+    def __init__(self, title: str, total: int, *, rate: float = UPDATES_PER_SECOND, embedded: bool = False) -> None:
+        super().__init__(rate=rate, embedded=embedded)
         self.title = title
         self.progress_state = RowsProgress(total)
 

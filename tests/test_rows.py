@@ -277,3 +277,20 @@ def test_an_interrupted_run_keeps_its_finished_rows_and_a_rerun_sends_only_the_r
     again = cells.user_ns["again"]
     assert len(server.chat_requests) - sent == 12 - finished  # no finished row is sent again
     assert int((again["_status"] == "cached").sum()) == finished and (again["_status"] != "skipped").all()
+
+
+def test_the_panel_runs_a_prompt_over_a_table_of_the_notebook(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    from granite_magic._panel import NO_ROWS, Panel
+
+    ip = cells  # its rows are cached in the test's own directory
+    ip.user_ns["rocks"] = ["granite", "basalt", "chalk"]
+    ip.user_ns["not_a_table"] = 42
+    panel = Panel(magics_of(ip).session, prompt="Describe {item}.", base_url=server.base_url, backend="http", max_tokens=10)
+    assert "rocks" in panel.over.options and "not_a_table" not in panel.over.options and panel.over.value == NO_ROWS
+    panel.over.value = "rocks"
+    assert "--over rocks" in panel.copy_as_cell().splitlines()[0]
+    panel.run()
+    assert panel.wait(30)
+    frame = panel.results
+    assert list(frame["item"]) == ["granite", "basalt", "chalk"] and (frame["_status"] == "ok").all()
+    assert sorted(prompts_sent(server)) == ["Describe basalt.", "Describe chalk.", "Describe granite."]

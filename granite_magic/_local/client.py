@@ -74,13 +74,31 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
     asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     structure = request.structure
     # in the schema's own order: the fields are written in it (a reason after the verdict, or before it, as asked)
-    grammar = {"grammar": _grammar(json.dumps(structure.schema))} if structure and structure.method == "grammar" else {}
+    grammar = {"grammar": _grammar(json.dumps(_bounded(structure.schema)))} if structure and structure.method == "grammar" else {}
     return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
             "stopping_criteria": prompt.stopping, **grammar}
 
 
 def _constrained(request: Request) -> bool:
     return request.structure is not None and request.structure.method == "grammar"
+
+
+# A grammar cannot make an open-ended list end: a small model, once it repeats an item, repeats it to the token limit
+# ("cook", "cook", ... measured on the stand-in).  A list the schema leaves unbounded is bounded in the grammar alone
+# (the reply is still checked against the schema as given).
+GRAMMAR_MOST_ITEMS = 10
+
+
+def _bounded(schema: Any) -> Any:
+    """``schema`` with every array that sets no ``maxItems`` given ``GRAMMAR_MOST_ITEMS``, for the grammar."""
+    if isinstance(schema, Mapping):
+        bounded = {key: _bounded(value) for key, value in schema.items()}
+        if bounded.get("type") == "array" and "maxItems" not in bounded:
+            bounded["maxItems"] = max(GRAMMAR_MOST_ITEMS, int(bounded.get("minItems") or 0))
+        return bounded
+    if isinstance(schema, list):
+        return [_bounded(item) for item in schema]
+    return schema
 
 
 @functools.lru_cache(maxsize=16)

@@ -86,10 +86,15 @@ def shell() -> InteractiveShell:
 
 
 @pytest.fixture
-def ip(shell: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+def ip(shell: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
+    from granite_magic._probe import ProbeStore
+
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     magics = magics_of(shell)
     magics.session.set_api_key(None)  # a key kept by `%granite key` in an earlier test would be sent instead of the env's
+    # no probe report an earlier test made (what a provider honours decides warnings and how --schema is asked)
+    magics.session.probes = ProbeStore(tmp_path_factory.mktemp("probes") / "probes.json")
     magics.session.clients.clear()
     magics.session.conversations.clear()
     magics.base_url = server.base_url
@@ -212,6 +217,16 @@ def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
     return Session()
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_probe_reports(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The Python API's shared session starts each test with no probe report an earlier test made."""
+    from granite_magic import _session
+    from granite_magic._probe import ProbeStore
+
+    if _session._shared is not None:
+        _session._shared.probes = ProbeStore(tmp_path_factory.mktemp("probes") / "probes.json")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -212,11 +212,16 @@ def sse(*events: object) -> bytes:
 
 
 @pytest.fixture
-def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch) -> Session:
-    """A session that sends to the fake server: the key and ``GRANITE_BASE_URL`` are set for the test."""
+def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """A session that sends to the fake server: the key and ``GRANITE_BASE_URL`` are set for the test; no probe report
+    another test left decides anything in it."""
+    from granite_magic._probe import ProbeStore
+
     monkeypatch.setenv("OPENROUTER_API_KEY", TEST_KEY)
     monkeypatch.setenv("GRANITE_BASE_URL", server.base_url)
-    return Session()
+    fresh = Session()
+    fresh.probes = ProbeStore(tmp_path_factory.mktemp("probes") / "probes.json")
+    return fresh
 
 
 @pytest.fixture(autouse=True)

@@ -277,6 +277,8 @@ def test_an_interrupted_run_keeps_its_finished_rows_and_a_rerun_sends_only_the_r
     again = cells.user_ns["again"]
     assert len(server.chat_requests) - sent == 12 - finished  # no finished row is sent again
     assert int((again["_status"] == "cached").sum()) == finished and (again["_status"] != "skipped").all()
+    # the rows the interrupt cut are billed: their cost is looked up after the run, which a later test must not meet
+    assert wait_until(lambda: not magics_of(cells).session._lookups, timeout=30)
 
 
 def test_the_panel_runs_a_prompt_over_a_table_of_the_notebook(cells: InteractiveShell, server: FakeOpenRouter) -> None:

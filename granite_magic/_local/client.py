@@ -74,7 +74,8 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
     asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     structure = request.structure
     # in the schema's own order: the fields are written in it (a reason after the verdict, or before it, as asked)
-    grammar = {"grammar": _grammar(json.dumps(_bounded(structure.schema)))} if structure and structure.method == "grammar" else {}
+    bounded = _bounded(structure.schema, longest=longest_string(limit)) if structure and structure.method == "grammar" else None
+    grammar = {"grammar": _grammar(json.dumps(bounded))} if bounded is not None else {}
     return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
             "stopping_criteria": prompt.stopping, **grammar}
 
@@ -83,25 +84,35 @@ def _constrained(request: Request) -> bool:
     return request.structure is not None and request.structure.method == "grammar"
 
 
-# A grammar cannot make an open-ended list end: a small model, once it repeats an item, repeats it to the token limit
-# ("cook", "cook", ... measured on the stand-in).  A list the schema leaves unbounded is bounded in the grammar alone
-# (the reply is still checked against the schema as given).
+# A grammar cannot make an open-ended list or string end: a small model, once it repeats an item, repeats it to the
+# token limit ("cook", "cook", ... measured on the stand-in), and at a high temperature a string can ramble on to it.
+# What the schema leaves unbounded is bounded in the grammar alone (the reply is still checked against the schema as
+# given): a list at 10 items, a string at a share of the reply's limit, so that one field cannot use all of it.
 GRAMMAR_MOST_ITEMS = 10
+CHARACTERS_PER_TOKEN = 4  # English text averages about four characters a token
+STRING_SHARE = 2  # a string may use at most half of the reply's limit
 
 
-def _bounded(schema: Any) -> Any:
-    """``schema`` with every array that sets no ``maxItems`` given ``GRAMMAR_MOST_ITEMS``, for the grammar."""
+def longest_string(limit: int) -> int:
+    """The characters a string the schema leaves open may hold in a reply of at most ``limit`` tokens."""
+    return max(1, limit * CHARACTERS_PER_TOKEN // STRING_SHARE)
+
+
+def _bounded(schema: Any, *, longest: int) -> Any:
+    """``schema`` with every array that sets no ``maxItems`` given ``GRAMMAR_MOST_ITEMS`` and every free string
+    (no ``maxLength``, enumeration or format) given ``longest`` characters, for the grammar."""
     if isinstance(schema, Mapping):
-        bounded = {key: _bounded(value) for key, value in schema.items()}
+        bounded = {key: _bounded(value, longest=longest) for key, value in schema.items()}
         if bounded.get("type") == "array" and "maxItems" not in bounded:
             bounded["maxItems"] = max(GRAMMAR_MOST_ITEMS, int(bounded.get("minItems") or 0))
+        if bounded.get("type") == "string" and not {"maxLength", "enum", "const", "format", "pattern"} & bounded.keys():
+            bounded["maxLength"] = max(longest, int(bounded.get("minLength") or 0))
         return bounded
     if isinstance(schema, list):
-        return [_bounded(item) for item in schema]
+        return [_bounded(item, longest=longest) for item in schema]
     return schema
 
 
-@functools.lru_cache(maxsize=16)
 def _grammar(schema: str) -> Any:
     """llama.cpp's grammar for a JSON Schema (llama-cpp-python's converter, as its ``response_format`` with a schema
     uses; its ``json_schema`` type would be ignored): only tokens that keep the reply inside the schema are drawn."""

@@ -264,3 +264,13 @@ def test_an_open_ended_list_ends_within_the_grammar_s_bound(local: Any) -> None:
     for seed in range(4):
         result = local.chat(prompt, schema="name, age int, hobbies str[]", temperature=0.7, seed=seed, max_tokens=200)
         assert result.schema_errors == [] and len(result.value["hobbies"]) <= GRAMMAR_MOST_ITEMS, result.text
+
+
+@pytest.mark.slow
+def test_a_rambling_list_item_still_closes_within_the_token_limit(local: Any) -> None:
+    """At temperature 1.2 the stand-in wrote a tenth hobby "wife-to-be-to-be-to-be..." to the token limit (measured
+    before the bound); the free strings share half the limit in the grammar, so the object closes within it."""
+    prompt = ("Extract the person from this note.\n\nNote: Maria Lopez is 34. She spends her weekends climbing and "
+              "restoring old motorbikes.")
+    result = local.chat(prompt, schema="name, age int, hobbies str[]", temperature=1.2, seed=31, max_tokens=120)
+    assert result.finish_reason != "length" and result.schema_errors == [], result.text

@@ -74,7 +74,7 @@ def _arguments(request: Request, prompt: Prompt, limit: int) -> dict[str, Any]:
     asked = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     structure = request.structure
     # in the schema's own order: the fields are written in it (a reason after the verdict, or before it, as asked)
-    bounded = _bounded(structure.schema, longest=longest_string(limit)) if structure and structure.method == "grammar" else None
+    bounded = _bounded(structure.schema, limit=limit) if structure and structure.method == "grammar" else None
     grammar = {"grammar": _grammar(json.dumps(bounded))} if bounded is not None else {}
     return {**_chat_defaults(), **sampling, "max_tokens": limit, "stop": asked + prompt.stop,
             "stopping_criteria": prompt.stopping, **grammar}
@@ -85,32 +85,62 @@ def _constrained(request: Request) -> bool:
 
 
 # A grammar cannot make an open-ended list or string end: a small model, once it repeats an item, repeats it to the
-# token limit ("cook", "cook", ... measured on the stand-in), and at a high temperature a string can ramble on to it.
-# What the schema leaves unbounded is bounded in the grammar alone (the reply is still checked against the schema as
-# given): a list at 10 items, a string at a share of the reply's limit, so that one field cannot use all of it.
+# token limit ("cook", "cook", ... measured on the stand-in), and at a high temperature a string rambles on to it
+# ("wife-to-be-to-be-to-be...").  What the schema leaves unbounded is bounded in the grammar alone (the reply is
+# still checked against the schema as given): a list at 10 items, and the free strings share half of the reply's
+# limit, so that the object can close within it.  Two characters a token is what rambling costs (English prose
+# averages four): a string cut short is still a valid value, a reply cut at the limit is no value at all.
 GRAMMAR_MOST_ITEMS = 10
-CHARACTERS_PER_TOKEN = 4  # English text averages about four characters a token
-STRING_SHARE = 2  # a string may use at most half of the reply's limit
+CHARACTERS_PER_TOKEN = 2
+STRING_SHARE = 2  # the free strings together may use at most half of the reply's limit
+SHORTEST_BOUND = 16  # characters: below this a bound would cut ordinary words and names
 
 
-def longest_string(limit: int) -> int:
-    """The characters a string the schema leaves open may hold in a reply of at most ``limit`` tokens."""
-    return max(1, limit * CHARACTERS_PER_TOKEN // STRING_SHARE)
+def _bounded(schema: Any, *, limit: int) -> Any:
+    """``schema`` with every list that sets no ``maxItems`` given ``GRAMMAR_MOST_ITEMS`` and every free string (no
+    ``maxLength``, enumeration, pattern or format) its share of a reply of at most ``limit`` tokens, for the grammar."""
+    listed = _listed(schema)
+    strings = _free_strings(listed)
+    longest = max(SHORTEST_BOUND, limit * CHARACTERS_PER_TOKEN // STRING_SHARE // max(strings, 1))
+    return _strings_bounded(listed, longest)
 
 
-def _bounded(schema: Any, *, longest: int) -> Any:
-    """``schema`` with every array that sets no ``maxItems`` given ``GRAMMAR_MOST_ITEMS`` and every free string
-    (no ``maxLength``, enumeration or format) given ``longest`` characters, for the grammar."""
+def _listed(schema: Any) -> Any:
     if isinstance(schema, Mapping):
-        bounded = {key: _bounded(value, longest=longest) for key, value in schema.items()}
+        bounded = {key: _listed(value) for key, value in schema.items()}
         if bounded.get("type") == "array" and "maxItems" not in bounded:
             bounded["maxItems"] = max(GRAMMAR_MOST_ITEMS, int(bounded.get("minItems") or 0))
-        if bounded.get("type") == "string" and not {"maxLength", "enum", "const", "format", "pattern"} & bounded.keys():
-            bounded["maxLength"] = max(longest, int(bounded.get("minLength") or 0))
         return bounded
     if isinstance(schema, list):
-        return [_bounded(item, longest=longest) for item in schema]
+        return [_listed(item) for item in schema]
     return schema
+
+
+def _free(schema: Mapping[str, Any]) -> bool:
+    return schema.get("type") == "string" and not {"maxLength", "enum", "const", "format", "pattern"} & schema.keys()
+
+
+def _free_strings(schema: Any) -> int:
+    """How many free strings a reply can hold at most: a list's items count as many times as it may hold them."""
+    if isinstance(schema, list):
+        return sum(_free_strings(item) for item in schema)
+    if not isinstance(schema, Mapping):
+        return 0
+    if _free(schema):
+        return 1
+    inside = sum(_free_strings(value) for key, value in schema.items() if key != "items")
+    return inside + int(schema.get("maxItems") or 1) * _free_strings(schema.get("items"))
+
+
+def _strings_bounded(schema: Any, longest: int) -> Any:
+    if isinstance(schema, list):
+        return [_strings_bounded(item, longest) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    bounded = {key: _strings_bounded(value, longest) for key, value in schema.items()}
+    if _free(bounded):
+        bounded["maxLength"] = max(longest, int(bounded.get("minLength") or 0))
+    return bounded
 
 
 def _grammar(schema: str) -> Any:

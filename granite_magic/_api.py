@@ -114,6 +114,9 @@ def map(
     every row under each setting (the index is then the row and the setting), and ``expect`` (a column, or a function
     of the row and its answer) scores each reply in ``_score``; ``setting_summary(frame)`` in ``granite_magic._rows``
     gives each setting's accuracy with a 95% interval."""
+    from . import _dask  # imports no dask: a Dask DataFrame's partitions each go through this function, on its workers
+    if _dask.is_dask_frame(over):
+        return _dask.map_dask(map, **{name: value for name, value in locals().items() if name != "_dask"})
     session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
                                                  system=system, model=model, base_url=base_url, backend=backend, api=api)
     settings, scorer = _settings(seeds, sweep), _expect(expect, rows)

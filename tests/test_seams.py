@@ -308,6 +308,7 @@ LAYERS: tuple[frozenset[str], ...] = (
                "_context", "_rows"}),  # sans-I/O
     frozenset({"_client", "_runner", "_local"}),  # transport
     frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
+               "_dask",  # map over a Dask DataFrame: each partition through the pandas path, on the workers
                "_comparison", "_kernel"}),  # running
     frozenset({"_grid", "_render", "_lens", "_markdown", "_rowsview"}),  # showing
     frozenset({"_magic", "_panel", "_branch", "_api", "_advice", "_approve", "_cell"}),  # front ends

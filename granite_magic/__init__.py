@@ -16,7 +16,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from ._api import acompare, amap, compare, map, probe, usage
+    from ._api import acompare, amap, compare, map, probe, read_batch, usage
     from ._client import GraniteClient, ModelInfo, RetryPolicy
     from ._comparison import Comparison, Run, RunSpec
     from ._errors import (
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 # module -> the public names it defines.  The one list of the public API.
 _PUBLIC: dict[str, tuple[str, ...]] = {
-    "_api": ("compare", "acompare", "map", "amap", "probe", "usage"),
+    "_api": ("compare", "acompare", "map", "amap", "probe", "read_batch", "usage"),
     "_client": ("GraniteClient", "ModelInfo", "RetryPolicy"),
     "_comparison": ("Comparison", "Run", "RunSpec"),
     "_errors": (

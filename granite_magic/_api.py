@@ -7,11 +7,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _grid  # noqa: F401  (registers how a Comparison draws itself as HTML)
+from ._batch import check_via
+from ._batchrun import (
+    plan_for,
+    read_batch_output,
+    replay_cached,
+    run_openrouter_batch,
+    waiting_for_file,
+    write_jsonl,
+)
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
 from ._params import validate
 from ._probe import ProbeReport
 from ._rows import Expect, Rows, expect_column, read_rows, row_prompts
-from ._session import QuietGrid, Session, Turn, new_turn, shared_session
+from ._session import CompareJob, QuietGrid, Session, Turn, new_turn, shared_session
 from ._spec import output_schema
 
 __all__ = ["acompare", "amap", "compare", "map", "probe", "usage"]
@@ -104,6 +113,10 @@ def map(
     base_url: str | None = None,
     backend: str | None = None,
     api: str | None = None,
+    via: str = "live",
+    batch_file: str | None = None,
+    poll_s: float | None = None,
+    dry_run: bool = False,
     **params: Any,
 ) -> Any:
     """``prompt`` once per row of ``over`` (a DataFrame, a list of dicts or a list of strings), ``{column}`` filled from
@@ -113,14 +126,26 @@ def map(
     rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first.  ``seeds``/``sweep`` run
     every row under each setting (the index is then the row and the setting), and ``expect`` (a column, or a function
     of the row and its answer) scores each reply in ``_score``; ``setting_summary(frame)`` in ``granite_magic._rows``
-    gives each setting's accuracy with a 95% interval."""
+    gives each setting's accuracy with a 95% interval.
+
+    ``via`` says what answers the rows: ``"live"`` (one request each, ``concurrency`` at once), ``"batch"`` (or
+    ``"openrouter-batch"``: OpenRouter's Batch API at its batch price: submitted once, polled every ``poll_s`` seconds (default: the ``batch_poll_s`` setting, 30), resumed by running
+    the same call again, even after a kernel restart) or ``"jsonl"`` (an input file for ``vllm run-batch`` written
+    to ``batch_file``; ``read_batch(output, into=frame)`` takes the answers back).  Whatever answers, the frame is
+    the same, and rows already in the cache are never sent again.  ``dry_run=True`` sends nothing: it compares
+    what each way would cost and take for these rows (measured on the rows already answered, when there are some)."""
     from . import _dask  # imports no dask: a Dask DataFrame's partitions each go through this function, on its workers
     if _dask.is_dask_frame(over):
         return _dask.map_dask(map, **{name: value for name, value in locals().items() if name != "_dask"})
+    via = check_via(via, batch_file)
     session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
                                                  system=system, model=model, base_url=base_url, backend=backend, api=api)
     settings, scorer = _settings(seeds, sweep), _expect(expect, rows)
     job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
+    if dry_run:
+        return job.loop.run(plan_for(job, job.concurrency))
+    if via != "live":
+        return _by_batch(session, job, rows, settings, scorer, via, batch_file, poll_s)
     with contextlib.suppress(KeyboardInterrupt):  # the rows finished so far are the result; the others say they did not run
         job.loop.run(job.stream(QuietGrid()))
     return session.finish_map(job, rows, settings, scorer)
@@ -138,6 +163,32 @@ async def amap(over: Any, prompt: str, *, schema: Any = None, schema_mode: str =
     job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_map(job, rows, settings, scorer)
+
+
+def _by_batch(session: Session, job: CompareJob, rows: Rows, settings: Sequence[RunSpec], scorer: Expect | None,
+              via: str, batch_file: str | None, poll_s: float | None) -> Any:
+    """The rows answered by a batch (see ``map``); the frame a live run gives, and where the batch is in ``attrs``."""
+    cache_dir = session.settings.cache_dir
+    if via == "jsonl":
+        assert batch_file is not None  # check_via
+        pending = write_jsonl(job, batch_file, cache_dir)
+        job.loop.run(replay_cached(job, pending))
+        frame = session.finish_map(job, rows, settings, scorer)
+        return waiting_for_file(frame, job, pending, batch_file, cache_dir)
+    with contextlib.suppress(KeyboardInterrupt):  # the batches go on; running the same call again resumes them
+        every = session.settings.batch_poll_s if poll_s is None else poll_s
+        progress = job.loop.run(run_openrouter_batch(job, cache_dir, poll_s=every))
+        job.warnings.append(progress.line())
+    frame = session.finish_map(job, rows, settings, scorer)
+    frame.attrs["via"] = via
+    return frame
+
+
+def read_batch(output: str, *, into: Any, errors: str | None = None) -> Any:
+    """``into`` (the frame ``map(..., via="jsonl")`` returned) with the answers of a batch output file (and an
+    errors file, as OpenAI writes failures apart) joined by ``custom_id``: each answered row's reply, validated
+    against the map's schema, and kept in the cache, so that running the map again re-pays none of them."""
+    return read_batch_output(into, [path for path in (output, errors) if path])
 
 
 def _settings(seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None) -> list[RunSpec]:

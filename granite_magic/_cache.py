@@ -34,7 +34,7 @@ from typing import Any, get_args
 
 from ._codec import decode_events, encode_events
 from ._context import FileRefused, read_capped
-from ._errors import GraniteError, InvalidParameterError, redact, shown_path
+from ._errors import GraniteError, InvalidParameterError, redact, redact_all, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
 from ._params import PARAMETERS, WireTarget
 from ._settings import check_cache_mode as check_mode
@@ -377,7 +377,7 @@ class RunCache:
         known = tuple(s for s in secrets if s)
         if _holds_secret(_streamed_text(recording, known), known):
             return False
-        text = _dumps(_scrub(_encode_recording(key, recording), known))
+        text = _dumps(redact_all(_encode_recording(key, recording), known))
         if _holds_secret(text, known):
             return False
         path = self.path(key)
@@ -458,16 +458,6 @@ def _why_unreadable(exc: BaseException) -> str:
 def _dumps(document: dict[str, Any]) -> str:
     # default=str: an error's metadata from a server is JSON already; anything else must not stop a store.
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {redact(str(k), secrets): _scrub(v, secrets) for k, v in value.items()}
-    return value
 
 
 def _streamed_text(recording: Recording, secrets: tuple[str, ...]) -> str:

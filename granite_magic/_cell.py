@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._spec import OutputSchema
     from ._tools import Tool
     from ._turn import Turn
-    from ._vocab import ToolMode
+    from ._vocab import ToolMode, Via
 
 # Loading the extension imports this module and writes the help from its table: the argument parser is
 # built by the first cell, and the session, the client and asyncio are imported then (or by the warm-up).
@@ -183,7 +183,7 @@ def _chat_words(name: str) -> Spelled:
 def options() -> tuple[Option, ...]:
     """The options besides the sampling parameters (the first call imports the modules that name their choices)."""
     from ._settings import BACKENDS
-    from ._vocab import CACHE_MODES, MAX_STEPS, PACES, SCHEMA_MODES, TOOL_MODES
+    from ._vocab import CACHE_MODES, MAX_STEPS, PACES, SCHEMA_MODES, TOOL_MODES, VIAS
 
     return (
         Option(("-m", "--model"), "turn.model", "model id (default ibm-granite/granite-4.0-h-micro, env GRANITE_MODEL)", "ID"),
@@ -216,6 +216,10 @@ def options() -> tuple[Option, ...]:
                "or its first, equal to it; a plain reply holding it as a word): the cell shows each setting's accuracy "
                "with a 95 percent interval", "COLUMN"),
         Option(("--sample",), "sample", "with --over: N rows drawn at random (the same N each time)", "N", {"type": int}),
+        Option(("--via",), "via", "with --over: what answers the rows: live (default: one request each), batch "
+               "(OpenRouter's Batch API at its batch price: run the cell again to resume, even after a restart) or jsonl "
+               "(a file for vllm run-batch, see --batch-file)", None, {"choices": VIAS, "default": "live"}),
+        Option(("--batch-file",), "batch_file", "with --via jsonl: where to write the batch input file", "PATH"),
         Option(("-o", "--out"), "out", "store the Result (or Comparison) in variable NAME", "NAME"),
         Option(("-f", "--format"), "format", "markdown (default), text, code (fences stripped), json (parsed)", None,
                {"choices": FORMATS, "default": "markdown"}),
@@ -377,6 +381,8 @@ class CellRequest:
     expect: str | None = None  # --expect: the column each row's reply is scored against
     limit: int | None = None  # --limit / --sample: a few of those rows
     sample: int | None = None
+    via: Via = "live"  # --via: what answers the rows
+    batch_file: str | None = None  # --batch-file: the input file --via jsonl writes
     context: tuple[str, ...] = ()  # --context: variable names
     docs: tuple[str, ...] = ()  # --docs: paths and globs, from the working directory
     cell: int | None = None  # --cell: an earlier cell's number
@@ -467,9 +473,14 @@ def _check_raw(request: CellRequest) -> None:
 
 def _check_over(request: CellRequest) -> None:
     if request.over is None:
-        if request.limit is not None or request.sample is not None or request.expect is not None:
-            raise InvalidParameterError("--limit, --sample and --expect are about the rows of --over: give --over NAME too")
+        if (request.limit is not None or request.sample is not None or request.expect is not None or request.via != "live"
+                or request.batch_file is not None):
+            raise InvalidParameterError("--limit, --sample, --expect, --via and --batch-file are about the rows of --over: "
+                                        "give --over NAME too")
         return
+    from ._batch import check_via
+
+    check_via(request.via, request.batch_file)
     for flag, given in (("--chat", request.turn.chat is not None), ("--tools", bool(request.tools)), ("--raw", request.turn.raw)):
         if given:
             raise InvalidParameterError(f"--over runs the prompt once per row: it cannot take {flag}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -20,9 +21,10 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import quote
 
 from . import _errors as errors
-from ._errors import RETRYABLE_STATUS, StreamRedactor, error_for_status, parse_retry_after, redact
+from ._errors import RETRYABLE_STATUS, StreamRedactor, error_for_status, parse_retry_after, redact, redact_all
 from ._events import Accumulator, ErrorEvent, Progress, TextDelta, TokenLogprobs, UsageReport
 from ._params import Sampling
 from ._result import Result
@@ -735,6 +737,48 @@ class GraniteClient(BaseClient):
         if not isinstance(record, dict):
             raise errors.ProtocolError(f"The key information at {self.base_url}/key has no data.")
         return {name: _amount(record.get(name)) for name in ("limit", "limit_remaining", "usage")}
+
+    # --- batches (OpenRouter's Batch API) --------------------------------------------------
+
+    async def create_batch(self, body: Mapping[str, Any]) -> Any:
+        """``POST /batches``: the batch object (status ``validating``); raises GraniteError.  Sent once, never
+        retried here: a create that timed out may have been made, and a second would pay for the rows twice."""
+        return await self._batch_call("POST", "/batches", body=body)
+
+    async def get_batch(self, batch_id: str) -> Any:
+        """``GET /batches/{id}``: its status and request counts."""
+        return await self._batch_call("GET", f"/batches/{quote(batch_id, safe='')}")
+
+    async def batch_results(self, batch_id: str, cursor: str | None = None) -> Any:
+        """``GET /batches/{id}/results``: one page of an ended batch's answers."""
+        params = {"cursor": cursor} if cursor else {}
+        return await self._batch_call("GET", f"/batches/{quote(batch_id, safe='')}/results", params=params)
+
+    async def _batch_call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
+                          params: Mapping[str, str] | None = None) -> Any:
+        import httpx
+
+        try:
+            async with self._streams.slot():
+                # the body as written: its keys' order is part of the protocol (endpoint and model before requests)
+                content = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+                headers = {**self._headers(), **({"Content-Type": "application/json"} if content is not None else {})}
+                response = await self._http().request(method, self.base_url + path, params=dict(params or {}),
+                                                      content=content, headers=headers)
+            if response.status_code not in (200, 201, 202):
+                raise error_for_status(response.status_code, response.content, model=self.model,
+                                       secrets=[self._key.reveal()] if self._key else [])
+            # whatever the server says may echo the key (a reply's text, an error, garbage): it is never kept
+            data = redact_all(response.json(), [self._key.reveal()] if self._key else [])
+        except httpx.HTTPError as exc:
+            failure: errors.GraniteError = errors.ConnectionDroppedError(
+                f"Could not reach {self.base_url}{path} ({type(exc).__name__}).")
+        except ValueError:
+            failure = errors.ProtocolError(f"The answer of {self.base_url}{path} is not JSON.")
+        else:
+            return data
+        # Raised outside the handler, so without a context: the httpx error holds the request and its Authorization.
+        raise failure
 
     async def _get_json(self, path: str, params: Mapping[str, str], *, quiet: bool = True) -> Any:
         """A small GET on the API; None (quiet) or a GraniteError for any failure."""

@@ -237,6 +237,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return re.sub(_KEY_SHAPES, REDACTED, text)
 
 
+def redact_all(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """``value`` (parsed JSON) with every string, keys too, redacted: what a server sent may echo the key."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [redact_all(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): redact_all(v, secrets) for k, v in value.items()}
+    return value
+
+
 class StreamRedactor:
     """The known secrets taken out of text that arrives in pieces, a secret split across pieces included.
 

@@ -202,7 +202,9 @@ class GraniteMagics(Magics):
             target = self.session.resolve(request.turn)
             for warning in request.warnings:
                 _warn(warning)
-            if request.dry_run:
+            if request.dry_run and request.over is not None:
+                self._plan(request, target)
+            elif request.dry_run:
                 self._dry_run(request, target)
             elif request.over is not None:
                 self._map(request, target)
@@ -425,9 +427,17 @@ class GraniteMagics(Magics):
         runs = len(job.columns)
         view = RowsView(title, runs, rate=rate) if self._widgets() else TerminalRowsView(title, runs)
         view.show()
-        with contextlib.suppress(KeyboardInterrupt):  # every finished row is kept
-            job.loop.run(job.stream(view))
+        if request.via == "live":
+            with contextlib.suppress(KeyboardInterrupt):  # every finished row is kept
+                job.loop.run(job.stream(view))
+        else:
+            self._by_batch(request, job)
         frame = self.session.finish_map(job, rows, settings, expect)
+        if request.via == "jsonl":
+            from ._batchrun import pending_rows, waiting_for_file
+
+            frame = waiting_for_file(frame, job, [row for row in pending_rows(job)], request.batch_file or "",
+                                     self.session.settings.cache_dir)
         view.finish(frame)
         if request.out:
             self._namespace()[request.out] = frame
@@ -437,6 +447,50 @@ class GraniteMagics(Magics):
         if skipped:
             _error(f"{skipped} of {runs} runs did not start (interrupted, or the budget was spent); run the cell again: "
                    "finished rows come from the cache, only the rest are sent.")
+
+    def _by_batch(self, request: CellRequest, job: Any) -> None:
+        """--via batch|jsonl: the rows the cache cannot answer go to a batch, and the poll's state is shown (and kept,
+        as text, in the saved notebook); an interrupt stops the polling, not the batch: run the cell again."""
+        from IPython.display import display
+
+        from ._batchrun import replay_cached, run_openrouter_batch, write_jsonl
+
+        cache_dir = self.session.settings.cache_dir
+        if request.via == "jsonl":
+            pending = write_jsonl(job, request.batch_file or "", cache_dir)
+            job.loop.run(replay_cached(job, pending))
+            name = request.out or "frame"
+            said = (f"{len(pending)} rows written to {request.batch_file} ({len(job.columns) - len(pending)} from the cache): "
+                    f"run `vllm run-batch -i {request.batch_file} -o out.jsonl --model {job.target.model}`, then "
+                    f"`{name} = granite_magic.read_batch('out.jsonl', into={name})`")
+            _display({"text/plain": said, "text/markdown": said})
+            return
+        handle = display({"text/plain": "batch: submitting..."}, display_id=True, raw=True)  # type: ignore[no-untyped-call]
+
+        def shown(progress: Any) -> None:
+            if handle is not None:
+                handle.update({"text/plain": progress.line()}, raw=True)
+
+        try:
+            job.loop.run(run_openrouter_batch(job, cache_dir, poll_s=self.session.settings.batch_poll_s, on_progress=shown))
+        except KeyboardInterrupt:
+            _error("polling stopped; the batches go on: run the cell again to resume them (nothing is submitted twice).")
+
+    def _plan(self, request: CellRequest, target: Target) -> None:
+        """--over with --dry-run: what each way of running the rows would cost and take; nothing is sent."""
+        import html
+
+        from ._batchrun import plan_for
+        from ._rows import read_rows, row_prompts
+
+        rows = read_rows(self._namespace()[request.over or ""], limit=request.limit, sample=request.sample)
+        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), settings=request.plan() or [],
+                                     concurrency=request.concurrency, target=target)
+        plan = job.loop.run(plan_for(job, job.concurrency))
+        head = (f"{plan.attrs['runs']} runs over {request.over} ({plan.attrs['cached']} from the cache; measured on "
+                f"{plan.attrs['measured_rows']} answered): what each way would cost and take. Nothing was sent.")
+        _display({"text/plain": f"{head}\n{plan.to_string(na_rep='unknown')}",
+                  "text/html": f"<div>{html.escape(head)}</div>{plan.to_html(escape=True, na_rep='unknown')}"})
 
     def _widgets(self) -> bool:
         return self.live == "widget" or (self.live == "auto" and getattr(self.shell, "kernel", None) is not None)

@@ -122,6 +122,7 @@ class _Runner:
     on_result: Callable[[Result], None]
     results: list[Result] = field(default_factory=list)
     greedy: Result | GraniteError | None = None  # the first temperature-0 reply
+    batches: int = 0  # batch creates sent (requests too, though not replies)
 
     def _keep(self, result: Result) -> None:
         self.results.append(result)
@@ -192,6 +193,25 @@ async def _measure_response_format(runner: _Runner) -> Observation:
     return _response_format(await runner.run(temperature=0.0, max_tokens=24, structure=_COLOUR))
 
 
+async def _measure_batch(runner: _Runner) -> Observation:
+    """Whether the model takes OpenRouter batches: a batch of one tiny request is submitted (and left to run: its
+    answer is not waited for; it costs what one token does at the batch price)."""
+    create = getattr(runner.client, "create_batch", None)
+    if create is None:
+        return Observation("batch", None, "not tested", "this backend has no batch API")
+    from ._batch import batch_state, create_bodies
+
+    body = {"model": runner.model, "messages": build_messages(PROMPT), "max_tokens": 1}
+    runner.batches += 1
+    try:
+        state = batch_state(await create(create_bodies(runner.model, [("probe-1", body)])[0]))
+    except BadRequestError as exc:
+        return Observation("batch", None, "rejected", f"the batch API refused it: {exc.message}"[:160])
+    except GraniteError as exc:
+        return Observation("batch", None, "not tested", f"the batch API could not be asked: {exc.message}"[:160])
+    return Observation("batch", None, "honoured", f"a batch of one request was accepted ({state.id}, {state.status})")
+
+
 def probe_requests() -> int:
     """How many requests a probe sends at most (shown with the cost estimate before it runs)."""
     return sum(step.requests for step in _STEPS)
@@ -216,7 +236,7 @@ async def probe(client: BaseClient, model: str, supported: tuple[str, ...] | Non
     return ProbeReport(
         host=_host(getattr(client, "base_url", "local")), model=model, provider=provider,
         date=datetime.date.today().isoformat(), observations=tuple(declared),
-        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None), requests=len(runner.results),
+        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None), requests=len(runner.results) + runner.batches,
     )
 
 
@@ -337,6 +357,7 @@ _STEPS = (
     _Step("logprobs", 1, _measure_logprobs),
     _Step("tools", 1, _measure_tools),
     _Step("response_format", 1, _measure_response_format),
+    _Step("batch", 1, _measure_batch),
 )
 
 

@@ -141,10 +141,10 @@ def result_frame(rows: Rows, outcomes: Sequence[tuple[Result | None, str | None]
     table = []
     for n, (result, error) in enumerate(outcomes):
         record, setting = rows.records[n // len(each)], each[n % len(each)]
-        answer = _reply_columns(result, fields)
+        answer = reply_columns(result, fields)
         scored = {"_score": score(expect, record, answer, result, fields)} if expect is not None else {}
         table.append({**record, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
-                      **_row_columns(result, error)})
+                      **row_columns(result, error)})
     columns = [*rows.columns, *swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
     labels = [label for label in rows.index for _ in each]
     index = (pd.MultiIndex.from_arrays([labels, [setting.label for _ in rows.index for setting in each]],
@@ -246,14 +246,14 @@ def interval(scores: Sequence[float]) -> tuple[float | None, float | None, float
     return mean - z * spread / math.sqrt(n), mean, mean + z * spread / math.sqrt(n)
 
 
-def _reply_columns(result: Result | None, fields: Sequence[str] | None) -> dict[str, Any]:
+def reply_columns(result: Result | None, fields: Sequence[str] | None) -> dict[str, Any]:
     if fields is None:
         return {"reply": result.text if result is not None else None}
     value = plain_value(result.value) if result is not None else None
     return {name: value.get(name) if isinstance(value, Mapping) else None for name in fields}
 
 
-def _row_columns(result: Result | None, error: str | None) -> dict[str, Any]:
+def row_columns(result: Result | None, error: str | None) -> dict[str, Any]:
     status = row_status(result, error)
     if result is None:
         return {"_status": status, "_error": error, "_attempts": 0, "_cost": None, "_latency_s": None, "_method": None}

@@ -25,7 +25,7 @@ from ._cache import RecordedClock, Recorder, Recording, RunCache, replay
 from ._cache_use import CacheUse, RecordingAccumulator, cache_use
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
-from ._events import Accumulator, Progress
+from ._events import Accumulator, Event, Progress
 from ._ledger import BudgetError, Ledger, RunKind, check_budget, spent_bound, worst_case
 from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
@@ -507,6 +507,22 @@ class SingleJob:
         if check_support:
             shown = ("logprobs", "top_logprobs") if self.acc.tokens else ()  # the probabilities came back: honoured
             self.warnings += await support_warnings(self.target, self.request.sampling, probes=self.probes, honoured=shown)
+
+    async def answered(self, events: Sequence[Event], error: str | None) -> None:
+        """An answer that came another way (a batch): taken as a live stream of it would have been (kept in the
+        cache, counted in the ledger); ``error``: why the request has no answer."""
+        if self.cache is not None and self.cache.records(None):
+            self.acc = RecordingAccumulator(self.request.sampling, Recorder(self.cache.fields))
+        for event in events:
+            self.acc.feed(event)
+        if error is not None:
+            self._error = errors.GraniteError(error)
+            self._result = self.acc.result(error=error)
+        else:
+            self._result = self.acc.result()
+            await self._keep(None)
+        if self.on_done is not None:
+            self.on_done(self)
 
     def outcome(self) -> tuple[Result, errors.GraniteError | None]:
         if self._result is None:  # cancelled before it ended

@@ -77,6 +77,8 @@ class Settings:
         "Record and replay: off, auto (serve recordings, record the rest), record or replay", env="GRANITE_CACHE"))
     cache_dir: str = field(default=".granite-cache", metadata=_setting(
         "Where recordings live, beside the notebook (the kernel's working directory)", env="GRANITE_CACHE_DIR"))
+    batch_poll_s: float = field(default=30.0, metadata=_setting(
+        "Seconds between two polls of a submitted batch (--via batch)", env="GRANITE_BATCH_POLL_S"))
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
@@ -87,6 +89,8 @@ class Settings:
             _positive(name, getattr(self, name))
         if self.timeout_s is not None:
             _positive("timeout_s", self.timeout_s)
+        if not (isinstance(self.batch_poll_s, (int, float)) and 0 <= self.batch_poll_s < math.inf):
+            raise InvalidParameterError(f"batch_poll_s={self.batch_poll_s!r} is out of range: must be a finite number >= 0")
         check_cache_mode(self.cache)
         if self.budget_usd is not None and not (isinstance(self.budget_usd, (int, float)) and 0 <= self.budget_usd < math.inf):
             raise InvalidParameterError(f"budget_usd={self.budget_usd!r} is out of range: must be a finite number >= 0 "

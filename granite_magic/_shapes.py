@@ -657,7 +657,7 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
         if kind == "response.incomplete":
             reason = _obj(response.get("incomplete_details")).get("reason")
             finish = Finish(_INCOMPLETE_REASONS.get(str(reason), "length"), _str(reason))
-            return self._response_ended([*_responses_usage(response), finish])
+            return self._response_ended([*responses_usage(response), finish])
         if kind == "response.failed":
             held = self._unresolved()  # the failure's own error says why; else the error event before it does
             error = response.get("error")
@@ -692,10 +692,10 @@ class ResponsesStreamDecoder(SSEStreamDecoder[Event]):
         calls = [e for i, item in enumerate(output if isinstance(output, list) else ()) for e in self._whole_call(i, _obj(item))]
         # Responses has no finish reason of its own: a reply that asked for calls ends like chat's "tool_calls".
         reason = "tool_calls" if self._calls else "stop"
-        return [*calls, *_responses_usage(response), Finish(reason, _str(response.get("status")))]
+        return [*calls, *responses_usage(response), Finish(reason, _str(response.get("status")))]
 
 
-def _responses_usage(response: Mapping[str, Any]) -> list[Event]:
+def responses_usage(response: Mapping[str, Any]) -> list[Event]:
     usage = response.get("usage")
     if not isinstance(usage, dict):
         return []

@@ -27,4 +27,8 @@ SCHEMA_METHODS: tuple[SchemaMethod, ...] = get_args(SchemaMethod)
 SchemaMode = Literal["auto", "grammar", "provider", "prompted"]  # --schema-mode: auto is the backend's best method
 SCHEMA_MODES: tuple[SchemaMode, ...] = get_args(SchemaMode)
 
+# What answers a prompt's rows (--via): one live request each, OpenRouter's Batch API, or a batch file for vLLM.
+Via = Literal["live", "batch", "jsonl"]
+VIAS: tuple[Via, ...] = get_args(Via)
+
 MAX_STEPS = 5  # requests in a tool-using turn, unless max_steps= / --max-steps says otherwise

@@ -202,7 +202,8 @@ OPTION_EXAMPLES = {
     "--no-interpolate": "--no-interpolate", "--raw": "--raw", "--schema": "--schema 'rock, hardness int: Mohs scale'",
     "--schema-mode": "--schema 'rock' --schema-mode prompted",
     "--over": "--over rocks", "--limit": "--over rocks --limit 2", "--sample": "--over rocks --sample 2",
-    "--expect": "--over rocks --expect item",
+    "--expect": "--over rocks --expect item", "--via": "--over rocks --via batch",
+    "--batch-file": "--over rocks --via jsonl --batch-file in.jsonl",
 }
 
 
@@ -266,7 +267,7 @@ def test_the_probe_sends_the_requests_it_announces(server: FakeOpenRouter, tmp_p
     session = Session(Settings.from_env(base_url=server.base_url))
     session.probes = ProbeStore(tmp_path / "probes.json")
     report = session.probe(session.resolve(Turn("")))
-    assert len(server.chat_requests) == report.requests == probe_requests()  # every step ran in full here
+    assert len(server.chat_requests) + len(server.batch_creates) == report.requests == probe_requests()  # every step ran in full
     assert [o.parameter for o in report.observations][: len(probed_parameters())] == list(probed_parameters())
 
 
@@ -305,11 +306,11 @@ def test_a_batch_varies_a_whole_turn_through_one_driver(server: FakeOpenRouter, 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_params", "_settings", "_vocab", "_errors", "_result", "_tokens", "_values", "_version"}),  # facts
     frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_spec", "_structured", "_docstrings",
-               "_context", "_rows"}),  # sans-I/O
+               "_context", "_rows", "_batch", "_plan"}),  # sans-I/O
     frozenset({"_client", "_runner", "_local"}),  # transport
     frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
                "_dask",  # map over a Dask DataFrame: each partition through the pandas path, on the workers
-               "_comparison", "_kernel"}),  # running
+               "_comparison", "_kernel", "_batchrun"}),  # running
     frozenset({"_grid", "_render", "_lens", "_markdown", "_rowsview"}),  # showing
     frozenset({"_magic", "_panel", "_branch", "_api", "_advice", "_approve", "_cell"}),  # front ends
 )

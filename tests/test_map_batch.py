@@ -177,7 +177,7 @@ def test_a_failed_batch_and_a_model_that_takes_none_are_said_in_one_line_nothing
     assert "\n" not in refused.value.message and TEST_KEY not in str(refused.value)
     granite_magic.probe()  # remembered: the next batch is refused before anything is sent
     creates = len(server.batch_creates)
-    with pytest.raises(InvalidParameterError, match="takes no batches here .*via='live'"):
+    with pytest.raises(InvalidParameterError, match=r"takes no batches here .*via='live'"):
         granite_magic.map(ROCKS, PROMPT, max_tokens=8, via="batch", poll_s=0)
     assert len(server.batch_creates) == creates == 0
 

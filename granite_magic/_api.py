@@ -9,6 +9,7 @@ from typing import Any
 from . import _grid  # noqa: F401  (registers how a Comparison draws itself as HTML)
 from ._batch import check_via
 from ._batchrun import (
+    BatchProgress,
     plan_for,
     read_batch_output,
     replay_cached,
@@ -175,12 +176,12 @@ def _by_batch(session: Session, job: CompareJob, rows: Rows, settings: Sequence[
         job.loop.run(replay_cached(job, pending))
         frame = session.finish_map(job, rows, settings, scorer)
         return waiting_for_file(frame, job, pending, batch_file, cache_dir)
+    progress = BatchProgress()
+    every = session.settings.batch_poll_s if poll_s is None else poll_s
     with contextlib.suppress(KeyboardInterrupt):  # the batches go on; running the same call again resumes them
-        every = session.settings.batch_poll_s if poll_s is None else poll_s
-        progress = job.loop.run(run_openrouter_batch(job, cache_dir, poll_s=every))
-        job.warnings.append(progress.line())
+        job.loop.run(run_openrouter_batch(job, cache_dir, poll_s=every, progress=progress))
     frame = session.finish_map(job, rows, settings, scorer)
-    frame.attrs["via"] = via
+    frame.attrs.update(via=via, batch=progress.summary())
     return frame
 
 

@@ -168,6 +168,11 @@ class BatchProgress:
     states: dict[str, BatchState] | None = None
     polls: int = 0
 
+    def summary(self) -> dict[str, Any]:
+        """What a result frame keeps of the run (``attrs["batch"]``)."""
+        return {"submitted": self.submitted_now, "resumed": self.resumed, "cached": self.cached, "polls": self.polls,
+                "batches": {batch_id: state.status for batch_id, state in (self.states or {}).items()}}
+
     def line(self) -> str:
         states = list((self.states or {}).values())
         done = sum(state.completed for state in states)
@@ -179,13 +184,15 @@ class BatchProgress:
 
 
 async def run_openrouter_batch(job: CompareJob, cache_dir: str | Path, *, poll_s: float,
+                               progress: BatchProgress | None = None,
                                on_progress: Callable[[BatchProgress], None] = lambda progress: None) -> BatchProgress:
     """Every row of ``job`` answered through OpenRouter's Batch API (the cached ones replayed), resuming the batches
     the manifests in ``cache_dir`` name; returns what was done."""
     client: GraniteClient = job.target.client  # type: ignore[assignment]
     check_batchable(job)
     pending = pending_rows(job)
-    progress = BatchProgress(cached=len(job.columns) - len(pending), states={})
+    progress = progress or BatchProgress()
+    progress.cached, progress.states = len(job.columns) - len(pending), {}
     await replay_cached(job, pending)
     folder = manifest_dir(cache_dir)
     submitted = _open_batches(folder, {row.custom_id for row in pending})

@@ -116,7 +116,7 @@ class Settings:
             if not (name and env.get(name)) or (only is not None and each.name not in only):
                 continue
             try:
-                value: Any = _number(name, env[name]) if each.type == "float | None" else env[name]
+                value: Any = _number(name, env[name]) if each.type in ("float", "float | None") else env[name]
                 cls(**{each.name: value})  # checked alone, so that the message names this variable
             except InvalidParameterError as exc:
                 reason = exc.message if exc.message.startswith(name) else f"{name}={env[name]!r} is refused ({exc.message})"

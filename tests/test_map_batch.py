@@ -158,6 +158,7 @@ def test_a_batch_resumed_after_a_restart_is_polled_not_submitted_again(cache_dir
     resumed = granite_magic.map(ROCKS, PROMPT, max_tokens=8, via="batch", poll_s=0)
     assert len(server.batch_creates) == 1  # nothing submitted twice
     assert list(resumed["_status"]) == ["ok"] * 5
+    assert resumed.attrs["batch"]["submitted"] == 0 and resumed.attrs["batch"]["resumed"] == 1
     assert sum(server.batch_polls.values()) > 2  # it polled the batch submitted before the restart
 
 
@@ -254,3 +255,16 @@ def test_a_batch_api_that_echoes_the_key_or_answers_garbage_leaves_a_message_and
             granite_magic.map(["shale"], "Describe {item}.", max_tokens=8, via="batch", poll_s=0)
         message = failed.value.message
         assert "not a batch" in message and "run the same map again to resume" in message and HOSTILE_KEY not in message
+
+
+def test_the_poll_interval_is_read_from_the_environment_as_a_number_and_refused_when_it_is_not_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Dask worker takes the driver's settings into its environment as text: a number there must read as one."""
+    from granite_magic._settings import Settings
+
+    monkeypatch.setenv("GRANITE_BATCH_POLL_S", "0.5")
+    assert Settings.from_env().batch_poll_s == 0.5
+    for wrong in ("-1", "soon", "inf"):
+        monkeypatch.setenv("GRANITE_BATCH_POLL_S", wrong)
+        with pytest.raises(InvalidParameterError, match="GRANITE_BATCH_POLL_S"):
+            Settings.from_env()

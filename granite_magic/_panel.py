@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         self.model.observe(lambda _: self.refresh_support(), names="value")
         self.mode.observe(lambda _: self._show_mode(), names="value")
         self.raw.observe(lambda _: self._show_raw(), names="value")
+        _after_every_cell(weakref.WeakMethod(self.refresh_tables))
         self._show_raw()
 
     def _make_buttons(self) -> None:
@@ -248,6 +250,14 @@ class Panel(w.VBox):  # type: ignore[misc]
     def _show_mode(self) -> None:
         """Only what the mode uses: the seeds, sweep, repeat and at-once fields in compare mode."""
         self.compare_fields.layout.display = "" if self.mode.value == "compare" else "none"
+
+    def refresh_tables(self) -> None:
+        """The over selector lists the notebook's tables as they are now: one made after the panel is offered too,
+        and the chosen one stays chosen (if it is gone, Run says so)."""
+        chosen = self.over.value
+        names = [NO_ROWS, *_tables()]
+        self.over.options = names if chosen in names else [*names, chosen]
+        self.over.value = chosen
 
     def _show_raw(self) -> None:
         """A raw completion has no system prompt: its box is greyed out and says so (its text is kept for later)."""
@@ -512,6 +522,23 @@ class Panel(w.VBox):  # type: ignore[misc]
 
 
 NO_ROWS = "(no table)"  # the "over" selector's first choice: one prompt, not one per row
+
+
+def _after_every_cell(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    """Call ``method`` after every cell the notebook runs, while its panel lives (a panel closed and dropped is not
+    kept alive by this, and its hook does nothing)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def after(*_: Any) -> None:
+        live = method()
+        if live is not None:
+            live()
+
+    shell.events.register("post_run_cell", after)
 
 
 def _user_namespace() -> dict[str, Any]:

@@ -296,3 +296,15 @@ def test_the_panel_runs_a_prompt_over_a_table_of_the_notebook(cells: Interactive
     frame = panel.results
     assert list(frame["item"]) == ["granite", "basalt", "chalk"] and (frame["_status"] == "ok").all()
     assert sorted(prompts_sent(server)) == ["Describe basalt.", "Describe chalk.", "Describe granite."]
+
+
+def test_the_panel_s_over_selector_offers_a_table_made_after_it(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    from granite_magic._panel import NO_ROWS, Panel
+
+    panel = Panel(magics_of(cells).session, prompt="Describe {item}.", base_url=server.base_url, backend="http")
+    assert "minerals" not in panel.over.options
+    panel.over.value = "reviews"
+    cells.run_cell("minerals = ['quartz', 'mica']")  # a table made in a later cell
+    assert "minerals" in panel.over.options and panel.over.value == "reviews"
+    cells.run_cell("del reviews")
+    assert panel.over.value == "reviews" and panel.over.options[0] == NO_ROWS  # still chosen; Run says it is gone

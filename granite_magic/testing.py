@@ -56,6 +56,18 @@ system message holds a ``<tools>`` block is played the same way in text:
 ``tool_split``-character pieces), then, after a user turn of ``<tool_response>``
 blocks, the quoting answer.
 
+OpenRouter's Batch API, chat only: ``POST /batches`` (``endpoint`` and ``model`` before ``requests`` in the JSON text,
+as the real API stream-parses it; at most 5000 requests, unique ``custom_id`` s; 202 with a ``validating`` batch),
+``GET /batches/{id}``, ``GET /batches/{id}/results?cursor=&limit=`` (409 until the batch has ended), ``GET /batches``
+and ``POST /batches/{id}/cancel``.  A batch moves on only when polled: each ``GET /batches/{id}`` is one step
+(``validating`` → ``in_progress`` → ``batch_per_poll`` requests finished a poll, all by default → ``completed``), so a
+test never waits on a clock.  A request's answer is the whole ``chat.completion`` its live stream would have given
+(``fake_completion``) at half the price.  Faults: ``batch_fail_ids``/``batch_fail_every`` (a request fails),
+``fail_batch``/``batch_failure`` (a batch ends ``failed``), ``refuse_batches``/``batch_models`` (a model takes none);
+from another process the same through ``/_control``'s ``"batches"`` (``_BATCH_CONTROLS``), and ``GET /_batches``
+gives the counters (``batch_creates``, ``batch_polls``, ``batch_result_requests``).  ``run_batch_file`` stands in for
+``vllm run-batch`` (or OpenAI's output and errors files) on an OpenAI-format JSONL file.
+
 In-process::
 
     with FakeOpenRouter() as server:
@@ -80,13 +92,15 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_logprobs", "fake_reply"]
+__all__ = ["GRANITE_LISTING", "FakeOpenRouter", "RecordedRequest", "Scenario", "fake_completion", "fake_logprobs", "fake_reply",
+           "run_batch_file"]
 
 GRANITE_ID = "ibm-granite/granite-4.0-h-micro"
 PROMPT_PRICE = 0.000000017  # USD per token, as listed
@@ -274,8 +288,20 @@ class FakeOpenRouter:
         self.credit_limit = 10.0  # USD: GET /key reports this limit and what is left of it
         self.in_flight = 0
         self.max_in_flight = 0  # the most streams served at the same moment
+        # OpenRouter's Batch API (see _Batch): a batch moves on only when it is polled, never with the clock.
+        self.batches: dict[str, _Batch] = {}
+        self.batch_models: set[str] | None = None  # the models that take batches; None: every model listed
+        self.batch_per_poll: int | None = None  # requests a poll finishes; None: all that remain (0: a stuck batch)
+        self.batch_fail_ids: set[str] = set()  # custom ids whose request fails (a row with an error)
+        self.batch_fail_every = 0  # the Nth, 2Nth, ... request of every batch fails (0: none)
+        self.batch_failure: str | None = None  # batches created while this is set end "failed" with it as the message
+        self.batch_creates: list[dict[str, Any]] = []  # the body of every create call that made a batch
+        self.batch_polls: dict[str, int] = {}  # batch id -> GET /batches/{id} calls
+        self.batch_result_requests: list[tuple[str, str | None]] = []  # (batch id, cursor) of each results page asked for
         self._queue: list[Scenario] = []
         self._lock = threading.Lock()
+        self._batch_lock = threading.Lock()  # apart from _lock: a batch's answers draw nonces under it
+        self._batch_serial = 0  # never reset, so no id names two batches (a client may keep one on disk)
         self._nonce = 0
         self._stopping = threading.Event()
         self._httpd = _QuietServer((host, port), _handler_for(self))
@@ -314,11 +340,106 @@ class FakeOpenRouter:
             self.costs.clear()
             self.default = Scenario()
             self.max_in_flight = self.in_flight
+        with self._batch_lock:
+            self.batches.clear()
+            self.batch_models, self.batch_per_poll, self.batch_failure = None, None, None
+            self.batch_fail_ids, self.batch_fail_every = set(), 0
+            self.batch_creates.clear()
+            self.batch_polls.clear()
+            self.batch_result_requests.clear()
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         """Every generation request, whatever its API shape."""
         return [r for r in self.requests if r.method == "POST" and r.path.rstrip("/").endswith(tuple(_API_PATHS.values()))]
+
+    # --- the Batch API's knobs and counters ------------------------------------------------
+
+    def refuse_batches(self, *models: str) -> None:
+        """These models answer a create call with a 400 (the model does not support batches)."""
+        self.batch_models = self.batch_capable() - set(models)
+
+    def batch_capable(self) -> set[str]:
+        return set(self.models) if self.batch_models is None else set(self.batch_models)
+
+    def fail_batch(self, batch_id: str, message: str = "Batch failed: the provider returned errors", *,
+                   status: str = "failed") -> None:
+        """The batch ends ``status`` (``failed``, ``expired`` or ``cancelled``) at its next poll, with ``message`` as
+        its error, keeping the answers it has; a batch that has ended stays as it is."""
+        if status not in _ENDED - {"completed"}:
+            raise ValueError(f"a batch cannot be made to end {status!r}")
+        with self._batch_lock:
+            self.batches[batch_id].fate = (status, message)
+
+    @property
+    def batch_custom_ids(self) -> list[str]:
+        """Every custom id submitted, in order, across the create calls (one sent twice is here twice)."""
+        return [request["custom_id"] for body in self.batch_creates for request in body["requests"]]
+
+    def batch_counters(self) -> dict[str, Any]:
+        """What ``GET /_batches`` tells another process: the batches, the create calls' custom ids, polls, pages."""
+        with self._batch_lock:
+            return {"batches": [batch.as_object(results=False) for batch in self.batches.values()],
+                    "creates": [[request["custom_id"] for request in body["requests"]] for body in self.batch_creates],
+                    "polls": dict(self.batch_polls), "result_requests": [list(pair) for pair in self.batch_result_requests]}
+
+    def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._batch_lock:
+            self.batch_creates.append(body)
+            self._batch_serial += 1
+            batch = _Batch(f"batch_fake{self._batch_serial:04d}", str(body["model"]), list(body["requests"]), int(time.time()))
+            if self.batch_failure is not None:
+                batch.fate = ("failed", self.batch_failure)
+            self.batches[batch.id] = batch
+            return batch.as_object(results=False)
+
+    def _cancel_batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self._batch_lock:
+            batch = self.batches.get(batch_id)
+            if batch is not None and not batch.ended:
+                batch.end("cancelled", None)
+            return None if batch is None else batch.as_object(results=True)
+
+    def _poll_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """One step of the batch's life (None: no such batch): each poll is one, so a test decides how far it has got."""
+        with self._batch_lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return None
+            self.batch_polls[batch_id] = self.batch_polls.get(batch_id, 0) + 1
+            if batch.fate is not None and not batch.ended:
+                batch.end(*batch.fate)
+            elif batch.status == "validating":
+                batch.status = "in_progress"
+            elif not batch.ended:
+                self._finish_requests(batch)
+            return batch.as_object(results=True)
+
+    def _finish_requests(self, batch: _Batch) -> None:
+        done = len(batch.rows)
+        waiting = batch.requests[done:]
+        for position, request in enumerate(waiting[: self.batch_per_poll], start=done + 1):
+            batch.rows.append(self._batch_row(batch, position, request))
+        if len(batch.rows) == len(batch.requests):
+            batch.end("completed")
+
+    def _batch_row(self, batch: _Batch, position: int, request: dict[str, Any]) -> dict[str, Any]:
+        """One request's result row: the live reply to the same request at the batch price, or its error."""
+        custom_id = request["custom_id"]
+        row = {"id": f"batchreq_{batch.id.removeprefix('batch_')}_{position}", "custom_id": custom_id}
+        chat = {**request["body"], "model": batch.model}  # the batch's model answers every request
+        injected = custom_id in self.batch_fail_ids or (self.batch_fail_every > 0 and position % self.batch_fail_every == 0)
+        problem = _request_problem(chat)
+        if injected or problem is not None:
+            error = {"code": "provider_error", "message": _ERROR_TEXT[502]} if injected else {"code": "invalid_request", "message": problem}
+            return {**row, "response": None, "error": error}
+        generation_id = f"gen-{self._next_nonce()}-fake"
+        # shaped by the default scenario (its text, length, tool switches): pushed scenarios are for live requests
+        body = fake_completion(chat, completion_id=generation_id, scenario=self.default, honour_seed=self.honour_seed,
+                               nonce=self._next_nonce, price=BATCH_PRICE)
+        with self._lock:
+            self.costs[generation_id] = body["usage"]["cost"]
+        return {**row, "response": {"status_code": 200, "request_id": generation_id, "body": body}, "error": None}
 
     def _next_scenario(self) -> Scenario:
         with self._lock:
@@ -368,10 +489,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         record = self._record(None)
+        batches = _BATCH_ROUTE.search(self.path.split("?")[0].rstrip("/"))
         if self.path.rstrip("/").endswith("/models"):
             self._json(200, {"data": list(self.fake.models.values())})
         elif self.path.startswith("/_requests"):
             self._json(200, {"requests": [asdict(r) for r in self.fake.requests if r is not record]})
+        elif self.path.startswith("/_batches"):
+            self._json(200, self.fake.batch_counters())
+        elif batches is not None:
+            self._batch_get(batches["id"], batches["action"])
         elif self.path.split("?")[0].rstrip("/").endswith(("/key", "/generation")):
             self._account(self.path)
         else:
@@ -379,8 +505,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _account(self, path: str) -> None:
         """OpenRouter's ``GET /key`` (credit used and left, its label shaped like a key) and ``GET /generation?id=``."""
-        if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
-            self._json(401, {"error": {"code": 401, "message": _ERROR_TEXT[401]}})
+        if not self._authorized():
+            self._error(401, _ERROR_TEXT[401])
             return
         with self.fake._lock:
             costs = dict(self.fake.costs)
@@ -410,7 +536,10 @@ class _Handler(BaseHTTPRequestHandler):
         record = self._record(body)
         route = self.path.split("?")[0].rstrip("/")
         api = next((name for name, path in _API_PATHS.items() if route.endswith(path)), None)
-        if api is None:
+        batches = _BATCH_ROUTE.search(route)
+        if batches is not None:
+            self._batch_post(batches["id"], batches["action"], raw, body)
+        elif api is None:
             self._json(404, {"error": {"code": 404, "message": f"no route {self.path}"}})
         else:
             self._generate(api, body, record)
@@ -429,7 +558,75 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.push(*(Scenario.from_dict(s) for s in body.get("push", [])))
         if body.get("clear_requests"):
             self.fake.requests.clear()
+        settings = body.get("batches") or {}
+        unknown = sorted(set(settings) - set(_BATCH_CONTROLS))
+        if unknown:
+            self._error(400, f"unknown batch settings: {unknown}; known: {sorted(_BATCH_CONTROLS)}")
+            return
+        try:
+            for name, value in settings.items():
+                _BATCH_CONTROLS[name](self.fake, value)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._error(400, f"batch settings: {exc!r}")
+            return
         self._json(200, {"ok": True})
+
+    def _authorized(self) -> bool:
+        return self.fake.api_key is None or self.headers.get("Authorization") == f"Bearer {self.fake.api_key}"
+
+    # --- the Batch API ---------------------------------------------------------------------
+
+    def _batch_post(self, batch_id: str | None, action: str | None, raw: bytes, body: Any) -> None:
+        if not self._authorized():
+            self._error(401, _ERROR_TEXT[401])
+        elif batch_id is None:
+            problem = _batch_problem(body, _top_keys(raw), self.fake.batch_capable())
+            if problem is not None:
+                self._error(400, problem)
+            else:
+                self._json(202, self.fake._create_batch(body))
+        elif action == "cancel":
+            self._batch_answer(batch_id, self.fake._cancel_batch(batch_id))
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def _batch_get(self, batch_id: str | None, action: str | None) -> None:
+        if not self._authorized():
+            self._error(401, _ERROR_TEXT[401])
+        elif batch_id is None:
+            with self.fake._batch_lock:
+                listed = [batch.as_object(results=False) for batch in reversed(self.fake.batches.values())]
+            self._json(200, {"object": "list", "data": listed})  # newest first
+        elif action is None:
+            self._batch_answer(batch_id, self.fake._poll_batch(batch_id))
+        elif action == "results":
+            self._batch_results(batch_id)
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def _batch_answer(self, batch_id: str, batch: dict[str, Any] | None) -> None:
+        if batch is None:
+            self._error(404, f"Batch {batch_id} not found")
+        else:
+            self._json(200, batch)
+
+    def _batch_results(self, batch_id: str) -> None:
+        query = {name: values[0] for name, values in parse_qs(urlsplit(self.path).query).items()}
+        with self.fake._batch_lock:
+            batch = self.fake.batches.get(batch_id)
+            if batch is not None:
+                self.fake.batch_result_requests.append((batch_id, query.get("cursor")))
+            rows, status = ([], "") if batch is None else (list(batch.rows), batch.status)
+        if batch is None:
+            self._error(404, f"Batch {batch_id} not found")
+        elif status not in _ENDED:
+            self._error(409, f"Batch {batch_id} is {status}: its results can be read once it has ended")
+        else:
+            self._json(*_results_page(rows, query))
+
+    def _error(self, status: int, message: str) -> None:
+        """An error as OpenRouter words one: ``{"error": {"code", "message"}}``."""
+        self._json(status, {"error": {"code": status, "message": message}})
 
     # --- generation (every API shape) ------------------------------------------------
 
@@ -464,7 +661,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake.in_flight)
 
     def _refusal(self, body: dict[str, Any], scenario: Scenario) -> tuple[int, str] | None:
-        if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+        if not self._authorized():
             return 401, _ERROR_TEXT[401]
         if scenario.status != 200:
             return scenario.status, scenario.error_message or _ERROR_TEXT.get(scenario.status, "error")
@@ -475,9 +672,7 @@ class _Handler(BaseHTTPRequestHandler):
         provider = body.get("provider")
         if isinstance(provider, dict) and provider.get("require_parameters") and ignored is not None and ignored in body:
             return 404, "No endpoints found that can handle the requested parameters."  # OpenRouter's words
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            return 400, "messages must be a non-empty list"
-        problem = _tool_problem(body)
+        problem = _request_problem(body)
         return None if problem is None else (400, problem)
 
     def _stream(self, request: dict[str, Any], scenario: Scenario, fmt: _Format) -> None:
@@ -486,14 +681,14 @@ class _Handler(BaseHTTPRequestHandler):
         A reply is a list of steps (a token, or a tool call's start, argument fragment or end), each written
         as one or more events; the scenario's drops, errors, stalls and keep-alives count steps.
         """
-        tokens, calls, finish = self._reply(request, scenario)
+        tokens, calls, finish = _reply(request, scenario, honour_seed=self.fake.honour_seed, nonce=self.fake._next_nonce)
         prompt_tokens = _prompt_tokens(request)
         writer = _EventWriter(self, scenario)
         writer.comment()
         self.fake.sleep(scenario.ttft_s)
         writer.events(fmt.start(prompt_tokens))
         delay = 1 / scenario.tokens_per_s if scenario.tokens_per_s else 0.0
-        k = _probs_asked(request) if scenario.logprobs and _ignored(request.get("model")) != "logprobs" else None
+        k = _probs_k(request, scenario)
         steps = [fmt.text(token, None if k is None else fake_logprobs(request["messages"], request, i, token, k))
                  for i, token in enumerate(tokens)]
         steps += _call_steps(fmt, calls, scenario.tool_split)
@@ -521,33 +716,6 @@ class _Handler(BaseHTTPRequestHandler):
             writer.events(fmt.done())
         writer.end()
 
-    def _reply(self, request: dict[str, Any], scenario: Scenario) -> tuple[list[str], list[_FakeCall], str]:
-        """The reply's text tokens, its native tool calls, and its finish reason."""
-        view = _tool_view(request)
-        calls = _planned_calls(view, scenario)
-        said = [scenario.text] if scenario.text else []  # what the model writes before its calls
-        if calls and not view.prompted:
-            return (_words(said[0]) if said else []), calls, "tool_calls"  # limits are not applied to native calls
-        if calls:  # Granite's convention is plain text, limits and all
-            written = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
-            tokens, finish = _apply_limits(list(_text_pieces(written, scenario.tool_split)), _params(request))
-            return tokens, [], finish
-        text = scenario.text if scenario.text is not None else _answer(view.messages) or _structured(request)
-        tokens, finish = self._reply_tokens(request, scenario, text)
-        return tokens, [], finish
-
-    def _reply_tokens(self, body: dict[str, Any], scenario: Scenario, text: str | None) -> tuple[list[str], str]:
-        params = _params(body)
-        if not self.fake.honour_seed:
-            params.pop("seed", None)
-        params.pop(_ignored(body.get("model")) or "", None)
-        if text is not None:
-            tokens = _words(text)
-        else:
-            nonce = self.fake._next_nonce() if "seed" not in params else None
-            tokens = fake_reply(body["messages"], params, tokens=scenario.tokens, nonce=nonce)
-        return _apply_limits(tokens, params)
-
     # --- plain JSON replies ---------------------------------------------------------
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
@@ -559,6 +727,76 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def _reply(request: dict[str, Any], scenario: Scenario, *, honour_seed: bool = True,
+           nonce: Callable[[], int] | None = None) -> tuple[list[str], list[_FakeCall], str]:
+    """The reply's text tokens, its native tool calls, and its finish reason (a live stream and a batch's answer
+    alike).  ``nonce`` is asked for a number only when the request draws without a seed (None: a fixed draw)."""
+    view = _tool_view(request)
+    calls = _planned_calls(view, scenario)
+    said = [scenario.text] if scenario.text else []  # what the model writes before its calls
+    if calls and not view.prompted:
+        return (_words(said[0]) if said else []), calls, "tool_calls"  # limits are not applied to native calls
+    if calls:  # Granite's convention is plain text, limits and all
+        written = _continued(request, "\n".join([*said, *map(_prompted_call, calls)]))
+        tokens, finish = _apply_limits(list(_text_pieces(written, scenario.tool_split)), _params(request))
+        return tokens, [], finish
+    text = scenario.text if scenario.text is not None else _answer(view.messages) or _structured(request)
+    tokens, finish = _reply_tokens(request, scenario, text, honour_seed=honour_seed, nonce=nonce)
+    return tokens, [], finish
+
+
+def _reply_tokens(body: dict[str, Any], scenario: Scenario, text: str | None, *, honour_seed: bool,
+                  nonce: Callable[[], int] | None) -> tuple[list[str], str]:
+    params = _params(body)
+    if not honour_seed:
+        params.pop("seed", None)
+    params.pop(_ignored(body.get("model")) or "", None)
+    if text is not None:
+        tokens = _words(text)
+    else:
+        drawn = nonce() if nonce is not None and "seed" not in params else None
+        tokens = fake_reply(body["messages"], params, tokens=scenario.tokens, nonce=drawn)
+    return _apply_limits(tokens, params)
+
+
+def _probs_k(request: dict[str, Any], scenario: Scenario) -> int | None:
+    """The alternatives per token a reply carries (None: no probabilities): as asked, unless the provider ignores it."""
+    return _probs_asked(request) if scenario.logprobs and _ignored(request.get("model")) != "logprobs" else None
+
+
+def fake_completion(request: dict[str, Any], *, completion_id: str = "chatcmpl-fake", scenario: Scenario | None = None,
+                    honour_seed: bool = True, nonce: Callable[[], int] | None = None,
+                    price: float | None = 1.0) -> dict[str, Any]:
+    """The whole (not streamed) ``chat.completion`` the fake answers a chat request with: the text, tool calls,
+    probabilities, finish reason and token counts its stream would have, the cost at ``price`` times the listed
+    prices (0.5: a batch's discount; None: no cost, as a local engine reports none)."""
+    scenario = scenario or Scenario()
+    tokens, calls, finish = _reply(request, scenario, honour_seed=honour_seed, nonce=nonce)
+    model = str(request.get("model"))
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) if tokens or not calls else None}
+    if calls:
+        message["tool_calls"] = [{"id": f"call_{call.key}", "type": "function",
+                                  "function": {"name": call.name, "arguments": call.arguments}} for call in calls]
+    k = _probs_k(request, scenario)
+    logprobs = None if k is None else {
+        "content": [fake_logprobs(request["messages"], request, i, token, k) for i, token in enumerate(tokens)], "refusal": None}
+    # counted as the stream counts its steps, so both report the same completion tokens
+    steps = len(tokens) + len(_call_steps(_ChatFormat(completion_id, model), calls, scenario.tool_split))
+    usage = _usage(_prompt_tokens(request), steps, price=1.0 if price is None else price)
+    if price is None:
+        del usage["cost"]
+    choice = {"index": 0, "message": message, "finish_reason": finish, "native_finish_reason": finish, "logprobs": logprobs}
+    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "provider": "FakeProvider", "choices": [choice], "usage": usage}
+
+
+def _request_problem(body: dict[str, Any]) -> str | None:
+    """Why a chat body is refused (a 400 live, a failed request in a batch), or None."""
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        return "messages must be a non-empty list"
+    return _tool_problem(body)
 
 
 def _apply_limits(tokens: list[str], params: dict[str, Any]) -> tuple[list[str], str]:
@@ -589,8 +827,9 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return words + 4 * len(body.get("messages", []))
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    cost = prompt_tokens * PROMPT_PRICE + completion_tokens * COMPLETION_PRICE
+def _usage(prompt_tokens: int, completion_tokens: int, *, price: float = 1.0) -> dict[str, Any]:
+    """The usage a reply reports, its cost at ``price`` times the listed prices."""
+    cost = (prompt_tokens * PROMPT_PRICE + completion_tokens * COMPLETION_PRICE) * price
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens, "cost": round(cost, 12)}
 
@@ -1242,6 +1481,210 @@ def _pieces(data: bytes, size: int | None) -> Iterator[bytes]:
         return
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+# --- OpenRouter's Batch API ----------------------------------------------------------------------------
+
+BATCH_ENDPOINT = "/v1/chat/completions"  # the one endpoint the fake batches: it answers chat only
+BATCH_MOST = 5000  # requests in one create call, at most
+BATCH_PRICE = 0.5  # a batch's answers cost half the live price
+_ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+_BEFORE_REQUESTS = ("endpoint", "model", "callback_url")  # the real API stream-parses the body: these come first
+_PAGE_MOST = 1000  # result rows in one page, at most (and by default)
+# /batches, /batches/{id}, /batches/{id}/results, /batches/{id}/cancel (under /api/v1, or /api/beta as documented)
+_BATCH_ROUTE = re.compile(r"/batches(?:/(?P<id>[^/]+)(?:/(?P<action>[^/]+))?)?$")
+
+
+@dataclass
+class _Batch:
+    """One batch: ``validating``, then ``in_progress`` while polls finish its requests, then ended (see _ENDED)."""
+
+    id: str
+    model: str
+    requests: list[dict[str, Any]]  # {"custom_id", "body"}, as submitted
+    created_at: int
+    status: str = "validating"
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the result rows of the requests finished so far, in order
+    fate: tuple[str, str] | None = None  # (status, message): how it ends at its next poll, when it is to fail
+    error: dict[str, Any] | None = None
+    finalized_at: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in _ENDED
+
+    def end(self, status: str, message: str | None = None) -> None:
+        self.status, self.finalized_at = status, int(time.time())
+        self.error = None if message is None else {"message": message}
+
+    def as_object(self, *, results: bool) -> dict[str, Any]:
+        """The batch object; an ended batch carries its usage, and its result rows when ``results``."""
+        failed = sum(row["error"] is not None for row in self.rows)
+        return {"id": self.id, "object": "batch", "endpoint": BATCH_ENDPOINT, "model": self.model, "status": self.status,
+                "request_counts": {"total": len(self.requests), "completed": len(self.rows) - failed, "failed": failed},
+                "created_at": self.created_at, "completion_window": "24h",
+                "results": list(self.rows) if results and self.ended else None,
+                "usage": _summed_usage(self.rows) if self.ended else None,
+                "error": self.error, "finalized_at": self.finalized_at}
+
+
+def _summed_usage(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    usages = [row["response"]["body"]["usage"] for row in rows if row["response"] is not None]
+    summed = {name: sum(usage[name] for usage in usages) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return {**summed, "cost": round(sum(usage["cost"] for usage in usages), 12)}
+
+
+def _top_keys(raw: bytes) -> list[str]:
+    """The top-level keys of a JSON object in the order the text has them (the hook turns every object into its keys,
+    and the outermost call is the last)."""
+    keys = json.loads(raw or b"{}", object_pairs_hook=lambda pairs: [name for name, _ in pairs])
+    return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else []
+
+
+def _batch_problem(body: Any, keys: list[str], capable: set[str]) -> str | None:
+    """Why a create call is refused with a 400, or None."""
+    if not isinstance(body, dict):
+        return "The body must be a JSON object"
+    late = [key for key in _BEFORE_REQUESTS if key in keys and "requests" in keys and keys.index(key) > keys.index("requests")]
+    if late:
+        return f"{', '.join(late)} must come before requests in the body (it is read as a stream)"
+    endpoint, model = body.get("endpoint"), body.get("model")
+    if not isinstance(endpoint, str) or not endpoint:
+        return "endpoint is required"
+    if endpoint != BATCH_ENDPOINT:
+        return f"endpoint {endpoint} is not supported here: this server batches {BATCH_ENDPOINT} only"
+    if not isinstance(model, str) or not model:
+        return "model is required"
+    if model not in capable:
+        return f"Model {model} does not support batches"
+    return _requests_problem(body.get("requests"))
+
+
+def _requests_problem(requests: Any) -> str | None:
+    if not isinstance(requests, list) or not requests:
+        return "requests must be a non-empty array"
+    if len(requests) > BATCH_MOST:
+        return f"A batch holds at most {BATCH_MOST} requests; this one has {len(requests)}"
+    seen: set[str] = set()
+    for i, request in enumerate(requests):
+        custom_id = request.get("custom_id") if isinstance(request, dict) else None
+        if not isinstance(custom_id, str) or not custom_id:
+            return f"requests[{i}] has no custom_id"
+        if custom_id in seen:
+            return f"requests[{i}]: duplicate custom_id {custom_id!r}"
+        seen.add(custom_id)
+        if not isinstance(request.get("body"), dict):
+            return f"requests[{i}] ({custom_id}) has no body"
+    return None
+
+
+def _results_page(rows: list[dict[str, Any]], query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """A page of an ended batch's rows: those after the row the cursor names (the last row of the page before), so
+    asking for the same page again gives the same rows."""
+    limit = query.get("limit", str(_PAGE_MOST))
+    if not limit.isdigit() or int(limit) < 1:
+        return 400, {"error": {"code": 400, "message": f"limit must be a positive integer, not {limit!r}"}}
+    ids = [row["id"] for row in rows]
+    cursor = query.get("cursor")
+    if cursor is not None and cursor not in ids:
+        return 400, {"error": {"code": 400, "message": f"unknown cursor {cursor!r}"}}
+    start = 0 if cursor is None else ids.index(cursor) + 1
+    page = rows[start : start + min(int(limit), _PAGE_MOST)]
+    more = start + len(page) < len(rows)
+    return 200, {"object": "list", "data": page, "has_more": more, "next_cursor": page[-1]["id"] if more else None}
+
+
+# ``POST /_control`` with ``{"batches": {...}}``: each setting turns one of the server's batch knobs.
+_BATCH_CONTROLS: dict[str, Callable[[FakeOpenRouter, Any], None]] = {
+    "models": lambda fake, value: setattr(fake, "batch_models", None if value is None else set(value)),
+    "refuse": lambda fake, value: fake.refuse_batches(*value),
+    "per_poll": lambda fake, value: setattr(fake, "batch_per_poll", value),
+    "fail_ids": lambda fake, value: setattr(fake, "batch_fail_ids", set(value)),
+    "fail_every": lambda fake, value: setattr(fake, "batch_fail_every", int(value)),
+    "failure": lambda fake, value: setattr(fake, "batch_failure", value),
+    "fail_batch": lambda fake, value: fake.fail_batch(value["id"], **{k: v for k, v in value.items() if k != "id"}),
+}
+
+
+# --- a stand-in for `vllm run-batch` ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FileStyle:
+    """How an engine writes a batch's output: its ids, and where and how a failed request goes."""
+
+    line_prefix: str
+    request_prefix: str
+    errors_apart: bool  # failures go to an errors file of their own, not the output
+    failure: Callable[[int, str], tuple[dict[str, Any] | None, dict[str, Any] | None]]  # (status, message) -> (body, error)
+
+
+_FILE_STYLES: dict[str, _FileStyle] = {
+    # vLLM writes a failure inline: no body, and its ErrorResponse as the line's error
+    "vllm": _FileStyle("vllm-", "vllm-batch-", False, lambda status, message: (
+        None, {"object": "error", "message": message, "type": "BadRequestError" if status == 400 else "InternalServerError",
+               "param": None, "code": status})),
+    # OpenAI puts it in the errors file, as the HTTP error the request got (the line's own error is for the batch's)
+    "openai": _FileStyle("batch_req_", "req_", True, lambda status, message: (
+        {"error": {"message": message, "type": "invalid_request_error" if status == 400 else "server_error",
+                   "param": None, "code": None}}, None)),
+}
+
+
+def run_batch_file(input_path: str | Path, output_path: str | Path, *, errors_path: str | Path | None = None,
+                   fail: Iterable[str] = (), missing: Iterable[str] = (), style: str = "vllm") -> None:
+    """What ``vllm run-batch -i INPUT -o OUTPUT`` does, answering with the fake's replies: reads OpenAI-format batch
+    input lines (``{"custom_id", "method", "url", "body"}``) and writes one output line per request, in order
+    (``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``, the body a whole
+    ``chat.completion`` without a cost, as a local engine reports none).
+
+    ``fail``: custom ids whose request fails (a 500); a line that is not a chat request fails with a 400.  ``missing``:
+    custom ids left out entirely, as from a run cut short.  ``style="openai"`` writes as OpenAI's Batch API does:
+    failures go to ``errors_path`` (written, empty when nothing failed), not the output.
+    """
+    if style not in _FILE_STYLES:
+        raise ValueError(f"style must be one of {sorted(_FILE_STYLES)}, not {style!r}")
+    shape = _FILE_STYLES[style]
+    if shape.errors_apart != (errors_path is not None):
+        raise ValueError(f"style={style!r} {'needs' if shape.errors_apart else 'takes no'} errors_path")
+    failing, left_out = set(fail), set(missing)
+    output: list[str] = []
+    errors: list[str] = []
+    for number, text in enumerate(Path(input_path).read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        line = json.loads(text)
+        if line.get("custom_id") in left_out:
+            continue
+        answer = _file_answer(shape, number, line, failing)
+        (errors if shape.errors_apart and answer["response"]["status_code"] != 200 else output).append(json.dumps(answer))
+    Path(output_path).write_text("".join(f"{line}\n" for line in output))
+    if errors_path is not None:
+        Path(errors_path).write_text("".join(f"{line}\n" for line in errors))
+
+
+def _file_answer(shape: _FileStyle, number: int, line: dict[str, Any], failing: set[str]) -> dict[str, Any]:
+    custom_id = line.get("custom_id")
+    key = hashlib.sha256(json.dumps([custom_id, number]).encode()).hexdigest()[:24]
+    response: dict[str, Any] = {"status_code": 200, "request_id": f"{shape.request_prefix}{key}"}
+    failure = _file_failure(line, failing)
+    error = None
+    if failure is None:
+        response["body"] = fake_completion(line["body"], completion_id=f"chatcmpl-{key}", price=None)
+    else:
+        response["status_code"] = failure[0]
+        response["body"], error = shape.failure(*failure)
+    return {"id": f"{shape.line_prefix}{key}", "custom_id": custom_id, "response": response, "error": error}
+
+
+def _file_failure(line: dict[str, Any], failing: set[str]) -> tuple[int, str] | None:
+    """(HTTP status, message) when the line's request fails, else None."""
+    if line.get("url") != BATCH_ENDPOINT or not isinstance(line.get("body"), dict):
+        return 400, f"url {line.get('url')!r} is not supported: only {BATCH_ENDPOINT}, with a body"
+    if line.get("custom_id") in failing:
+        return 500, "Internal server error"
+    problem = _request_problem(line["body"])
+    return None if problem is None else (400, problem)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

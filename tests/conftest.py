@@ -226,12 +226,13 @@ def session(server: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch, tmp_path_fa
 
 @pytest.fixture(autouse=True)
 def _no_shared_probe_reports(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The Python API's shared session starts each test with no probe report an earlier test made."""
+    """The Python API's shared session starts each test afresh, as in a new kernel: no client an earlier test made
+    (one made without a key would keep sending none), and no probe report an earlier test made."""
     from granite_magic import _session
     from granite_magic._probe import ProbeStore
 
-    if _session._shared is not None:
-        _session._shared.probes = ProbeStore(tmp_path_factory.mktemp("probes") / "probes.json")
+    _session._shared = None
+    _session.shared_session().probes = ProbeStore(tmp_path_factory.mktemp("probes") / "probes.json")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,7 +12,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import granite_magic
+from granite_magic import _session
 from granite_magic._errors import InvalidParameterError
+from granite_magic._turn import Turn
 from granite_magic.testing import FakeOpenRouter, run_batch_file
 
 from .conftest import TEST_KEY, magics_of, run, shown
@@ -111,7 +113,8 @@ def test_rows_answered_by_a_batch_make_the_live_frame_at_half_the_price(session:
     assert batched["_cost"].tolist() == pytest.approx((live["_cost"] / 2).tolist())
     body = json.dumps(server.batch_creates[0])
     assert body.index('"endpoint"') < body.index('"model"') < body.index('"requests"')
-    assert granite_magic.usage()["cost"].iloc[-5:].sum() == pytest.approx(batched["_cost"].sum())  # the ledger has them
+    ledger = _session.shared_session().ledger.to_dataframe()  # the session map runs in
+    assert ledger["cost"].iloc[-5:].sum() == pytest.approx(batched["_cost"].sum())  # the ledger has them
 
 
 def test_a_failed_request_is_that_row_s_error_and_running_again_sends_only_it(cache_dir: Path, server: FakeOpenRouter) -> None:
@@ -176,7 +179,8 @@ def test_a_failed_batch_and_a_model_that_takes_none_are_said_in_one_line_nothing
     with pytest.raises(GraniteError, match="batch") as refused:
         granite_magic.map(ROCKS, PROMPT, max_tokens=8, via="batch", poll_s=0)
     assert "\n" not in refused.value.message and TEST_KEY not in str(refused.value)
-    granite_magic.probe()  # remembered: the next batch is refused before anything is sent
+    shared = _session.shared_session()  # the session map runs in (a loaded extension's is another: its own probes)
+    shared.probe(shared.resolve(Turn("")))  # remembered: the next batch is refused before anything is sent
     creates = len(server.batch_creates)
     with pytest.raises(InvalidParameterError, match=r"takes no batches here .*via='live'"):
         granite_magic.map(ROCKS, PROMPT, max_tokens=8, via="batch", poll_s=0)

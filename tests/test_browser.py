@@ -63,6 +63,8 @@ PROMPTED_CELL = "%%granite --tools convert --tool-mode prompted --tool-choice co
 KEEPS_CALLING_CELL = "%%granite --max-steps 2 --tools convert --tool-mode prompted --tool-choice convert\nHow much is 1 dollar in yen?"
 OVER_CELL = "%%granite --over rows --max-tokens 30\nDescribe {item} in one line."
 ROWS_CELL = "rows = [f'rock {n}' for n in range(30)]"
+POLL_CELL = "%config GraniteMagics.batch_poll = 0"  # the fake's batch moves on at each poll: no wait between them
+BATCH_CELL = "%%granite --over rows --via batch --max-tokens 8\nName {item} in one word."
 SCHEMA_CELL = '%%granite --schema "sentiment: positive|negative|neutral, reason" --max-tokens 200\nClassify: a great hike.'
 STRUCTURED = "09_structured_output.ipynb"
 FINAL_STATUS = re.compile(r"first token \d")
@@ -89,7 +91,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     at = next(i for i, c in enumerate(nb.cells) if c.source.startswith("%load_ext")) + 1
     for offset, source in enumerate([STREAM_CELL, PANEL_CELL, UNSAFE_CELL, LENS_CELL, TOOL_DEF_CELL, TOOLS_CELL, APPROVE_CELL,
                                    CACHE_CELL, VERIFY_CELL, BROKEN_DEF_CELL, FAILING_TOOLS_CELL, PROMPTED_CELL,
-                                   KEEPS_CALLING_CELL, SCHEMA_CELL, ROWS_CELL, OVER_CELL]):
+                                   KEEPS_CALLING_CELL, SCHEMA_CELL, ROWS_CELL, OVER_CELL, POLL_CELL, BATCH_CELL]):
         nb.cells.insert(at + offset, nbformat.v4.new_code_cell(source))
     for each in nb.cells:  # saved counts would hide when a cell has run again
         if each.cell_type == "code":
@@ -524,3 +526,16 @@ def test_a_prompt_over_rows_shows_its_progress_then_a_summary_that_stays(page: P
         target.screenshot(path=str(ARTIFACTS / "17-rows-summary.png"))
     finally:
         fake.default = Scenario()
+
+
+def test_rows_sent_as_a_batch_show_the_batch_s_counts_then_the_same_summary(page: Page, fake: FakeOpenRouter) -> None:
+    """--via batch: the poll's line (batches, requests done) stays above the summary a live run ends with."""
+    run_cell(page, ROWS_CELL)
+    run_cell(page, POLL_CELL)
+    target = run_cell(page, BATCH_CELL)
+    output = target.locator(".jp-Cell-outputArea")
+    output.get_by_text(re.compile(r"30 rows · 30 ok")).wait_for(timeout=60_000)
+    shown = output.inner_text()
+    assert re.search(r"batch: 1 batch\(es\), 30 request\(s\): 30 done, 0 failed \(completed\)", shown), shown
+    assert fake.batch_creates and len(fake.batch_creates[-1]["requests"]) == 30
+    target.screenshot(path=str(ARTIFACTS / "18-rows-batch.png"))

@@ -209,6 +209,52 @@ def test_prefix_reuse_gives_the_same_text_as_reading_again(model_path: str, reus
         reusing.close()
 
 
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The tokens llama.cpp has decoded (prompt read and reply generated), counted at its C API: ``[count]``."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as bindings
+
+    count = [0]
+    real = bindings.llama_decode
+
+    def counting(ctx: Any, batch: Any) -> int:
+        count[0] += int(batch.n_tokens)
+        return int(real(ctx, batch))
+
+    monkeypatch.setattr(bindings, "llama_decode", counting)  # as llama-cpp-python calls it
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting)  # as the package's own name
+    return count
+
+
+@pytest.mark.parametrize("reuse", ["auto", "state"])
+def test_rows_sharing_an_instruction_read_only_their_own_tokens(model_path: str, reuse: PrefixReuse, decoded: list[int]) -> None:
+    """``map``'s rows on the local model: an instruction shorter than llama.cpp's 512-token batch is read once, and a
+    later row reads its own tokens and less than one 32-token read chunk of it again, with the text of a fresh read.
+    ``state`` (a hybrid model's way) saves the state where the second row departs from the first: from the third on."""
+    instruction = notes(32)  # about 480 tokens: every row's prompt is under 512
+    questions = ["Which mill comes after mill 3?", "Which mill comes before the bridge?", "How many mills are there?"]
+    again, reusing = LocalClient(model_path, prefix_reuse="off"), LocalClient(model_path, prefix_reuse=reuse)
+    try:
+        for row, question in enumerate(questions):
+            messages = [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
+            read = []
+            for client in (again, reusing):
+                before = decoded[0]
+                read.append((reply(client, messages, seed=row, temperature=0.9, max_tokens=12), decoded[0] - before))
+            (fresh, fresh_read), (kept, kept_read) = read
+            assert kept.text == fresh.text and kept.usage.prompt_tokens == fresh.usage.prompt_tokens
+            assert fresh.usage.prompt_tokens and fresh.usage.prompt_tokens < 512
+            reused = kept.usage.cached_tokens or 0
+            assert fresh_read - kept_read == reused  # llama.cpp decoded every token of the prompt but those
+            if row >= (1 if reuse == "auto" else 2):
+                own = preview(again, [{"role": "user", "content": question}])[1]  # the row's prompt without the instruction
+                assert fresh.usage.prompt_tokens - reused < own + 32, (row, reused)
+    finally:
+        again.close()
+        reusing.close()
+
+
 # --- a base model is framed as a base model; a template is used as it is ---------------------------------------
 
 

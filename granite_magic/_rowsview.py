@@ -28,6 +28,9 @@ __all__ = ["RowsProgress", "RowsView", "TerminalRowsView", "summary_bundle"]
 LAST_REPLIES = 3  # shown under the progress line
 SHOWN_ROWS = 5  # of the result frame, in the saved summary
 SHOWN_DISAGREEMENTS = 10  # row labels named
+# A map's view refreshes at most this often, whatever the streaming view's rate: each refresh resends the whole view
+# to the front end, and a row count changing faster than this is not read anyway.
+MOST_UPDATES_PER_SECOND = 10.0
 
 
 class RowsProgress:
@@ -69,7 +72,7 @@ class RowsView(ThrottledOutput):
     """The live view in a notebook: a progress bar and line, and the last few replies."""
 
     def __init__(self, title: str, total: int, *, rate: float = UPDATES_PER_SECOND, embedded: bool = False) -> None:
-        super().__init__(rate=rate, embedded=embedded)
+        super().__init__(rate=min(rate, MOST_UPDATES_PER_SECOND), embedded=embedded)
         self.title = title
         self.progress_state = RowsProgress(total)
 

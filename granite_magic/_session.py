@@ -10,6 +10,7 @@ an expected failure, and no column of a grid outlives its job.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -647,7 +648,14 @@ class CompareJob:
                     gate.succeeded()
             grid.column_done(self.first_column + index, self._column_outcome(index)[0])
 
-        tasks = [asyncio.ensure_future(column(i)) for i in range(len(self.columns))]
+        queue = iter(range(len(self.columns)))  # shared by the workers: each column is taken once, in order
+
+        async def worker() -> None:
+            for index in queue:
+                await column(index)
+
+        # ``concurrency`` workers, not a task a column: a map of 100,000 rows holds 64 tasks, not 100,000
+        tasks = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(self.columns)))]
         try:
             await asyncio.gather(*tasks)
             # after the columns, not beside them: some servers cut a reply short when another request arrives
@@ -689,10 +697,12 @@ class CompareJob:
 
 
 class AdaptiveGate:
-    """How many runs of a batch are in flight: at most ``limit``, halved (and all new starts paused for the server's
-    ``Retry-After``) each time the server rate-limits one, raised again by one for every ``window`` runs that end
-    (additive increase, multiplicative decrease, as TCP does).  The client retries the limited request itself, so no
-    run fails for rate limiting alone while its retries remain; the gate keeps the others from making it worse."""
+    """How many runs of a batch are in flight: at most ``limit``, halved when the server rate-limits one (at most once
+    per ``Retry-After``: the refusals of one crowded moment are one signal, not many), raised again by one for every
+    run that ends (additive increase, multiplicative decrease).  The refused run waits as the server said and is sent
+    again by the client, so no run fails for rate limiting alone while its retries remain; the others go on, fewer at
+    once.  Waiting runs start in the order they came (first in, first out), each woken only when a place is free:
+    a batch of 10,000 rows costs a few operations a row, not one per waiting row each time a row ends."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -700,36 +710,53 @@ class AdaptiveGate:
         self.lowest = float(limit)  # how far it fell (the summary says so)
         self.throttles = 0
         self._in_flight = 0
-        self._resume_at = 0.0
-        self._changed = asyncio.Event()
+        self._calm_at = 0.0  # before this (loop time), a refusal belongs to the last halving
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
     def allowed(self) -> int:
         return max(1, int(self.window))
 
     async def __aenter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._in_flight >= self.allowed or loop.time() < self._resume_at:
-            self._changed.clear()
-            wait = self._resume_at - loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=wait if wait > 0 else None)
-        self._in_flight += 1
+        if self._in_flight < self.allowed and not self._waiting:
+            self._in_flight += 1
+            return
+        place = asyncio.get_running_loop().create_future()
+        self._waiting.append(place)
+        try:
+            await place  # ``_wake`` counts the run in flight as it hands over the place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():  # handed a place as it was cancelled: pass it on
+                self._in_flight -= 1
+                self._wake()
+            else:
+                self._waiting.remove(place)
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         self._in_flight -= 1
-        self._changed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self._in_flight < self.allowed:
+            place = self._waiting.popleft()
+            if not place.done():
+                self._in_flight += 1
+                place.set_result(None)
 
     def throttled(self, delay: float) -> None:
-        """The server rate-limited a run, which will try again in ``delay`` seconds: halve, and pause new starts."""
+        """The server rate-limited a run, which will try again in ``delay`` seconds: halve, once per such wait."""
         self.throttles += 1
+        now = asyncio.get_running_loop().time()
+        if now < self._calm_at:
+            return
         self.window = max(1.0, self.window / 2)
         self.lowest = min(self.lowest, self.window)
-        self._resume_at = max(self._resume_at, asyncio.get_running_loop().time() + delay)
+        self._calm_at = now + delay
 
     def succeeded(self) -> None:
-        self.window = min(float(self.limit), self.window + 1 / self.window)
-        self._changed.set()
+        self.window = min(float(self.limit), self.window + 1)
+        self._wake()
 
 
 REPAIR_NOTE = "the reply did not fit the schema: asked again with what is wrong"

@@ -158,7 +158,14 @@ def test_429_after_every_retry(client: GraniteClient, server: FakeOpenRouter) ->
     server.push(*[Scenario(status=429, retry_after="0")] * 10)
     with pytest.raises(RateLimitError, match=r"Rate limited \(HTTP 429\)"):
         client.chat("Hi")
-    assert len(server.chat_requests) == FAST_RETRY.max_attempts
+    assert len(server.chat_requests) == FAST_RETRY.max_paced_attempts == 8  # a server pacing us: tried longer
+
+
+def test_a_429_without_retry_after_gets_the_ordinary_attempts(client: GraniteClient, server: FakeOpenRouter) -> None:
+    server.push(*[Scenario(status=429)] * 10)
+    with pytest.raises(RateLimitError):
+        client.chat("Hi")
+    assert len(server.chat_requests) == FAST_RETRY.max_attempts == 4
 
 
 def test_retry_delays_grow_with_jitter_and_retry_after_is_capped() -> None:
@@ -267,7 +274,7 @@ def test_a_rate_limited_wait_is_shown_while_it_lasts(client: GraniteClient, serv
     server.push(Scenario(status=429, retry_after="1"))
     notes: list[str | None] = []
     client.chat("Hi", on_update=lambda progress: notes.append(progress.note))
-    assert notes[0] == "rate limited, retrying in 1 s (attempt 2 of 4)"
+    assert notes[0] == "rate limited, retrying in 1 s (attempt 2 of 8)"
     assert notes[-1] is None  # cleared once text arrives
 
 

@@ -233,7 +233,7 @@ def test_rate_limits_lower_the_rows_in_flight_and_no_row_fails_for_them(cells: I
     assert "rate limited 3 times: down to 1 at once" in shown(out)
 
 
-def test_the_gate_halves_on_a_limit_and_climbs_back_one_window_at_a_time() -> None:
+def test_the_gate_halves_once_per_retry_after_and_climbs_back_one_run_at_a_time() -> None:
     import asyncio
 
     from granite_magic._session import AdaptiveGate
@@ -241,14 +241,89 @@ def test_the_gate_halves_on_a_limit_and_climbs_back_one_window_at_a_time() -> No
     async def drive() -> list[int]:
         gate = AdaptiveGate(8)
         seen = [gate.allowed]
-        gate.throttled(0.0)
+        gate.throttled(30.0)
+        gate.throttled(30.0)  # a second refusal of the same crowded moment: no second halving
         seen.append(gate.allowed)
-        for _ in range(5):  # about one more at once for every window's worth of runs that end
+        gate.succeeded()
+        seen.append(gate.allowed)
+        for _ in range(10):
             gate.succeeded()
-        seen.append(gate.allowed)
+        seen.append(gate.allowed)  # never above the limit asked for
         return seen
 
-    assert asyncio.run(drive()) == [8, 4, 5]
+    assert asyncio.run(drive()) == [8, 4, 5, 8]
+
+
+def test_the_gate_lets_waiting_runs_in_first_come_first_served_one_per_free_place() -> None:
+    import asyncio
+
+    from granite_magic._session import AdaptiveGate
+
+    async def drive() -> tuple[list[str], list[int]]:
+        gate, entered, at_once, inside = AdaptiveGate(2), [], [], [0]
+
+        async def run(name: str, leave: asyncio.Event) -> None:
+            async with gate:
+                entered.append(name)
+                inside[0] += 1
+                at_once.append(inside[0])
+                await leave.wait()
+                inside[0] -= 1
+
+        leaves = {name: asyncio.Event() for name in "abcdef"}
+        tasks = [asyncio.create_task(run(name, leaves[name])) for name in "abcdef"]
+        await asyncio.sleep(0)  # every task has reached the gate: a and b inside, the rest waiting in order
+        for name in "abcdef":
+            leaves[name].set()
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return entered, at_once
+
+    entered, at_once = asyncio.run(drive())
+    assert entered == list("abcdef") and max(at_once) == 2
+
+
+def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
+    import asyncio
+
+    from granite_magic._session import AdaptiveGate
+
+    async def drive() -> list[str]:
+        gate, entered = AdaptiveGate(1), []
+        hold = asyncio.Event()
+
+        async def run(name: str) -> None:
+            async with gate:
+                entered.append(name)
+                await hold.wait()
+
+        first, second, third = (asyncio.create_task(run(name)) for name in "abc")
+        await asyncio.sleep(0)
+        second.cancel()
+        hold.set()
+        await asyncio.gather(first, third, return_exceptions=True)
+        return entered
+
+    assert asyncio.run(drive()) == ["a", "c"]
+
+
+def test_rows_go_on_while_a_refused_row_waits_its_retry_after(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    """A 429 with Retry-After lowers the rows in flight; it does not stop every row for the wait."""
+    cells.user_ns["many"] = [f"rock {n}" for n in range(8)]
+    server.push(Scenario(status=429, retry_after="2"))
+    run(cells, "--over many --concurrency 4 --max-tokens 5 -o out", "Describe {item}.")
+    assert (cells.user_ns["out"]["_status"] == "ok").all()
+    prompts = [request.body["messages"][-1]["content"] for request in server.chat_requests]
+    refused = prompts[0]
+    assert prompts.count(refused) == 2
+    assert prompts.index(refused, 1) == len(prompts) - 1  # the 7 other rows were all sent while it waited
+
+
+def test_the_rows_view_refreshes_at_most_ten_times_a_second() -> None:
+    from granite_magic._rowsview import RowsView
+
+    assert RowsView("rows", 100, rate=15).interval == pytest.approx(0.1)
+    assert RowsView("rows", 100, rate=4).interval == pytest.approx(0.25)
 
 
 def test_an_interrupted_run_keeps_its_finished_rows_and_a_rerun_sends_only_the_rest(cells: InteractiveShell,

@@ -82,9 +82,9 @@ class CacheCorruptError(GraniteError):
 
     kind = "cache_corrupt"
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path | str, reason: str) -> None:
         super().__init__(f"cache file {shown_path(path)} is unusable: {reason}")
-        self.path = path
+        self.path = Path(path)
 
 
 class CacheMissError(GraniteError):
@@ -311,11 +311,17 @@ class RunCache:
         self._hits = 0
         self._misses = 0
         self._lock = threading.Lock()
+        self._folders: set[str] = set()  # shard folders this cache made or found (no mkdir for every file)
 
     def path(self, key: str) -> Path:
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        # A string, not a Path: Python 3.11's pathlib interns every part of every path it parses, so a map over
+        # 100,000 rows would keep 100,000 file names in the interpreter's table of interned strings for good.
         if not _KEY_PATTERN.fullmatch(key):
             raise ValueError(f"not a cache key: {key!r}")
-        return self.directory / key[:2] / f"{key}{_SUFFIX}"
+        return os.path.join(self.directory, key[:2], f"{key}{_SUFFIX}")
 
     def load(self, key: str) -> Recording | None:
         """The recording of ``key``, or None; ``CacheCorruptError`` naming the file if it cannot be read.
@@ -324,7 +330,7 @@ class RunCache:
         directory of at most ``MAX_FILE_BYTES`` is read.  A link out of it (to ``/dev/zero``, to a file
         elsewhere), a FIFO, a device or a directory in a recording's place is a damaged recording.
         """
-        path = self.path(key)
+        path = self._file(key)
         try:
             raw = self._read(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -341,12 +347,12 @@ class RunCache:
         self._count(hit=True)
         return recording
 
-    def _read(self, path: Path) -> bytes:
+    def _read(self, path: str) -> bytes:
         """The file's bytes: ``FileNotFoundError`` when nothing is there, ``CacheCorruptError`` when what is there
         is not a regular file inside the directory, within the size cap."""
         try:
             os.lstat(path)  # nothing at all in its place (not even a dangling link) is a plain miss
-            real = Path(os.path.realpath(path))
+            real = os.path.realpath(path)
             if not self._inside(real):
                 raise CacheCorruptError(path, f"it is a link to {shown_path(real)}, outside the cache directory")
             return read_capped(real, MAX_FILE_BYTES)
@@ -360,9 +366,10 @@ class RunCache:
             why = "it is a symbolic link that loops" if exc.errno == errno.ELOOP else f"it cannot be read ({exc.strerror or exc})"
             raise CacheCorruptError(path, why) from None
 
-    def _inside(self, real: Path) -> bool:
+    def _inside(self, real: str) -> bool:
         """Whether a resolved path lies inside this cache's directory (itself resolved: it may be a link)."""
-        return real.is_relative_to(Path(os.path.realpath(self.directory)))
+        root = os.path.realpath(self.directory)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
     def store(self, key: str, recording: Recording, *, secrets: Iterable[str] = ()) -> bool:
         """Write ``recording`` under ``key``; False if nothing was written.
@@ -377,15 +384,23 @@ class RunCache:
         known = tuple(s for s in secrets if s)
         if _holds_secret(_streamed_text(recording, known), known):
             return False
-        text = _dumps(redact_all(_encode_recording(key, recording), known))
-        if _holds_secret(text, known):
-            return False
-        path = self.path(key)
-        if os.path.islink(path.parent) and not (path.parent.is_dir() and self._inside(Path(os.path.realpath(path.parent)))):
+        encoded = _encode_recording(key, recording)
+        text = _dumps(encoded)
+        if _may_hold_secret(text, known):  # most recordings cannot: the string-by-string scrub is for those that may
+            text = _dumps(redact_all(encoded, known))
+            if _holds_secret(text, known):
+                return False
+        path = self._file(key)
+        folder = os.path.dirname(path)
+        if os.path.islink(folder) and not (os.path.isdir(folder) and self._inside(os.path.realpath(folder))):
             return False  # a shard folder linked out of the directory (or looping): nothing is written through it
         try:
+            if folder not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(folder)
             temporary = _write_beside(path, gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0))
         except OSError as exc:
+            self._folders.discard(folder)  # removed meanwhile (%granite cache clear): made again next time
             self.recording_off = self._why_off(exc)
             return False
         return _move(temporary, path)
@@ -467,30 +482,52 @@ def _streamed_text(recording: Recording, secrets: tuple[str, ...]) -> str:
     return "".join(redact(part, secrets) for part in parts)
 
 
+# What every string ``redact`` changes contains: a known secret, or the start of a key's shape.  JSON escapes none of
+# these characters, so a document whose JSON text has none of them has no string to scrub.
+_KEY_STARTS = re.compile(r"(?i)bearer|sk-")
+
+
+def _may_hold_secret(text: str, secrets: tuple[str, ...]) -> bool:
+    """Whether a string of the document ``text`` is the JSON of may hold a secret or a key's shape.  A secret JSON
+    escapes (a quote, a backslash, a control character) is looked for as escaped too."""
+    return bool(_KEY_STARTS.search(text)) or any(secret in text or json.dumps(secret, ensure_ascii=False)[1:-1] in text
+                                                 for secret in secrets)
+
+
 def _holds_secret(text: str, secrets: tuple[str, ...]) -> bool:
     return any(secret in text for secret in secrets)
 
 
-def _write_beside(path: Path, payload: bytes) -> Path:
-    """``payload`` in a new file in ``path``'s folder (so that renaming it to ``path`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{token_hex(8)}.tmp")
+def _write_beside(path: str, payload: bytes) -> str:
+    """``payload`` in a new file in ``path``'s folder (which exists), so that renaming it to ``path`` is atomic."""
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.{token_hex(8)}.tmp")
     try:
-        with open(temporary, "xb") as file:  # "x": a name of its own, with the umask's permissions
-            file.write(payload)
+        try:
+            _create(temporary, payload)
+        except FileNotFoundError:  # the folder went (%granite cache clear in another kernel): made again, once
+            os.makedirs(folder, exist_ok=True)
+            _create(temporary, payload)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
     return temporary
 
 
-def _move(temporary: Path, path: Path) -> bool:
+def _create(path: str, payload: bytes) -> None:
+    with open(path, "xb") as file:  # "x": a name of its own, with the umask's permissions
+        file.write(payload)
+
+
+def _move(temporary: str, path: str) -> bool:
     try:
         os.replace(temporary, path)
     except OSError:
         # The folder is writable (the file was made), so this is one write's conflict, e.g. Windows refusing
         # to replace a file another kernel is reading: this run stays unrecorded, recording stays on.
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         return False
     return True
 

@@ -7,6 +7,7 @@ clock is injected, so accumulation can be fed arbitrary events in tests.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -251,9 +252,9 @@ class Accumulator:
             self._text(event.text)
         elif isinstance(event, TokenLogprobs):
             self._probabilities(event)
-        elif isinstance(event, ChunkMeta):
-            self.model = event.model or self.model
-            self.provider = event.provider or self.provider
+        elif isinstance(event, ChunkMeta):  # interned: a map's rows share a few names instead of a copy each
+            self.model = _interned(event.model) or self.model
+            self.provider = _interned(event.provider) or self.provider
             self.generation_id = self.generation_id or event.id
         elif isinstance(event, ToolCallDelta):
             self._tool_call(event)
@@ -358,8 +359,8 @@ class Accumulator:
             ended = "failed" if error is not None or finish is None or finish.reason == "error" else "complete"
         return Result(
             text=self.text,
-            finish_reason=finish.reason if finish else None,
-            native_finish_reason=finish.native_reason if finish else None,
+            finish_reason=_interned(finish.reason) if finish else None,
+            native_finish_reason=_interned(finish.native_reason) if finish else None,
             usage=self.usage,
             model=self.model,
             provider=self.provider,
@@ -374,6 +375,11 @@ class Accumulator:
             tokens=self._tokens(),
             probs_kind=self.probs_kind,
         )
+
+
+def _interned(name: str | None) -> str | None:
+    """One copy of a short name every reply repeats (a model, a provider, a finish reason), not one per reply."""
+    return sys.intern(name) if name is not None and len(name) <= 200 else name
 
 
 def _arguments(raw: str) -> dict[str, Any] | None:

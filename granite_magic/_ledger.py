@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,7 +67,7 @@ class BudgetError(InvalidParameterError):
     hint = "Set max_tokens= to lower the worst case, or raise the budget (GRANITE_BUDGET_USD)."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a map adds one per row
 class LedgerEntry:
     time: str  # ISO 8601, local time with offset
     model: str | None
@@ -108,7 +109,8 @@ class Ledger:
         source: CostSource = "local" if free else "stream" if billed is not None else "unknown" if began else "failed"
         cost = 0.0 if cached or free else (billed or 0.0)
         entry = LedgerEntry(
-            time=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), model=result.model, backend=backend,
+            # interned: the rows of a map that end in the same second share one string
+            time=sys.intern(datetime.datetime.now().astimezone().isoformat(timespec="seconds")), model=result.model, backend=backend,
             provider=result.provider, prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.completion_tokens,
             cached_tokens=result.usage.cached_tokens, cost=cost, cost_source=source, cached=cached,
             cell=self._cell_number(), kind=kind, ended=result.ended, bound=known_cost(bound),
@@ -218,7 +220,7 @@ def worst_case_cost(prompt_tokens: int, max_tokens: int | None, prompt_price: fl
     return known_cost(prompt_tokens * prompt_price + output * completion_price)  # prices near 1e308 overflow: unknown
 
 
-def worst_case(info: ModelInfo | None, requests: Sequence[Request]) -> float | None:
+def worst_case(info: ModelInfo | None, requests: Iterable[Request]) -> float | None:
     """The most ``requests`` can cost at the prices of the model's listing ``info``; None when unknown."""
     if info is None:
         return None

@@ -267,7 +267,7 @@ class GraniteMagics(Magics):
     def _start_grid(self, request: CellRequest, target: Target) -> CompareJob:
         specs = request.plan() or []
         job = self.session.start_compare(request.turn, specs, concurrency=request.concurrency, target=target)
-        worst = self.session.worst_case(target, [column.request for column in job.columns])
+        worst = self.session.worst_case(target, job.requests())
         if worst is not None and worst > GRID_COST_NOTICE_USD:
             _warn(f"these {len(specs)} runs cost at most ${worst:.4f} in all (worst case: every run to its token limit).")
         return job
@@ -418,7 +418,7 @@ class GraniteMagics(Magics):
         settings = request.plan() or []
         job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), settings=settings,
                                      concurrency=request.concurrency, target=target)
-        worst = self.session.worst_case(target, [column.request for column in job.columns])
+        worst = self.session.worst_case(target, job.requests())
         if worst is not None and worst > GRID_COST_NOTICE_USD:
             asked = f"{len(rows)} rows" + (f" x {len(settings)} settings" if settings else "")
             _warn(f"these {asked} cost at most ${worst:.4f} in all (worst case: every reply to its token limit).")

@@ -15,7 +15,7 @@ __all__ = ["Alternative", "Ended", "ProbsKind", "Result", "Token", "ToolCall", "
 # How a reply ended: every token arrived, the user stopped it, or something failed.
 Ended = Literal["complete", "interrupted", "failed"]
 
-@dataclass
+@dataclass(slots=True)  # slots: a map keeps one per row
 class Usage:
     prompt_tokens: int | None = None  # the whole prompt, cached part included
     completion_tokens: int | None = None
@@ -39,7 +39,7 @@ class ToolCall:
     ran: bool = False
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a map keeps one per row
 class Result:
     """A finished (or partial) reply and everything known about how it was made."""
 

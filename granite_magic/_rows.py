@@ -138,14 +138,16 @@ def result_frame(rows: Rows, outcomes: Sequence[tuple[Result | None, str | None]
     each = list(settings) or [Setting("", {})]
     swept = list(dict.fromkeys(name for setting in each for name in setting.params))
     reply = list(fields) if fields is not None else ["reply"]
-    table = []
+    columns = [*rows.columns, *swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
+    table: dict[str, list[Any]] = {name: [] for name in columns}  # by column: a row costs its values, not a dict
     for n, (result, error) in enumerate(outcomes):
         record, setting = rows.records[n // len(each)], each[n % len(each)]
         answer = reply_columns(result, fields)
         scored = {"_score": score(expect, record, answer, result, fields)} if expect is not None else {}
-        table.append({**record, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
-                      **row_columns(result, error)})
-    columns = [*rows.columns, *swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
+        values = {**record, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
+                  **row_columns(result, error)}
+        for name, column in table.items():
+            column.append(values.get(name))
     labels = [label for label in rows.index for _ in each]
     index = (pd.MultiIndex.from_arrays([labels, [setting.label for _ in rows.index for setting in each]],
                                        names=[rows.index_name or "row", "setting"])

@@ -16,10 +16,10 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 from . import _errors as errors
 from ._cache import RecordedClock, Recorder, Recording, RunCache, replay
@@ -157,10 +157,12 @@ class Session:
         """The conversation ``turn`` continues (a new, empty one for a stateless turn)."""
         return self.conversations.setdefault(turn.chat, Conversation()) if turn.chat is not None else Conversation()
 
-    def request(self, turn: Turn, target: Target, extra: Sampling | None = None) -> Request:
-        """What goes to ``target`` for ``turn`` (with a column's ``extra`` sampling): sent, shown and keyed as it is."""
+    def request(self, turn: Turn, target: Target, extra: Sampling | None = None, *, method: SchemaMethod | None = None) -> Request:
+        """What goes to ``target`` for ``turn`` (with a column's ``extra`` sampling): sent, shown and keyed as it is.
+        ``method``: how a schema is asked for, when already decided (deciding may ask the server for its listing)."""
         strict = turn.strict if turn.strict is not None else self.settings.strict
-        method = self.schema_method(target, turn.schema_mode) if turn.schema is not None else "prompted"
+        if method is None:
+            method = self.schema_method(target, turn.schema_mode) if turn.schema is not None else "prompted"
         return build_request(turn, target, self.conversation(turn), strict=strict, extra=extra, schema_method=method)
 
     def schema_method(self, target: Target, mode: SchemaMode = "auto") -> SchemaMethod:
@@ -222,7 +224,8 @@ class Session:
     def start_compare(self, turn: Turn, specs: Sequence[RunSpec], *, concurrency: int | None = None,
                       target: Target | None = None, kind: RunKind = "grid") -> CompareJob:
         """One run per spec (the turn with what the spec changes), all going to the same target (resolved here, once,
-        unless given).  A grid, a lens branch (a batch of one) and a dataset's rows are all such batches."""
+        unless given).  A grid, a lens branch (a batch of one) and a dataset's rows are all such batches.  A grid's
+        few runs are prepared now; a map's rows as they are taken (``Columns``), after the budget has seen them all."""
         if turn.chat is not None:
             raise errors.InvalidParameterError("a comparison cannot continue a conversation: each column would fork it")
         if not specs:
@@ -232,16 +235,27 @@ class Session:
             raise errors.InvalidParameterError(f"concurrency={concurrency} is out of range: must be an integer >= 1",
                                                names=("concurrency",))
         target = target or self.resolve(turn)
-        turns = [_applied(spec, turn) for spec in specs]
-        requests = [self.request(each, target, spec.params) for each, spec in zip(turns, specs, strict=True)]
-        uses = [self.cache_use(each, target, request, repeat=spec.repeat) for each, request, spec in zip(turns, requests, specs, strict=True)]
-        bounds: list[float | None] = [None] * len(requests)
-        if not all(use is not None and use.mode == "replay" for use in uses):
-            bounds = self.check_budget(target, requests)
+        method = self.schema_method(target, turn.schema_mode) if turn.schema is not None else "prompted"
+
+        def request_of(index: int) -> Request:
+            spec = specs[index]
+            return self.request(_applied(spec, turn), target, spec.params, method=method)
+
+        budget = None if (turn.cache or self.settings.cache) == "replay" else self.settings.budget_usd
+        if budget is not None:  # every run's worst case, one request at a time (a map's rows are not all kept)
+            requests = (request_of(index) for index in range(len(specs)))
+            check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(specs))
         record = self._recorder(kind)
-        columns = [self._structured(SingleJob(each, target, request, on_done=record, cache=use, bound=bound), kind)
-                   for each, request, use, bound in zip(turns, requests, uses, bounds, strict=True)]
-        job = CompareJob(turn, target, self.request(turn, target).sampling, list(specs), columns, concurrency)
+
+        def make(index: int) -> Job:  # on the background loop for a map's rows: nothing here may wait on it
+            spec, request = specs[index], request_of(index)
+            each = _applied(spec, turn)
+            use = self.cache_use(each, target, request, repeat=spec.repeat)
+            bound = worst_case(target.client.listed(request.model), [request]) if budget is not None else None
+            return self._structured(SingleJob(each, target, request, on_done=record, cache=use, bound=bound), kind)
+
+        columns = Columns(len(specs), make, request_of, keep=kind != "map")
+        job = CompareJob(turn, target, self.request(turn, target, method=method).sampling, specs, columns, concurrency)
         job.probes = self.probes
         job.budget_reached = self._budget_reached
         return job
@@ -253,10 +267,8 @@ class Session:
         mode: an interrupted run, run again, re-pays no finished row."""
         if turn.cache is None and self.settings.cache == "off":
             turn = replace(turn, cache="auto")
-        each = list(settings) or [RunSpec("")]
-        specs = [RunSpec(f"row {i + 1}" + (f" · {setting.label}" if setting.label else ""), setting.params, setting.repeat,
-                         prompt=prompt) for i, prompt in enumerate(prompts) for setting in each]
-        return self.start_compare(turn, specs, concurrency=concurrency, target=target, kind="map")
+        return self.start_compare(turn, RowSpecs(prompts, list(settings) or [RunSpec("")]), concurrency=concurrency,
+                                  target=target, kind="map")
 
     def finish_map(self, job: CompareJob, rows: Rows, settings: Sequence[RunSpec] = (), expect: Expect | None = None) -> Any:
         """The result frame of a prompt over ``rows`` (under each of ``settings``): every row in input order, however
@@ -288,7 +300,7 @@ class Session:
 
     # --- what it costs ----------------------------------------------------------------------
 
-    def worst_case(self, target: Target, requests: Sequence[Request]) -> float | None:
+    def worst_case(self, target: Target, requests: Iterable[Request]) -> float | None:
         """The most these requests can cost, from the model's listed prices; None when unknown."""
         return worst_case(target.client.loop.run(target.client.listing(target.model)), requests)
 
@@ -607,7 +619,7 @@ def _observed_ignored(target: Target, names: Sequence[str], probes: ProbeStore |
 class CompareJob:
     """The columns of a comparison, streamed concurrently behind a semaphore."""
 
-    def __init__(self, turn: Turn, target: Target, base: Sampling, specs: list[RunSpec], columns: list[Job], concurrency: int) -> None:
+    def __init__(self, turn: Turn, target: Target, base: Sampling, specs: Sequence[RunSpec], columns: Columns, concurrency: int) -> None:
         self.turn, self.target, self.base, self.specs = turn, target, base, specs
         self.columns, self.concurrency = columns, concurrency
         self.warnings: list[str] = []
@@ -634,19 +646,20 @@ class CompareJob:
         self._started = time.perf_counter()
         gate = self.gate = AdaptiveGate(self.concurrency)
         companion = asyncio.ensure_future(grid.run(self.shown if self.shown is not None else self.accumulators))
-        swept = [name for spec in self.specs for name in spec.params]
+        swept = list(dict.fromkeys(name for spec in self.specs for name in spec.params))
 
         async def column(index: int) -> None:
-            job = self.columns[index]
             async with gate:
                 if self.budget_reached():  # no new column once the budget is spent; those in flight finish
                     self.skipped.add(index)
                 else:
+                    job = self.columns[index]
                     job.acc.restart_clock()  # time a column from when it may start, not while it queued
                     job.acc.on_throttled = gate.throttled
                     await job.stream(check_support=False)
                     gate.succeeded()
             grid.column_done(self.first_column + index, self._column_outcome(index)[0])
+            self.columns.ended(index)
 
         queue = iter(range(len(self.columns)))  # shared by the workers: each column is taken once, in order
 
@@ -666,34 +679,115 @@ class CompareJob:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._ended = time.perf_counter()
 
+    def requests(self) -> Iterator[Request]:
+        """Each run's request, made one at a time (a map's are not kept)."""
+        return (self.columns.request_of(index) for index in range(len(self.columns)))
+
     def _column_outcome(self, index: int) -> tuple[Result, str | None]:
         if index in self.skipped:
             message = "Not started: the session's budget was spent by the columns before it."
-            return self.columns[index].acc.result(error=message), message
+            return Accumulator(self.columns.request_of(index).sampling).result(error=message), message
         result, error = self.columns[index].outcome()
         return result, error.message if error is not None else None
+
+    def _ran(self, index: int) -> bool:
+        return self.columns.taken(index) and self.columns[index].ran
 
     def outcomes(self) -> list[tuple[Result | None, str | None]]:
         """Every column in order: its result and error, or no result when it never started (the budget, an interrupt)."""
         found: list[tuple[Result | None, str | None]] = []
-        for index, column in enumerate(self.columns):
+        for index in range(len(self.columns)):
             if index in self.skipped:
                 found.append((None, "not started: the session's budget was spent"))
-            elif not column.ran:
+            elif not self._ran(index):
                 found.append((None, "not started: interrupted"))
             else:
-                result, error = column.outcome()
+                result, error = self.columns[index].outcome()
                 found.append((result, error.message if error is not None else None))
         return found
 
     def outcome(self) -> Comparison:
         """The runs that ran (or were refused by the budget); those an interrupt stopped before they started are
         named in ``not_run``, not compared as empty replies."""
-        ran = [i for i, column in enumerate(self.columns) if i in self.skipped or column.ran]
+        ran = [i for i in range(len(self.columns)) if i in self.skipped or self._ran(i)]
         runs = [Run(self.specs[i], *self._column_outcome(i), verified=self.columns[i].verified) for i in ran]
         wall = None if self._started is None else (self._ended or time.perf_counter()) - self._started
         not_run = [spec.label for i, spec in enumerate(self.specs) if i not in ran]
         return Comparison(prompt=self.turn.prompt, runs=runs, wall_s=wall, base_params=dict(self.base), not_run=not_run)
+
+
+class Columns(Sequence[Any]):
+    """A batch's runs, each prepared when first asked for.  A grid keeps its few jobs; a map (``keep=False``) keeps
+    a row's job only while it runs, then only how it ended (``EndedRun``): a map over 100,000 rows holds neither
+    100,000 prepared requests and cache keys before the first is sent nor their accumulators after."""
+
+    def __init__(self, count: int, make: Callable[[int], Job], request_of: Callable[[int], Request], *, keep: bool) -> None:
+        self._count, self._make, self.request_of, self.keep = count, make, request_of, keep
+        self._held: list[Any] = [None] * count  # None: not taken yet (a list, not a dict: 8 bytes a row)
+        if keep:  # prepared now: a grid's mistakes are refused before its view is shown
+            for index in range(count):
+                self._held[index] = make(index)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(self._count)[index]]
+        index = range(self._count)[index]  # a negative index counts from the end; past it raises IndexError
+        held = self._held[index]
+        if held is None:
+            held = self._held[index] = self._make(index)
+        return held
+
+    def taken(self, index: int) -> bool:
+        """Whether the run was prepared (a map's row that no worker took was not)."""
+        return self._held[index] is not None
+
+    def ended(self, index: int) -> None:
+        """The run ended: a map keeps how, not the job."""
+        if not self.keep and self._held[index] is not None:
+            self._held[index] = EndedRun(self._held[index])
+
+
+class EndedRun:
+    """A map's row once it ended, as ``Columns`` keeps it: the outcome, without request, accumulator or recording."""
+
+    __slots__ = ("error", "result", "verified")
+    ran = True
+
+    def __init__(self, job: Job) -> None:
+        self.result, self.error = job.outcome()
+        self.verified = job.verified
+
+    def outcome(self) -> tuple[Result, errors.GraniteError | None]:
+        return self.result, self.error
+
+
+class RowSpecs(Sequence[RunSpec]):
+    """A map's runs, row by row under each setting, each made when asked for (a label a row is not kept)."""
+
+    def __init__(self, prompts: Sequence[str], settings: Sequence[RunSpec]) -> None:
+        self.prompts, self.settings = prompts, settings
+
+    def __len__(self) -> int:
+        return len(self.prompts) * len(self.settings)
+
+    @overload
+    def __getitem__(self, index: int) -> RunSpec: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RunSpec]: ...
+    def __getitem__(self, index: int | slice) -> RunSpec | list[RunSpec]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        row, at = divmod(range(len(self))[index], len(self.settings))
+        setting = self.settings[at]
+        return RunSpec(f"row {row + 1}" + (f" · {setting.label}" if setting.label else ""), setting.params, setting.repeat,
+                       prompt=self.prompts[row])
 
 
 class AdaptiveGate:

@@ -680,6 +680,23 @@ def test_no_secret_reaches_the_disk(tmp_path: Path) -> None:
     assert loaded is not None and loaded.events[1][1] == TextDelta("your key is [redacted] and [redacted]")
 
 
+@pytest.mark.parametrize("secret", ['pass"word\\with-escapes', "tab\tinside-it", "sk-not-a-key"])
+def test_a_secret_json_escapes_is_scrubbed_too(tmp_path: Path, secret: str) -> None:
+    """Most recordings hold nothing to scrub and are written as they are; one that holds a secret JSON writes
+    escaped (a quote, a backslash, a tab) is scrubbed like any other."""
+    cache = RunCache(tmp_path)
+    events: tuple[tuple[float, Event], ...] = ((0.1, TextDelta(f"the key: {secret}!")), (0.2, Finish("stop")))
+    assert cache.store(key(), recording(events), secrets=[secret])
+    stored = gzip.decompress(cache.path(key()).read_bytes()).decode()
+    assert secret not in stored and json.dumps(secret)[1:-1] not in stored and "[redacted]" in stored
+
+
+def test_a_recording_with_nothing_to_scrub_is_written_unchanged(tmp_path: Path) -> None:
+    cache, original = RunCache(tmp_path), recording(((0.1, TextDelta("Granite is an igneous rock.")), (0.2, Finish("stop"))))
+    assert cache.store(key(), original, secrets=[SECRET])
+    assert cache.load(key()) == original
+
+
 def test_a_secret_spread_over_deltas_is_not_written(tmp_path: Path) -> None:
     cache = RunCache(tmp_path)
     split = recording(((0.1, TextDelta(SECRET[:9])), (0.2, TextDelta(SECRET[9:])), (0.3, Finish("stop"))))

@@ -17,8 +17,9 @@ reply becomes a ``Result`` through the same accumulator as a live one.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +71,13 @@ def jsonl_line(identifier: str, body: Mapping[str, Any]) -> str:
     return json.dumps({"custom_id": identifier, "method": "POST", "url": ENDPOINT, "body": body}, ensure_ascii=False)
 
 
-def create_bodies(model: str, requests: Sequence[tuple[str, Mapping[str, Any]]],
-                  most: int = MOST_PER_CALL) -> list[dict[str, Any]]:
-    """The bodies of the create calls for ``requests`` (custom id, body): at most ``most`` requests each, with
-    ``endpoint`` and ``model`` written before ``requests`` (a dict keeps its order when it is sent as JSON)."""
-    return [{"endpoint": ENDPOINT, "model": model,
-             "requests": [{"custom_id": identifier, "body": body} for identifier, body in requests[start:start + most]]}
-            for start in range(0, len(requests), most)]
+def create_bodies(model: str, requests: Iterable[tuple[str, Mapping[str, Any]]],
+                  most: int = MOST_PER_CALL) -> Iterator[dict[str, Any]]:
+    """The bodies of the create calls for ``requests`` (custom id, body), one at a time: at most ``most`` requests
+    each, with ``endpoint`` and ``model`` written before ``requests`` (a dict keeps its order when sent as JSON)."""
+    requests = iter(requests)
+    while chunk := [{"custom_id": identifier, "body": body} for identifier, body in itertools.islice(requests, most)]:
+        yield {"endpoint": ENDPOINT, "model": model, "requests": chunk}
 
 
 # --- reading what comes back -------------------------------------------------------------------------------------

@@ -45,16 +45,30 @@ from ._shapes import chat_body
 
 if TYPE_CHECKING:
     from ._client import GraniteClient
-    from ._session import CompareJob, Job, SingleJob
+    from ._events import Event
+    from ._session import Columns, CompareJob, Job, SingleJob
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per row of a batch
 class PendingRow:
-    """A row (under one setting) that needs an answer: its column in the job, its request and its batch id."""
+    """A row (under one setting) that needs an answer: its column in the map and its custom id.  Its job and its
+    request's body are made when asked for, not kept while the batch runs (a map of 20,000 rows waits for hours)."""
 
     index: int
-    job: SingleJob
     custom_id: str
-    body: dict[str, Any]
+    columns: Columns
+
+    @property
+    def job(self) -> SingleJob:
+        return first_attempt(self.columns[self.index])
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return batch_body(chat_body(self.columns.request_of(self.index)))
+
+    async def answered(self, events: Sequence[Event], error: str | None) -> None:
+        """The row's answer (or why it has none) taken as a live reply is; then only how it ended is kept."""
+        await self.job.answered(events, error)
+        self.columns.ended(self.index)
 
 
 def first_attempt(column: Job) -> SingleJob:
@@ -79,13 +93,13 @@ def check_batchable(job: CompareJob) -> None:
 def pending_rows(job: CompareJob) -> list[PendingRow]:
     """The columns the cache cannot answer, each with its custom id and the body a batch sends for it."""
     pending = []
-    for index, column in enumerate(job.columns):
-        single = first_attempt(column)
+    for index in range(len(job.columns)):
+        single = first_attempt(job.columns[index])
         if _cached(single):
-            continue
-        body = batch_body(chat_body(single.request))
-        key = single.cache.key if single.cache is not None else _body_key(body)
-        pending.append(PendingRow(index, single, custom_id(index, key), body))
+            continue  # kept: it is replayed
+        key = single.cache.key if single.cache is not None else _body_key(batch_body(chat_body(single.request)))
+        pending.append(PendingRow(index, custom_id(index, key), job.columns))
+        job.columns.release(index)  # made again when its answer comes
     return pending
 
 
@@ -106,9 +120,10 @@ def _body_key(body: Mapping[str, Any]) -> str:
 async def replay_cached(job: CompareJob, pending: Sequence[PendingRow]) -> None:
     """The columns the cache answers, replayed (nothing is sent)."""
     waiting = {row.index for row in pending}
-    for index, column in enumerate(job.columns):
+    for index in range(len(job.columns)):
         if index not in waiting:
-            await column.stream(None, check_support=False)
+            await job.columns[index].stream(None, check_support=False)
+            job.columns.ended(index)
 
 
 async def take_answers(pending: Sequence[PendingRow], answers: Mapping[str, Answer], missing: str) -> int:
@@ -118,10 +133,10 @@ async def take_answers(pending: Sequence[PendingRow], answers: Mapping[str, Answ
     for row in pending:
         answer = answers.get(row.custom_id)
         if answer is not None and answer.body is not None:
-            await row.job.answered(answer_events(answer.body), None)
+            await row.answered(answer_events(answer.body), None)
             answered += 1
         else:
-            await row.job.answered((), answer.error if answer is not None else missing)
+            await row.answered((), answer.error if answer is not None else missing)
     return answered
 
 
@@ -198,7 +213,7 @@ async def run_openrouter_batch(job: CompareJob, cache_dir: str | Path, *, poll_s
     submitted = _open_batches(folder, {row.custom_id for row in pending})
     progress.resumed = len(set(submitted.values()))
     fresh = [row for row in pending if row.custom_id not in submitted]
-    for body in create_bodies(job.target.model, [(row.custom_id, row.body) for row in fresh]):
+    for body in create_bodies(job.target.model, ((row.custom_id, row.body) for row in fresh)):
         ids = [request["custom_id"] for request in body["requests"]]
         state = batch_state(await client.create_batch(body))
         save_manifest(folder, state.id, {"kind": "openrouter-batch", "id": state.id, "model": job.target.model,
@@ -235,10 +250,9 @@ async def _wait_and_take(client: GraniteClient, folder: Path, pending: Sequence[
         for batch_id in sorted(waiting):
             state = states[batch_id] = batch_state(await client.get_batch(batch_id))
             if state.ended:
-                answers = await _answers(client, batch_id) if state.status == "completed" or state.completed else {}
                 why = f"the batch {state.status}" + (f": {state.error}" if state.error else "") if state.status != "completed" \
                     else "the batch ended without an answer for this row"
-                await take_answers(rows_of[batch_id], answers, why)
+                await _take_batch(client, batch_id, rows_of[batch_id], why, read=state.status == "completed" or bool(state.completed))
                 _mark_ended(folder, batch_id)
                 waiting.discard(batch_id)
         progress.polls += 1
@@ -247,18 +261,20 @@ async def _wait_and_take(client: GraniteClient, folder: Path, pending: Sequence[
             await asyncio.sleep(poll_s)
 
 
-async def _answers(client: GraniteClient, batch_id: str) -> dict[str, Answer]:
-    """An ended batch's answers, page by page."""
-    answers: dict[str, Answer] = {}
+async def _take_batch(client: GraniteClient, batch_id: str, rows: Sequence[PendingRow], missing: str, *, read: bool) -> None:
+    """An ended batch's answers taken into its rows page by page (``read``: it has some), so that no more than a page
+    of answers is held at once; ``missing``: the error of a row no page answered."""
+    waiting = {row.custom_id: row for row in rows}
     cursor: str | None = None
-    while True:
-        rows, cursor = results_page(await client.batch_results(batch_id, cursor))
-        for row in rows:  # redacted by the client: a server may echo the key
-            answer = read_answer(row)
-            if answer is not None:
-                answers[answer.custom_id] = answer
+    while read:
+        page, cursor = results_page(await client.batch_results(batch_id, cursor))
+        # redacted by the client (a server may echo the key); an id a page answers twice is taken once
+        answers = {answer.custom_id: answer for answer in map(read_answer, page) if answer is not None}
+        taking = [row for identifier in answers if (row := waiting.pop(identifier, None)) is not None]
+        await take_answers(taking, answers, missing)
         if cursor is None:
-            return answers
+            break
+    await take_answers(list(waiting.values()), {}, missing)
 
 
 def _mark_ended(folder: Path, batch_id: str) -> None:
@@ -283,11 +299,17 @@ def write_jsonl(job: CompareJob, path: str | Path, cache_dir: str | Path) -> lis
     with target.open("w", encoding="utf-8") as file:
         for row in pending:
             file.write(jsonl_line(row.custom_id, row.body) + "\n")
-    rows = {row.custom_id: {"key": row.job.cache.key if row.job.cache else None,
-                            "fields": row.job.cache.fields if row.job.cache else None} for row in pending}
+    rows = {row.custom_id: _keyed(row) for row in pending}
     save_manifest(manifest_dir(cache_dir), _jsonl_name(target.resolve()),
                   {"kind": "jsonl", "file": str(target.resolve()), "rows": rows, "created": time.time()})
     return pending
+
+
+def _keyed(row: PendingRow) -> dict[str, Any]:
+    """What a manifest keeps of a row written to a file: its cache key and request fields."""
+    cache = row.job.cache
+    row.columns.release(row.index)
+    return {"key": cache.key if cache else None, "fields": cache.fields if cache else None}
 
 
 def read_lines(paths: Iterable[str | Path]) -> Iterable[str]:
@@ -396,7 +418,7 @@ def rows_at_hand(job: CompareJob) -> RowsAtHand:
     answered = [recording for recording in recordings if isinstance(recording, Recording)]
     tokens = [event.usage.completion_tokens for recording in answered for _, event in recording.events
               if isinstance(event, UsageReport) and event.usage.completion_tokens]
-    requests = [row.job.request for row in pending]
+    requests = [job.columns.request_of(row.index) for row in pending]
     limit = first_attempt(job.columns[0]).request.sampling.get("max_tokens")
     return RowsAtHand(runs=len(job.columns), cached=len(job.columns) - len(pending),
                       prompt_tokens=sum(sum(map(len, r.texts)) // 4 + 4 * len(r.messages) for r in requests),

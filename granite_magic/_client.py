@@ -754,8 +754,9 @@ class GraniteClient(BaseClient):
         return await self._batch_call("POST", "/batches", body=body)
 
     async def get_batch(self, batch_id: str) -> Any:
-        """``GET /batches/{id}``: its status and request counts."""
-        return await self._batch_call("GET", f"/batches/{quote(batch_id, safe='')}")
+        """``GET /batches/{id}``: its status and request counts (an ended batch's inline ``results`` are left out:
+        they are read page by page from ``/results``, and a poll should not hold 5,000 answers)."""
+        return await self._batch_call("GET", f"/batches/{quote(batch_id, safe='')}", without=("results",))
 
     async def batch_results(self, batch_id: str, cursor: str | None = None) -> Any:
         """``GET /batches/{id}/results``: one page of an ended batch's answers."""
@@ -763,7 +764,7 @@ class GraniteClient(BaseClient):
         return await self._batch_call("GET", f"/batches/{quote(batch_id, safe='')}/results", params=params)
 
     async def _batch_call(self, method: str, path: str, *, body: Mapping[str, Any] | None = None,
-                          params: Mapping[str, str] | None = None) -> Any:
+                          params: Mapping[str, str] | None = None, without: Sequence[str] = ()) -> Any:
         import httpx
 
         try:
@@ -777,7 +778,10 @@ class GraniteClient(BaseClient):
                 raise error_for_status(response.status_code, response.content, model=self.model,
                                        secrets=[self._key.reveal()] if self._key else [])
             # whatever the server says may echo the key (a reply's text, an error, garbage): it is never kept
-            data = redact_all(response.json(), [self._key.reveal()] if self._key else [])
+            data = json.loads(response.content, object_hook=_without_rows) if "results" in without else response.json()
+            if isinstance(data, dict):
+                data = {name: value for name, value in data.items() if name not in without}
+            data = redact_all(data, [self._key.reveal()] if self._key else [])
         except httpx.HTTPError as exc:
             failure: errors.GraniteError = errors.ConnectionDroppedError(
                 f"Could not reach {self.base_url}{path} ({type(exc).__name__}).")
@@ -995,6 +999,12 @@ def _check_content_type(content_type: str) -> None:
             f"The server answered with {kind} instead of an event stream (text/event-stream): "
             "the base URL may point to a web page rather than an OpenAI-compatible API."
         )
+
+
+def _without_rows(document: dict[str, Any]) -> dict[str, Any] | None:
+    """A batch's result row dropped as soon as it is decoded (``json.loads``' ``object_hook`` is called for every
+    object, innermost first): an ended batch's object may carry its 5,000 answers, which a poll does not need."""
+    return None if "custom_id" in document else document
 
 
 def _retry_note(retry: _Retry, delay: float, attempt: int, attempts: int) -> str:

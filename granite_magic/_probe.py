@@ -204,7 +204,7 @@ async def _measure_batch(runner: _Runner) -> Observation:
     body = {"model": runner.model, "messages": build_messages(PROMPT), "max_tokens": 1}
     runner.batches += 1
     try:
-        state = batch_state(await create(create_bodies(runner.model, [("probe-1", body)])[0]))
+        state = batch_state(await create(next(create_bodies(runner.model, [("probe-1", body)]))))
     except BadRequestError as exc:
         return Observation("batch", None, "rejected", f"the batch API refused it: {exc.message}"[:160])
     except GraniteError as exc:

@@ -748,6 +748,11 @@ class Columns(Sequence[Any]):
         """Whether the run was prepared (a map's row that no worker took was not)."""
         return self._held[index] is not None
 
+    def release(self, index: int) -> None:
+        """Forget a map's prepared run (made again when next asked for): a batch's row while it waits."""
+        if not self.keep:
+            self._held[index] = None
+
     def ended(self, index: int) -> None:
         """The run ended: a map keeps how, not the job."""
         if not self.keep and self._held[index] is not None:

@@ -48,7 +48,7 @@ def test_a_batch_body_is_the_live_body_answered_whole() -> None:
 
 def test_create_bodies_put_endpoint_and_model_before_requests_in_chunks_the_api_takes() -> None:
     requests = [(f"{i}-k", {"messages": []}) for i in range(12)]
-    bodies = create_bodies("ibm-granite/granite-4.0-h-micro", requests, most=5)
+    bodies = list(create_bodies("ibm-granite/granite-4.0-h-micro", iter(requests), most=5))  # made one at a time
     assert [len(body["requests"]) for body in bodies] == [5, 5, 2]
     text = json.dumps(bodies[0])
     assert text.index('"endpoint"') < text.index('"model"') < text.index('"requests"')

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _errors as errors
 from ._batch import (
+    MOST_PER_CALL,
     Answer,
     BatchState,
     answer_events,
@@ -210,19 +211,29 @@ async def run_openrouter_batch(job: CompareJob, cache_dir: str | Path, *, poll_s
     progress.cached, progress.states = len(job.columns) - len(pending), {}
     await replay_cached(job, pending)
     folder = manifest_dir(cache_dir)
-    submitted = _open_batches(folder, {row.custom_id for row in pending})
-    progress.resumed = len(set(submitted.values()))
-    fresh = [row for row in pending if row.custom_id not in submitted]
-    for body in create_bodies(job.target.model, ((row.custom_id, row.body) for row in fresh)):
-        ids = [request["custom_id"] for request in body["requests"]]
+    resumed = _open_batches(folder, {row.custom_id for row in pending})
+    progress.resumed = len(set(resumed.values()))
+    rows_of: dict[str, list[PendingRow]] = {}  # batch id -> its rows
+    fresh = []
+    for row in pending:
+        if row.custom_id in resumed:
+            rows_of.setdefault(resumed[row.custom_id], []).append(row)
+        else:
+            fresh.append(row)
+    del resumed, pending  # the rows live in ``rows_of`` now, and go with their batch
+    for start in range(0, len(fresh), MOST_PER_CALL):
+        chunk = fresh[start:start + MOST_PER_CALL]
+        body = next(create_bodies(job.target.model, ((row.custom_id, row.body) for row in chunk)))
         state = batch_state(await client.create_batch(body))
+        del body  # 5,000 requests' bodies: not held while the next chunk is made
         save_manifest(folder, state.id, {"kind": "openrouter-batch", "id": state.id, "model": job.target.model,
-                                         "base_url": client.base_url, "custom_ids": ids, "created": time.time(),
-                                         "ended": False})
-        submitted.update(dict.fromkeys(ids, state.id))
-        progress.submitted_now += len(ids)
+                                         "base_url": client.base_url, "custom_ids": [row.custom_id for row in chunk],
+                                         "created": time.time(), "ended": False})
+        rows_of[state.id] = chunk
+        progress.submitted_now += len(chunk)
+    del fresh
     try:
-        await _wait_and_take(client, folder, pending, submitted, progress, poll_s, on_progress)
+        await _wait_and_take(client, folder, rows_of, progress, poll_s, on_progress)
     except errors.GraniteError as exc:  # the batches were submitted and go on: nothing is lost by stopping here
         raise errors.GraniteError(f"{exc.message.rstrip('.')}; the submitted batches go on: run the same map again to "
                                   "resume them (nothing is submitted twice)") from None
@@ -238,12 +249,10 @@ def _open_batches(folder: Path, wanted: set[str]) -> dict[str, str]:
     return found
 
 
-async def _wait_and_take(client: GraniteClient, folder: Path, pending: Sequence[PendingRow], submitted: Mapping[str, str],
-                         progress: BatchProgress, poll_s: float, on_progress: Callable[[BatchProgress], None]) -> None:
-    """Poll each batch (one request per batch per poll) until it ends, then take its answers into its rows."""
-    rows_of: dict[str, list[PendingRow]] = {}
-    for row in pending:
-        rows_of.setdefault(submitted[row.custom_id], []).append(row)
+async def _wait_and_take(client: GraniteClient, folder: Path, rows_of: dict[str, list[PendingRow]], progress: BatchProgress,
+                         poll_s: float, on_progress: Callable[[BatchProgress], None]) -> None:
+    """Poll each batch (one request per batch per poll) until it ends, then take its answers into its rows (a batch's
+    rows are let go once taken)."""
     waiting = set(rows_of)
     states = progress.states if progress.states is not None else {}
     while waiting:
@@ -252,7 +261,7 @@ async def _wait_and_take(client: GraniteClient, folder: Path, pending: Sequence[
             if state.ended:
                 why = f"the batch {state.status}" + (f": {state.error}" if state.error else "") if state.status != "completed" \
                     else "the batch ended without an answer for this row"
-                await _take_batch(client, batch_id, rows_of[batch_id], why, read=state.status == "completed" or bool(state.completed))
+                await _take_batch(client, batch_id, rows_of.pop(batch_id), why, read=state.status == "completed" or bool(state.completed))
                 _mark_ended(folder, batch_id)
                 waiting.discard(batch_id)
         progress.polls += 1

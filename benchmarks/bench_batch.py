@@ -56,13 +56,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+from bench_map import fake_server  # the fake server in its own process, shared by the figures
 
 PROMPT = "Echo {text}"
 DETERMINISTIC: dict[str, Any] = {"temperature": 0}  # the fake's words then depend on the prompt alone, so two runs can be compared
@@ -70,40 +68,6 @@ Table = list[tuple[str, str, str]]
 
 
 # --- the server, in its own process ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    url: str  # the API's base URL (.../api/v1)
-    pid: int
-
-    @property
-    def root(self) -> str:
-        return self.url.rsplit("/api/v1", 1)[0]
-
-    def control(self, **body: Any) -> None:
-        httpx.post(self.root + "/_control", json=body, timeout=30).raise_for_status()
-
-    def batches(self) -> dict[str, Any]:
-        """``GET /_batches``: the batches, the custom ids of each create call, polls per batch, results pages."""
-        counters: dict[str, Any] = httpx.get(self.root + "/_batches", timeout=60).json()
-        return counters
-
-    def requests(self) -> list[dict[str, Any]]:
-        seen: list[dict[str, Any]] = httpx.get(self.root + "/_requests", timeout=120).json()["requests"]
-        return seen
-
-
-@contextmanager
-def fake_server(*args: str) -> Iterator[Server]:
-    process = subprocess.Popen([sys.executable, "-m", "granite_magic.testing", "--port", "0", *args],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield Server(process.stdout.readline().strip(), process.pid)
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def point_at(url: str, cache_dir: str) -> None:

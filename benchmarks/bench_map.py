@@ -86,10 +86,19 @@ class Server:
     def control(self, **body: Any) -> None:
         httpx.post(self.root + "/_control", json=body, timeout=30).raise_for_status()
 
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request it received since its list was last cleared (method, path, body, client port, arrival)."""
+        seen: list[dict[str, Any]] = httpx.get(self.root + "/_requests", timeout=120).json()["requests"]
+        return seen
+
+    def batches(self) -> dict[str, Any]:
+        """``GET /_batches``: the batches, the custom ids of each create call, polls per batch, results pages."""
+        counters: dict[str, Any] = httpx.get(self.root + "/_batches", timeout=60).json()
+        return counters
+
     def chat_requests(self) -> list[dict[str, Any]]:
         """Every generation request it received since its list was last cleared (bodies, client ports)."""
-        seen = httpx.get(self.root + "/_requests", timeout=60).json()["requests"]
-        return [r for r in seen if r["method"] == "POST" and r["path"].rstrip("/").endswith("/chat/completions")]
+        return [r for r in self.requests() if r["method"] == "POST" and r["path"].rstrip("/").endswith("/chat/completions")]
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the server process has used."""

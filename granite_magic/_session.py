@@ -248,8 +248,9 @@ class Session:
         record = self._recorder(kind)
 
         def make(index: int) -> Job:  # on the background loop for a map's rows: nothing here may wait on it
-            spec, request = specs[index], request_of(index)
+            spec = specs[index]  # a map's spec is made on each read: read once
             each = _applied(spec, turn)
+            request = self.request(each, target, spec.params, method=method)
             use = self.cache_use(each, target, request, repeat=spec.repeat)
             bound = worst_case(target.client.listed(request.model), [request]) if budget is not None else None
             return self._structured(SingleJob(each, target, request, on_done=record, cache=use, bound=bound), kind)

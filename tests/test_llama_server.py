@@ -8,6 +8,7 @@ prices and no ``/generation`` either.  A first cell, a grid, ``--probs`` and a `
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -87,3 +88,21 @@ def test_a_raw_cell_continues_the_text_through_the_completions_endpoint(cells: I
     assert all(token.text in {a.text for a in token.top} and len(token.top) <= 4 for token in result.tokens)
     again = run(cells, "--raw --seed 4 --temperature 0.7 --max-tokens 12 -o again", prompt)
     assert cells.user_ns["again"].text == result.text, shown(again)
+
+
+def test_a_prompt_over_rows_answers_every_row_in_order(cells: InteractiveShell, tmp_path: Path) -> None:
+    """A map's workers, its gate and the client's kept-alive connections against a server that cuts a reply short when
+    another request arrives: every row whole, in input order, and a rerun served from the cache."""
+    magics = magics_of(cells)
+    magics.cache_dir = str(tmp_path / "cache")  # the rows are cached (as a map's are): in this test's own directory
+    try:
+        cells.user_ns["rocks"] = ["granite", "basalt", "chalk", "marble"]
+        out = run(cells, "--over rocks --concurrency 2 --seed 1 --max-tokens 8 -o out", "Question: Is {item} hard?\nAnswer:")
+        frame = cells.user_ns["out"]
+        assert list(frame["_status"]) == ["ok"] * 4, shown(out)
+        assert list(frame["item"]) == ["granite", "basalt", "chalk", "marble"] and frame["reply"].str.strip().astype(bool).all()
+        again = run(cells, "--over rocks --concurrency 2 --seed 1 --max-tokens 8 -o again", "Question: Is {item} hard?\nAnswer:")
+        assert list(cells.user_ns["again"]["_status"]) == ["cached"] * 4, shown(again)
+        assert list(cells.user_ns["again"]["reply"]) == list(frame["reply"])
+    finally:
+        magics.cache_dir = ""

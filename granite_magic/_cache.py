@@ -2,7 +2,7 @@
 
 A run is keyed on everything that decides its reply (``request_fields`` -> ``cache_key``), recorded as
 the events it streamed with their times (``Recorder`` -> ``Recording``), kept as one gzipped JSON file
-(``RunCache``), and replayed into the same ``Accumulator`` a live run feeds (``replay``), so a hit is the
+(``RunCache``; a map's rows as records appended to a pack instead, ``_pack``), and replayed into the same ``Accumulator`` a live run feeds (``replay``), so a hit is the
 same ``Result`` as the original.  The session decides when to look up, record and replay (``CACHE_MODES``);
 nothing here touches the network or a model.
 
@@ -36,6 +36,8 @@ from ._codec import decode_events, encode_events
 from ._context import FileRefused, read_capped
 from ._errors import GraniteError, InvalidParameterError, redact, redact_all, shown_path
 from ._events import ErrorEvent, Event, Finish, TextDelta, ToolCallDelta
+from ._pack import FOLDER as PACKS
+from ._pack import PackDamaged, PackIndex, PackWriter, read_record
 from ._params import PARAMETERS, WireTarget
 from ._settings import check_cache_mode as check_mode
 from ._vocab import CACHE_MODES, PACES, CacheMode, Pace
@@ -297,7 +299,8 @@ class CacheStats:
 
 
 class RunCache:
-    """One directory of recordings, one gzipped JSON file per run, ``<key[:2]>/<key>.json.gz``.
+    """One directory of recordings, one gzipped JSON file per run, ``<key[:2]>/<key>.json.gz``, and the packs a
+    prompt over many rows appends its rows to (``append``; ``_pack``).
 
     Safe for a comparison grid writing at once, from threads or processes: a file is written under a
     temporary name in its own folder, then renamed over the old one, so a reader sees one whole file or
@@ -312,6 +315,8 @@ class RunCache:
         self._misses = 0
         self._lock = threading.Lock()
         self._folders: set[str] = set()  # shard folders this cache made or found (no mkdir for every file)
+        self._packs = PackIndex(os.path.join(self.directory, PACKS))
+        self._writer = PackWriter(self._packs.folder)
 
     def path(self, key: str) -> Path:
         return Path(self._file(key))
@@ -328,17 +333,17 @@ class RunCache:
 
         Recordings travel in repositories, which ship symbolic links: only a regular file inside the cache
         directory of at most ``MAX_FILE_BYTES`` is read.  A link out of it (to ``/dev/zero``, to a file
-        elsewhere), a FIFO, a device or a directory in a recording's place is a damaged recording.
+        elsewhere), a FIFO, a device or a directory in a recording's place is a damaged recording; so is a packed
+        record that is not whole (``_pack``).
         """
-        path = self._file(key)
         try:
-            raw = self._read(path)
-        except (FileNotFoundError, NotADirectoryError):
-            self._count(hit=False)
-            return None
+            raw, path = self._raw(key)
         except CacheCorruptError:
             self._count(hit=False)
             raise
+        if raw is None:
+            self._count(hit=False)
+            return None
         try:
             recording = _decode_recording(key, json.loads(_gunzip(raw).decode("utf-8", "surrogatepass")))
         except (EOFError, OSError, zlib.error, ValueError, RecursionError) as exc:
@@ -346,6 +351,15 @@ class RunCache:
             raise CacheCorruptError(path, _why_unreadable(exc)) from None
         self._count(hit=True)
         return recording
+
+    def _raw(self, key: str) -> tuple[bytes | None, str]:
+        """The gzipped recording of ``key`` (None: there is none) and where it is: its own file first (written by a
+        single run, or shipped), then the packs (a map's rows)."""
+        path = self._file(key)
+        try:
+            return self._read(path), path
+        except (FileNotFoundError, NotADirectoryError):
+            return self._read_packed(key)
 
     def _read(self, path: str) -> bytes:
         """The file's bytes: ``FileNotFoundError`` when nothing is there, ``CacheCorruptError`` when what is there
@@ -366,6 +380,22 @@ class RunCache:
             why = "it is a symbolic link that loops" if exc.errno == errno.ELOOP else f"it cannot be read ({exc.strerror or exc})"
             raise CacheCorruptError(path, why) from None
 
+    def _read_packed(self, key: str) -> tuple[bytes | None, str]:
+        """The payload of ``key``'s packed recording (None when no pack has one), and the pack it is in."""
+        folder = self._packs.folder
+        if os.path.islink(folder) and not self._writable(folder):
+            return None, folder  # a packs folder linked out of the directory is not read
+        found = self._packs.find(key)
+        if found is None:
+            return None, folder
+        pack, offset = found
+        try:
+            return read_record(pack, offset, key, MAX_FILE_BYTES), pack
+        except PackDamaged as exc:
+            raise CacheCorruptError(pack, f"{exc} (the pack's other recordings are still read)") from None
+        except OSError as exc:
+            raise CacheCorruptError(pack, f"it cannot be read ({exc.strerror or exc})") from None
+
     def _inside(self, real: str) -> bool:
         """Whether a resolved path lies inside this cache's directory (itself resolved: it may be a link)."""
         root = os.path.realpath(self.directory)
@@ -379,31 +409,63 @@ class RunCache:
         When the directory cannot be written, ``recording_off`` says why and later calls return False
         at once.
         """
-        if self.recording_off is not None:
-            return False
-        known = tuple(s for s in secrets if s)
-        if _holds_secret(_streamed_text(recording, known), known):
-            return False
-        encoded = _encode_recording(key, recording)
-        text = _dumps(encoded)
-        if _may_hold_secret(text, known):  # most recordings cannot: the string-by-string scrub is for those that may
-            text = _dumps(redact_all(encoded, known))
-            if _holds_secret(text, known):
-                return False
+        payload = self._payload(key, recording, secrets)
         path = self._file(key)
         folder = os.path.dirname(path)
-        if os.path.islink(folder) and not (os.path.isdir(folder) and self._inside(os.path.realpath(folder))):
-            return False  # a shard folder linked out of the directory (or looping): nothing is written through it
+        if payload is None or not self._writable(folder):
+            return False
         try:
             if folder not in self._folders:
                 os.makedirs(folder, exist_ok=True)
                 self._folders.add(folder)
-            temporary = _write_beside(path, gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0))
+            temporary = _write_beside(path, payload)
         except OSError as exc:
             self._folders.discard(folder)  # removed meanwhile (%granite cache clear): made again next time
             self.recording_off = self._why_off(exc)
             return False
         return _move(temporary, path)
+
+    def append(self, key: str, recording: Recording, *, secrets: Iterable[str] = ()) -> bool:
+        """``store``, appended to this kernel's pack (``_pack``) instead of a file of its own: a map's rows.
+
+        Scrubbed and refused exactly as ``store``; a recording file of the same request is removed, so the newer
+        recording is the one found.
+        """
+        payload = self._payload(key, recording, secrets)
+        if payload is None or not self._writable(self._packs.folder):
+            return False
+        try:
+            with self._lock:
+                name, offset = self._writer.append(key, payload)
+                self._packs.added(key, name, offset, self._writer.end)
+        except OSError as exc:
+            self.recording_off = self._why_off(exc)
+            return False
+        path = self._file(key)
+        if os.path.lexists(path) and self._writable(os.path.dirname(path)):  # record mode over an older file
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return True
+
+    def _payload(self, key: str, recording: Recording, secrets: Iterable[str]) -> bytes | None:
+        """What is written for ``recording``: its gzipped JSON, scrubbed; None when recording is off or a secret
+        survives the scrub."""
+        if self.recording_off is not None:
+            return None
+        known = tuple(s for s in secrets if s)
+        if _holds_secret(_streamed_text(recording, known), known):
+            return None
+        encoded = _encode_recording(key, recording)
+        text = _dumps(encoded)
+        if _may_hold_secret(text, known):  # most recordings cannot: the string-by-string scrub is for those that may
+            text = _dumps(redact_all(encoded, known))
+            if _holds_secret(text, known):
+                return None
+        return gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0)
+
+    def _writable(self, folder: str) -> bool:
+        """Whether ``folder`` may be written through: not a link out of the directory (or one that loops)."""
+        return not os.path.islink(folder) or (os.path.isdir(folder) and self._inside(os.path.realpath(folder)))
 
     def stats(self) -> CacheStats:
         entries = size = 0
@@ -413,7 +475,10 @@ class RunCache:
             except OSError:  # cleared by another session meanwhile
                 continue
             entries += 1
-        return CacheStats(entries, size, self._hits, self._misses)
+        for pack in self._packs.packs():
+            with contextlib.suppress(OSError):
+                size += pack.stat(follow_symlinks=False).st_size
+        return CacheStats(entries + self._packs.keys(), size, self._hits, self._misses)
 
     def clear(self) -> int:
         """Remove this cache's recordings (nothing else in the directory); how many were removed.
@@ -428,6 +493,14 @@ class RunCache:
                 continue
             removed += 1
             _remove_if_empty(path.parent)
+        with self._lock:
+            self._writer.close()
+            removed += self._packs.keys()
+            for pack in list(self._packs.packs()):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pack.path)
+            self._packs.forget()
+        _remove_if_empty(Path(self._packs.folder))
         return removed
 
     def _entries(self) -> Iterator[Path]:

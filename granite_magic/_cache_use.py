@@ -32,8 +32,10 @@ __all__ = ["CacheUse", "RecordingAccumulator", "cache_use", "local_fingerprint",
 _MODELS_FILE_BYTES = 1 << 20  # models.json: a fingerprint (~80 characters) per model name
 
 
-def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mode: str, *, repeat: int = 0) -> CacheUse | None:
+def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mode: str, *, repeat: int = 0,
+              packed: bool = False) -> CacheUse | None:
     """How ``request`` meets ``cache`` in ``mode`` (a turn's ``--cache`` wins), or None when it does not.
+    ``packed``: a live reply is appended to the kernel's pack, not written as a file of its own (a map's rows).
 
     The key is what the client sends (``describe``, as ``--dry-run`` shows it) with the backend, the host, the
     model, its fingerprint and the repetition: a field added to ``Request`` later is keyed without a change here.
@@ -49,7 +51,8 @@ def cache_use(turn: Turn, target: Target, request: Request, cache: RunCache, mod
     fingerprint = local_fingerprint(*model_file, cache, framing=client.framing) if model_file is not None else None
     fields = request_fields(backend=client.kind, host=client.host, model=request.model, api=target.api,
                             sent=client.describe(request), repeat=repeat, fingerprint=fingerprint)
-    return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, client.secrets(), verify, unverified=turn.verify and not verify)
+    return CacheUse(mode, cache, fields, cache_key(fields), turn.pace, client.secrets(), verify, unverified=turn.verify and not verify,
+                    packed=packed)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class CacheUse:
     secrets: tuple[str, ...]
     verify: bool = False
     unverified: bool = False  # --verify asked for in replay mode: nothing runs live, so nothing is checked
+    packed: bool = False  # appended to the pack on the loop (one write), not a file made in a thread
 
     def look_up(self) -> tuple[Recording | None, str | None]:
         """(the recording to serve or compare with, a warning to show).
@@ -101,7 +105,11 @@ class CacheUse:
         warnings: list[str] = []
         stored = False
         if self.records(recording) and isinstance(live, RecordingAccumulator):
-            stored = await asyncio.to_thread(self.cache.store, self.key, live.recorder.recording(), secrets=self.secrets)
+            made = live.recorder.recording()
+            if self.packed:
+                stored = self.cache.append(self.key, made, secrets=self.secrets)
+            else:
+                stored = await asyncio.to_thread(self.cache.store, self.key, made, secrets=self.secrets)
             if not stored and self.cache.recording_off:
                 warnings.append(self.cache.recording_off)
             if self.verify and recording is None:

@@ -251,7 +251,7 @@ class Session:
             spec = specs[index]  # a map's spec is made on each read: read once
             each = _applied(spec, turn)
             request = self.request(each, target, spec.params, method=method)
-            use = self.cache_use(each, target, request, repeat=spec.repeat)
+            use = self.cache_use(each, target, request, repeat=spec.repeat, packed=kind == "map")
             bound = worst_case(target.client.listed(request.model), [request]) if budget is not None else None
             return self._structured(SingleJob(each, target, request, on_done=record, cache=use, bound=bound), kind)
 
@@ -295,9 +295,9 @@ class Session:
             self.caches[path] = RunCache(path)
         return self.caches[path]
 
-    def cache_use(self, turn: Turn, target: Target, request: Request, *, repeat: int = 0) -> CacheUse | None:
-        """How this request meets the session's cache (None: it does not)."""
-        return cache_use(turn, target, request, self.cache_for(), self.settings.cache, repeat=repeat)
+    def cache_use(self, turn: Turn, target: Target, request: Request, *, repeat: int = 0, packed: bool = False) -> CacheUse | None:
+        """How this request meets the session's cache (None: it does not); ``packed`` for a map's rows."""
+        return cache_use(turn, target, request, self.cache_for(), self.settings.cache, repeat=repeat, packed=packed)
 
     # --- what it costs ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ the run, a cache entry per row so a rerun re-pays nothing finished, a worst case
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -91,6 +92,8 @@ def test_a_schema_over_rows_gives_typed_columns_and_one_bad_row_never_fails_the_
 def test_a_rerun_re_pays_no_finished_row(cells: InteractiveShell, server: FakeOpenRouter) -> None:
     run(cells, "--over reviews --limit 3 --max-tokens 20 -o first", PROMPT)
     assert len(server.chat_requests) == 3
+    recordings = Path(magics_of(cells).cache_dir)
+    assert len(list(recordings.glob("packs/*.pack"))) == 1 and not list(recordings.rglob("*.json.gz"))  # not a file a row
     ledger = magics_of(cells).session.ledger
     before = ledger.total_cost
     out = run(cells, "--over reviews --max-tokens 20 -o out", PROMPT)

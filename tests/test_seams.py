@@ -308,7 +308,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"_shapes", "_events", "_sse", "_tools", "_granite_tools", "_schema", "_spec", "_structured", "_docstrings",
                "_context", "_rows", "_batch", "_plan"}),  # sans-I/O
     frozenset({"_client", "_runner", "_local"}),  # transport
-    frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec",
+    frozenset({"_session", "_turn", "_requests", "_toolrun", "_probe", "_ledger", "_cache_use", "_cache", "_codec", "_pack",
                "_dask",  # map over a Dask DataFrame: each partition through the pandas path, on the workers
                "_comparison", "_kernel", "_batchrun"}),  # running
     frozenset({"_grid", "_render", "_lens", "_markdown", "_rowsview"}),  # showing

@@ -402,13 +402,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _keep(cache: Any, row: Any, events: Sequence[Any], recorder: Any) -> None:
-    """An answer kept in the cache under its row's key, so that a live run of the same row is served from it."""
+    """An answer kept in the cache under its row's key (in the kernel's pack, as a map's rows are), so that a live run
+    of the same row is served from it."""
     if not isinstance(row, Mapping) or not row.get("key") or not isinstance(row.get("fields"), Mapping):
         return
     kept = recorder(row["fields"])
     for event in events:
         kept.add(event)
-    cache.store(row["key"], kept.recording())
+    cache.append(row["key"], kept.recording())
 
 
 # --- the plan: what each way would cost and take ----------------------------------------------------------------------

@@ -144,8 +144,8 @@ class PackIndex:
                 self._read_headers(entry.path, entry.name)
 
     def _read_headers(self, path: str, name: str) -> None:
-        number = self._number(name)
         try:
+            number = self._number(name)
             for key, offset, end in _records(path, self._read_to.get(name, 0)):
                 self._where[bytes.fromhex(key)] = offset << _PACK_NUMBER_BITS | number
                 self._read_to[name] = end

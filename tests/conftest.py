@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import comm
@@ -198,6 +200,26 @@ def llama_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def packed_records(pack: Path) -> list[tuple[str, bytes]]:
+    """(key, gzipped recording) of each record of a pack, read the plain way the format promises: a header line
+    ``granite-recording <key> <length>`` and that many bytes."""
+    data, found = pack.read_bytes(), []
+    while data:
+        line, _, data = data.partition(b"\n")
+        word, key, length = line.split(b" ")
+        assert word == b"granite-recording"
+        found.append((key.decode(), data[: int(length)]))
+        data = data[int(length):]
+    return found
+
+
+def recordings_in(directory: Path) -> list[bytes]:
+    """The JSON of every recording kept in a cache directory: each file, and each record of each pack."""
+    files = [path.read_bytes() for path in sorted(directory.glob("??/*.json.gz"))]
+    packed = [payload for pack in sorted(directory.glob("packs/*.pack")) for _, payload in packed_records(pack)]
+    return [gzip.decompress(raw) for raw in files + packed]
 
 
 def sse(*events: object) -> bytes:

@@ -3,6 +3,7 @@ with the same result frame as a live run, nothing sent twice, and the estimate o
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from granite_magic._errors import InvalidParameterError
 from granite_magic._turn import Turn
 from granite_magic.testing import FakeOpenRouter, run_batch_file
 
-from .conftest import TEST_KEY, magics_of, run, shown
+from .conftest import TEST_KEY, magics_of, recordings_in, run, shown
 
 ROCKS = pd.DataFrame({"rock": ["granite", "basalt", "shale", "marble", "slate"]}, index=pd.Index(list("abcde"), name="id"))
 PROMPT = "Describe {rock} in a few words."
@@ -251,8 +252,10 @@ def test_a_batch_api_that_echoes_the_key_or_answers_garbage_leaves_a_message_and
         frame = granite_magic.map(["granite", "basalt"], "Describe {item}.", max_tokens=8, via="batch", poll_s=0)
         assert list(frame["_status"]) == ["ok", "ok"] and frame["reply"].str.startswith("key: ").all()
         assert HOSTILE_KEY not in frame.to_string() and HOSTILE_KEY not in json.dumps(frame.attrs, default=str)
-        for path in (tmp_path / "cache").rglob("*.gz"):
-            assert HOSTILE_KEY.encode() not in __import__("gzip").decompress(path.read_bytes())
+        kept = recordings_in(tmp_path / "cache")
+        manifests = [gzip.decompress(path.read_bytes()) for path in (tmp_path / "cache" / "batches").glob("*.gz")]
+        assert len(kept) == 2 and len(manifests) == 1
+        assert not any(HOSTILE_KEY.encode() in document for document in kept + manifests)
 
         hostile.script(json_reply(202, {**batch, "id": "b2", "status": "validating"}), json_reply(200, "<html>{AUTH}</html>"))
         with pytest.raises(GraniteError) as failed:

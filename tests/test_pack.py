@@ -18,7 +18,7 @@ from granite_magic import _cache, _pack
 from granite_magic._cache import CacheCorruptError, Recording, RunCache
 from granite_magic._events import Finish, TextDelta
 
-from .conftest import TEST_KEY
+from .conftest import TEST_KEY, packed_records
 from .test_cache import SECRET, key, leaky, recording
 
 
@@ -30,26 +30,14 @@ def packs(directory: Path) -> list[Path]:
     return sorted((directory / "packs").glob("*.pack"))
 
 
-def records(pack: Path) -> list[tuple[str, bytes]]:
-    """(key, payload) of each record, read the plain way: what the format promises."""
-    data, found = pack.read_bytes(), []
-    while data:
-        line, _, data = data.partition(b"\n")
-        word, record_key, length = line.split(b" ")
-        assert word == b"granite-recording"
-        found.append((record_key.decode(), data[: int(length)]))
-        data = data[int(length):]
-    return found
-
-
 def test_appended_recordings_come_back_whole_from_one_pack(tmp_path: Path) -> None:
     cache = RunCache(tmp_path)
     keys = [key(repeat=n) for n in range(3)]
     for n, k in enumerate(keys):
         assert cache.append(k, said(f"row {n}"))
     (pack,) = packs(tmp_path)
-    assert [k for k, _ in records(pack)] == keys and not list(tmp_path.rglob("*.json.gz"))  # no file made for a row
-    assert [json.loads(gzip.decompress(payload))["key"] for _, payload in records(pack)] == keys  # a recording file's bytes
+    assert [k for k, _ in packed_records(pack)] == keys and not list(tmp_path.rglob("*.json.gz"))  # no file made for a row
+    assert [json.loads(gzip.decompress(payload))["key"] for _, payload in packed_records(pack)] == keys  # a recording file's bytes
     assert [cache.load(k) for k in keys] == [said(f"row {n}") for n in range(3)]
     assert RunCache(tmp_path).load(keys[1]) == said("row 1")  # another kernel reads it too
 
@@ -118,7 +106,7 @@ def test_a_damaged_record_raises_naming_its_pack(tmp_path: Path, monkeypatch: py
     cache = RunCache(tmp_path)
     cache.append(key(), said("whole"))
     (pack,) = packs(tmp_path)
-    ((record_key, payload),) = records(pack)
+    ((record_key, payload),) = packed_records(pack)
     bad = damage(payload)
     pack.write_bytes(_pack.header(record_key, len(bad)) + bad)  # a record whose header and length are whole
     with pytest.raises(CacheCorruptError) as caught:
@@ -156,14 +144,14 @@ def test_a_packs_folder_linked_out_of_the_directory_is_neither_read_nor_written(
     cache = RunCache(tmp_path / "cache")
     assert cache.load(key(repeat=0)) is None
     assert not cache.append(key(repeat=1), said("not written through a link"))
-    assert [k for pack in packs(elsewhere) for k, _ in records(pack)] == [key(repeat=0)]
+    assert [k for pack in packs(elsewhere) for k, _ in packed_records(pack)] == [key(repeat=0)]
 
 
 def test_no_secret_reaches_a_pack(tmp_path: Path) -> None:
     cache = RunCache(tmp_path)
     assert cache.append(key(), leaky(), secrets=[SECRET])
     (pack,) = packs(tmp_path)
-    stored = gzip.decompress(records(pack)[0][1]).decode()
+    stored = gzip.decompress(packed_records(pack)[0][1]).decode()
     assert TEST_KEY not in stored and SECRET not in stored and "Bearer" not in stored and "[redacted]" in stored
     split = recording(((0.1, TextDelta(SECRET[:9])), (0.2, TextDelta(SECRET[9:])), (0.3, Finish("stop"))))
     assert not cache.append(key(repeat=1), split, secrets=[SECRET])  # spread over two deltas: not written at all

@@ -20,6 +20,7 @@ __all__ = ["BackgroundLoop", "get_loop"]
 T = TypeVar("T")
 
 CANCEL_GRACE_S = 0.5  # how long an interrupted caller waits for the stream to close
+SIGNAL_CHECK_S = 0.1  # how often a caller waiting on the loop looks for a Ctrl-C that reached another thread
 
 
 class BackgroundLoop:
@@ -48,6 +49,10 @@ class BackgroundLoop:
         finished = threading.Event()
         future = self.submit(_signal_when_done(coro, finished))
         try:
+            while not future.done():
+                # Not one wait without end: a Ctrl-C may reach any thread of the process, and Python raises it in the
+                # main thread only when that thread runs Python again, which a wait on a lock does not do until it ends.
+                concurrent.futures.wait((future,), timeout=SIGNAL_CHECK_S)
             return future.result()
         except KeyboardInterrupt:
             future.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -309,6 +310,25 @@ def test_interrupt_cancels_the_request_and_keeps_the_partial_text(client: Granit
     assert wait_until(lambda: server.chat_requests[0].disconnected)
     # and the client is still usable
     assert client.chat("Hi again").text
+
+
+def test_a_ctrl_c_that_reaches_another_thread_still_stops_the_reply(client: GraniteClient, server: FakeOpenRouter) -> None:
+    """A SIGINT sent to the process may land on any of its threads (here the loop's); Python raises it in the main
+    thread only, once that thread runs Python again: a caller waiting for the reply must, before the reply ends."""
+    import signal
+
+    server.push(Scenario(tokens=300, tokens_per_s=20))  # 15 s if left alone
+    fired: list[bool] = []
+
+    def interrupt_this_thread(progress: Any) -> None:
+        if progress.chunks >= 5 and not fired:
+            fired.append(True)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    with pytest.raises(GenerationInterrupted) as info:
+        client.chat("Hi", on_update=interrupt_this_thread)
+    assert fired and info.value.result.ended == "interrupted" and len(info.value.result.text.split()) < 300
+    assert wait_until(lambda: server.chat_requests[0].disconnected)
 
 
 def test_cancelling_achat_closes_the_stream(client: GraniteClient, server: FakeOpenRouter) -> None:

@@ -4,12 +4,13 @@ Every figure runs against the local fake server in its own process (so its CPU i
 per figure (its queue of pushed scenarios cannot be emptied from outside), with short rows and short replies.
 
 1. ``throughput``: ``--rows`` rows at ``--concurrency``, taking turns run by run (``--runs``; medians):
-   - a bare fan-out: ``httpx.AsyncClient()`` (httpx's default pool, as granite-magic's client has it) and
+   - a bare fan-out: ``httpx.AsyncClient()`` (httpx's default pool: 20 connections kept alive) and
      ``asyncio.Semaphore(C)``, a streaming POST to ``/chat/completions`` with the very bodies map sends, each stream
      read to the end, its ``data:`` lines parsed and the reply's text joined; a request the server's small accept
      backlog (5) drops while connections open is sent again after 10 ms, 20 ms, ... (counted: "re-sent");
    - the same with a pool of C kept-alive connections (what a tuned fan-out would do);
-   - ``map`` as shipped: every row recorded to the cache (``auto``), in a fresh temporary ``GRANITE_CACHE_DIR`` each run;
+   - ``map`` as shipped: every row recorded to the cache (``auto``: appended to the kernel's pack), in a fresh
+     temporary ``GRANITE_CACHE_DIR`` each run;
    - ``map`` without the cache: ``map`` has no switch for that (it turns the cache on when the session's is off), so
      this is map's own path with the turn's cache set to ``"off"`` (``_prepare_rows``, ``Session.start_map``,
      ``finish_map``).

@@ -391,6 +391,9 @@ class RunCache:
         pack, offset = found
         try:
             return read_record(pack, offset, key, MAX_FILE_BYTES), pack
+        except FileNotFoundError:  # removed by another kernel (%granite cache clear) since it was read: read again
+            self._packs.forget()
+            return self._read_packed(key) if self._packs.find(key) is not None else (None, folder)
         except PackDamaged as exc:
             raise CacheCorruptError(pack, f"{exc} (the pack's other recordings are still read)") from None
         except OSError as exc:

@@ -30,7 +30,8 @@ HEADER_BYTES = 96  # "granite-recording " + 64 hex digits + " " + a length + "\n
 _HEADER = re.compile(rb"granite-recording ([0-9a-f]{64}) ([0-9]{1,12})\n")
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
                | getattr(os, "O_CLOEXEC", 0))
-_PACK_NUMBER_BITS = 16  # an index entry is (offset << 16) | the pack's number: one int a row, not a tuple
+_NUMBER_BITS = 16  # an index entry is (offset << 16) | the pack's number: one int a row, not a tuple
+_MOST_PACKS = (1 << _NUMBER_BITS) - 1
 
 
 class PackDamaged(ValueError):
@@ -104,12 +105,12 @@ class PackIndex:
             entry = self._where.get(digest)
             if entry is None:
                 return None
-            return os.path.join(self.folder, self._names[entry & 0xFFFF]), entry >> _PACK_NUMBER_BITS
+            return os.path.join(self.folder, self._names[entry & _MOST_PACKS]), entry >> _NUMBER_BITS
 
     def added(self, key: str, name: str, offset: int, end: int) -> None:
         """This kernel wrote ``key``'s record to pack ``name`` at ``offset``; the pack now ends at ``end``."""
         with self._lock:
-            self._where[bytes.fromhex(key)] = offset << _PACK_NUMBER_BITS | self._number(name)
+            self._where[bytes.fromhex(key)] = offset << _NUMBER_BITS | self._number(name)
             if self._read_to.get(name, 0) == offset:  # read up to here already: it need not be read again
                 self._read_to[name] = self._sizes[name] = end
 
@@ -127,7 +128,7 @@ class PackIndex:
         """The folder's pack files (regular files, not links), in name order."""
         try:
             entries = sorted(os.scandir(self.folder), key=lambda entry: entry.name)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # no packs yet, or a folder that cannot be read: nothing packed is found
             return
         for entry in entries:
             if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
@@ -147,15 +148,15 @@ class PackIndex:
         try:
             number = self._number(name)
             for key, offset, end in _records(path, self._read_to.get(name, 0)):
-                self._where[bytes.fromhex(key)] = offset << _PACK_NUMBER_BITS | number
+                self._where[bytes.fromhex(key)] = offset << _NUMBER_BITS | number
                 self._read_to[name] = end
         except (OSError, PackDamaged):  # unreadable from here on: what was read stays found
             return
 
     def _number(self, name: str) -> int:
         if name not in self._numbers:
-            if len(self._names) > 0xFFFF:
-                raise OSError(f"more than {0xFFFF} packs in {self.folder}")
+            if len(self._names) >= _MOST_PACKS:
+                raise OSError(f"more than {_MOST_PACKS} packs in {self.folder}")
             self._numbers[name] = len(self._names)
             self._names.append(name)
         return self._numbers[name]

@@ -172,10 +172,12 @@ def test_stats_and_clear_count_packed_recordings(tmp_path: Path) -> None:
     assert cache.append(key(repeat=3), said("after clearing")) and cache.load(key(repeat=3)) == said("after clearing")
 
 
-def test_a_pack_removed_by_another_kernel_is_made_again(tmp_path: Path) -> None:
-    cache = RunCache(tmp_path)
+def test_a_pack_removed_by_another_kernel_is_a_miss_then_made_again(tmp_path: Path) -> None:
+    cache, reader = RunCache(tmp_path), RunCache(tmp_path)
     cache.append(key(repeat=0), said("first"))
+    assert reader.load(key(repeat=0)) == said("first")
     RunCache(tmp_path).clear()  # %granite cache clear in another kernel
+    assert reader.load(key(repeat=0)) is None and cache.load(key(repeat=0)) is None  # a miss, not a damaged recording
     assert cache.append(key(repeat=1), said("second"))
     assert RunCache(tmp_path).load(key(repeat=1)) == said("second") and len(packs(tmp_path)) == 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -138,51 +137,95 @@ def map(
     from . import _dask  # imports no dask: a Dask DataFrame's partitions each go through this function, on its workers
     if _dask.is_dask_frame(over):
         return _dask.map_dask(map, **{name: value for name, value in locals().items() if name != "_dask"})
-    via = check_via(via, batch_file)
-    session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
-                                                 system=system, model=model, base_url=base_url, backend=backend, api=api)
-    settings, scorer = _settings(seeds, sweep), _expect(expect, rows)
-    job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
-    if dry_run:
-        return job.loop.run(plan_for(job, job.concurrency))
-    if via != "live":
-        return _by_batch(session, job, rows, settings, scorer, via, batch_file, poll_s)
-    with contextlib.suppress(KeyboardInterrupt):  # the rows finished so far are the result; the others say they did not run
-        job.loop.run(job.stream(QuietGrid()))
-    return session.finish_map(job, rows, settings, scorer)
+    run = _RowsRun.prepared(over, prompt, locals())
+    try:
+        done = run.job.loop.run(run.work())
+    except KeyboardInterrupt:
+        if not run.keeps_what_finished:
+            raise
+        done = None  # the rows finished so far are the result; the others say they did not run (a batch goes on)
+    return run.result(done)
 
 
-async def amap(over: Any, prompt: str, *, schema: Any = None, schema_mode: str = "auto", limit: int | None = None,
-               sample: int | None = None, seeds: str | Sequence[int] = (), sweep: Mapping[str, Sequence[Any]] | None = None,
-               expect: str | Callable[[Mapping[str, Any], Any], Any] | None = None, concurrency: int | None = None,
-               system: str | None = None, model: str | None = None, base_url: str | None = None, backend: str | None = None,
-               api: str | None = None, **params: Any) -> Any:
-    """Awaitable twin of ``map()``, usable from any event loop."""
-    session, turn, rows, prompts = _prepare_rows(over, prompt, schema, schema_mode, limit, sample, concurrency, params,
-                                                 system=system, model=model, base_url=base_url, backend=backend, api=api)
-    settings, scorer = _settings(seeds, sweep), _expect(expect, rows)
-    job = session.start_map(turn, prompts, settings=settings, concurrency=concurrency)
-    await job.loop.run_async(job.stream(QuietGrid()))
-    return session.finish_map(job, rows, settings, scorer)
+async def amap(
+    over: Any,
+    prompt: str,
+    *,
+    schema: Any = None,
+    schema_mode: str = "auto",
+    limit: int | None = None,
+    sample: int | None = None,
+    seeds: str | Sequence[int] = (),
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    expect: str | Callable[[Mapping[str, Any], Any], Any] | None = None,
+    concurrency: int | None = None,
+    system: str | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    backend: str | None = None,
+    api: str | None = None,
+    via: str = "live",
+    batch_file: str | None = None,
+    poll_s: float | None = None,
+    dry_run: bool = False,
+    **params: Any,
+) -> Any:
+    """Awaitable twin of ``map()`` (the same arguments, ``via`` and ``dry_run`` included), usable from any event loop;
+    cancelling it stops the rows as an interrupt stops ``map``'s."""
+    run = _RowsRun.prepared(over, prompt, locals())
+    return run.result(await run.job.loop.run_async(run.work()))
 
 
-def _by_batch(session: Session, job: CompareJob, rows: Rows, settings: Sequence[RunSpec], scorer: Expect | None,
-              via: str, batch_file: str | None, poll_s: float | None) -> Any:
-    """The rows answered by a batch (see ``map``); the frame a live run gives, and where the batch is in ``attrs``."""
-    cache_dir = session.settings.cache_dir
-    if via == "jsonl":
-        assert batch_file is not None  # check_via
-        pending = write_jsonl(job, batch_file, cache_dir)
-        job.loop.run(replay_cached(job, pending))
-        frame = session.finish_map(job, rows, settings, scorer)
-        return waiting_for_file(frame, job, pending, batch_file, cache_dir)
-    progress = BatchProgress()
-    every = session.settings.batch_poll_s if poll_s is None else poll_s
-    with contextlib.suppress(KeyboardInterrupt):  # the batches go on; running the same call again resumes them
-        job.loop.run(run_openrouter_batch(job, cache_dir, poll_s=every, progress=progress))
-    frame = session.finish_map(job, rows, settings, scorer)
-    frame.attrs.update(via=via, batch=progress.summary())
-    return frame
+class _RowsRun:
+    """A map's rows answered one way (``via``) or costed (``dry_run``), apart from how the caller waits: ``work`` runs
+    on the loop (an interrupt stops it), ``result`` makes the frame of whatever finished.  ``map`` and ``amap`` differ
+    only in how they wait."""
+
+    def __init__(self, session: Session, job: CompareJob, rows: Rows, settings: Sequence[RunSpec], scorer: Expect | None,
+                 via: str, batch_file: str | None, poll_s: float | None, dry_run: bool) -> None:
+        self.session, self.job, self.rows, self.settings, self.scorer = session, job, rows, settings, scorer
+        self.via, self.batch_file, self.dry_run = via, batch_file, dry_run
+        self.cache_dir = session.settings.cache_dir
+        self.poll_s = session.settings.batch_poll_s if poll_s is None else poll_s
+        self.progress = BatchProgress()
+        # the file is written before anything waits: what is in it is known even if the kernel stops next
+        self.pending = write_jsonl(job, batch_file, self.cache_dir) if via == "jsonl" and not dry_run and batch_file else None
+        # an estimate and a file's replayed rows stop whole on an interrupt; live rows and batches keep what finished
+        self.keeps_what_finished = not dry_run and via != "jsonl"
+
+    @classmethod
+    def prepared(cls, over: Any, prompt: str, arguments: Mapping[str, Any]) -> _RowsRun:
+        """Everything checked and planned before anything is sent, from ``map``'s (or ``amap``'s) arguments."""
+        via = check_via(arguments["via"], arguments["batch_file"])
+        target = {name: arguments[name] for name in ("system", "model", "base_url", "backend", "api")}
+        session, turn, rows, prompts = _prepare_rows(over, prompt, arguments["schema"], arguments["schema_mode"],
+                                                     arguments["limit"], arguments["sample"], arguments["concurrency"],
+                                                     arguments["params"], **target)
+        settings, scorer = _settings(arguments["seeds"], arguments["sweep"]), _expect(arguments["expect"], rows)
+        job = session.start_map(turn, prompts, settings=settings, concurrency=arguments["concurrency"])
+        return cls(session, job, rows, settings, scorer, via, arguments["batch_file"], arguments["poll_s"], arguments["dry_run"])
+
+    async def work(self) -> Any:
+        if self.dry_run:
+            return await plan_for(self.job, self.job.concurrency)
+        if self.pending is not None:
+            await replay_cached(self.job, self.pending)
+        elif self.via != "live":
+            await run_openrouter_batch(self.job, self.cache_dir, poll_s=self.poll_s, progress=self.progress)
+        else:
+            await self.job.stream(QuietGrid())
+        return None
+
+    def result(self, done: Any) -> Any:
+        if self.dry_run:
+            return done
+        frame = self.session.finish_map(self.job, self.rows, self.settings, self.scorer)
+        if self.pending is not None:
+            assert self.batch_file is not None  # check_via
+            return waiting_for_file(frame, self.job, self.pending, self.batch_file, self.cache_dir)
+        if self.via != "live":
+            frame.attrs.update(via=self.via, batch=self.progress.summary())
+        return frame
 
 
 def read_batch(output: str, *, into: Any, errors: str | None = None) -> Any:

@@ -188,6 +188,23 @@ def test_a_failed_batch_and_a_model_that_takes_none_are_said_in_one_line_nothing
     assert len(server.batch_creates) == creates == 0
 
 
+def test_amap_answers_by_batch_writes_a_file_and_estimates_as_map_does(cache_dir: Path, server: FakeOpenRouter,
+                                                                       tmp_path: Path) -> None:
+    import asyncio
+
+    async def in_a_running_loop() -> tuple[Any, Any, Any]:
+        plan = await granite_magic.amap(ROCKS, PROMPT, max_tokens=8, dry_run=True)
+        batch = await granite_magic.amap(ROCKS, PROMPT, max_tokens=8, via="batch", poll_s=0)
+        written = await granite_magic.amap(ROCKS, PROMPT, max_tokens=9, via="jsonl", batch_file=str(tmp_path / "in.jsonl"))
+        return plan, batch, written
+
+    plan, batch, written = asyncio.run(in_a_running_loop())
+    assert list(plan.index) == ["live", "batch"] and len(server.chat_requests) == 0
+    assert list(batch["_status"]) == ["ok"] * 5 and batch.attrs["via"] == "batch" and len(server.batch_creates) == 1
+    assert (written["_status"] == "skipped").all() and len(custom_ids(tmp_path / "in.jsonl")) == 5
+    assert list(batch.columns) == list(granite_magic.map(ROCKS, PROMPT, max_tokens=8).columns)  # the same frame
+
+
 # --- the estimate, and the cell ---------------------------------------------------------------------------------------
 
 

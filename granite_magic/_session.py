@@ -82,6 +82,7 @@ class Session:
         self.ledger = Ledger(cell_number)
         self.probes = ProbeStore()
         self.caches: dict[Path, RunCache] = {}  # one per directory: hits and misses are counted per session
+        self._cache_places: dict[tuple[str, str], RunCache] = {}  # (directory as given, working directory) -> its cache
         self._key: Secret | None = None
         self._lookups: set[asyncio.Task[None]] = set()
 
@@ -290,10 +291,12 @@ class Session:
     # --- record and replay -------------------------------------------------------------------
 
     def cache_for(self, directory: str | Path | None = None) -> RunCache:
-        path = Path(directory or self.settings.cache_dir).expanduser().resolve()
-        if path not in self.caches:
-            self.caches[path] = RunCache(path)
-        return self.caches[path]
+        given = os.fspath(directory or self.settings.cache_dir)
+        place = (given, os.getcwd())  # a relative directory is the working directory's
+        if place not in self._cache_places:  # resolved once: a map asks for every row, and resolving reads the disk
+            path = Path(given).expanduser().resolve()
+            self._cache_places[place] = self.caches.setdefault(path, RunCache(path))
+        return self._cache_places[place]
 
     def cache_use(self, turn: Turn, target: Target, request: Request, *, repeat: int = 0, packed: bool = False) -> CacheUse | None:
         """How this request meets the session's cache (None: it does not); ``packed`` for a map's rows."""

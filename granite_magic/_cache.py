@@ -2,9 +2,9 @@
 
 A run is keyed on everything that decides its reply (``request_fields`` -> ``cache_key``), recorded as
 the events it streamed with their times (``Recorder`` -> ``Recording``), kept as one gzipped JSON file
-(``RunCache``; a map's rows as records appended to a pack instead, ``_pack``), and replayed into the same ``Accumulator`` a live run feeds (``replay``), so a hit is the
-same ``Result`` as the original.  The session decides when to look up, record and replay (``CACHE_MODES``);
-nothing here touches the network or a model.
+(``RunCache``; a map's rows as records appended to a pack instead, ``_pack``), and replayed into the same
+``Accumulator`` a live run feeds (``replay``), so a hit is the same ``Result`` as the original.  The session
+decides when to look up, record and replay (``CACHE_MODES``); nothing here touches the network or a model.
 
 A hit is "the same Result" within ``_codec``'s documented tolerances: every probability within 0.00502
 percentage points, times to 0.1 ms; texts, tool calls, usage, cost, finish reasons and errors are exact.
@@ -383,7 +383,7 @@ class RunCache:
     def _read_packed(self, key: str) -> tuple[bytes | None, str]:
         """The payload of ``key``'s packed recording (None when no pack has one), and the pack it is in."""
         folder = self._packs.folder
-        if os.path.islink(folder) and not self._writable(folder):
+        if not self._inside_folder(folder):
             return None, folder  # a packs folder linked out of the directory is not read
         found = self._packs.find(key)
         if found is None:
@@ -415,7 +415,7 @@ class RunCache:
         payload = self._payload(key, recording, secrets)
         path = self._file(key)
         folder = os.path.dirname(path)
-        if payload is None or not self._writable(folder):
+        if payload is None or not self._inside_folder(folder):
             return False
         try:
             if folder not in self._folders:
@@ -435,7 +435,7 @@ class RunCache:
         recording is the one found.
         """
         payload = self._payload(key, recording, secrets)
-        if payload is None or not self._writable(self._packs.folder):
+        if payload is None or not self._inside_folder(self._packs.folder):
             return False
         try:
             with self._lock:
@@ -445,7 +445,7 @@ class RunCache:
             self.recording_off = self._why_off(exc)
             return False
         path = self._file(key)
-        if os.path.lexists(path) and self._writable(os.path.dirname(path)):  # record mode over an older file
+        if os.path.lexists(path) and self._inside_folder(os.path.dirname(path)):  # record mode over an older file
             with contextlib.suppress(OSError):
                 os.unlink(path)
         return True
@@ -466,8 +466,8 @@ class RunCache:
                 return None
         return gzip.compress(text.encode("utf-8", "surrogatepass"), mtime=0)
 
-    def _writable(self, folder: str) -> bool:
-        """Whether ``folder`` may be written through: not a link out of the directory (or one that loops)."""
+    def _inside_folder(self, folder: str) -> bool:
+        """Whether ``folder`` may be read or written through: not a link out of the directory (or one that loops)."""
         return not os.path.islink(folder) or (os.path.isdir(folder) and self._inside(os.path.realpath(folder)))
 
     def stats(self) -> CacheStats:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class _Plan:
     params: Mapping[str, Any]
     settings: Mapping[str, str]  # GRANITE_* variable -> the driver's value ("" for unset)
     meta: Any  # the empty frame of the result's columns and dtypes
+    # Dask names a graph's keys from its arguments, so two calls alike would share keys, and a rerun computed while
+    # the scheduler still held the first run's results would be given them back (statuses "ok", nothing read or
+    # recorded, a record-mode rerun not re-sent): each call is a run of its own.
+    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def _given(name: str, value: Any) -> bool:

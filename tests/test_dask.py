@@ -145,6 +145,14 @@ def test_a_rerun_sends_no_request(served: HoldingServer, cluster: Any) -> None:
     assert list(again.index) == list(ROCKS.index)
 
 
+def test_each_call_is_a_run_of_its_own_not_the_last_one_s_results(served: HoldingServer) -> None:
+    # Dask reuses results held under the same keys: two calls alike must not share them, or a rerun computed while
+    # the scheduler still held the first run's results would be handed those back, and a record-mode rerun not re-sent
+    first, again = (granite_magic.map(rocks(3), PROMPT, temperature=0, max_tokens=20) for _ in range(2))
+    assert first._name != again._name
+    assert first._name == first._name and set(first.__dask_keys__()).isdisjoint(again.__dask_keys__())
+
+
 def test_a_worker_killed_mid_run_loses_no_row_and_repeats_none(served: HoldingServer, cluster: Any) -> None:
     held = PROMPT.format(**ROCKS.loc[105])  # the middle row of the middle partition (104-106)
     served.hold(held)

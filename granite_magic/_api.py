@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,13 +18,26 @@ from ._batchrun import (
     write_jsonl,
 )
 from ._comparison import Comparison, RunSpec, parse_seeds, plan_runs
+from ._kernel import session_for
 from ._params import validate
 from ._probe import ProbeReport
 from ._rows import Expect, Rows, expect_column, read_rows, row_prompts
 from ._session import CompareJob, QuietGrid, Session, Turn, new_turn, shared_session
+from ._settings import Settings
 from ._spec import output_schema
 
 __all__ = ["acompare", "amap", "compare", "map", "probe", "usage"]
+
+
+def _session(concurrency: int | None = None) -> Session:
+    """The session a Python call runs in: in an IPython where the extension is loaded, the magic's (its ``%config``
+    settings over the environment's, its ledger and budget, so ``%granite usage`` counts the call), else the API's
+    own (settings from the environment, read on each call).  ``concurrency`` is checked here, before anything is sent;
+    each call gives it to its run, so that it changes no setting."""
+    if concurrency is not None:
+        Settings(concurrency=concurrency)  # refused in one line naming it
+    ipython = sys.modules.get("IPython")  # a program that never imported IPython has no shell: not imported for it
+    return session_for(ipython.get_ipython() if ipython is not None else None) or shared_session()
 
 
 def _prepare(prompt: str, seeds: str | Sequence[int], sweep: Mapping[str, Sequence[Any]] | None, repeat: int,
@@ -32,7 +46,7 @@ def _prepare(prompt: str, seeds: str | Sequence[int], sweep: Mapping[str, Sequen
     seed_list = parse_seeds(seeds) if seeds else []
     checked = {name: [validate(name, v) for v in values] for name, values in (sweep or {}).items()}
     specs = plan_runs(seed_list, checked, repeat)
-    return shared_session(concurrency=concurrency), new_turn(prompt, params, **target), specs
+    return _session(concurrency), new_turn(prompt, params, **target), specs
 
 
 def compare(
@@ -65,7 +79,7 @@ def compare(
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
                                     base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
                                     schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode)
-    return session.compare(turn, specs)
+    return session.compare(turn, specs, concurrency=concurrency)
 
 
 async def acompare(
@@ -91,7 +105,7 @@ async def acompare(
     session, turn, specs = _prepare(prompt, seeds, sweep, repeat, concurrency, params, system=system, model=model,
                                     base_url=base_url, backend=backend, api=api, verify=verify, template=template, raw=raw,
                                     schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode)
-    job = session.start_compare(turn, specs)
+    job = session.start_compare(turn, specs, concurrency=concurrency)
     await job.loop.run_async(job.stream(QuietGrid()))
     return session.finish_compare(job)
 
@@ -136,7 +150,8 @@ def map(
     what each way would cost and take for these rows (measured on the rows already answered, when there are some)."""
     from . import _dask  # imports no dask: a Dask DataFrame's partitions each go through this function, on its workers
     if _dask.is_dask_frame(over):
-        return _dask.map_dask(map, **{name: value for name, value in locals().items() if name != "_dask"})
+        return _dask.map_dask(map, settings=_session(concurrency).settings,
+                              **{name: value for name, value in locals().items() if name != "_dask"})
     run = _RowsRun.prepared(over, prompt, locals())
     try:
         done = run.job.loop.run(run.work())
@@ -256,23 +271,15 @@ def _prepare_rows(over: Any, prompt: str, schema: Any, schema_mode: str, limit: 
     prompts = row_prompts(prompt, rows)
     turn = new_turn(prompt, params, schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode,
                     **target)
-    return shared_session(concurrency=concurrency), turn, rows, prompts
+    return _session(concurrency), turn, rows, prompts
 
 
 def usage() -> Any:
     """What this kernel's runs have cost, one row per run (a pandas DataFrame), as ``%granite usage`` sums it up."""
-    from IPython import get_ipython
-
-    from ._kernel import session_for
-
-    return (session_for(get_ipython()) or shared_session()).ledger.to_dataframe()
+    return _session().ledger.to_dataframe()
 
 
 def probe(model: str | None = None, *, base_url: str | None = None, backend: str | None = None) -> ProbeReport:
     """Which parameters ``model`` really honours (as ``%granite probe``); the report is remembered for later warnings."""
-    from IPython import get_ipython
-
-    from ._kernel import session_for
-
-    session = session_for(get_ipython()) or shared_session()
+    session = _session()
     return session.probe(session.resolve(new_turn("", {}, model=model, base_url=base_url, backend=backend)))

@@ -7,9 +7,9 @@ those the pandas path gives a table whose rows were all answered.  A worker runs
 rate-limit gate for each partition it runs.  Every worker uses the driver's cache directory (made absolute), so a
 rerun, or a partition Dask runs again after losing its worker, re-pays no row already answered.
 
-What travels in the task graph: the prompt, ``map``'s options, the sampling and the driver's ``GRANITE_*`` settings
-(base URL, model, backend, budget, cache mode and directory), which a worker takes into its environment before it
-runs a partition.  Never the API key: each worker reads ``OPENROUTER_API_KEY`` from its own environment (the
+What travels in the task graph: the prompt, ``map``'s options, the sampling and the settings of the driver's session
+(base URL, model, backend, budget, cache mode and directory: in a notebook, ``%config`` over the environment) as
+the ``GRANITE_*`` variables that set them, which a worker takes into its environment before it runs a partition.  Never the API key: each worker reads ``OPENROUTER_API_KEY`` from its own environment (the
 workers of a ``LocalCluster`` inherit the driver's).  A budget is a session's, so each worker holds it on its own.
 
 Dask is an optional extra: nothing here imports it.  A Dask DataFrame is recognised by the class of the
@@ -60,8 +60,8 @@ def is_dask_frame(obj: Any) -> bool:
     return dataframe is not None and isinstance(obj, dataframe.DataFrame)
 
 
-def map_dask(run: Callable[..., Any], over: Any, prompt: str, *, params: Mapping[str, Any] | None = None,
-             **options: Any) -> Any:
+def map_dask(run: Callable[..., Any], over: Any, prompt: str, *, settings: Settings,
+             params: Mapping[str, Any] | None = None, **options: Any) -> Any:
     """``run(partition, prompt, **options, **params)`` (``map``'s pandas path) over each partition of the Dask
     DataFrame ``over``, on the workers: a lazy Dask DataFrame with the columns and dtypes of the pandas path, in input
     order and index.  ``.compute()`` gives the pandas path's frame, its ``attrs`` less the counts of one partition's
@@ -80,7 +80,7 @@ def map_dask(run: Callable[..., Any], over: Any, prompt: str, *, params: Mapping
     if isinstance(expect, str):
         expect_column(expect, rows)
     meta = _meta(over, schema, scored=expect is not None)
-    plan = _Plan(run, prompt, options, sampling, _driver_settings(), meta)
+    plan = _Plan(run, prompt, options, sampling, _driver_settings(settings), meta)
     return over.map_partitions(_run_partition, plan, meta=meta, align_dataframes=False)
 
 
@@ -109,10 +109,9 @@ def _given(name: str, value: Any) -> bool:
     return value is not None and value is not False
 
 
-def _driver_settings() -> dict[str, str]:
-    """The settings ``map`` would read from the driver's environment, as the variables that set them (the cache
-    directory absolute, so that every worker finds the same one)."""
-    settings = Settings.from_env()
+def _driver_settings(settings: Settings) -> dict[str, str]:
+    """The driver's ``settings`` (its session's: ``%config`` over the environment in a notebook), as the variables
+    that set them (the cache directory absolute, so that every worker finds the same one)."""
     found: dict[str, str] = {}
     for each in dataclasses.fields(Settings):
         name = each.metadata.get("env")

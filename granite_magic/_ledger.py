@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._client import ModelInfo
     from ._shapes import Request
 
-__all__ = ["BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "known_cost", "prompt_token_bound",
+__all__ = ["BUDGET_VARIABLE", "BudgetError", "CostSource", "Ledger", "LedgerEntry", "check_budget", "known_cost", "prompt_token_bound",
            "spent_bound", "usd", "worst_case", "worst_case_cost"]
 
 # Where an entry's cost comes from: the stream, a lookup after the run, the local backend (free), a request that
@@ -60,11 +60,21 @@ def usd(amount: float | None, decimals: int = 6) -> str:
     return f"${known:,.{decimals}f}"
 
 
+BUDGET_VARIABLE = "GRANITE_BUDGET_USD"  # where a budget comes from unless a front end set it its own way
+
+
 class BudgetError(InvalidParameterError):
     """A request (or grid) whose worst case does not fit in what is left of the budget; nothing was sent."""
 
     kind = "budget"
-    hint = "Set max_tokens= to lower the worst case, or raise the budget (GRANITE_BUDGET_USD)."
+    hint = "Set max_tokens= to lower the worst case, or raise the budget ({setting})."
+
+    def __init__(self, message: str, *, setting: str = BUDGET_VARIABLE) -> None:
+        super().__init__(message)
+        self.setting = setting  # where this budget was set, which is where to raise it
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint.format(setting=self.setting)}"
 
 
 @dataclass(frozen=True, slots=True)  # slots: a map adds one per row
@@ -236,19 +246,27 @@ def spent_bound(info: ModelInfo | None, request: Request, completion_tokens: int
     return worst_case_cost(prompt_token_bound(request), completion_tokens, info.prompt_price, info.completion_price, None)
 
 
-def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1) -> None:
-    """Refuse (BudgetError, nothing sent) unless what was spent plus the worst case fits in the budget."""
+def check_budget(spent: float, worst: float | None, budget: float | None, *, runs: int = 1,
+                 setting: str = BUDGET_VARIABLE) -> None:
+    """Refuse (BudgetError, nothing sent) unless what was spent plus the worst case fits in the budget (set by
+    ``setting``, which the refusal says to raise)."""
+    refusal = _over_budget(spent, worst, budget, "this request" if runs == 1 else f"these {runs} runs")
+    if refusal is not None:
+        raise BudgetError(refusal, setting=setting)
+
+
+def _over_budget(spent: float, worst: float | None, budget: float | None, what: str) -> str | None:
+    """Why what was spent plus the worst case of ``what`` does not fit in the budget, or None when it does."""
     if budget is None:
-        return
-    what = "this request" if runs == 1 else f"these {runs} runs"
+        return None
     if known_cost(budget) is None:
-        raise BudgetError(f"budget_usd={budget!r} is not an amount (a finite number >= 0), so nothing is sent")
+        return f"budget_usd={budget!r} is not an amount (a finite number >= 0), so nothing is sent"
     worst = known_cost(worst)
     if worst is None:
-        raise BudgetError(f"a budget of {usd(budget, 2)} is set, but the worst-case cost of {what} is unknown "
-                          "(the model's prices or its output limit are not listed, or not valid amounts)")
+        return (f"a budget of {usd(budget, 2)} is set, but the worst-case cost of {what} is unknown "
+                "(the model's prices or its output limit are not listed, or not valid amounts)")
     if known_cost(spent) is None:
-        raise BudgetError(f"a budget of {usd(budget, 2)} is set, but what was spent ({spent!r}) is not an amount")
+        return f"a budget of {usd(budget, 2)} is set, but what was spent ({spent!r}) is not an amount"
     if spent + worst > budget:
-        raise BudgetError(f"the budget would not hold: {usd(spent)} spent + {usd(worst)} worst case for {what} "
-                          f"> {usd(budget, 2)} budget")
+        return f"the budget would not hold: {usd(spent)} spent + {usd(worst)} worst case for {what} > {usd(budget, 2)} budget"
+    return None

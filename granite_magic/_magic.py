@@ -142,13 +142,31 @@ class GraniteMagics(Magics):
             shell = self.shell
             self._environment = _granite_environment()
             self._session = Session(self.settings(), cell_number=lambda: _cell_number(shell))
+            self._session.budget_setting = self._budget_setting()
         return self._session
+
+    def current_session(self) -> Session:
+        """The session as the next cell would find it: what the panel and the Python API run in, in this kernel."""
+        self._follow_environment()
+        return self.session
 
     def _follow_environment(self) -> None:
         """``%env GRANITE_BASE_URL=...`` after loading takes effect from the next cell, as ``%config`` does."""
         if self._session is not None and (now := _granite_environment()) != self._environment:
             self._environment = now
-            self._session.settings = self.settings()
+            self._settle()
+
+    def _settle(self) -> None:
+        """The session's settings made again from the environment and ``%config``."""
+        assert self._session is not None
+        self._session.settings = self.settings()
+        self._session.budget_setting = self._budget_setting()
+
+    def _budget_setting(self) -> str:
+        """Where this kernel's budget is set, which a refusal (a Python call's too) says to raise."""
+        from ._ledger import BUDGET_VARIABLE
+
+        return "%config GraniteMagics.budget_usd" if self.trait_values()["budget_usd"] is not None else BUDGET_VARIABLE
 
     def settings(self) -> Settings:
         """The environment's defaults with this kernel's ``%config`` values over them."""
@@ -181,7 +199,7 @@ class GraniteMagics(Magics):
                 self._reverting = False
             return
         if self._session is not None:
-            self._session.settings = self.settings()
+            self._settle()
 
     @line_cell_magic
     def granite(self, line: str, cell: str | None = None) -> Any:
@@ -771,7 +789,7 @@ def register(ipython: InteractiveShell) -> None:
     _registered[id(ipython)] = magics
     if ipython.config.get("GraniteMagics") or any(os.environ.get(setting.metadata["env"] or "") for setting in configurable()):
         magics.settings()  # an invalid GRANITE_* or configured value is refused here, where it was set, in one line
-    _kernel.remember(ipython, lambda: magics.session)
+    _kernel.remember(ipython, magics.current_session)
     ipython.events.register("post_run_cell", magics.start_warm_up)
 
 

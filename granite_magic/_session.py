@@ -27,7 +27,7 @@ from ._cache_use import CacheUse, RecordingAccumulator, cache_use
 from ._client import BaseClient, GraniteClient, Secret
 from ._comparison import Comparison, Run, RunSpec
 from ._events import Accumulator, Event, Progress
-from ._ledger import BudgetError, Ledger, RunKind, check_budget, spent_bound, worst_case
+from ._ledger import BUDGET_VARIABLE, BudgetError, Ledger, RunKind, check_budget, spent_bound, worst_case
 from ._params import Sampling
 from ._probe import ProbeReport, ProbeStore, probe, probe_requests
 from ._requests import Conversation, build_request, check_context
@@ -83,6 +83,7 @@ class Session:
         self.probes = ProbeStore()
         self.caches: dict[Path, RunCache] = {}  # one per directory: hits and misses are counted per session
         self._cache_places: dict[tuple[str, str], RunCache] = {}  # (directory as given, working directory) -> its cache
+        self.budget_setting = BUDGET_VARIABLE  # where the budget was set, named in a refusal: a front end may set it its way
         self._key: Secret | None = None
         self._lookups: set[asyncio.Task[None]] = set()
 
@@ -214,7 +215,7 @@ class Session:
             bound: float | None = None
             if (use is None or use.mode != "replay") and self.settings.budget_usd is not None:
                 worst = worst_case(first.target.client.listed(request.model), [request])
-                check_budget(self.ledger.total_cost, worst, self.settings.budget_usd)
+                check_budget(self.ledger.total_cost, worst, self.settings.budget_usd, setting=self.budget_setting)
                 bound = worst
             job = SingleJob(first.turn, first.target, request, on_done=self._recorder(kind), probes=self.probes, cache=use, bound=bound)
             job.acc.note = REPAIR_NOTE
@@ -245,7 +246,8 @@ class Session:
         budget = None if (turn.cache or self.settings.cache) == "replay" else self.settings.budget_usd
         if budget is not None:  # every run's worst case, one request at a time (a map's rows are not all kept)
             requests = (request_of(index) for index in range(len(specs)))
-            check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(specs))
+            check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(specs),
+                         setting=self.budget_setting)
         record = self._recorder(kind)
 
         def make(index: int) -> Job:  # on the background loop for a map's rows: nothing here may wait on it
@@ -314,7 +316,8 @@ class Session:
         budget = self.settings.budget_usd
         if budget is None:
             return [None] * len(requests)
-        check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests))
+        check_budget(self.ledger.total_cost, self.worst_case(target, requests), budget, runs=len(requests),
+                     setting=self.budget_setting)
         info = target.client.loop.run(target.client.listing(target.model))  # cached by the check above
         return [worst_case(info, [request]) for request in requests]
 
@@ -402,7 +405,7 @@ class Session:
                     if tools.steps == 0:
                         raise
                     error = BudgetError(f"{exc.message}; the tool loop stopped before step {tools.steps + 1}, "
-                                        "with the calls made so far kept")
+                                        "with the calls made so far kept", setting=exc.setting)
                     break
             job = SingleJob(turn, target, request, on_done=self._recorder("tools"), probes=self.probes, cache=use, bound=bound)
             with contextlib.suppress(KeyboardInterrupt):
@@ -902,7 +905,8 @@ class StructuredJob:
             try:
                 job = self._repair(job, repair_request(job.request, result.text, problems))
             except BudgetError as exc:
-                self._error = BudgetError(f"{exc.message}; the reply that does not fit the schema was not repaired")
+                self._error = BudgetError(f"{exc.message}; the reply that does not fit the schema was not repaired",
+                                          setting=exc.setting)
                 return
             self.attempts.append(job)
             await job.stream(view, check_support=False)

@@ -81,10 +81,12 @@ def recorded_comms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str, di
 
 
 @pytest.fixture(scope="module")
-def shell() -> InteractiveShell:
+def shell() -> Iterator[InteractiveShell]:
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "granite_magic")
-    return ip
+    yield ip
+    # unloaded, so that the Python API calls of later modules run in its own session, not this shell's magic's
+    ip.run_line_magic("unload_ext", "granite_magic")
 
 
 @pytest.fixture
@@ -103,6 +105,9 @@ def ip(shell: InteractiveShell, server: FakeOpenRouter, monkeypatch: pytest.Monk
     magics.default_params = {}
     magics.live = "terminal"
     yield shell
+    # what a test configured goes with it: the Python API's calls later in the module run in this magic's session
+    magics.base_url = ""
+    magics.budget_usd = None
 
 
 def magics_of(shell: InteractiveShell) -> GraniteMagics:

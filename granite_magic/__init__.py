@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._panel import Panel, panel
     from ._params import PARAMETERS, Param, Sampling
     from ._result import Result, ToolCall, Usage
+    from ._rows import setting_summary
     from ._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
     from ._tokens import Alternative, Token
 
@@ -59,6 +60,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "_panel": ("Panel", "panel"),
     "_params": ("PARAMETERS", "Param", "Sampling"),
     "_result": ("Result", "ToolCall", "Usage"),
+    "_rows": ("setting_summary",),
     "_settings": ("DEFAULT_BASE_URL", "DEFAULT_MODEL"),
     "_tokens": ("Alternative", "Token"),
 }

@@ -139,7 +139,7 @@ def map(
     ``_method``.  One bad row never fails the run; rows are cached, so a rerun after an interrupt (which returns the
     rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first.  ``seeds``/``sweep`` run
     every row under each setting (the index is then the row and the setting), and ``expect`` (a column, or a function
-    of the row and its answer) scores each reply in ``_score``; ``setting_summary(frame)`` in ``granite_magic._rows``
+    of the row and its answer) scores each reply in ``_score``; ``granite_magic.setting_summary(frame)``
     gives each setting's accuracy with a 95% interval.
 
     ``via`` says what answers the rows: ``"live"`` (one request each, ``concurrency`` at once), ``"batch"`` (or

@@ -221,6 +221,9 @@ def setting_summary(frame: Any) -> Any:
     values share), the cost and the median latency.  A DataFrame, one row per setting."""
     import pandas as pd
 
+    if "setting" not in getattr(getattr(frame, "index", None), "names", ()):
+        raise InvalidParameterError("setting_summary takes the frame of a map run with seeds= or sweep= (--seeds or "
+                                    "--sweep with --over): one row per input row and setting")
     answer = _answer_columns(frame)
     rows = []
     for label, group in frame.groupby(level="setting", sort=False):

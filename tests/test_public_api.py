@@ -13,7 +13,8 @@ PUBLIC = {
     "InvalidParameterError", "MissingKeyError", "ModelInfo", "ModelNotFoundError", "ModerationError", "PARAMETERS", "Panel",
     "Param", "Progress", "ProtocolError", "RateLimitError", "Result", "RetryPolicy", "Run", "RunSpec", "Sampling",
     "ServerError", "StallError", "StreamError", "Token", "ToolCall", "Usage", "__version__", "acompare", "amap", "compare", "map",
-    "load_ipython_extension", "panel", "probe", "read_batch", "unload_ipython_extension", "usage",
+    "load_ipython_extension", "panel", "probe", "read_batch", "setting_summary", "unload_ipython_extension",
+    "usage",
 }
 
 

@@ -186,7 +186,7 @@ def test_rows_on_the_local_model_one_after_another_with_a_grammar(ip: Interactiv
 
 
 def test_rows_times_settings_are_scored_with_an_interval_per_setting(cells: InteractiveShell, server: FakeOpenRouter) -> None:
-    from granite_magic._rows import disagreeing_rows, setting_summary
+    from granite_magic._rows import disagreeing_rows
 
     out = run(cells, "--over reviews --schema 'sentiment positive|negative|neutral' --seeds 1,2 --sweep temperature=0,1 "
                      "--expect label --max-tokens 100 -o out", PROMPT)
@@ -197,7 +197,7 @@ def test_rows_times_settings_are_scored_with_an_interval_per_setting(cells: Inte
     assert list(frame.columns[:4]) == ["text", "label", "seed", "temperature"]
     # the fake answers a schema with its first choice: right exactly where the label is "positive"
     assert list(frame.xs("seed 1 · temperature 0", level="setting")["_score"]) == [1.0, 0.0, 0.0, 1.0, 0.0]
-    summary = setting_summary(frame)
+    summary = granite_magic.setting_summary(frame)
     assert list(summary["score"]) == [0.4] * 4 and list(summary["rows"]) == [5] * 4
     assert summary["ci_low"].iloc[0] == pytest.approx(0.1176, abs=1e-3) and summary["ci_high"].iloc[0] == pytest.approx(0.7693, abs=1e-3)
     assert list(summary["seed_agreement"]) == [1.0] * 4 and disagreeing_rows(frame) == []
@@ -206,13 +206,23 @@ def test_rows_times_settings_are_scored_with_an_interval_per_setting(cells: Inte
 
 def test_plain_replies_across_seeds_disagree_where_they_differ(session: Any, server: FakeOpenRouter, tmp_path: Any,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from granite_magic._rows import disagreeing_rows, setting_summary
+    from granite_magic._rows import disagreeing_rows
 
     monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
     frame = granite_magic.map(REVIEWS, PROMPT, seeds="1-2", max_tokens=5, temperature=1,
                               expect=lambda row, answer: len(answer.split()) == 5)
     assert sorted(disagreeing_rows(frame)) == [10, 11, 12, 13, 14]  # a different seed, different words (the fake draws by seed)
-    assert list(setting_summary(frame)["seed_agreement"]) == [0.0, 0.0] and (frame["_score"] == 1.0).all()
+    assert list(granite_magic.setting_summary(frame)["seed_agreement"]) == [0.0, 0.0] and (frame["_score"] == 1.0).all()
+
+
+def test_a_summary_of_a_frame_without_settings_is_refused_in_one_line(session: Any, server: FakeOpenRouter, tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
+    frame = granite_magic.map(REVIEWS, PROMPT, max_tokens=5)  # one setting: no "setting" level to summarise by
+    for given in (frame, REVIEWS, [1, 2]):
+        with pytest.raises(granite_magic.InvalidParameterError, match="seeds= or sweep=") as info:
+            granite_magic.setting_summary(given)
+        assert "\n" not in str(info.value)
 
 
 def test_the_interval_is_wilson_s_for_right_or_wrong_and_normal_for_scores() -> None:

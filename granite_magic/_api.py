@@ -133,8 +133,9 @@ def map(
     dry_run: bool = False,
     **params: Any,
 ) -> Any:
-    """``prompt`` once per row of ``over`` (a DataFrame, a list of dicts or a list of strings), ``{column}`` filled from
-    the row (``{item}`` for strings): a DataFrame with one row per input row in input order, its columns, the reply
+    """``prompt`` once per row of ``over`` (a DataFrame, a Series, a list of dicts or a list of strings), ``{column}``
+    filled from the row (``{item}`` for strings; ``{first name}`` for a column so named; rows with no value there
+    refuse the run, before anything is sent): a DataFrame with one row per input row in input order, its columns, the reply
     (``reply``, or the ``schema``'s fields), and ``_status``, ``_error``, ``_attempts``, ``_cost``, ``_latency_s``,
     ``_method``.  One bad row never fails the run; rows are cached, so a rerun after an interrupt (which returns the
     rows finished so far) re-pays none of them.  ``limit``/``sample`` try a few rows first.  ``seeds``/``sweep`` run

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -29,7 +30,8 @@ Status = Literal["ok", "repaired", "invalid", "error", "cached", "skipped"]
 STATUSES: tuple[Status, ...] = ("ok", "repaired", "invalid", "error", "cached", "skipped")
 ROW_COLUMNS = ("_status", "_error", "_attempts", "_cost", "_latency_s", "_method")  # after the reply's columns
 ITEM = "item"  # the one column of a list of strings
-_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|\{([A-Za-z_]\w*)\}")
+_IDENTIFIER = r"[A-Za-z_]\w*"  # the cell's {name}: one that is no column is refused
+INPUT_SUFFIX = "_input"  # an input column named as a column the result writes keeps its values under this suffix
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ class Records(Sequence[Mapping[str, Any]]):
 
 
 def read_rows(over: Any, *, limit: int | None = None, sample: int | None = None) -> Rows:
-    """``over`` (a DataFrame, a list of dicts or a list of strings) as ``Rows``; ``limit`` keeps the first N rows,
-    ``sample`` N rows drawn at random (always the same N for the same table), kept in input order."""
+    """``over`` (a DataFrame, a Series, a list of dicts or a list of strings) as ``Rows``; ``limit`` keeps the first N
+    rows, ``sample`` N rows drawn at random (always the same N for the same table), kept in input order."""
     rows = _rows_of(over)
     if not rows.records:
         raise InvalidParameterError("--over has no rows", names=("over",))
@@ -93,8 +95,14 @@ def read_rows(over: Any, *, limit: int | None = None, sample: int | None = None)
 
 
 def _rows_of(over: Any) -> Rows:
+    if hasattr(over, "to_frame") and hasattr(over, "index") and not hasattr(over, "columns"):  # a pandas Series
+        over = over.to_frame(name=ITEM if over.name is None else over.name)  # its one column: {its name}, or {item}
     if hasattr(over, "to_dict") and hasattr(over, "columns") and hasattr(over, "index"):  # a pandas DataFrame
         columns = [str(column) for column in over.columns]
+        twice = sorted({column for column in columns if columns.count(column) > 1})
+        if twice:  # {name} would be ambiguous, and a row's values by column would lose one of them
+            raise InvalidParameterError(f"--over has more than one column named {', '.join(twice)}: rename them first "
+                                        "(frame.columns = [...])", names=("over",))
         return Rows(Records(columns, list(over.itertuples(index=False, name=None))), list(over.index), columns, over.index.name)
     if isinstance(over, Sequence) and not isinstance(over, (str, bytes)):
         items = list(over)
@@ -103,15 +111,17 @@ def _rows_of(over: Any) -> Rows:
         if all(isinstance(item, Mapping) for item in items):
             columns = list(dict.fromkeys(str(key) for item in items for key in item))
             return Rows([{str(k): v for k, v in item.items()} for item in items], list(range(len(items))), columns)
-    raise InvalidParameterError(f"--over takes a DataFrame, a list of dicts or a list of strings, not {type(over).__name__}",
-                                names=("over",))
+    raise InvalidParameterError(f"--over takes a DataFrame, a Series, a list of dicts or a list of strings, not "
+                                f"{type(over).__name__}", names=("over",))
 
 
 def row_prompts(template: str, rows: Rows) -> list[str]:
     """Each row's prompt: ``{column}`` is the row's value (``{{name}}`` a literal ``{name}``).  Refused before anything
-    is sent when a ``{name}`` is no column of the rows, or when the prompt names none (every row would ask the same)."""
-    named = [match.group(2) for match in _PLACEHOLDER.finditer(template) if match.group(2)]
-    missing = [name for name in dict.fromkeys(named) if name not in rows.columns]
+    is sent when a ``{name}`` is no column of the rows, when the prompt names none (every row would ask the same), or
+    when a row has no value (None, NaN, a key a dict lacks) for a column the prompt names."""
+    placeholder = _placeholder(rows.columns)
+    named = list(dict.fromkeys(match.group(2) for match in placeholder.finditer(template) if match.group(2)))
+    missing = [name for name in named if name not in rows.columns]
     if missing:
         raise InvalidParameterError(f"the prompt names {', '.join('{' + name + '}' for name in missing)}, which "
                                     f"{'is no column' if len(missing) == 1 else 'are no columns'} of the rows (they have "
@@ -119,15 +129,55 @@ def row_prompts(template: str, rows: Rows) -> list[str]:
     if not named:
         raise InvalidParameterError(f"the prompt names no column, so every row would ask the same: write one as "
                                     f"{{{rows.columns[0]}}}", names=("over",))
-    return [_filled(template, record) for record in rows.records]
+    prompts, gaps = [], []
+    for n, record in enumerate(rows.records):
+        if any(_no_value(record.get(name)) for name in named):
+            gaps.append(n)
+        elif not gaps:  # once a row is refused, the rest are only counted
+            prompts.append(_filled(placeholder, template, record))
+    if gaps:
+        raise _rows_without_values(rows, named, gaps)
+    return prompts
 
 
-def _filled(template: str, record: Mapping[str, Any]) -> str:
+def _placeholder(columns: Sequence[str]) -> re.Pattern[str]:
+    """``{name}`` as the cell writes it, or ``{the name}`` of a column whose name is no identifier (``{first name}``,
+    ``{0}``); any other braces are the prompt's own text (a JSON example) and stay as written."""
+    others = sorted((re.escape(column) for column in columns
+                     if column and not re.fullmatch(_IDENTIFIER, column) and not set(column) & set("{}\n")),
+                    key=len, reverse=True)  # the longest first: {a b c} before {a b}
+    name = "|".join([*others, _IDENTIFIER])
+    return re.compile(rf"\{{\{{({name})\}}\}}|\{{({name})\}}")
+
+
+def _filled(placeholder: re.Pattern[str], template: str, record: Mapping[str, Any]) -> str:
     def replace(match: re.Match[str]) -> str:
         escaped, name = match.groups()
         return "{" + escaped + "}" if escaped is not None else str(record[name])
 
-    return _PLACEHOLDER.sub(replace, template)
+    return placeholder.sub(replace, template)
+
+
+def _no_value(value: Any) -> bool:
+    """None, NaN, and pandas' own missing values (``pd.NA``, ``NaT``): a row that has nothing to say there."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    pandas = sys.modules.get("pandas")  # a value of pandas' is only made where pandas is imported
+    return pandas is not None and (value is pandas.NA or value is pandas.NaT)
+
+
+def _rows_without_values(rows: Rows, named: Sequence[str], gaps: Sequence[int]) -> InvalidParameterError:
+    """The refusal of rows with no value for a column the prompt names: how many, the first, and what to do."""
+    first = rows.records[gaps[0]]
+    empty = ", ".join("{" + name + "}" for name in named if _no_value(first.get(name)))
+    which = (f"{len(gaps)} of the {len(rows)} rows have no value for {empty} (the first: row {rows.index[gaps[0]]!r})"
+             if len(gaps) > 1 else f"row {rows.index[gaps[0]]!r} has no value for {empty}")
+    if isinstance(rows.records, Records):  # a DataFrame
+        subset = ", ".join(repr(name) for name in named)
+        advice = f"drop those rows (frame.dropna(subset=[{subset}])) or fill them (frame.fillna(...)) first"
+    else:
+        advice = "leave those rows out, or give each a value, first"
+    return InvalidParameterError(f"{which}, which would be sent as the word None or nan: {advice}", names=("over",))
 
 
 def row_status(result: Result | None, error: str | None) -> Status:
@@ -165,13 +215,16 @@ def result_frame(rows: Rows, outcomes: Sequence[tuple[Result | None, str | None]
     each = list(settings) or [Setting("", {})]
     swept = list(dict.fromkeys(name for setting in each for name in setting.params))
     reply = list(fields) if fields is not None else ["reply"]
-    columns = [*rows.columns, *swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
-    table: dict[str, list[Any]] = {name: [] for name in columns}  # by column: a row costs its values, not a dict
+    written = [*swept, *reply, *(["_score"] if expect is not None else []), *ROW_COLUMNS]
+    kept = _kept_names(rows.columns, written)
+    renamed = {column: name for column, name in kept.items() if column != name}
+    table: dict[str, list[Any]] = {name: [] for name in [*kept.values(), *written]}  # by column: a row costs its values
     for n, (result, error) in enumerate(outcomes):
         record, setting = rows.records[n // len(each)], each[n % len(each)]
         answer = reply_columns(result, fields)
         scored = {"_score": score(expect, record, answer, result, fields)} if expect is not None else {}
-        values = {**record, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
+        given = {kept[k]: v for k, v in record.items() if k in kept} if renamed else record
+        values = {**given, **{name: setting.params.get(name) for name in swept}, **answer, **scored,
                   **row_columns(result, error)}
         for name, column in table.items():
             column.append(values.get(name))
@@ -179,9 +232,25 @@ def result_frame(rows: Rows, outcomes: Sequence[tuple[Result | None, str | None]
     index = (pd.MultiIndex.from_arrays([labels, [setting.label for _ in rows.index for setting in each]],
                                        names=[rows.index_name or "row", "setting"])
              if settings else pd.Index(labels, name=rows.index_name))
-    frame = pd.DataFrame(table, index=index, columns=columns)
+    frame = pd.DataFrame(table, index=index, columns=list(table))
     frame.attrs.update(attrs)
+    if renamed:
+        frame.attrs["renamed"] = renamed
     return frame
+
+
+def _kept_names(columns: Sequence[str], written: Sequence[str]) -> dict[str, str]:
+    """Each input column's name in the result: its own, or with ``INPUT_SUFFIX`` where the result writes a column of
+    that name (a map over an earlier map's frame: its ``reply`` and ``_status`` are kept, beside this run's)."""
+    taken = set(columns) | set(written)
+    kept: dict[str, str] = {}
+    for column in columns:
+        name = column
+        while name in written or (name != column and name in taken):
+            name += INPUT_SUFFIX
+        kept[column] = name
+        taken.add(name)
+    return kept
 
 
 def expect_column(column: str, rows: Rows) -> Expect:

@@ -57,10 +57,48 @@ def test_rows_of_a_frame_a_list_of_dicts_and_a_list_of_strings() -> None:
     (REVIEWS, "Classify this", "names no column"),
     (42, "x {a}", "not int"),
     ([], "x {a}", "no rows"),
+    (pd.DataFrame([["a", "b"]], columns=["x", "x"]), "Say {x}", "more than one column named x"),
 ])
 def test_bad_rows_or_prompts_are_refused(over: Any, template: str, words: str) -> None:
     with pytest.raises(InvalidParameterError, match=words.replace("{", r"\{").replace("}", r"\}")):
         row_prompts(template, read_rows(over))
+
+
+def test_a_column_whose_name_is_no_identifier_is_named_as_written() -> None:
+    people = pd.DataFrame({"first name": ["Ann", "Bo"], 0: ["tea", "coffee"], "city": ["Oslo", "Lyon"]})
+    assert row_prompts("{first name} drinks {0} in {city}", read_rows(people)) == ["Ann drinks tea in Oslo",
+                                                                                 "Bo drinks coffee in Lyon"]
+    # braces naming no column are the prompt's own text (a JSON example), as in a cell
+    assert row_prompts('Answer as {"name": ...} for {first name}', read_rows(people))[0] == 'Answer as {"name": ...} for Ann'
+    assert row_prompts("{{first name}} is {first name}", read_rows(people))[0] == "{first name} is Ann"
+    with pytest.raises(InvalidParameterError, match=r"write one as \{first name\}"):
+        row_prompts("Hello", read_rows(people))  # the advice names a column as it can be written
+
+
+def test_a_series_goes_over_as_its_one_column() -> None:
+    texts = pd.Series(["Long hike.", "Rain."], index=pd.Index([7, 9], name="review_id"), name="text")
+    rows = read_rows(texts)
+    assert rows.columns == ["text"] and rows.index == [7, 9] and rows.index_name == "review_id"
+    assert row_prompts("Classify {text}", rows) == ["Classify Long hike.", "Classify Rain."]
+    assert row_prompts("Classify {item}", read_rows(pd.Series(["a"]))) == ["Classify a"]  # unnamed: {item}, as a list
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), pd.NA, pd.NaT])
+def test_rows_with_no_value_for_a_named_column_are_refused_saying_how_many_and_which(missing: Any) -> None:
+    frame = pd.DataFrame({"text": ["fine", missing, "ok", missing], "note": [missing] * 4}, index=[5, 6, 7, 8], dtype=object)
+    with pytest.raises(InvalidParameterError) as info:
+        row_prompts("Classify {text}", read_rows(frame))
+    message = str(info.value)
+    assert "2 of the 4 rows have no value for {text} (the first: row 6)" in message and "\n" not in message
+    assert "frame.dropna(subset=['text'])" in message and "fillna" in message
+    assert row_prompts("Classify {text}", read_rows(frame.dropna(subset=["text"]))) == ["Classify fine", "Classify ok"]
+    # a column the prompt does not name may be empty
+    assert len(row_prompts("Classify {text}", read_rows(frame.iloc[[0, 2]]))) == 2
+
+
+def test_a_dict_that_lacks_a_named_key_is_refused_not_a_key_error() -> None:
+    with pytest.raises(InvalidParameterError, match=r"row 1 has no value for \{rock\}.*leave those rows out"):
+        row_prompts("Describe {rock}", read_rows([{"rock": "granite"}, {"mineral": "quartz"}]))
 
 
 # --- the cell -------------------------------------------------------------------------------------------
@@ -141,6 +179,14 @@ def test_a_missing_column_is_named_before_sending(cells: InteractiveShell, serve
     assert "{review}" in out.stderr and "text, label" in out.stderr and server.chat_requests == []
 
 
+def test_a_cell_over_rows_with_gaps_is_refused_in_one_line_before_sending(cells: InteractiveShell,
+                                                                         server: FakeOpenRouter) -> None:
+    cells.user_ns["gappy"] = REVIEWS.assign(text=[*REVIEWS["text"][:4], None])
+    out = run(cells, "--over gappy", PROMPT)
+    assert "row 14 has no value for {text}" in out.stderr and "nothing was sent" in out.stderr
+    assert "Traceback" not in out.stderr and server.chat_requests == []
+
+
 # --- the Python API -------------------------------------------------------------------------------------
 
 
@@ -151,6 +197,19 @@ def test_python_map_over_strings_and_dicts(session: Any, server: FakeOpenRouter,
     frame = granite_magic.map([{"rock": "granite"}], "Describe {rock}.", schema="kind igneous|sedimentary", max_tokens=100)
     assert frame.loc[0, "kind"] == "igneous" and frame.attrs["schema"] == "kind igneous|sedimentary"
     assert json.loads(json.dumps(frame.attrs, default=str))["rows"] == 1
+
+
+def test_a_map_over_an_earlier_map_s_frame_keeps_both_runs_columns(session: Any, server: FakeOpenRouter, tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
+    first = granite_magic.map(REVIEWS, PROMPT, schema="sentiment positive|negative|neutral", max_tokens=100)
+    second = granite_magic.map(first, "Is '{text}' {sentiment}? Say why.", max_tokens=8)
+    assert prompts_sent(server)[-1] == f"Is '{REVIEWS['text'].iloc[-1]}' positive? Say why."
+    assert list(second.columns[:3]) == ["text", "label", "sentiment"]
+    # the first run's reply and how it went are kept beside this run's, each column once
+    assert second.columns.is_unique and list(second["_status_input"]) == list(first["_status"])
+    assert list(second["_latency_s_input"]) == list(first["_latency_s"]) and (second["_status"] == "ok").all()
+    assert second.attrs["renamed"]["_status"] == "_status_input" and second["reply"].str.len().gt(0).all()
 
 
 @pytest.mark.slow

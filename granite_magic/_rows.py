@@ -255,12 +255,15 @@ def _kept_names(columns: Sequence[str], written: Sequence[str]) -> dict[str, str
 
 def expect_column(column: str, rows: Rows) -> Expect:
     """``--expect COLUMN``: a reply scores 1 when it gives the row's value of ``column``: the schema's field of that
-    name (else its first field) equal to it, ignoring case and surrounding space; a plain reply holding it as a word."""
+    name (else its first field) equal to it, ignoring case and surrounding space; a plain reply holding it as a word.
+    A row with no value there (None, NaN) is not scored."""
     if column not in rows.columns:
         raise InvalidParameterError(f"--expect names {column}, which is no column of the rows (they have "
                                     f"{', '.join(rows.columns)})", names=("expect",))
 
-    def expected(record: Mapping[str, Any], answer: Any) -> bool:
+    def expected(record: Mapping[str, Any], answer: Any) -> bool | None:
+        if _no_value(record.get(column)):  # an unlabelled row is not scored: "nan" is no label to be wrong about
+            return None
         wanted = str(record[column]).strip().casefold()
         if isinstance(answer, str) and answer is not None and " " in answer.strip():  # a sentence: the value as a word
             return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", answer.casefold()) is not None

@@ -284,6 +284,18 @@ def test_a_summary_of_a_frame_without_settings_is_refused_in_one_line(session: A
         assert "\n" not in str(info.value)
 
 
+def test_a_row_without_a_label_is_not_scored_rather_than_scored_wrong(session: Any, server: FakeOpenRouter, tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANITE_CACHE_DIR", str(tmp_path / "cache"))
+    unlabelled = REVIEWS.assign(label=["positive", None, float("nan"), "positive", "negative"])
+    frame = granite_magic.map(unlabelled, PROMPT, schema="sentiment positive|negative|neutral", seeds="1-2",
+                              expect="label", max_tokens=100)
+    # the fake answers with the first choice: right for both "positive" rows, wrong for "negative", unscored for gaps
+    assert list(frame.xs("seed 1", level="setting")["_score"].isna()) == [False, True, True, False, False]
+    summary = granite_magic.setting_summary(frame)
+    assert list(summary["score"]) == [pytest.approx(2 / 3)] * 2 and list(summary["rows"]) == [5, 5]
+
+
 def test_the_interval_is_wilson_s_for_right_or_wrong_and_normal_for_scores() -> None:
     from granite_magic._rows import interval
 

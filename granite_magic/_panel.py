@@ -549,14 +549,22 @@ def _user_namespace() -> dict[str, Any]:
 
 
 def _tables() -> list[str]:
-    """The notebook's variables a prompt can go over: DataFrames, and lists of strings or of dicts."""
+    """The notebook's variables a prompt can go over: DataFrames, Series, and lists of strings or of dicts (not
+    IPython's own, such as ``In``, the list of the cells' sources)."""
     def is_table(value: Any) -> bool:
-        if hasattr(value, "itertuples") and hasattr(value, "columns"):
+        if hasattr(value, "itertuples") and hasattr(value, "columns"):  # a DataFrame
+            return True
+        if hasattr(value, "to_frame") and hasattr(value, "index"):  # a Series (an Index has no index)
             return True
         return isinstance(value, list) and bool(value) and (all(isinstance(v, str) for v in value[:50])
                                                            or all(isinstance(v, dict) for v in value[:50]))
 
-    return sorted(name for name, value in _user_namespace().items() if not name.startswith("_") and is_table(value))
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    hidden = shell.user_ns_hidden if shell is not None else {}
+    return sorted(name for name, value in _user_namespace().items()
+                  if not name.startswith("_") and name not in hidden and is_table(value))
 
 
 def _namespace_rows(name: str) -> Any:

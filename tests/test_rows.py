@@ -464,6 +464,8 @@ def test_the_panel_s_over_selector_offers_a_table_made_after_it(cells: Interacti
     assert "minerals" not in panel.over.options
     panel.over.value = "reviews"
     cells.run_cell("minerals = ['quartz', 'mica']")  # a table made in a later cell
-    assert "minerals" in panel.over.options and panel.over.value == "reviews"
+    cells.run_cell("texts = reviews['text']")  # a Series goes over as its one column
+    assert "minerals" in panel.over.options and "texts" in panel.over.options and panel.over.value == "reviews"
+    assert "In" not in panel.over.options  # IPython's list of the cells' sources is no table of the user's
     cells.run_cell("del reviews")
     assert panel.over.value == "reviews" and panel.over.options[0] == NO_ROWS  # still chosen; Run says it is gone

@@ -67,6 +67,7 @@ POLL_CELL = "%config GraniteMagics.batch_poll = 0"  # the fake's batch moves on 
 BATCH_CELL = "%%granite --over rows --via batch --max-tokens 8\nName {item} in one word."
 SCHEMA_CELL = '%%granite --schema "sentiment: positive|negative|neutral, reason" --max-tokens 200\nClassify: a great hike.'
 STRUCTURED = "09_structured_output.ipynb"
+OVER_ROWS = "10_prompt_over_rows.ipynb"
 FINAL_STATUS = re.compile(r"first token \d")
 UNSAFE_TEXT = 'Look <img src=x onerror="window.__xss=1"> and <script>window.__xss2=1</script> end'
 
@@ -97,7 +98,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if each.cell_type == "code":
             each.execution_count = None
     nbformat.write(nb, root / "demo.ipynb")
-    for shipped in (*SHIPPED_WITH_WIDGETS, QUICKSTART, STRUCTURED):  # as a person opens them from the repository, never run here
+    for shipped in (*SHIPPED_WITH_WIDGETS, QUICKSTART, STRUCTURED, OVER_ROWS):  # as a person opens them, never run here
         (root / shipped).write_bytes((DEMOS / shipped).read_bytes())
     settings = root / ".settings"
     for plugin, values in {
@@ -526,6 +527,25 @@ def test_a_prompt_over_rows_shows_its_progress_then_a_summary_that_stays(page: P
         target.screenshot(path=str(ARTIFACTS / "17-rows-summary.png"))
     finally:
         fake.default = Scenario()
+
+
+def test_the_shipped_over_rows_notebook_shows_its_summaries_the_gap_refused_and_the_second_question(page: Page,
+                                                                                                    lab: str) -> None:
+    """Opened from the repository, never run: each run's saved summary (rows by status) and first rows, the table with
+    a gap refused in one line before sending, and the second question's table keeping the first run's columns."""
+    page.goto(f"{lab}/lab/tree/{OVER_ROWS}?token={TOKEN}&reset")
+    page.locator(".lm-TabBar-tab.lm-mod-current", has_text=OVER_ROWS).wait_for(timeout=60_000)
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+    notebook.locator("table.dataframe").first.wait_for(timeout=60_000)
+    shown = notebook.inner_text()
+    assert "3 rows · 3 ok" in shown and "12 rows · 9 ok · 3 cached" in shown and "12 rows · 12 cached" in shown
+    refusal = notebook.get_by_text(re.compile(r"row 12 has no value for \{text\}"))
+    assert refusal.count() == 1 and "(nothing was sent)" in refusal.inner_text() and "Traceback" not in shown
+    assert "_status_input" in shown
+    refusal.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "19-rows-gap-refused.png"))
+    page.goto(f"{lab}/lab/tree/demo.ipynb?token={TOKEN}&reset")  # back to the notebook the other tests use
+    page.wait_for_function("document.querySelectorAll('.jp-Notebook .jp-Cell').length > 30", timeout=60_000)
 
 
 def test_rows_sent_as_a_batch_show_the_batch_s_counts_then_the_same_summary(page: Page, fake: FakeOpenRouter) -> None:

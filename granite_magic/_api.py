@@ -269,7 +269,7 @@ def _prepare_rows(over: Any, prompt: str, schema: Any, schema_mode: str, limit: 
                   concurrency: int | None, params: Mapping[str, Any], **target: Any) -> tuple[Session, Turn, Rows, list[str]]:
     """What both twins do before sending: the rows read, every row's prompt made, the turn validated."""
     rows = read_rows(over, limit=limit, sample=sample)
-    prompts = row_prompts(prompt, rows)
+    prompts = row_prompts(prompt, rows, system=target.get("system"))
     turn = new_turn(prompt, params, schema=output_schema(schema) if schema is not None else None, schema_mode=schema_mode,
                     **target)
     return _session(concurrency), turn, rows, prompts

@@ -73,7 +73,7 @@ def map_dask(run: Callable[..., Any], over: Any, prompt: str, *, settings: Setti
             raise InvalidParameterError(_REFUSED[name].format(value=value), names=(name,))
     sampling = dict(params or {})
     rows = Rows([], [], [str(column) for column in over.columns])
-    row_prompts(prompt, rows)  # every {name} a column, and one at least: refused once here, not on every worker
+    row_prompts(prompt, rows, system=options.get("system"))  # every {name} a column, and one at least: refused once here, not on every worker
     schema = output_schema(options["schema"]) if options.get("schema") is not None else None
     new_turn(prompt, sampling, schema=schema, **{name: options[name] for name in _TARGET if options.get(name) is not None})
     expect = options.get("expect")

@@ -424,7 +424,7 @@ class Panel(w.VBox):  # type: ignore[misc]
         from ._rowsview import RowsView
 
         rows = read_rows(_namespace_rows(request.over or ""))
-        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows), settings=settings,
+        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows, system=request.turn.system), settings=settings,
                                      concurrency=request.concurrency, target=target)
         title = f"{describe_params(target.label_for(job.columns[0].request), job.base)} · over {request.over}"
         view = RowsView(title, len(job.columns), rate=self.session.settings.updates_per_second, embedded=True)

@@ -115,11 +115,18 @@ def _rows_of(over: Any) -> Rows:
                                 f"{type(over).__name__}", names=("over",))
 
 
-def row_prompts(template: str, rows: Rows) -> list[str]:
+def row_prompts(template: str, rows: Rows, *, system: str | None = None) -> list[str]:
     """Each row's prompt: ``{column}`` is the row's value (``{{name}}`` a literal ``{name}``).  Refused before anything
-    is sent when a ``{name}`` is no column of the rows, when the prompt names none (every row would ask the same), or
-    when a row has no value (None, NaN, a key a dict lacks) for a column the prompt names."""
+    is sent when a ``{name}`` is no column of the rows, when the prompt names none (every row would ask the same), when
+    a row has no value (None, NaN, a key a dict lacks) for a column the prompt names, or when the ``system`` text
+    names a column (it is the same for every row: it would be sent with the braces)."""
     placeholder = _placeholder(rows.columns)
+    said = system if isinstance(system, str) else ""  # another type is refused with the turn
+    shared = [match.group(2) for match in placeholder.finditer(said) if match.group(2) in rows.columns]
+    if shared:
+        raise InvalidParameterError(f"the system text names {', '.join('{' + name + '}' for name in dict.fromkeys(shared))}, "
+                                    "a column: columns fill the prompt only (the system text is the same for every row, "
+                                    "read once): move it into the prompt", names=("system",))
     named = list(dict.fromkeys(match.group(2) for match in placeholder.finditer(template) if match.group(2)))
     missing = [name for name in named if name not in rows.columns]
     if missing:

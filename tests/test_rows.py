@@ -179,6 +179,16 @@ def test_a_missing_column_is_named_before_sending(cells: InteractiveShell, serve
     assert "{review}" in out.stderr and "text, label" in out.stderr and server.chat_requests == []
 
 
+def test_a_system_text_that_names_a_column_is_refused_before_sending(cells: InteractiveShell, server: FakeOpenRouter) -> None:
+    out = run(cells, "--over reviews --system 'You judge reviews like {text}'", PROMPT)
+    assert "the system text names {text}, a column" in out.stderr and "move it into the prompt" in out.stderr
+    assert server.chat_requests == []
+    with pytest.raises(InvalidParameterError, match=r"system text names \{label\}"):
+        granite_magic.map(REVIEWS, PROMPT, system="Answer {label}")
+    # braces that name no column are the system text's own (a JSON example), as in the prompt
+    assert row_prompts(PROMPT, read_rows(REVIEWS), system='Answer as {"sentiment": ...}')[0].endswith("worth it.")
+
+
 def test_a_cell_over_rows_with_gaps_is_refused_in_one_line_before_sending(cells: InteractiveShell,
                                                                          server: FakeOpenRouter) -> None:
     cells.user_ns["gappy"] = REVIEWS.assign(text=[*REVIEWS["text"][:4], None])

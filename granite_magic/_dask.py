@@ -9,8 +9,9 @@ rerun, or a partition Dask runs again after losing its worker, re-pays no row al
 
 What travels in the task graph: the prompt, ``map``'s options, the sampling and the settings of the driver's session
 (base URL, model, backend, budget, cache mode and directory: in a notebook, ``%config`` over the environment) as
-the ``GRANITE_*`` variables that set them, which a worker takes into its environment before it runs a partition.  Never the API key: each worker reads ``OPENROUTER_API_KEY`` from its own environment (the
-workers of a ``LocalCluster`` inherit the driver's).  A budget is a session's, so each worker holds it on its own.
+the ``GRANITE_*`` variables that set them, which a worker takes into its environment before it runs a partition.
+Never the API key: each worker reads ``OPENROUTER_API_KEY`` from its own environment (the workers of a
+``LocalCluster`` inherit the driver's).  A budget is a session's, so each worker holds it on its own.
 
 Dask is an optional extra: nothing here imports it.  A Dask DataFrame is recognised by the class of the
 ``dask.dataframe`` module already imported (``sys.modules``), and is driven through its own methods.
@@ -73,7 +74,8 @@ def map_dask(run: Callable[..., Any], over: Any, prompt: str, *, settings: Setti
             raise InvalidParameterError(_REFUSED[name].format(value=value), names=(name,))
     sampling = dict(params or {})
     rows = Rows([], [], [str(column) for column in over.columns])
-    row_prompts(prompt, rows, system=options.get("system"))  # every {name} a column, and one at least: refused once here, not on every worker
+    # every {name} a column, one at least, none in the system text: refused once here, not on every worker
+    row_prompts(prompt, rows, system=options.get("system"))
     schema = output_schema(options["schema"]) if options.get("schema") is not None else None
     new_turn(prompt, sampling, schema=schema, **{name: options[name] for name in _TARGET if options.get(name) is not None})
     expect = options.get("expect")

@@ -434,7 +434,8 @@ class GraniteMagics(Magics):
         rows = read_rows(self._namespace()[request.over or ""], limit=request.limit, sample=request.sample)
         expect = expect_column(request.expect, rows) if request.expect is not None else None
         settings = request.plan() or []
-        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows, system=request.turn.system), settings=settings,
+        prompts = row_prompts(request.turn.prompt, rows, system=request.turn.system)
+        job = self.session.start_map(request.turn, prompts, settings=settings,
                                      concurrency=request.concurrency, target=target)
         worst = self.session.worst_case(target, job.requests())
         if worst is not None and worst > GRID_COST_NOTICE_USD:
@@ -502,7 +503,8 @@ class GraniteMagics(Magics):
         from ._rows import read_rows, row_prompts
 
         rows = read_rows(self._namespace()[request.over or ""], limit=request.limit, sample=request.sample)
-        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows, system=request.turn.system), settings=request.plan() or [],
+        prompts = row_prompts(request.turn.prompt, rows, system=request.turn.system)
+        job = self.session.start_map(request.turn, prompts, settings=request.plan() or [],
                                      concurrency=request.concurrency, target=target)
         plan = job.loop.run(plan_for(job, job.concurrency))
         head = (f"{plan.attrs['runs']} runs over {request.over} ({plan.attrs['cached']} from the cache; measured on "

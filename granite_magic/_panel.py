@@ -424,7 +424,8 @@ class Panel(w.VBox):  # type: ignore[misc]
         from ._rowsview import RowsView
 
         rows = read_rows(_namespace_rows(request.over or ""))
-        job = self.session.start_map(request.turn, row_prompts(request.turn.prompt, rows, system=request.turn.system), settings=settings,
+        prompts = row_prompts(request.turn.prompt, rows, system=request.turn.system)
+        job = self.session.start_map(request.turn, prompts, settings=settings,
                                      concurrency=request.concurrency, target=target)
         title = f"{describe_params(target.label_for(job.columns[0].request), job.base)} · over {request.over}"
         view = RowsView(title, len(job.columns), rate=self.session.settings.updates_per_second, embedded=True)
@@ -551,20 +552,14 @@ def _user_namespace() -> dict[str, Any]:
 def _tables() -> list[str]:
     """The notebook's variables a prompt can go over: DataFrames, Series, and lists of strings or of dicts (not
     IPython's own, such as ``In``, the list of the cells' sources)."""
-    def is_table(value: Any) -> bool:
-        if hasattr(value, "itertuples") and hasattr(value, "columns"):  # a DataFrame
-            return True
-        if hasattr(value, "to_frame") and hasattr(value, "index"):  # a Series (an Index has no index)
-            return True
-        return isinstance(value, list) and bool(value) and (all(isinstance(v, str) for v in value[:50])
-                                                           or all(isinstance(v, dict) for v in value[:50]))
-
     from IPython import get_ipython
+
+    from ._rows import looks_like_rows
 
     shell = get_ipython()
     hidden = shell.user_ns_hidden if shell is not None else {}
     return sorted(name for name, value in _user_namespace().items()
-                  if not name.startswith("_") and name not in hidden and is_table(value))
+                  if not name.startswith("_") and name not in hidden and looks_like_rows(value))
 
 
 def _namespace_rows(name: str) -> Any:

@@ -21,7 +21,8 @@ from typing import Any, Literal, overload
 from ._errors import InvalidParameterError
 from ._result import Result, plain_value
 
-__all__ = ["ROW_COLUMNS", "STATUSES", "Expect", "Rows", "Setting", "disagreeing_rows", "expect_column", "interval", "read_rows",
+__all__ = ["ROW_COLUMNS", "STATUSES", "Expect", "Rows", "Setting", "disagreeing_rows", "expect_column", "interval",
+           "looks_like_rows", "read_rows",
            "result_frame", "row_prompts", "row_status", "score", "setting_summary"]
 
 # How a row went: replied (and fitted its schema), fitted after one repair, did not fit, failed, came from a
@@ -94,10 +95,27 @@ def read_rows(over: Any, *, limit: int | None = None, sample: int | None = None)
     return rows.only(keep)
 
 
+def looks_like_rows(value: Any) -> bool:
+    """Whether ``value`` is something a prompt can go over, at a glance (a list's first 50 items): what the panel
+    offers; ``read_rows`` still reads it all."""
+    if _is_frame(value) or _is_series(value):
+        return True
+    return isinstance(value, list) and bool(value) and (all(isinstance(v, str) for v in value[:50])
+                                                       or all(isinstance(v, Mapping) for v in value[:50]))
+
+
+def _is_frame(value: Any) -> bool:  # pandas is never imported for this: a frame is known by what it has
+    return hasattr(value, "itertuples") and hasattr(value, "columns") and hasattr(value, "index")
+
+
+def _is_series(value: Any) -> bool:  # an Index has to_frame too, but no index
+    return hasattr(value, "to_frame") and hasattr(value, "index") and not hasattr(value, "columns")
+
+
 def _rows_of(over: Any) -> Rows:
-    if hasattr(over, "to_frame") and hasattr(over, "index") and not hasattr(over, "columns"):  # a pandas Series
+    if _is_series(over):
         over = over.to_frame(name=ITEM if over.name is None else over.name)  # its one column: {its name}, or {item}
-    if hasattr(over, "to_dict") and hasattr(over, "columns") and hasattr(over, "index"):  # a pandas DataFrame
+    if _is_frame(over):
         columns = [str(column) for column in over.columns]
         twice = sorted({column for column in columns if columns.count(column) > 1})
         if twice:  # {name} would be ambiguous, and a row's values by column would lose one of them
